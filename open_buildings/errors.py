@@ -1,0 +1,25 @@
+"""The project's exception classes.
+
+Each subclasses the builtin that fits, so callers can catch either. Every message says what was
+wrong and what to do about it.
+"""
+
+
+class OpenBuildingsError(Exception):
+    """Base class for every error this project raises on purpose."""
+
+
+class RegionError(OpenBuildingsError, ValueError):
+    """A region file (GeoJSON) is malformed, invalid, or too large to process."""
+
+
+class ImageryError(OpenBuildingsError, ValueError):
+    """An imagery source cannot be read, is not allowed, or its bands cannot be mapped to RGB."""
+
+
+class OutputExistsError(OpenBuildingsError, FileExistsError):
+    """An output file already exists and overwriting was not asked for."""
+
+
+class ConfigError(OpenBuildingsError, ValueError):
+    """A configuration value or key is wrong."""
