@@ -1,10 +1,29 @@
-"""The tiling grid (interface stub; implemented in this issue)."""
+"""The tiling grid: S2 cells at a fixed level are the tiles' cores.
+
+Cores partition the earth exactly (every point lies in one S2 cell per level), whatever the UTM
+zone, near the poles and across the antimeridian. Each tile is read on a 50 cm grid in the UTM zone
+of its centre, with a margin around its core so that a building cut by the core's edge is seen
+whole; a footprint is kept by the tile that owns its centroid (``Tile.owns``), so it is written once.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import cached_property
 
+import numpy as np
+import s2geometry as s2
+import shapely
 from affine import Affine
+from pyproj import Transformer
+
+from open_buildings.geo import cells
+
+# Region edges are straight lines in lon/lat (RFC 7946) but S2 edges are geodesics; the region is
+# densified to this spacing first, so the two agree to well under a metre.
+_DENSIFY_DEG = 0.01
 
 
 @dataclass(frozen=True)
@@ -26,6 +45,166 @@ class PixelGrid:
     @property
     def bounds(self) -> tuple[float, float, float, float]:
         """Return ``(left, bottom, right, top)`` in the grid's CRS."""
-        left, top = self.transform * (0, 0)
-        right, bottom = self.transform * (self.width, self.height)
+        left, top = self.transform @ (0, 0)
+        right, bottom = self.transform @ (self.width, self.height)
         return (min(left, right), min(bottom, top), max(left, right), max(bottom, top))
+
+    @property
+    def pixel_size(self) -> float:
+        """Return the pixel size in CRS units (metres)."""
+        return float(self.transform.a)
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """How the earth is cut into tiles.
+
+    Attributes:
+        level: S2 level of the tile cores. Level 14 cells are 0.3-0.6 km across (about 1,100
+            pixels at 50 cm), big enough that the margin costs little.
+        margin_m: how far beyond its core a tile is read, in metres. Buildings whose centroid lies
+            in the core but which reach further than this are cut.
+        pixel_size_m: the ground sampling distance of the model's input.
+    """
+
+    level: int = 14
+    margin_m: float = 32.0
+    pixel_size_m: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.level <= 24:
+            raise ValueError(f"tile level must be between 1 and 24, got {self.level}")
+        if self.margin_m < 0 or self.pixel_size_m <= 0:
+            raise ValueError("margin_m must be >= 0 and pixel_size_m > 0")
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One tile: the S2 cell it owns (its core) and the pixel grid it is read on.
+
+    Attributes:
+        id: the core's S2 token, a stable string such as ``"39e9a5c"``.
+        spec: the grid spec the tile belongs to.
+    """
+
+    id: str
+    spec: GridSpec = field(default_factory=GridSpec)
+
+    @cached_property
+    def core(self) -> shapely.Polygon | shapely.MultiPolygon:
+        """The area this tile owns, in lon/lat."""
+        return cells.cell_polygon(self.id)
+
+    @cached_property
+    def crs(self) -> str:
+        """The tile's local metric CRS: the UTM zone (or UPS cap) of its centre."""
+        center = s2.S2CellId.FromToken(self.id).ToLatLng()
+        return utm_crs(center.lng().degrees(), center.lat().degrees())
+
+    @cached_property
+    def grid(self) -> PixelGrid:
+        """The tile's pixel grid: its core's bounds in ``crs`` plus the margin, snapped to pixels."""
+        to_local = Transformer.from_crs("EPSG:4326", self.crs, always_xy=True)
+        outline = shapely.get_coordinates(cells.cell_polygon(self.id, points_per_edge=16))
+        x, y = to_local.transform(outline[:, 0], outline[:, 1])
+        size, margin = self.spec.pixel_size_m, self.spec.margin_m
+        left = math.floor((np.min(x) - margin) / size) * size
+        bottom = math.floor((np.min(y) - margin) / size) * size
+        right = math.ceil((np.max(x) + margin) / size) * size
+        top = math.ceil((np.max(y) + margin) / size) * size
+        width, height = round((right - left) / size), round((top - bottom) / size)
+        return PixelGrid(self.crs, Affine(size, 0.0, left, 0.0, -size, top), width, height)
+
+    def owns(self, lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
+        """Return, for each point, whether it lies in this tile's core (exact, via S2 ids)."""
+        own_id = s2.S2CellId.FromToken(self.id).id()
+        return cells.cell_ids(lon, lat, self.spec.level) == np.uint64(own_id)
+
+
+def utm_crs(lon: float, lat: float) -> str:
+    """Return the metric CRS for a point: its UTM zone, or UPS beyond 84°N / 80°S.
+
+    The standard 6° zones are used everywhere (the Norway and Svalbard exceptions are not), so a
+    tile's CRS depends only on its centre's longitude and hemisphere.
+    """
+    if lat > 84.0:
+        return "EPSG:32661"
+    if lat < -80.0:
+        return "EPSG:32761"
+    zone = min(int((lon + 180.0) // 6.0) + 1, 60)
+    return f"EPSG:{(32600 if lat >= 0 else 32700) + zone}"
+
+
+def tile_from_id(tile_id: str, spec: GridSpec | None = None) -> Tile:
+    """Return the tile with this id, checking that the id is a cell at the spec's level."""
+    spec = spec or GridSpec()
+    level = cells.token_level(tile_id)
+    if level != spec.level:
+        raise ValueError(f"tile {tile_id!r} is an S2 level-{level} cell; this grid uses level {spec.level}")
+    return Tile(tile_id, spec)
+
+
+def tile_for_point(lon: float, lat: float, spec: GridSpec | None = None) -> Tile:
+    """Return the tile that owns a point."""
+    spec = spec or GridSpec()
+    return Tile(cells.cell_token(lon, lat, spec.level), spec)
+
+
+def cover(geometry: shapely.Geometry, spec: GridSpec | None = None) -> Iterator[Tile]:
+    """Yield exactly the tiles whose core touches ``geometry``, in S2 (Hilbert) order.
+
+    It streams: the S2 hierarchy is walked depth first, so a continent never becomes a list.
+
+    Args:
+        geometry: a (multi)polygon in lon/lat within ±180, e.g. ``Region.geometry``.
+        spec: the grid spec; defaults to ``GridSpec()``.
+    """
+    spec = spec or GridSpec()
+    for cell_id in _walk(_to_s2(geometry), spec.level):
+        yield Tile(cell_id.ToToken(), spec)
+
+
+def count_tiles(geometry: shapely.Geometry, spec: GridSpec | None = None) -> int:
+    """Return how many tiles ``cover`` would yield, without enumerating the interior ones."""
+    spec = spec or GridSpec()
+    return sum(_walk(_to_s2(geometry), spec.level, count_only=True))
+
+
+def _walk(polygon: s2.S2Polygon, level: int, count_only: bool = False) -> Iterator:
+    stack = [s2.S2CellId.FromFacePosLevel(face, 0, 0) for face in reversed(range(6))]
+    while stack:
+        cell_id = stack.pop()
+        cell = s2.S2Cell(cell_id)
+        if not polygon.MayIntersect(cell):
+            continue
+        if cell_id.level() == level:
+            yield 1 if count_only else cell_id
+        elif polygon.Contains(cell):
+            if count_only:
+                yield 4 ** (level - cell_id.level())
+                continue
+            child, end = cell_id.child_begin(level), cell_id.child_end(level)
+            while child != end:
+                yield child
+                child = child.next()
+        else:
+            stack.extend(cell_id.child(k) for k in (3, 2, 1, 0))
+
+
+def _to_s2(geometry: shapely.Geometry) -> s2.S2Polygon:
+    """Convert a lon/lat (multi)polygon into one S2Polygon (exteriors and holes as nested loops)."""
+    geometry = shapely.orient_polygons(shapely.segmentize(geometry, _DENSIFY_DEG))
+    polygons = shapely.get_parts(geometry)
+    if len(polygons) == 0 or not all(isinstance(p, shapely.Polygon) for p in polygons):
+        raise ValueError("cover() needs a Polygon or MultiPolygon in lon/lat")
+    loops = []
+    for polygon in polygons:
+        for ring in [polygon.exterior, *polygon.interiors]:
+            coords = np.asarray(ring.coords)[:-1]
+            points = [s2.S2LatLng.FromDegrees(y, x).ToPoint() for x, y in coords.tolist()]
+            loop = s2.S2Loop(points)
+            loop.Normalize()  # every loop as the smaller side; InitNested works out the holes
+            loops.append(loop)
+    result = s2.S2Polygon()
+    result.InitNested(loops)
+    return result
