@@ -30,7 +30,14 @@ import rasterio.features
 import shapely
 from affine import Affine
 
-OUTPUT_COLUMNS = ["instance_id", "latitude", "longitude", "area_in_meters", "confidence", "geometry"]
+OUTPUT_COLUMNS = [
+    "instance_id",
+    "latitude",
+    "longitude",
+    "area_in_meters",
+    "confidence",
+    "geometry",
+]
 DEFAULT_SIMPLIFY_M = 0.5
 DEFAULT_MIN_AREA_M2 = 1.0
 _INT32_MAX = np.iinfo(np.int32).max
@@ -89,8 +96,9 @@ def polygonize(
 
     keep = area >= min_area_m2
     lonlat = shapely.transform(polygons[keep], lambda xy: _reproject(to_lonlat, xy))
-    return _frame(ids[keep], np.asarray(lat)[keep], np.asarray(lon)[keep], area[keep],
-                  scores[keep], lonlat)
+    return _frame(
+        ids[keep], np.asarray(lat)[keep], np.asarray(lon)[keep], area[keep], scores[keep], lonlat
+    )
 
 
 def _polygons_metric(
