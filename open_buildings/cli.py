@@ -1,12 +1,96 @@
-"""Console entry points (placeholder, replaced below)."""
-import sys
+"""Console entry points: ob-tiles, and ob-infer / ob-train / ob-eval / ob-download (to come)."""
 
-def _stub(name: str, issue: int) -> int:
-    print(f"{name} is not built yet: it is coming with issue #{issue}.", file=sys.stderr)
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from open_buildings.errors import OpenBuildingsError
+
+
+def _not_yet(name: str, issue: int, what: str) -> int:
+    print(f"{name} is not built yet: {what} is coming with issue #{issue}.", file=sys.stderr)
     return 2
 
-def infer_main() -> int: return _stub("ob-infer", 6)
-def train_main() -> int: return _stub("ob-train", 5)
-def eval_main() -> int: return _stub("ob-eval", 4)
-def download_main() -> int: return _stub("ob-download", 6)
-def tiles_main() -> int: return _stub("ob-tiles", 2)
+
+def infer_main(argv: Sequence[str] | None = None) -> int:
+    """``ob-infer``: not built yet (issue #6)."""
+    return _not_yet("ob-infer", 6, "inference from a region to footprint files")
+
+
+def train_main(argv: Sequence[str] | None = None) -> int:
+    """``ob-train``: not built yet (issue #5)."""
+    return _not_yet("ob-train", 5, "training")
+
+
+def eval_main(argv: Sequence[str] | None = None) -> int:
+    """``ob-eval``: not built yet (issue #4)."""
+    return _not_yet("ob-eval", 4, "evaluation")
+
+
+def download_main(argv: Sequence[str] | None = None) -> int:
+    """``ob-download``: not built yet (issue #6)."""
+    return _not_yet("ob-download", 6, "downloading published footprints")
+
+
+def tiles_main(argv: Sequence[str] | None = None) -> int:
+    """``ob-tiles REGION``: count or list the tiles covering a region; optionally check imagery.
+
+    Returns the process exit status: 0 on success, 2 on bad input (with a message saying why).
+    """
+    parser = argparse.ArgumentParser(
+        prog="ob-tiles",
+        description="Count (or list) the S2 tiles that cover a region, and optionally check how "
+        "much of each tile an imagery source covers.",
+    )
+    parser.add_argument("region", help="region GeoJSON (FeatureCollection, Feature or Polygon)")
+    parser.add_argument("--level", type=int, default=14, help="S2 level of the tiles (default 14)")
+    parser.add_argument("--margin-m", type=float, default=32.0, help="read margin in metres")
+    parser.add_argument("--list", metavar="FILE", help="write the tile ids, one per line, to FILE")
+    parser.add_argument("--imagery", metavar="SRC", help="also read every tile from SRC "
+                        "(GeoTIFF/COG files, an XYZ folder or a STAC JSON) and report coverage")
+    parser.add_argument("--fix-invalid", action="store_true",
+                        help="repair self-intersecting region polygons instead of failing")
+    parser.add_argument("--max-area-km2", type=float, default=1_000_000.0,
+                        help="refuse regions larger than this (default 1,000,000 km2)")
+    args = parser.parse_args(argv)
+    try:
+        return _tiles(args)
+    except (OpenBuildingsError, ValueError, OSError) as exc:
+        print(f"ob-tiles: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _tiles(args: argparse.Namespace) -> int:
+    from open_buildings.geo import grid, regions
+
+    region = regions.read_region(
+        args.region, fix_invalid=args.fix_invalid, max_area_km2=args.max_area_km2
+    )
+    spec = grid.GridSpec(level=args.level, margin_m=args.margin_m)
+    print(f"region {region.source}: {region.area_km2:,.3f} km2, bounds {region.bounds}")
+    if not args.list and not args.imagery:
+        print(f"{grid.count_tiles(region.geometry, spec):,} tiles at S2 level {spec.level}")
+        return 0
+    source = None
+    if args.imagery:
+        from open_buildings.geo import imagery
+
+        source = imagery.open_imagery(args.imagery)
+    count = 0
+    out = open(args.list, "x", encoding="utf-8") if args.list else None  # noqa: SIM115
+    try:
+        for tile in grid.cover(region.geometry, spec):
+            count += 1
+            if out:
+                out.write(tile.id + "\n")
+            if source is not None:
+                image = source.read(tile.grid)
+                print(f"  tile {tile.id} ({tile.grid.crs}, {tile.grid.width}x{tile.grid.height} px"
+                      f" at {spec.pixel_size_m} m): imagery covers {image.valid.mean():.1%}")
+    finally:
+        if out:
+            out.close()
+    print(f"{count:,} tiles at S2 level {spec.level}" + (f", ids in {args.list}" if out else ""))
+    return 0

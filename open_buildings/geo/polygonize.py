@@ -15,9 +15,12 @@ Rules worth knowing:
 * **Holes stay holes** (a courtyard is not roof).
 * **Simplification** is Douglas-Peucker with topology preserved, in metres. The default, 0.5 m
   (one pixel of the 50 cm grid), removes the pixel staircase along slanted walls: its vertices lie
-  at most one pixel (times the cosine of the wall's angle) off the wall. Features of two pixels or
-  more survive. Instances are simplified independently, so two buildings that share an edge may
-  end up with a sliver of gap or overlap of at most ``simplify_m``.
+  at most one pixel (times the cosine of the wall's angle) off the wall. A corner survives when it
+  lies more than ``simplify_m`` off the chord that would replace it, so a 2 m wing of a building
+  keeps its corners, while a one-pixel notch, or a 1 m notch in a 2 m building, is smoothed away:
+  at the model's resolution those are noise. Instances are simplified independently, so two
+  buildings that share an edge may end up with a sliver of gap or overlap of at most
+  ``simplify_m``.
 """
 
 from __future__ import annotations
