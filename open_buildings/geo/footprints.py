@@ -243,7 +243,7 @@ def _fixed(values: pd.Series, decimals: int) -> np.ndarray:
 def _wkt(geoms: np.ndarray) -> np.ndarray:
     """WKT in the published form: ``POLYGON((x y, x y, ...))``, ``WKT_DECIMALS`` decimals."""
     text = shapely.to_wkt(geoms, rounding_precision=WKT_DECIMALS, trim=True)
-    return np.char.replace(text.astype(str), "POLYGON ((", "POLYGON((").astype(object)
+    return np.array([t.replace("POLYGON ((", "POLYGON((", 1) for t in text], dtype=object)
 
 
 def write_geoparquet(

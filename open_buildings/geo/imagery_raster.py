@@ -421,7 +421,8 @@ class RasterSource:
                     low, high = self._scale_for(info, ds)
                     data = to_uint8(data, low, high)
         except GDAL_ERRORS as exc:
-            raise ImageryError(f"imagery file {info.name} could not be read: {exc}. The file "
+            raise ImageryError(f"imagery file {info.name} could not be read: "
+                               f"{str(exc).rstrip('.')}. The file "
                                "may be corrupt or truncated; check it with gdalinfo -checksum"
                                ) from exc
         return data, ok

@@ -141,7 +141,7 @@ class XYZSource:
             self._tiles = {k: v for k, v in self._tiles.items() if k[0] == self.zoom}
 
     def bounds_lonlat(self) -> tuple[float, float, float, float]:
-        """Return the union of the tiles' footprints in degrees (the world for a remote template)."""
+        """Return the union of the tiles' footprints in degrees (whole world if remote)."""
         if self._tiles is None:
             return (-180.0, -_MAX_LAT, 180.0, _MAX_LAT)
         boxes = np.array([tile_bounds_3857(x, y, z) for z, x, y in self._tiles])
@@ -177,8 +177,9 @@ class XYZSource:
         x0, x1 = (min(last, max(0, int((v + MERCATOR_HALF) // size))) for v in (left, right))
         y0, y1 = (min(last, max(0, int((MERCATOR_HALF - v) // size))) for v in (top, bottom))
         if (x1 - x0 + 1) * (y1 - y0 + 1) > _MAX_TILES:
-            raise ImageryError(f"the grid needs {(x1 - x0 + 1) * (y1 - y0 + 1)} tiles at zoom {z}, "
-                               f"over the cap of {_MAX_TILES}; use a smaller tile or a coarser zoom")
+            count = (x1 - x0 + 1) * (y1 - y0 + 1)
+            raise ImageryError(f"the grid needs {count} tiles at zoom {z}, over the cap of "
+                               f"{_MAX_TILES}; use a smaller tile or a coarser zoom")
         mosaic: np.ndarray | None = None
         px = 0
         for x in range(x0, x1 + 1):

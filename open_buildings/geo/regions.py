@@ -93,6 +93,7 @@ _WGS84_NAMES = {
     "http://www.opengis.net/def/crs/ogc/1.3/crs84",
     "http://www.opengis.net/def/crs/epsg/0/4326",
 }
+_ARRAY = (list, tuple)  # JSON arrays; tuples too, as from __geo_interface__
 _NOT_AREA = "a region must be a Polygon or MultiPolygon: remove it or buffer it into a polygon"
 
 
@@ -297,7 +298,7 @@ def _depth(obj: Any, limit: int) -> int:
     stack = [(obj, 1)]
     while stack:
         value, depth = stack.pop()
-        if isinstance(value, dict | list):
+        if isinstance(value, dict | list | tuple):
             deepest = max(deepest, depth)
             if depth > limit:
                 return depth
@@ -346,7 +347,7 @@ def _check_object(obj: Any, label: str, source: str) -> str:
     if "bbox" in obj:
         bbox = obj["bbox"]
         if not (
-            isinstance(bbox, list)
+            isinstance(bbox, _ARRAY)
             and len(bbox) in (4, 6)
             and all(_is_number(v) and math.isfinite(v) for v in bbox)
         ):
@@ -379,7 +380,7 @@ def _geometries(obj: Any, source: str) -> Iterator[tuple[str, Any]]:
     kind = _check_object(obj, "the top-level object", source)
     if kind == "FeatureCollection":
         features = obj.get("features")
-        if not isinstance(features, list):
+        if not isinstance(features, _ARRAY):
             got = "missing" if "features" not in obj else f"{json.dumps(features)[:40]}"
             raise RegionError(
                 f'{source}: a FeatureCollection\'s "features" must be an array, got {got}'
@@ -415,7 +416,7 @@ def _polygons(geometry: Any, label: str, source: str, fix_invalid: bool) -> list
     kind = _check_object(geometry, label, source)
     if kind == "GeometryCollection":
         members = geometry.get("geometries")
-        if not isinstance(members, list):
+        if not isinstance(members, _ARRAY):
             raise _error(source, label, 'a GeometryCollection needs a "geometries" array')
         if not members:
             raise _error(source, label, f"the GeometryCollection is empty; {_NOT_AREA}")
@@ -424,10 +425,12 @@ def _polygons(geometry: Any, label: str, source: str, fix_invalid: bool) -> list
             for j, member in enumerate(members)
             for poly in _polygons(member, f"{label}, geometries[{j}]", source, fix_invalid)
         ]
+    if kind not in _GEOMETRY_TYPES:
+        raise _error(source, label, f"expected a geometry, got a {kind}")
     if kind not in ("Polygon", "MultiPolygon"):
         raise _error(source, label, f"a {kind} is not an area; {_NOT_AREA}")
     coords = geometry.get("coordinates")
-    if not isinstance(coords, list):
+    if not isinstance(coords, _ARRAY):
         raise _error(source, label, f'a {kind} needs a "coordinates" array')
     if not coords:
         raise _error(source, label, f"the {kind} is empty; {_NOT_AREA}")
@@ -435,7 +438,7 @@ def _polygons(geometry: Any, label: str, source: str, fix_invalid: bool) -> list
     out = []
     for j, rings in enumerate(polys):
         where = label if kind == "Polygon" else f"{label}, polygon {j}"
-        if not isinstance(rings, list) or not rings:
+        if not isinstance(rings, _ARRAY) or not rings:
             raise _error(source, where, "a polygon must be a non-empty array of rings")
         arrays = [_ring(ring, f"{where}, ring {k}", source) for k, ring in enumerate(rings)]
         out.extend(_fix_polygon(arrays, where, source, fix_invalid))
@@ -444,7 +447,7 @@ def _polygons(geometry: Any, label: str, source: str, fix_invalid: bool) -> list
 
 def _ring(ring: Any, label: str, source: str) -> np.ndarray:
     """Validate one linear ring; return its (n, 2) lon/lat array."""
-    if not isinstance(ring, list) or (ring and all(_is_number(v) for v in ring)):
+    if not isinstance(ring, _ARRAY) or (ring and all(_is_number(v) for v in ring)):
         raise _error(
             source,
             label,
@@ -452,7 +455,7 @@ def _ring(ring: Any, label: str, source: str) -> np.ndarray:
             f"{json.dumps(ring)[:40]}; Polygon coordinates nest as [[[lon, lat], ...]]",
         )
     for k, p in enumerate(ring):
-        if not (isinstance(p, list) and 2 <= len(p) <= 3 and all(_is_number(v) for v in p)):
+        if not (isinstance(p, _ARRAY) and 2 <= len(p) <= 3 and all(_is_number(v) for v in p)):
             raise _error(
                 source,
                 label,
@@ -473,12 +476,12 @@ def _ring(ring: Any, label: str, source: str) -> np.ndarray:
     bad = np.flatnonzero(~np.isfinite(xy).all(axis=1))
     if bad.size:
         raise _error(source, label, f"position {bad[0]} is NaN or infinite; fix the coordinates")
-    if ring[0] != ring[-1]:
+    if list(ring[0]) != list(ring[-1]):
         raise _error(
             source,
             label,
-            f"the ring is not closed: first position {ring[0]} differs from the "
-            f"last {ring[-1]}; repeat the first position at the end",
+            f"the ring is not closed: first position {list(ring[0])} differs from "
+            f"the last {list(ring[-1])}; repeat the first position at the end",
         )
     lon, lat = xy[:, 0], xy[:, 1]
     bad = np.flatnonzero(np.abs(lat) > 90)
@@ -491,7 +494,7 @@ def _ring(ring: Any, label: str, source: str) -> np.ndarray:
         raise _error(
             source,
             label,
-            f"position {k} {ring[k]} has latitude {lat[k]:g}, outside [-90, 90]; {hint}",
+            f"position {k} {list(ring[k])} has latitude {lat[k]:g}, outside [-90, 90]; {hint}",
         )
     bad = np.flatnonzero(np.abs(lon) > 360)
     if bad.size:
@@ -499,7 +502,7 @@ def _ring(ring: Any, label: str, source: str) -> np.ndarray:
         raise _error(
             source,
             label,
-            f"position {k} {ring[k]} has longitude {lon[k]:g}, outside "
+            f"position {k} {list(ring[k])} has longitude {lon[k]:g}, outside "
             "[-180, 180] (up to +-360 is accepted only for rings drawn across the antimeridian)",
         )
     return xy
