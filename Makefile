@@ -16,8 +16,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+SAMPLE := geo/sample
+
+# Until ob-infer lands (issue #6) the demo shows what the geospatial core does with the sample:
+# the region is validated, covered by tiles, and every tile is read from the STAC imagery.
 demo: $(STAMP)
-	$(BIN)/ob-infer
+	$(BIN)/ob-tiles $(SAMPLE)/region.geojson --imagery $(SAMPLE)/items.json
+	@echo "Footprints: ob-infer is coming with the inference issue (#6); no footprint files are written yet."
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

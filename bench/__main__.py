@@ -24,7 +24,9 @@ def tiles_per_second() -> float:
 
 def main() -> None:
     """Print each measurement with its ratio; every figure comes from this one run."""
-    print(f"machine: {platform.machine()} {platform.processor() or ''} python {platform.python_version()}")
+    print(
+        f"machine: {platform.machine()} {platform.processor()} python {platform.python_version()}"
+    )
     poly = polygonize.run()
     print("| measurement | value | ratio |")
     print("|---|---|---|")

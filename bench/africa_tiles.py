@@ -14,7 +14,9 @@ import pyogrio
 
 from open_buildings.geo import grid
 
-NATURAL_EARTH = Path(pyogrio.__file__).parent / "tests/fixtures/naturalearth_lowres/naturalearth_lowres.shp"
+NATURAL_EARTH = (
+    Path(pyogrio.__file__).parent / "tests/fixtures/naturalearth_lowres/naturalearth_lowres.shp"
+)
 
 
 def main() -> None:

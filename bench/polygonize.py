@@ -30,8 +30,10 @@ def instance_raster() -> tuple[np.ndarray, grid.PixelGrid]:
     g = tile.grid
     local = buildings.to_crs(g.crs).geometry.values
     labels = rasterio.features.rasterize(
-        zip(local, range(1, len(local) + 1)), out_shape=(g.height, g.width),
-        transform=g.transform, dtype="int32",
+        zip(local, range(1, len(local) + 1)),
+        out_shape=(g.height, g.width),
+        transform=g.transform,
+        dtype="int32",
     )
     return labels, g
 
@@ -42,7 +44,9 @@ def baseline(labels: np.ndarray, g: grid.PixelGrid, simplify_m: float) -> list[t
     out = []
     for value in np.unique(labels[labels > 0]):
         mask = labels == value
-        for geom, _ in rasterio.features.shapes(mask.astype("uint8"), mask=mask, transform=g.transform):
+        for geom, _ in rasterio.features.shapes(
+            mask.astype("uint8"), mask=mask, transform=g.transform
+        ):
             polygon = shape(geom).simplify(simplify_m)
             area = polygon.area
             coords = np.asarray(polygon.exterior.coords)

@@ -48,12 +48,23 @@ def tiles_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--level", type=int, default=14, help="S2 level of the tiles (default 14)")
     parser.add_argument("--margin-m", type=float, default=32.0, help="read margin in metres")
     parser.add_argument("--list", metavar="FILE", help="write the tile ids, one per line, to FILE")
-    parser.add_argument("--imagery", metavar="SRC", help="also read every tile from SRC "
-                        "(GeoTIFF/COG files, an XYZ folder or a STAC JSON) and report coverage")
-    parser.add_argument("--fix-invalid", action="store_true",
-                        help="repair self-intersecting region polygons instead of failing")
-    parser.add_argument("--max-area-km2", type=float, default=1_000_000.0,
-                        help="refuse regions larger than this (default 1,000,000 km2)")
+    parser.add_argument(
+        "--imagery",
+        metavar="SRC",
+        help="also read every tile from SRC "
+        "(GeoTIFF/COG files, an XYZ folder or a STAC JSON) and report coverage",
+    )
+    parser.add_argument(
+        "--fix-invalid",
+        action="store_true",
+        help="repair self-intersecting region polygons instead of failing",
+    )
+    parser.add_argument(
+        "--max-area-km2",
+        type=float,
+        default=1_000_000.0,
+        help="refuse regions larger than this (default 1,000,000 km2)",
+    )
     args = parser.parse_args(argv)
     try:
         return _tiles(args)
@@ -87,8 +98,10 @@ def _tiles(args: argparse.Namespace) -> int:
                 out.write(tile.id + "\n")
             if source is not None:
                 image = source.read(tile.grid)
-                print(f"  tile {tile.id} ({tile.grid.crs}, {tile.grid.width}x{tile.grid.height} px"
-                      f" at {spec.pixel_size_m} m): imagery covers {image.valid.mean():.1%}")
+                print(
+                    f"  tile {tile.id} ({tile.grid.crs}, {tile.grid.width}x{tile.grid.height} px"
+                    f" at {spec.pixel_size_m} m): imagery covers {image.valid.mean():.1%}"
+                )
     finally:
         if out:
             out.close()

@@ -14,16 +14,29 @@ ROOT = Path(__file__).resolve().parents[1]
 def wheel_names(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-         "--wheel-dir", str(out), str(ROOT)],
-        check=True, capture_output=True,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--wheel-dir",
+            str(out),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
     )
     (wheel,) = out.glob("*.whl")
     return zipfile.ZipFile(wheel).namelist()
 
 
 def test_wheel_has_one_import_root(wheel_names: list[str]) -> None:
-    roots = {name.split("/")[0] for name in wheel_names if not name.split("/")[0].endswith(".dist-info")}
+    roots = {
+        name.split("/")[0] for name in wheel_names if not name.split("/")[0].endswith(".dist-info")
+    }
     assert roots == {"open_buildings"}
 
 

@@ -57,29 +57,73 @@ def build(src: Path) -> None:
         transform = from_bounds(left, bottom, right, top, mosaic.shape[2], mosaic.shape[1])
         path = HERE / f"{name}.tif"
         with rasterio.open(
-            path, "w", driver="COG", width=mosaic.shape[2], height=mosaic.shape[1], count=3,
-            dtype="uint8", crs="EPSG:3857", transform=transform, compress="JPEG", quality=90,
-            photometric="YCBCR", blocksize=256, overview_resampling="average",
+            path,
+            "w",
+            driver="COG",
+            width=mosaic.shape[2],
+            height=mosaic.shape[1],
+            count=3,
+            dtype="uint8",
+            crs="EPSG:3857",
+            transform=transform,
+            compress="JPEG",
+            quality=90,
+            photometric="YCBCR",
+            blocksize=256,
+            overview_resampling="average",
         ) as dst:
             dst.write(mosaic)
         (w, s), (e, n) = to_lonlat(left, bottom), to_lonlat(right, top)
-        features.append({
-            "type": "Feature", "stac_version": "1.0.0", "id": name,
-            "bbox": [w, s, e, n],
-            "geometry": {"type": "Polygon", "coordinates": [[[w, s], [e, s], [e, n], [w, n], [w, s]]]},
-            "properties": {"datetime": None, "start_datetime": "2019-01-01T00:00:00Z",
-                           "end_datetime": "2019-12-31T23:59:59Z", "gsd": 0.3,
-                           "license": "CC-BY-4.0", "providers": [{"name": "OpenAerialMap", "roles": ["producer"]}]},
-            "links": [],
-            "assets": {"visual": {"href": f"./{name}.tif", "type": "image/tiff; application=geotiff; profile=cloud-optimized",
-                                  "roles": ["data", "visual"]}},
-        })
-    (HERE / "items.json").write_text(json.dumps({"type": "FeatureCollection", "features": features}, indent=1))
+        features.append(
+            {
+                "type": "Feature",
+                "stac_version": "1.0.0",
+                "id": name,
+                "bbox": [w, s, e, n],
+                "geometry": {
+                    "type": "Polygon",
+                    "coordinates": [[[w, s], [e, s], [e, n], [w, n], [w, s]]],
+                },
+                "properties": {
+                    "datetime": None,
+                    "start_datetime": "2019-01-01T00:00:00Z",
+                    "end_datetime": "2019-12-31T23:59:59Z",
+                    "gsd": 0.3,
+                    "license": "CC-BY-4.0",
+                    "providers": [{"name": "OpenAerialMap", "roles": ["producer"]}],
+                },
+                "links": [],
+                "assets": {
+                    "visual": {
+                        "href": f"./{name}.tif",
+                        "type": "image/tiff; application=geotiff; profile=cloud-optimized",
+                        "roles": ["data", "visual"],
+                    }
+                },
+            }
+        )
+    (HERE / "items.json").write_text(
+        json.dumps({"type": "FeatureCollection", "features": features}, indent=1)
+    )
     w, s, e, n = features[0]["bbox"]
     inset = 0.0002  # keep the region inside the imagery of block a
-    ring = [[w + inset, s + inset], [e - inset, s + inset], [e - inset, n - inset], [w + inset, n - inset], [w + inset, s + inset]]
-    region = {"type": "FeatureCollection", "features": [{"type": "Feature", "properties": {"name": "Nairobi sample"},
-              "geometry": {"type": "Polygon", "coordinates": [ring]}}]}
+    ring = [
+        [w + inset, s + inset],
+        [e - inset, s + inset],
+        [e - inset, n - inset],
+        [w + inset, n - inset],
+        [w + inset, s + inset],
+    ]
+    region = {
+        "type": "FeatureCollection",
+        "features": [
+            {
+                "type": "Feature",
+                "properties": {"name": "Nairobi sample"},
+                "geometry": {"type": "Polygon", "coordinates": [ring]},
+            }
+        ],
+    }
     (HERE / "region.geojson").write_text(json.dumps(region, indent=1))
 
 

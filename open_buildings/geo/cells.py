@@ -123,7 +123,9 @@ def _xyz(point: s2.S2Point) -> tuple[float, float, float]:
     return (point.x(), point.y(), point.z())
 
 
-def plus_codes(lat: Iterable[float], lon: Iterable[float], length: int = PLUS_CODE_LENGTH) -> np.ndarray:
+def plus_codes(
+    lat: Iterable[float], lon: Iterable[float], length: int = PLUS_CODE_LENGTH
+) -> np.ndarray:
     """Return the full Plus Code of each point (``"7F2H7664+QG4P"`` at the default length 12).
 
     Args:

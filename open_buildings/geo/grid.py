@@ -3,7 +3,7 @@
 Cores partition the earth exactly (every point lies in one S2 cell per level), whatever the UTM
 zone, near the poles and across the antimeridian. Each tile is read on a 50 cm grid in the UTM zone
 of its centre, with a margin around its core so that a building cut by the core's edge is seen
-whole; a footprint is kept by the tile that owns its centroid (``Tile.owns``), so it is written once.
+whole; a footprint is kept by the tile that owns its centroid (``Tile.owns``): it is written once.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ class Tile:
 
     @cached_property
     def grid(self) -> PixelGrid:
-        """The tile's pixel grid: its core's bounds in ``crs`` plus the margin, snapped to pixels."""
+        """The tile's pixel grid: its core's bounds in ``crs`` plus the margin, pixel-snapped."""
         to_local = Transformer.from_crs("EPSG:4326", self.crs, always_xy=True)
         outline = shapely.get_coordinates(cells.cell_polygon(self.id, points_per_edge=16))
         x, y = to_local.transform(outline[:, 0], outline[:, 1])
@@ -140,7 +140,9 @@ def tile_from_id(tile_id: str, spec: GridSpec | None = None) -> Tile:
     spec = spec or GridSpec()
     level = cells.token_level(tile_id)
     if level != spec.level:
-        raise ValueError(f"tile {tile_id!r} is an S2 level-{level} cell; this grid uses level {spec.level}")
+        raise ValueError(
+            f"tile {tile_id!r} is an S2 level-{level} cell; this grid uses level {spec.level}"
+        )
     return Tile(tile_id, spec)
 
 

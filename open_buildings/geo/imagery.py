@@ -48,10 +48,13 @@ __all__ = [
 _RASTER_EXTS = (".tif", ".tiff")
 
 
-def open_imagery(spec: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], *,
-                 bands: tuple[int, int, int] | None = None,
-                 scale: tuple[float, float] | None = None,
-                 limits: ReadLimits | None = None) -> ImagerySource:
+def open_imagery(
+    spec: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    *,
+    bands: tuple[int, int, int] | None = None,
+    scale: tuple[float, float] | None = None,
+    limits: ReadLimits | None = None,
+) -> ImagerySource:
     """Open imagery from what a user points at.
 
     - a list of files -> :class:`RasterSource` (a mosaic, first file wins);
@@ -85,12 +88,15 @@ def open_imagery(spec: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
     if text.lower().endswith(".json"):
         return StacSource(text, bands=bands, scale=scale, limits=limits)
     if os.path.isdir(path):
-        rasters = sorted(str(p) for p in Path(path).iterdir()
-                         if p.suffix.lower() in _RASTER_EXTS and p.is_file())
+        rasters = sorted(
+            str(p) for p in Path(path).iterdir() if p.suffix.lower() in _RASTER_EXTS and p.is_file()
+        )
         if rasters:
             return RasterSource(rasters, bands=bands, scale=scale, limits=limits)
         if scan_tiles(path):
             return XYZSource(path, bands=bands, limits=limits)
-        raise ImageryError(f"folder {text} holds no .tif/.tiff files and no XYZ tiles "
-                           "(OAM-x-y-z.png or z/x/y.png); point at the imagery itself")
+        raise ImageryError(
+            f"folder {text} holds no .tif/.tiff files and no XYZ tiles "
+            "(OAM-x-y-z.png or z/x/y.png); point at the imagery itself"
+        )
     return RasterSource([text], bands=bands, scale=scale, limits=limits)

@@ -40,8 +40,11 @@ WHOLE_IMAGE_DRIVERS = ("JPEG", "PNG", "WEBP")
 _REMOTE = {"gs": "/vsigs/", "s3": "/vsis3/", "https": "/vsicurl/"}
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-_]*):")
 _STATS_SIZE = 1024  # the longest side of the decimated read used for scaling statistics
-_REMOTE_ENV = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR", "GDAL_HTTP_TIMEOUT": "60",
-               "GDAL_HTTP_MAX_RETRY": "3"}
+_REMOTE_ENV = {
+    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+    "GDAL_HTTP_TIMEOUT": "60",
+    "GDAL_HTTP_MAX_RETRY": "3",
+}
 
 
 @dataclass(frozen=True)
@@ -113,29 +116,39 @@ def gdal_path(spec: str | os.PathLike[str]) -> str:
     if not isinstance(text, str) or not text.strip():
         raise ImageryError(f"imagery path {spec!r} is empty; pass a file, folder or URL")
     if any(ord(ch) < 32 for ch in text) or text.lstrip().startswith("<"):
-        raise ImageryError(f"imagery path {text!r} contains control characters or inline XML; "
-                           "pass a plain file path or a gs://, s3:// or https:// URL")
+        raise ImageryError(
+            f"imagery path {text!r} contains control characters or inline XML; "
+            "pass a plain file path or a gs://, s3:// or https:// URL"
+        )
     if "/vsi" in text.lower():
-        raise ImageryError(f"imagery path {text!r} is a GDAL virtual path (/vsi...), which is not "
-                           "allowed; pass a local path or a gs://, s3:// or https:// URL instead")
+        raise ImageryError(
+            f"imagery path {text!r} is a GDAL virtual path (/vsi...), which is not "
+            "allowed; pass a local path or a gs://, s3:// or https:// URL instead"
+        )
     match = _SCHEME.match(text)
     if match and not re.match(r"^[A-Za-z]:[\\/]", text):
         scheme = match.group(1).lower()
-        rest = text[match.end():]
+        rest = text[match.end() :]
         if scheme not in _REMOTE or not rest.startswith("//"):
             hint = " (use https://)" if scheme == "http" else ""
-            raise ImageryError(f"imagery path {text!r} uses {scheme + ':'!r}, which is not allowed"
-                               f"{hint}; only local paths and gs://, s3:// and https:// URLs are")
+            raise ImageryError(
+                f"imagery path {text!r} uses {scheme + ':'!r}, which is not allowed"
+                f"{hint}; only local paths and gs://, s3:// and https:// URLs are"
+            )
         host_key = rest[2:]
         if "/" not in host_key or host_key.startswith("/") or host_key.endswith("/"):
-            raise ImageryError(f"imagery URL {text!r} names no object; expected "
-                               f"{scheme}://bucket-or-host/path/to/file")
+            raise ImageryError(
+                f"imagery URL {text!r} names no object; expected "
+                f"{scheme}://bucket-or-host/path/to/file"
+            )
         if scheme != "https" and ("?" in host_key or "#" in host_key):
             raise ImageryError(f"imagery URL {text!r} contains '?' or '#'; remove them")
         return _REMOTE[scheme] + (text if scheme == "https" else host_key)
     if "?" in text or "#" in text:
-        raise ImageryError(f"imagery path {text!r} contains '?' or '#', which GDAL may read as "
-                           "options; rename the file")
+        raise ImageryError(
+            f"imagery path {text!r} contains '?' or '#', which GDAL may read as "
+            "options; rename the file"
+        )
     return text
 
 
@@ -179,7 +192,8 @@ def open_raster(name: str, path: str, limits: ReadLimits) -> Iterator[rasterio.D
             raise ImageryError(
                 f"imagery file {name} is not in an allowed raster format "
                 f"({', '.join(ALLOWED_DRIVERS)}); VRT, HDF5, NetCDF and other formats are refused. "
-                f"Convert it to a Cloud-Optimized GeoTIFF (gdal_translate -of COG){detail}")
+                f"Convert it to a Cloud-Optimized GeoTIFF (gdal_translate -of COG){detail}"
+            )
         try:
             check_limits(name, ds, limits)
             yield ds
@@ -199,18 +213,24 @@ def check_limits(name: str, ds: rasterio.DatasetReader, limits: ReadLimits) -> N
         ImageryError: if a cap is exceeded or the file has no bands.
     """
     if ds.count == 0:
-        raise ImageryError(f"imagery file {name} has no raster bands (only subdatasets?); "
-                           "convert the band you need to a GeoTIFF")
+        raise ImageryError(
+            f"imagery file {name} has no raster bands (only subdatasets?); "
+            "convert the band you need to a GeoTIFF"
+        )
     if ds.count > limits.max_bands:
-        raise ImageryError(f"imagery file {name} declares {ds.count} bands, over the cap of "
-                           f"{limits.max_bands}; extract the RGB bands or raise max_bands")
+        raise ImageryError(
+            f"imagery file {name} declares {ds.count} bands, over the cap of "
+            f"{limits.max_bands}; extract the RGB bands or raise max_bands"
+        )
     itemsize = max(np.dtype(dt).itemsize for dt in ds.dtypes)
     total = ds.width * ds.height * ds.count * itemsize
     if total > limits.max_total_bytes:
-        raise ImageryError(f"imagery file {name} declares {ds.width} x {ds.height} x {ds.count} "
-                           f"bands = {total / 2**30:.1f} GiB, over the cap of "
-                           f"{limits.max_total_bytes / 2**30:.1f} GiB; split it or raise "
-                           "max_total_bytes")
+        raise ImageryError(
+            f"imagery file {name} declares {ds.width} x {ds.height} x {ds.count} "
+            f"bands = {total / 2**30:.1f} GiB, over the cap of "
+            f"{limits.max_total_bytes / 2**30:.1f} GiB; split it or raise "
+            "max_total_bytes"
+        )
     if ds.driver in WHOLE_IMAGE_DRIVERS:
         block, what = total, f"a {ds.driver} image, decoded whole,"
     else:
@@ -218,9 +238,11 @@ def check_limits(name: str, ds: rasterio.DatasetReader, limits: ReadLimits) -> N
         per_block = ds.count if ds.interleaving in (None, rasterio.enums.Interleaving.pixel) else 1
         block, what = rows * cols * itemsize * per_block, f"one block/strip ({cols} x {rows})"
     if block > limits.max_block_bytes:
-        raise ImageryError(f"imagery file {name}: {what} is {block / 2**20:.0f} MiB, over the cap "
-                           f"of {limits.max_block_bytes / 2**20:.0f} MiB; re-tile it "
-                           "(gdal_translate -of COG) or raise max_block_bytes")
+        raise ImageryError(
+            f"imagery file {name}: {what} is {block / 2**20:.0f} MiB, over the cap "
+            f"of {limits.max_block_bytes / 2**20:.0f} MiB; re-tile it "
+            "(gdal_translate -of COG) or raise max_block_bytes"
+        )
 
 
 def check_georeference(name: str, ds: rasterio.DatasetReader) -> None:
@@ -235,16 +257,20 @@ def check_georeference(name: str, ds: rasterio.DatasetReader) -> None:
     """
     if ds.crs is None or ds.transform == Affine.identity():
         if ds.gcps[0] or ds.rpcs:
-            raise ImageryError(f"imagery file {name} is georeferenced only by GCPs or RPCs; "
-                               "warp it first (gdalwarp -t_srs EPSG:... in.tif out.tif)")
+            raise ImageryError(
+                f"imagery file {name} is georeferenced only by GCPs or RPCs; "
+                "warp it first (gdalwarp -t_srs EPSG:... in.tif out.tif)"
+            )
         raise ImageryError(
             f"imagery file {name} has no georeference (no CRS or geotransform). If it is a "
             "slippy-map tile, open its folder as an XYZ source (files named z/x/y.ext or "
-            "OAM-x-y-z.ext); otherwise add a .aux.xml/.wld sidecar or georeference it")
+            "OAM-x-y-z.ext); otherwise add a .aux.xml/.wld sidecar or georeference it"
+        )
 
 
-def map_bands(name: str, ds: rasterio.DatasetReader,
-              bands: tuple[int, int, int] | None) -> tuple[int, int, int]:
+def map_bands(
+    name: str, ds: rasterio.DatasetReader, bands: tuple[int, int, int] | None
+) -> tuple[int, int, int]:
     """Choose the bands that hold red, green and blue.
 
     Args:
@@ -260,12 +286,17 @@ def map_bands(name: str, ds: rasterio.DatasetReader,
     """
     if bands is not None:
         if len(bands) != 3 or any(not 1 <= int(b) <= ds.count for b in bands):
-            raise ImageryError(f"bands={bands!r} is not valid for imagery file {name}, which has "
-                               f"{ds.count} band(s); pass three 1-based indexes (r, g, b)")
+            raise ImageryError(
+                f"bands={bands!r} is not valid for imagery file {name}, which has "
+                f"{ds.count} band(s); pass three 1-based indexes (r, g, b)"
+            )
         return (int(bands[0]), int(bands[1]), int(bands[2]))
     interp = list(ds.colorinterp)
-    found = [interp.index(c) + 1 for c in (ColorInterp.red, ColorInterp.green, ColorInterp.blue)
-             if interp.count(c) == 1]
+    found = [
+        interp.index(c) + 1
+        for c in (ColorInterp.red, ColorInterp.green, ColorInterp.blue)
+        if interp.count(c) == 1
+    ]
     if len(found) == 3:
         return (found[0], found[1], found[2])
     if ds.count == 3 and ColorInterp.alpha not in interp:
@@ -274,7 +305,8 @@ def map_bands(name: str, ds: rasterio.DatasetReader,
     raise ImageryError(
         f"imagery file {name} has {ds.count} band(s) of {ds.dtypes[0]} ({names}) and its colour "
         "interpretation does not say which are red, green and blue; pass bands=(r, g, b) "
-        "(1-based, e.g. bands=(1, 1, 1) for a single grey band)")
+        "(1-based, e.g. bands=(1, 1, 1) for a single grey band)"
+    )
 
 
 def to_uint8(data: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
@@ -305,10 +337,9 @@ class _FileInfo:
 
 
 def _footprint_lonlat(ds: rasterio.DatasetReader) -> tuple[float, float, float, float]:
-    corners = [ds.transform * (c, r) for c in (0, ds.width) for r in (0, ds.height)]
+    corners = [ds.transform @ (c, r) for c in (0, ds.width) for r in (0, ds.height)]
     xs, ys = zip(*corners)
-    return transform_bounds(ds.crs, "EPSG:4326", min(xs), min(ys), max(xs), max(ys),
-                            densify_pts=21)
+    return transform_bounds(ds.crs, "EPSG:4326", min(xs), min(ys), max(xs), max(ys), densify_pts=21)
 
 
 def grid_bounds_lonlat(grid: PixelGrid) -> tuple[float, float, float, float]:
@@ -369,16 +400,28 @@ class RasterSource:
             try:
                 bounds = _footprint_lonlat(ds)
             except GDAL_ERRORS as exc:
-                raise ImageryError(f"imagery file {name}: its CRS cannot be transformed to "
-                                   f"lon/lat ({exc}); reproject it to a standard CRS") from exc
-            return _FileInfo(name, path, bands, ds.dtypes[bands[0] - 1],
-                             add_alpha=ds.nodata is None and not has_alpha, bounds=bounds)
+                raise ImageryError(
+                    f"imagery file {name}: its CRS cannot be transformed to "
+                    f"lon/lat ({exc}); reproject it to a standard CRS"
+                ) from exc
+            return _FileInfo(
+                name,
+                path,
+                bands,
+                ds.dtypes[bands[0] - 1],
+                add_alpha=ds.nodata is None and not has_alpha,
+                bounds=bounds,
+            )
 
     def bounds_lonlat(self) -> tuple[float, float, float, float]:
         """Return the union of the files' footprints ``(west, south, east, north)`` in degrees."""
         b = self._boxes
-        return (float(b[:, 0].min()), float(b[:, 1].min()), float(b[:, 2].max()),
-                float(b[:, 3].max()))
+        return (
+            float(b[:, 0].min()),
+            float(b[:, 1].min()),
+            float(b[:, 2].max()),
+            float(b[:, 3].max()),
+        )
 
     def read(self, grid: PixelGrid) -> TileImage:
         """Read the tile on ``grid``, averaging when downsampling.
@@ -410,9 +453,15 @@ class RasterSource:
         env = _REMOTE_ENV if is_remote(info.path) else {}
         try:
             with rasterio.Env(**env), open_raster(info.name, info.path, self.limits) as ds:
-                with WarpedVRT(ds, crs=grid.crs, transform=grid.transform, width=grid.width,
-                               height=grid.height, resampling=Resampling.average,
-                               add_alpha=info.add_alpha) as vrt:
+                with WarpedVRT(
+                    ds,
+                    crs=grid.crs,
+                    transform=grid.transform,
+                    width=grid.width,
+                    height=grid.height,
+                    resampling=Resampling.average,
+                    add_alpha=info.add_alpha,
+                ) as vrt:
                     data = vrt.read(indexes=list(info.bands))
                     ok = vrt.dataset_mask() > 0
                 if np.issubdtype(data.dtype, np.floating):
@@ -421,14 +470,16 @@ class RasterSource:
                     low, high = self._scale_for(info, ds)
                     data = to_uint8(data, low, high)
         except GDAL_ERRORS as exc:
-            raise ImageryError(f"imagery file {info.name} could not be read: "
-                               f"{str(exc).rstrip('.')}. The file "
-                               "may be corrupt or truncated; check it with gdalinfo -checksum"
-                               ) from exc
+            raise ImageryError(
+                f"imagery file {info.name} could not be read: "
+                f"{str(exc).rstrip('.')}. The file "
+                "may be corrupt or truncated; check it with gdalinfo -checksum"
+            ) from exc
         return data, ok
 
-    def _scale_for(self, info: _FileInfo,
-                   ds: rasterio.DatasetReader) -> tuple[np.ndarray, np.ndarray]:
+    def _scale_for(
+        self, info: _FileInfo, ds: rasterio.DatasetReader
+    ) -> tuple[np.ndarray, np.ndarray]:
         if self.scale is not None:
             return np.full(3, self.scale[0]), np.full(3, self.scale[1])
         if info.path not in self._stats:
@@ -436,8 +487,9 @@ class RasterSource:
         return self._stats[info.path]
 
 
-def percentile_stats(ds: rasterio.DatasetReader,
-                     bands: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+def percentile_stats(
+    ds: rasterio.DatasetReader, bands: tuple[int, int, int]
+) -> tuple[np.ndarray, np.ndarray]:
     """Compute the 2nd and 98th percentile of each band from a decimated read.
 
     The read is at most about 1024 pixels on its longest side, so GDAL uses an overview when the

@@ -36,8 +36,9 @@ def pick_asset(item: pystac.Item, asset: str | None = None) -> pystac.Asset:
     assets = item.assets
     if asset is not None:
         if asset not in assets:
-            raise ImageryError(f"STAC item {item.id!r} has no asset {asset!r}; it has "
-                               f"{sorted(assets)}")
+            raise ImageryError(
+                f"STAC item {item.id!r} has no asset {asset!r}; it has {sorted(assets)}"
+            )
         return assets[asset]
     for key in _PREFERRED_KEYS:
         if key in assets:
@@ -45,8 +46,10 @@ def pick_asset(item: pystac.Item, asset: str | None = None) -> pystac.Asset:
     for value in assets.values():
         if "data" in (value.roles or []):
             return value
-    raise ImageryError(f"STAC item {item.id!r} has no asset keyed 'visual' or 'image' and none "
-                       f"with role 'data' (assets: {sorted(assets)}); pass asset='<key>'")
+    raise ImageryError(
+        f"STAC item {item.id!r} has no asset keyed 'visual' or 'image' and none "
+        f"with role 'data' (assets: {sorted(assets)}); pass asset='<key>'"
+    )
 
 
 def _resolve(href: str, base_dir: str) -> str:
@@ -84,8 +87,10 @@ class StacSource:
         if not os.path.isfile(name):
             raise ImageryError(f"STAC file {name} does not exist")
         if os.path.getsize(name) > _MAX_JSON_BYTES:
-            raise ImageryError(f"STAC file {name} is over {_MAX_JSON_BYTES // 2**20} MiB; "
-                               "split it into smaller ItemCollections")
+            raise ImageryError(
+                f"STAC file {name} is over {_MAX_JSON_BYTES // 2**20} MiB; "
+                "split it into smaller ItemCollections"
+            )
         try:
             with open(name, encoding="utf-8") as fh:
                 doc = json.load(fh)
@@ -95,8 +100,10 @@ class StacSource:
             elif kind == "FeatureCollection":
                 items = list(pystac.ItemCollection.from_dict(doc).items)
             else:
-                raise ImageryError(f"STAC file {name} is not an Item or ItemCollection "
-                                   f"(type {kind!r}); pass an Item or ItemCollection JSON")
+                raise ImageryError(
+                    f"STAC file {name} is not an Item or ItemCollection "
+                    f"(type {kind!r}); pass an Item or ItemCollection JSON"
+                )
         except (ValueError, KeyError, TypeError, pystac.STACError) as exc:
             if isinstance(exc, ImageryError):
                 raise
@@ -105,8 +112,9 @@ class StacSource:
             raise ImageryError(f"STAC file {name} holds no items")
         base = os.path.dirname(os.path.abspath(name))
         self.hrefs = [_resolve(pick_asset(item, self.asset).href, base) for item in items]
-        self._raster = RasterSource(self.hrefs, bands=self.bands, scale=self.scale,
-                                    limits=self.limits)
+        self._raster = RasterSource(
+            self.hrefs, bands=self.bands, scale=self.scale, limits=self.limits
+        )
 
     def read(self, grid: PixelGrid) -> TileImage:
         """Read the tile on ``grid`` from the items' assets (see :meth:`RasterSource.read`).

@@ -127,13 +127,16 @@ class XYZSource:
         elif os.path.isdir(text):
             self._tiles = scan_tiles(text)
         else:
-            raise ImageryError(f"XYZ source {text!r} is neither a folder nor a template with "
-                               "{z}/{x}/{y}")
+            raise ImageryError(
+                f"XYZ source {text!r} is neither a folder nor a template with {{z}}/{{x}}/{{y}}"
+            )
         if self._tiles is not None:
             zooms = sorted({z for z, _, _ in self._tiles})
             if not zooms:
-                raise ImageryError(f"no XYZ tiles found in {text!r}; expected files named "
-                                   "OAM-x-y-z.png or z/x/y.png")
+                raise ImageryError(
+                    f"no XYZ tiles found in {text!r}; expected files named "
+                    "OAM-x-y-z.png or z/x/y.png"
+                )
             if self.zoom is None:
                 self.zoom = zooms[-1]
             elif self.zoom not in zooms:
@@ -145,8 +148,14 @@ class XYZSource:
         if self._tiles is None:
             return (-180.0, -_MAX_LAT, 180.0, _MAX_LAT)
         boxes = np.array([tile_bounds_3857(x, y, z) for z, x, y in self._tiles])
-        return transform_bounds("EPSG:3857", "EPSG:4326", boxes[:, 0].min(), boxes[:, 1].min(),
-                                boxes[:, 2].max(), boxes[:, 3].max())
+        return transform_bounds(
+            "EPSG:3857",
+            "EPSG:4326",
+            boxes[:, 0].min(),
+            boxes[:, 1].min(),
+            boxes[:, 2].max(),
+            boxes[:, 3].max(),
+        )
 
     def _zoom_for(self, grid: PixelGrid) -> int:
         if self.zoom is not None:
@@ -170,16 +179,19 @@ class XYZSource:
             ImageryError: if a tile cannot be read or the grid needs too many tiles.
         """
         z = self._zoom_for(grid)
-        left, bottom, right, top = transform_bounds(grid.crs, "EPSG:3857", *grid.bounds,
-                                                    densify_pts=21)
+        left, bottom, right, top = transform_bounds(
+            grid.crs, "EPSG:3857", *grid.bounds, densify_pts=21
+        )
         size = 2 * MERCATOR_HALF / 2**z
         last = 2**z - 1
         x0, x1 = (min(last, max(0, int((v + MERCATOR_HALF) // size))) for v in (left, right))
         y0, y1 = (min(last, max(0, int((MERCATOR_HALF - v) // size))) for v in (top, bottom))
         if (x1 - x0 + 1) * (y1 - y0 + 1) > _MAX_TILES:
             count = (x1 - x0 + 1) * (y1 - y0 + 1)
-            raise ImageryError(f"the grid needs {count} tiles at zoom {z}, over the cap of "
-                               f"{_MAX_TILES}; use a smaller tile or a coarser zoom")
+            raise ImageryError(
+                f"the grid needs {count} tiles at zoom {z}, over the cap of "
+                f"{_MAX_TILES}; use a smaller tile or a coarser zoom"
+            )
         mosaic: np.ndarray | None = None
         px = 0
         for x in range(x0, x1 + 1):
@@ -191,17 +203,26 @@ class XYZSource:
                     px = tile.shape[1]
                     mosaic = np.zeros((4, (y1 - y0 + 1) * px, (x1 - x0 + 1) * px), np.uint8)
                 if tile.shape[1:] != (px, px):
-                    raise ImageryError(f"XYZ tile {z}/{x}/{y} is {tile.shape[2]} x "
-                                       f"{tile.shape[1]} px, but others are {px} x {px}")
+                    raise ImageryError(
+                        f"XYZ tile {z}/{x}/{y} is {tile.shape[2]} x "
+                        f"{tile.shape[1]} px, but others are {px} x {px}"
+                    )
                 r, c = (y - y0) * px, (x - x0) * px
-                mosaic[:, r:r + px, c:c + px] = tile
+                mosaic[:, r : r + px, c : c + px] = tile
         out = np.zeros((4, grid.height, grid.width), np.uint8)
         if mosaic is not None:
             src_left, _, _, src_top = tile_bounds_3857(x0, y0, z)
-            reproject(mosaic, out, src_transform=Affine(size / px, 0, src_left, 0, -size / px,
-                                                        src_top),
-                      src_crs="EPSG:3857", dst_transform=grid.transform, dst_crs=grid.crs,
-                      src_alpha=4, dst_alpha=4, resampling=Resampling.average)
+            reproject(
+                mosaic,
+                out,
+                src_transform=Affine(size / px, 0, src_left, 0, -size / px, src_top),
+                src_crs="EPSG:3857",
+                dst_transform=grid.transform,
+                dst_crs=grid.crs,
+                src_alpha=4,
+                dst_alpha=4,
+                resampling=Resampling.average,
+            )
         return TileImage(rgb=out[:3].copy(), valid=out[3] > 0, grid=grid)
 
     def _read_tile(self, z: int, x: int, y: int) -> np.ndarray | None:

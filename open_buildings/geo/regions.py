@@ -3,8 +3,10 @@
 A region file is a FeatureCollection, a Feature, or a bare Polygon/MultiPolygon (a
 GeometryCollection of polygons is accepted too). All its polygons are unioned into one
 :class:`Region`. Everything in the file is treated as hostile: the size is checked before reading,
-the nesting depth is capped, and every problem raises a :class:`~open_buildings.errors.RegionError`
-that names the feature (``"feature 3: ..."``) and says how to fix it.
+the nesting depth is capped (for a file, measured on the raw text before the recursive ``json``
+parser sees it; its ``RecursionError`` is caught as well), and every problem raises a
+:class:`~open_buildings.errors.RegionError` that names the feature (``"feature 3: ..."``) and says
+how to fix it.
 
 Rules (RFC 7946 unless noted):
 
@@ -17,9 +19,11 @@ Rules (RFC 7946 unless noted):
   ``bbox`` must be 4 or 6 numbers. RFC 7946 section 7.1 is enforced: a Feature must not have
   ``coordinates``/``geometries``/``features``, a geometry must not have
   ``geometry``/``properties``/``features``, and so on.
-- A region is an area: a Point, LineString, null or empty geometry is an error, also inside a
-  collection that holds polygons too (the index is named: remove it or buffer it into a polygon).
-  Dropping it silently would change the region the user drew.
+- A region is an area: a Point, LineString, null or empty geometry is an error when the input
+  holds no polygon at all (the index is named: remove it or buffer it into a polygon). In a
+  FeatureCollection that does hold polygons, such features are skipped with a warning that names
+  each one, so a map export with a few labels or roads in it still loads (geojsonhint's "good"
+  ``good-featurecollection.geojson``), and the user is told exactly what was left out.
 - Rings must be closed (first position identical to the last, height included) and hold at least
   4 positions. Polygons must be valid (no self-intersection); ``fix_invalid=True`` repairs them
   with ``shapely.make_valid``, keeps the polygonal part and warns.
@@ -41,6 +45,11 @@ Decisions that reject what other readers might accept:
 - A duplicate key in any JSON object is an error (``bad-duplicate-properties.geojson`` has two
   ``type`` members): which one wins differs between parsers, so the region would be ambiguous.
 - ``NaN``/``Infinity`` literals parse, but as coordinates they are errors naming the feature.
+- geojsonhint's "good" ``issue82.geojson`` has latitudes near -140: valid JSON structure, but not
+  WGS84 degrees, so it is rejected (the message suggests a projected CRS).
+- A polygon that still self-intersects after the antimeridian split (a satellite swath that
+  overlaps itself near a pole, as antimeridian's ``overlap.json``) is an error unless
+  ``fix_invalid=True``.
 """
 
 from __future__ import annotations
@@ -49,6 +58,7 @@ import difflib
 import json
 import math
 import os
+import re
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -115,7 +125,8 @@ class Region:
     @property
     def bounds(self) -> tuple[float, float, float, float]:
         """(west, south, east, north); (-180, ..., 180, ...) for a region split at 180."""
-        return tuple(float(v) for v in self.geometry.bounds)
+        west, south, east, north = self.geometry.bounds
+        return (float(west), float(south), float(east), float(north))
 
     @property
     def parts(self) -> list[shapely.Polygon]:
@@ -161,10 +172,8 @@ def read_region(
         ) from e
     if len(data) > max_bytes:
         raise _too_big(source, len(data), max_bytes)
-    obj = _load_json(data, source)
-    return parse_region(
-        obj, source=source, max_area_km2=max_area_km2, fix_invalid=fix_invalid, max_depth=max_depth
-    )
+    obj = _load_json(data, source, max_depth)
+    return _build(obj, source, max_area_km2, fix_invalid)
 
 
 def parse_region(
@@ -190,17 +199,28 @@ def parse_region(
     Raises:
         RegionError: The object is not valid GeoJSON, not an area, invalid, or too large.
     """
-    depth = _depth(obj, max_depth)
-    if depth > max_depth:
-        raise RegionError(
-            f"{source}: the JSON is nested more than {max_depth} levels deep; a GeoJSON region "
-            "needs about 8. Flatten it, or raise max_depth if the nesting is intended"
+    if _depth(obj, max_depth) > max_depth:
+        raise _too_deep(source, max_depth)
+    return _build(obj, source, max_area_km2, fix_invalid)
+
+
+def _build(obj: Any, source: str, max_area_km2: float, fix_invalid: bool) -> Region:
+    polygons: list[shapely.Polygon] = []
+    skipped: list[_NotAreaError] = []
+    for label, geometry in _geometries(obj, source):
+        try:
+            polygons.extend(_polygons(geometry, label, source, fix_invalid))
+        except _NotAreaError as exc:
+            skipped.append(exc)
+    if skipped and not polygons:
+        raise skipped[0]
+    if skipped:
+        warnings.warn(
+            f"{source}: skipped {len(skipped)} feature(s) that are not areas: "
+            + "; ".join(exc.label for exc in skipped[:10])
+            + (" ..." if len(skipped) > 10 else ""),
+            stacklevel=3,
         )
-    polygons = [
-        poly
-        for label, geometry in _geometries(obj, source)
-        for poly in _polygons(geometry, label, source, fix_invalid)
-    ]
     geometry = shapely.orient_polygons(shapely.union_all(polygons))
     return _region(geometry, source, max_area_km2)
 
@@ -225,7 +245,7 @@ def region_from_bbox(
     """
     source = f"bbox({west}, {south}, {east}, {north})"
     values = (west, south, east, north)
-    if not all(_is_number(v) and math.isfinite(v) for v in values):
+    if not all(_is_finite_number(v) for v in values):
         raise RegionError(f"{source}: every bound must be a finite number")
     if not (-180 <= west <= 180 and -180 <= east <= 180):
         raise RegionError(f"{source}: west and east must lie in [-180, 180]")
@@ -263,7 +283,26 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
-def _load_json(data: bytes, source: str) -> Any:
+def _too_deep(source: str, max_depth: int) -> RegionError:
+    return RegionError(
+        f"{source}: the JSON is nested more than {max_depth} levels deep; a GeoJSON region "
+        "needs about 8. Flatten it, or raise max_depth if the nesting is intended"
+    )
+
+
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_BRACKET_STEP = np.zeros(256, dtype=np.int8)
+_BRACKET_STEP[[ord("["), ord("{")]] = 1
+_BRACKET_STEP[[ord("]"), ord("}")]] = -1
+
+
+def _text_depth(data: bytes) -> int:
+    """The bracket nesting depth of JSON text, strings ignored; vectorised, no recursion."""
+    steps = _BRACKET_STEP[np.frombuffer(_JSON_STRING.sub(b'""', data), dtype=np.uint8)]
+    return int(np.cumsum(steps[steps != 0], dtype=np.int64).max(initial=0))
+
+
+def _load_json(data: bytes, source: str, max_depth: int) -> Any:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -273,6 +312,8 @@ def _load_json(data: bytes, source: str) -> Any:
             f"{source}: not UTF-8 (byte 0x{data[e.start]:02x} at line {line}, column {col}); "
             "GeoJSON must be UTF-8: re-save the file as UTF-8"
         ) from None
+    if _text_depth(data) > max_depth:
+        raise _too_deep(source, max_depth)
     try:
         return json.loads(text.removeprefix("\ufeff"), object_pairs_hook=_no_duplicates)
     except json.JSONDecodeError as e:
@@ -285,6 +326,8 @@ def _load_json(data: bytes, source: str) -> Any:
             f'{source}: duplicate key "{e}" in one JSON object; readers disagree on which value '
             "wins, so keep only one"
         ) from None
+    except ValueError as e:  # e.g. an integer literal of more than 4300 digits
+        raise RegionError(f"{source}: unreadable JSON number ({e}); use plain decimals") from None
     except RecursionError:
         raise RegionError(
             f"{source}: the JSON is nested too deeply to parse; a GeoJSON region needs about 8 "
@@ -303,7 +346,7 @@ def _depth(obj: Any, limit: int) -> int:
             if depth > limit:
                 return depth
             children = value.values() if isinstance(value, dict) else value
-            stack.extend((child, depth + 1) for child in children)
+            stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list | tuple))
     return deepest
 
 
@@ -314,8 +357,23 @@ def _is_number(v: Any) -> bool:
     return type(v) in (int, float)
 
 
+def _is_finite_number(v: Any) -> bool:
+    try:
+        return _is_number(v) and math.isfinite(v)
+    except OverflowError:  # an int beyond float range
+        return False
+
+
 def _error(source: str, label: str, message: str) -> RegionError:
     return RegionError(f"{source}: {label}: {message}")
+
+
+class _NotAreaError(RegionError):
+    """A feature whose geometry is null, empty, a point or a line: skippable in a collection."""
+
+    def __init__(self, source: str, label: str, message: str) -> None:
+        super().__init__(f"{source}: {label}: {message}")
+        self.label = f"{label} ({message.split(';')[0]})"
 
 
 def _check_object(obj: Any, label: str, source: str) -> str:
@@ -349,7 +407,7 @@ def _check_object(obj: Any, label: str, source: str) -> str:
         if not (
             isinstance(bbox, _ARRAY)
             and len(bbox) in (4, 6)
-            and all(_is_number(v) and math.isfinite(v) for v in bbox)
+            and all(_is_finite_number(v) for v in bbox)
         ):
             raise _error(
                 source,
@@ -412,14 +470,14 @@ def _feature(feature: Any, label: str, source: str) -> tuple[str, Any]:
 def _polygons(geometry: Any, label: str, source: str, fix_invalid: bool) -> list[shapely.Polygon]:
     """Validate one geometry object; return its valid polygons within +-180, ready to union."""
     if geometry is None:
-        raise _error(source, label, f"the geometry is null; {_NOT_AREA}")
+        raise _NotAreaError(source, label, f"the geometry is null; {_NOT_AREA}")
     kind = _check_object(geometry, label, source)
     if kind == "GeometryCollection":
         members = geometry.get("geometries")
         if not isinstance(members, _ARRAY):
             raise _error(source, label, 'a GeometryCollection needs a "geometries" array')
         if not members:
-            raise _error(source, label, f"the GeometryCollection is empty; {_NOT_AREA}")
+            raise _NotAreaError(source, label, f"the GeometryCollection is empty; {_NOT_AREA}")
         return [
             poly
             for j, member in enumerate(members)
@@ -428,12 +486,12 @@ def _polygons(geometry: Any, label: str, source: str, fix_invalid: bool) -> list
     if kind not in _GEOMETRY_TYPES:
         raise _error(source, label, f"expected a geometry, got a {kind}")
     if kind not in ("Polygon", "MultiPolygon"):
-        raise _error(source, label, f"a {kind} is not an area; {_NOT_AREA}")
+        raise _NotAreaError(source, label, f"a {kind} is not an area; {_NOT_AREA}")
     coords = geometry.get("coordinates")
     if not isinstance(coords, _ARRAY):
         raise _error(source, label, f'a {kind} needs a "coordinates" array')
     if not coords:
-        raise _error(source, label, f"the {kind} is empty; {_NOT_AREA}")
+        raise _NotAreaError(source, label, f"the {kind} is empty; {_NOT_AREA}")
     polys = [coords] if kind == "Polygon" else coords
     out = []
     for j, rings in enumerate(polys):
@@ -454,7 +512,11 @@ def _ring(ring: Any, label: str, source: str) -> np.ndarray:
             f"a ring must be an array of [lon, lat] positions, got "
             f"{json.dumps(ring)[:40]}; Polygon coordinates nest as [[[lon, lat], ...]]",
         )
-    for k, p in enumerate(ring):
+    position_types = {type(p) for p in ring}
+    fast = position_types <= {list, tuple}
+    lengths = {len(p) for p in ring} if fast else set()
+    fast = fast and lengths <= {2, 3} and {type(v) for p in ring for v in p} <= {int, float}
+    for k, p in enumerate([] if fast else ring):
         if not (isinstance(p, _ARRAY) and 2 <= len(p) <= 3 and all(_is_number(v) for v in p)):
             raise _error(
                 source,
@@ -470,7 +532,7 @@ def _ring(ring: Any, label: str, source: str) -> np.ndarray:
             f"position), got {len(ring)}",
         )
     try:
-        xy = np.array([p[:2] for p in ring], dtype=float)
+        xy = np.array(ring if len(lengths) == 1 else [p[:2] for p in ring], dtype=float)[:, :2]
     except OverflowError:
         raise _error(source, label, "a coordinate is too large to be a degree") from None
     bad = np.flatnonzero(~np.isfinite(xy).all(axis=1))
@@ -585,9 +647,12 @@ def _fix_polygon(
 
 
 def _geodesic_area_km2(geometry: shapely.Geometry) -> float:
-    dense = shapely.segmentize(geometry, _DENSIFY_DEG)
-    area, _ = _GEOD.geometry_area_perimeter(dense)
-    return abs(area) / 1e6
+    total = 0.0
+    for part in shapely.get_parts(shapely.segmentize(geometry, _DENSIFY_DEG)):
+        for ring in (part.exterior, *part.interiors):  # signed: CCW exterior, CW holes
+            xy = shapely.get_coordinates(ring)
+            total += _GEOD.polygon_area_perimeter(xy[:, 0], xy[:, 1])[0]
+    return abs(total) / 1e6
 
 
 def _region(geometry: shapely.Geometry, source: str, max_area_km2: float) -> Region:

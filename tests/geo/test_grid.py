@@ -27,7 +27,9 @@ def _random_points(bounds: tuple[float, float, float, float], n: int, seed: int 
     [
         shapely.box(85.51, 27.62, 85.53, 27.64),  # Banepa, Nepal
         shapely.box(5.99, 0.0, 6.01, 0.02),  # across the UTM zone 31/32 border at 6°E
-        shapely.box(36.80, -1.31, 36.82, -1.29).difference(shapely.box(36.805, -1.305, 36.815, -1.295)),
+        shapely.box(36.80, -1.31, 36.82, -1.29).difference(
+            shapely.box(36.805, -1.305, 36.815, -1.295)
+        ),
     ],
     ids=["banepa", "utm-border", "with-hole"],
 )
@@ -64,7 +66,9 @@ def test_cover_streams() -> None:
     "region",
     [
         shapely.box(5.995, 0.0, 6.005, 0.01),  # UTM zone border
-        shapely.MultiPolygon([shapely.box(179.995, -16.01, 180, -16), shapely.box(-180, -16.01, -179.995, -16)]),
+        shapely.MultiPolygon(
+            [shapely.box(179.995, -16.01, 180, -16), shapely.box(-180, -16.01, -179.995, -16)]
+        ),
         shapely.box(0.0, 89.99, 20.0, 89.995),  # next to the north pole, inside the UPS cap
         shapely.box(-0.005, -0.005, 0.005, 0.005),  # S2 face corner at (0, 0)
     ],
@@ -105,9 +109,15 @@ def test_tile_ids_are_stable_and_checked() -> None:
 
 @pytest.mark.parametrize(
     ("lon", "lat", "crs"),
-    [(36.8, -1.3, "EPSG:32737"), (5.999, 10.0, "EPSG:32631"), (6.0, 10.0, "EPSG:32632"),
-     (180.0, 0.0, "EPSG:32660"), (-180.0, 0.0, "EPSG:32601"), (0.0, 85.0, "EPSG:32661"),
-     (0.0, -81.0, "EPSG:32761")],
+    [
+        (36.8, -1.3, "EPSG:32737"),
+        (5.999, 10.0, "EPSG:32631"),
+        (6.0, 10.0, "EPSG:32632"),
+        (180.0, 0.0, "EPSG:32660"),
+        (-180.0, 0.0, "EPSG:32601"),
+        (0.0, 85.0, "EPSG:32661"),
+        (0.0, -81.0, "EPSG:32761"),
+    ],
 )
 def test_utm_crs(lon: float, lat: float, crs: str) -> None:
     assert grid.utm_crs(lon, lat) == crs

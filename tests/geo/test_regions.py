@@ -153,14 +153,20 @@ GOOD_REJECTED = {
     # Planar test data with |latitude| > 90: not WGS84, whatever geojsonhint says.
     "issue82.geojson": "latitude -107.209, outside [-90, 90]; is the file in a projected CRS?",
     "nullgeometry.geojson": "feature 0: the geometry is null",
-    # Mixed collections: the polygon is fine but the point in feature 0 is not an area.
-    "good-featurecollection.geojson": "feature 0: a Point is not an area",
-    "good-featurecollection-extensions.geojson": "feature 0: a Point is not an area",
 }
+# Mixed collections: the polygon loads; the point and the line are skipped with a warning.
+GOOD_MIXED = {"good-featurecollection.geojson", "good-featurecollection-extensions.geojson"}
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in HINT_GOOD.iterdir()))
 def test_geojsonhint_good_files(name: str) -> None:
+    if name in GOOD_MIXED:
+        with pytest.warns(
+            UserWarning, match="feature 0 .a Point is not an area.; feature 1 .a Line"
+        ):
+            region = read_region(HINT_GOOD / name)
+        assert same_shape(region.geometry, shapely.box(100, 0, 101, 1))
+        return
     if name in GOOD_POLYGONS:
         region = read_region(HINT_GOOD / name)
         assert_well_formed(region)
@@ -351,11 +357,22 @@ def test_geometry_collection_of_polygons() -> None:
     assert same_shape(parse_region(gc).geometry, shapely.box(0, 0, 1, 1))
 
 
-def test_mixed_collection_names_the_non_polygon() -> None:
+def test_mixed_collection_loads_polygons_and_names_what_it_skipped() -> None:
+    line = {"type": "LineString", "coordinates": [[0, 0], [1, 1]]}
+    with pytest.warns(
+        UserWarning,
+        match=r"skipped 2 feature\(s\).*feature 1 \(a LineString is not"
+        r" an area\); feature 3 \(the geometry is null\)",
+    ):
+        region = parse_region(collection(polygon(SQUARE), line, polygon(SQUARE), None))
+    assert same_shape(region.geometry, shapely.Polygon(SQUARE))
+
+
+def test_collection_without_any_polygon_is_an_error() -> None:
     line = {"type": "LineString", "coordinates": [[0, 0], [1, 1]]}
     with pytest.raises(RegionError) as info:
-        parse_region(collection(polygon(SQUARE), polygon(SQUARE), line))
-    assert "feature 2: a LineString is not an area" in str(info.value)
+        parse_region(collection(line, None))
+    assert "feature 0: a LineString is not an area" in str(info.value)
     assert NOT_AREA in str(info.value)
 
 
@@ -479,8 +496,10 @@ def test_too_big_file_is_refused_before_reading(tmp_path: Path) -> None:
 def test_deep_json_file(tmp_path: Path) -> None:
     path = tmp_path / "deep.geojson"
     path.write_text("[" * 100_000 + "]" * 100_000)
-    with pytest.raises(RegionError, match="nested too deeply"):
-        read_region(path)
+    with pytest.raises(RegionError, match="nested more than 64 levels deep"):
+        read_region(path)  # measured on the text, before parsing
+    with pytest.raises(RegionError, match="nested too deeply to parse"):
+        read_region(path, max_depth=10**6)  # json's own RecursionError, caught
 
 
 def test_depth_cap_after_parsing(tmp_path: Path) -> None:
@@ -552,3 +571,32 @@ def test_region_from_bbox_across_the_antimeridian() -> None:
 def test_region_from_bbox_errors(bounds: tuple, expected: str) -> None:
     with pytest.raises(RegionError, match=expected):
         region_from_bbox(*bounds)
+
+
+# -- regressions: hostile numbers and structures ---------------------------------------------------
+
+
+def test_huge_integer_in_bbox_is_a_region_error() -> None:
+    with pytest.raises(RegionError, match='"bbox" must be an array of 4 or 6 numbers'):
+        parse_region({**polygon(SQUARE), "bbox": [0, 0, 1, 10**400]})
+
+
+def test_integer_literal_too_long_to_parse(tmp_path: Path) -> None:
+    path = tmp_path / "digits.geojson"
+    path.write_text('{"type": "Polygon", "coordinates": [[[0, ' + "9" * 5000 + "]]]}")
+    with pytest.raises(RegionError, match="unreadable JSON number"):
+        read_region(path)
+
+
+def test_cyclic_dict_stops_at_the_depth_cap() -> None:
+    obj: dict = {"type": "Feature", "properties": {}}
+    obj["geometry"] = obj
+    with pytest.raises(RegionError, match="nested more than 64 levels deep"):
+        parse_region(obj)
+
+
+def test_brackets_inside_strings_do_not_count_as_depth(tmp_path: Path) -> None:
+    path = tmp_path / "name.geojson"
+    obj = {**feature(polygon(SQUARE)), "properties": {"name": "[" * 100 + '\\"{'}}
+    path.write_text(json.dumps(obj))
+    assert read_region(path).area_km2 > 0
