@@ -1,0 +1,63 @@
+"""The console scripts: ob-tiles on the sample, and the stubs that say which issue brings them."""
+
+from pathlib import Path
+
+import pytest
+
+from open_buildings import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "geo" / "sample"
+BAD = ROOT / "tests" / "data" / "regions" / "geojsonhint" / "bad"
+
+
+def test_ob_tiles_counts_the_sample(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.tiles_main([str(SAMPLE / "region.geojson")]) == 0
+    out = capsys.readouterr().out
+    assert "2 tiles at S2 level 14" in out
+    assert "0.068 km2" in out
+
+
+def test_ob_tiles_lists_ids_and_reads_imagery(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ids = tmp_path / "tiles.txt"
+    argv = [
+        str(SAMPLE / "region.geojson"),
+        "--list",
+        str(ids),
+        "--imagery",
+        str(SAMPLE / "items.json"),
+    ]
+    assert cli.tiles_main(argv) == 0
+    assert ids.read_text().split() == ["182f13a9", "182f13ab"]
+    out = capsys.readouterr().out
+    assert "tile 182f13a9 (EPSG:32737, 1326x1009 px at 0.5 m): imagery covers 12.0%" in out
+    # never overwrites an existing list
+    assert cli.tiles_main(argv) == 2
+    assert "exists" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("bad-json.geojson", "invalid JSON at line 3, column 5"),
+        ("point.geojson", "a Point is not an area"),
+        ("different-first-last.geojson", "not closed"),
+    ],
+)
+def test_ob_tiles_bad_region_is_a_clear_error(
+    name: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.tiles_main([str(BAD / name)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ob-tiles: error: ") and message in err and name in err
+
+
+@pytest.mark.parametrize(
+    ("main", "issue"),
+    [(cli.infer_main, 6), (cli.train_main, 5), (cli.eval_main, 4), (cli.download_main, 6)],
+)
+def test_stubs_say_which_issue_brings_them(main, issue: int, capsys) -> None:
+    assert main([]) == 2
+    assert f"coming with issue #{issue}" in capsys.readouterr().err
