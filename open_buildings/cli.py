@@ -15,8 +15,10 @@ def _not_yet(name: str, issue: int, what: str) -> int:
 
 
 def infer_main(argv: Sequence[str] | None = None) -> int:
-    """``ob-infer``: not built yet (issue #6)."""
-    return _not_yet("ob-infer", 6, "inference from a region to footprint files")
+    """``ob-infer REGION``: footprints for a region on this machine (see ``pipelines.infer``)."""
+    from open_buildings.pipelines.infer import infer_main as run_infer
+
+    return run_infer(argv)
 
 
 def train_main(argv: Sequence[str] | None = None) -> int:
@@ -25,13 +27,17 @@ def train_main(argv: Sequence[str] | None = None) -> int:
 
 
 def eval_main(argv: Sequence[str] | None = None) -> int:
-    """``ob-eval``: not built yet (issue #4)."""
-    return _not_yet("ob-eval", 4, "evaluation")
+    """``ob-eval --pred PRED --truth TRUTH [--region REGION] [--out DIR]``: score footprints."""
+    from open_buildings.evaluation.command import main
+
+    return main(argv)
 
 
 def download_main(argv: Sequence[str] | None = None) -> int:
-    """``ob-download``: not built yet (issue #6)."""
-    return _not_yet("ob-download", 6, "downloading published footprints")
+    """``ob-download REGION --source ROOT``: a region's footprints (see ``pipelines.download``)."""
+    from open_buildings.pipelines.download import download_main as run_download
+
+    return run_download(argv)
 
 
 def tiles_main(argv: Sequence[str] | None = None) -> int:

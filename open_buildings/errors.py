@@ -23,3 +23,15 @@ class OutputExistsError(OpenBuildingsError, FileExistsError):
 
 class ConfigError(OpenBuildingsError, ValueError):
     """A configuration value or key is wrong."""
+
+
+class EvaluationError(OpenBuildingsError, ValueError):
+    """Predictions or ground truth cannot be evaluated (unreadable, wrong geometry, no CRS...)."""
+
+
+class CheckpointError(OpenBuildingsError, ValueError):
+    """A model checkpoint is corrupt, not safetensors, fails its sha256, or does not fit its model."""
+
+
+class InferenceError(OpenBuildingsError, RuntimeError):
+    """Inference cannot run as asked: no usable model, or no GPU where one was expected."""

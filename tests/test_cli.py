@@ -56,7 +56,7 @@ def test_ob_tiles_bad_region_is_a_clear_error(
 
 @pytest.mark.parametrize(
     ("main", "issue"),
-    [(cli.infer_main, 6), (cli.train_main, 5), (cli.eval_main, 4), (cli.download_main, 6)],
+    [(cli.infer_main, 6), (cli.train_main, 5), (cli.download_main, 6)],
 )
 def test_stubs_say_which_issue_brings_them(main, issue: int, capsys) -> None:
     assert main([]) == 2

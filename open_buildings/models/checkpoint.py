@@ -1,0 +1,245 @@
+"""Model checkpoints: safetensors weights, the model's name and config, and a sha256 sidecar.
+
+A checkpoint is one ``.safetensors`` file whose metadata holds everything needed to rebuild the
+model (``name``, ``config``, ``input_spec``, ``output_channels``, ``format_version``), plus a
+``<file>.sha256`` sidecar in ``sha256sum`` format. Loading never runs code from the file:
+safetensors holds tensors only, and the architecture comes from the registry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from open_buildings.errors import CheckpointError, ConfigError
+from open_buildings.models.base import BuildingModel, InputSpec
+from open_buildings.models.registry import build_model
+
+__all__ = ["FORMAT_VERSION", "file_sha256", "load_checkpoint", "read_metadata", "save_checkpoint"]
+
+FORMAT_VERSION = "1"
+_LIST_LIMIT = 10
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Return the hex sha256 of a file, read in 1 MiB chunks.
+
+    Args:
+        path: The file.
+
+    Returns:
+        64 lowercase hex digits.
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(model: BuildingModel, path: str | os.PathLike[str]) -> str:
+    """Write a model's weights and config to a safetensors file plus a ``.sha256`` sidecar.
+
+    Both files are written to temporary names and renamed into place.
+
+    Args:
+        model: The model to save.
+        path: Destination ``.safetensors`` path; its folder must exist.
+
+    Returns:
+        The file's sha256 (hex), also written to ``path + ".sha256"``.
+    """
+    if not isinstance(model, BuildingModel):
+        raise TypeError(f"save_checkpoint takes a BuildingModel, got {type(model).__name__}")
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"folder {path.parent} does not exist; create it first")
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    metadata = {
+        "format_version": FORMAT_VERSION,
+        "name": model.name,
+        "config": json.dumps(model.config, sort_keys=True),
+        "input_spec": json.dumps(model.input_spec.to_dict(), sort_keys=True),
+        "output_channels": json.dumps(list(model.output_channels)),
+    }
+    _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    sha = file_sha256(path)
+    _atomic_write(
+        _sidecar(path), lambda tmp: Path(tmp).write_text(f"{sha}  {path.name}\n", encoding="utf-8")
+    )
+    return sha
+
+
+def _read_sidecar(path: Path) -> str:
+    sidecar = _sidecar(path)
+    if not sidecar.is_file():
+        raise CheckpointError(
+            f"no sha256 sidecar {sidecar} next to {path}; pass expected_sha256=<hex> from the "
+            "model's manifest, or verify_sidecar=False if you trust the file"
+        )
+    fields = sidecar.read_text(encoding="utf-8").split()
+    if not fields or len(fields[0]) != 64:
+        raise CheckpointError(f"{sidecar} is not in sha256sum format ('<64 hex>  <filename>')")
+    if len(fields) > 1 and fields[-1].lstrip("*") != path.name:
+        raise CheckpointError(
+            f"{sidecar} describes {fields[-1]!r}, not {path.name!r}; it belongs to another file"
+        )
+    return fields[0].lower()
+
+
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
+    """Read a checkpoint's safetensors metadata without loading tensors.
+
+    Args:
+        path: The ``.safetensors`` file.
+
+    Returns:
+        The string metadata.
+
+    Raises:
+        CheckpointError: The file is not a safetensors file or lacks the required fields.
+    """
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except Exception as exc:
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file ({exc}); checkpoints must be written "
+            "by save_checkpoint (pickled .pt/.pth files are not accepted)"
+        ) from exc
+    missing = [k for k in ("format_version", "name", "config") if k not in metadata]
+    if missing:
+        raise CheckpointError(
+            f"{path} is safetensors but lacks the metadata {missing}; it was not written by "
+            "save_checkpoint, so the model cannot be rebuilt from it"
+        )
+    if metadata["format_version"] != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint format_version {metadata['format_version']!r}; this "
+            f"version of open_buildings reads {FORMAT_VERSION!r}"
+        )
+    return metadata
+
+
+def _listing(keys: list[str]) -> str:
+    shown = ", ".join(keys[:_LIST_LIMIT])
+    more = f" (+{len(keys) - _LIST_LIMIT} more)" if len(keys) > _LIST_LIMIT else ""
+    return shown + more
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str],
+    *,
+    expected_sha256: str | None = None,
+    verify_sidecar: bool = True,
+    device: str | torch.device = "cpu",
+) -> BuildingModel:
+    """Rebuild a model from a checkpoint file alone and load its weights.
+
+    The sha256 is checked first: against ``expected_sha256`` when given, otherwise against the
+    ``.sha256`` sidecar unless ``verify_sidecar`` is False.
+
+    Args:
+        path: The ``.safetensors`` file.
+        expected_sha256: The sha256 the file must have (e.g. from a manifest).
+        verify_sidecar: Check the sidecar when no ``expected_sha256`` is given.
+        device: Where to put the model.
+
+    Returns:
+        The model, in eval mode.
+
+    Raises:
+        FileNotFoundError: No such file.
+        CheckpointError: Wrong sha256, not safetensors, unknown model/config, or tensors that
+            are missing, unexpected or of the wrong shape (named in the message).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if expected_sha256 is not None or verify_sidecar:
+        expected = (expected_sha256 or _read_sidecar(path)).strip().lower()
+        actual = file_sha256(path)
+        if actual != expected:
+            raise CheckpointError(
+                f"sha256 mismatch for {path}: expected {expected}, got {actual}. The file is "
+                "corrupt, truncated or not the one published; download or copy it again (or "
+                "fix the expected hash if the model was deliberately retrained)"
+            )
+    metadata = read_metadata(path)
+    name = metadata["name"]
+    try:
+        config = json.loads(metadata["config"])
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: the 'config' metadata is not valid JSON ({exc})") from exc
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: the 'config' metadata must be a JSON object")
+    try:
+        model = build_model(name, **config)
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}: cannot rebuild model {name!r}: {exc}") from exc
+    if "input_spec" in metadata:
+        saved_spec = InputSpec.from_dict(json.loads(metadata["input_spec"]))
+        if saved_spec != model.input_spec:
+            raise CheckpointError(
+                f"{path} was trained for input {saved_spec}, but model {name!r} is now "
+                f"registered with {model.input_spec}; use the open_buildings version that wrote it"
+            )
+    if "output_channels" in metadata:
+        saved_channels = tuple(json.loads(metadata["output_channels"]))
+        if saved_channels != model.output_channels:
+            raise CheckpointError(
+                f"{path} has output channels {saved_channels}, but model {name!r} now outputs "
+                f"{model.output_channels}"
+            )
+
+    own = model.state_dict()
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        keys = set(f.keys())
+        missing = sorted(set(own) - keys)
+        unexpected = sorted(keys - set(own))
+        mismatched = []
+        for k in sorted(keys & set(own)):
+            shape = tuple(f.get_slice(k).get_shape())
+            if shape != tuple(own[k].shape):
+                mismatched.append(f"{k} (file {shape}, model {tuple(own[k].shape)})")
+        problems = []
+        if missing:
+            problems.append(f"missing tensors: {_listing(missing)}")
+        if unexpected:
+            problems.append(f"unexpected tensors: {_listing(unexpected)}")
+        if mismatched:
+            problems.append(f"tensors with the wrong shape: {_listing(mismatched)}")
+        if problems:
+            raise CheckpointError(
+                f"{path} does not fit model {name!r} with its saved config: "
+                + "; ".join(problems)
+                + ". The file was edited or written by different code; re-export it with "
+                "save_checkpoint"
+            )
+        state = {k: f.get_tensor(k) for k in keys}
+    model.load_state_dict(state, strict=True)
+    return model.to(device).eval()

@@ -1,0 +1,250 @@
+"""Segmentation models by name.
+
+Every model registers a :class:`ModelEntry`; :func:`build_model` turns a name and config overrides
+into a :class:`~open_buildings.models.base.BuildingModel`. An unknown name or config key is a
+:class:`~open_buildings.errors.ConfigError` that lists the valid choices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from open_buildings.errors import ConfigError
+from open_buildings.models.base import BuildingModel, InputSpec
+
+__all__ = [
+    "InputSpec",
+    "ModelEntry",
+    "build_model",
+    "config_to_dict",
+    "describe_models",
+    "format_models_table",
+    "get_entry",
+    "list_models",
+    "register",
+]
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One registered model.
+
+    Attributes:
+        name: Registry name, e.g. ``"unet_resnet34"``.
+        builder: Called with the resolved config (same type as ``default_config``); returns the
+            network that maps normalised ``(B, bands, H, W)`` to ``(B, C, H, W)`` logits.
+        default_config: A frozen dataclass instance or a dict; its fields are the only keys
+            ``build_model`` accepts as overrides.
+        input_spec: The input contract (bands, normalisation, divisor, pixel size).
+        output_channels: Names of the output channels, in order.
+        description: One line for listings.
+    """
+
+    name: str
+    builder: Callable[[Any], nn.Module]
+    default_config: Any
+    input_spec: InputSpec
+    output_channels: tuple[str, ...]
+    description: str
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register(entry: ModelEntry) -> ModelEntry:
+    """Add a model to the registry.
+
+    Args:
+        entry: The model entry. Its name must not be registered already.
+
+    Returns:
+        The entry, so this can be used inline.
+    """
+    if not isinstance(entry, ModelEntry):
+        raise TypeError(f"register() takes a ModelEntry, got {type(entry).__name__}")
+    if entry.name in _REGISTRY:
+        raise ConfigError(f"model {entry.name!r} is already registered")
+    if not (dataclasses.is_dataclass(entry.default_config) or isinstance(entry.default_config, dict)):
+        raise TypeError(
+            f"model {entry.name!r}: default_config must be a dataclass instance or a dict, "
+            f"got {type(entry.default_config).__name__}"
+        )
+    _REGISTRY[entry.name] = entry
+    return entry
+
+
+def _ensure_builtin_models() -> None:
+    # The built-in families register on import; importing here keeps registry.py free of
+    # backbone code while making list_models() complete whichever module was imported first.
+    from open_buildings.models import unet  # noqa: F401
+
+
+def list_models() -> list[str]:
+    """Return the registered model names, sorted."""
+    _ensure_builtin_models()
+    return sorted(_REGISTRY)
+
+
+def get_entry(name: str) -> ModelEntry:
+    """Look up a registered model.
+
+    Args:
+        name: Registry name.
+
+    Returns:
+        The entry.
+
+    Raises:
+        ConfigError: ``name`` is not registered; the message lists the valid names.
+    """
+    _ensure_builtin_models()
+    entry = _REGISTRY.get(name)
+    if entry is None:
+        valid = sorted(_REGISTRY)
+        close = difflib.get_close_matches(str(name), valid, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(
+            f"unknown model {name!r}.{hint} Valid models: {', '.join(valid)} "
+            "(see `python -m open_buildings.models`)"
+        )
+    return entry
+
+
+def _valid_keys(config: Any) -> list[str]:
+    if isinstance(config, dict):
+        return list(config)
+    return [f.name for f in dataclasses.fields(config)]
+
+
+def _coerce(default: Any, value: Any) -> Any:
+    # JSON turns tuples into lists; give the builder the type its default has.
+    if isinstance(default, tuple) and isinstance(value, list):
+        return tuple(value)
+    return value
+
+
+def resolve_config(name: str, **overrides: Any) -> Any:
+    """Apply overrides to a model's default config.
+
+    Args:
+        name: Registry name.
+        **overrides: Config fields to change.
+
+    Returns:
+        The config, of the same type as the entry's ``default_config``.
+
+    Raises:
+        ConfigError: An override key is not a field of the config.
+    """
+    entry = get_entry(name)
+    default = entry.default_config
+    valid = _valid_keys(default)
+    unknown = sorted(set(overrides) - set(valid))
+    if unknown:
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, valid, n=1)
+            hints.append(f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key))
+        raise ConfigError(
+            f"model {name!r} has no config key {', '.join(hints)}; valid keys: {', '.join(valid)}"
+        )
+    if isinstance(default, dict):
+        return {k: _coerce(default[k], overrides.get(k, default[k])) for k in valid}
+    changes = {k: _coerce(getattr(default, k), v) for k, v in overrides.items()}
+    return dataclasses.replace(default, **changes)
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """Turn a config (dataclass or dict) into a plain JSON-serialisable dict.
+
+    Args:
+        config: A dataclass instance or dict.
+
+    Returns:
+        A dict whose tuples became lists.
+    """
+    raw = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, tuple | list):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {str(k): plain(x) for k, x in v.items()}
+        return v
+
+    return {k: plain(v) for k, v in raw.items()}
+
+
+def build_model(name: str, **overrides: Any) -> BuildingModel:
+    """Build a registered model with random (or builder-chosen offline) weights.
+
+    Args:
+        name: Registry name (see :func:`list_models`).
+        **overrides: Config fields to change from the entry's defaults.
+
+    Returns:
+        The model, in training mode.
+
+    Raises:
+        ConfigError: Unknown name or unknown config key.
+    """
+    entry = get_entry(name)
+    config = resolve_config(name, **overrides)
+    net = entry.builder(config)
+    return BuildingModel(
+        net,
+        name=entry.name,
+        config=config_to_dict(config),
+        input_spec=entry.input_spec,
+        output_channels=entry.output_channels,
+    )
+
+
+def describe_models() -> list[dict[str, Any]]:
+    """Describe every registered model (this builds each one to count its parameters).
+
+    Returns:
+        One dict per model with ``name``, ``params``, ``channels``, ``bands``, ``divisor`` and
+        ``description``.
+    """
+    rows = []
+    for name in list_models():
+        entry = _REGISTRY[name]
+        model = build_model(name)
+        rows.append(
+            {
+                "name": name,
+                "params": model.num_parameters(),
+                "channels": list(entry.output_channels),
+                "bands": entry.input_spec.bands,
+                "divisor": entry.input_spec.divisor,
+                "description": entry.description,
+            }
+        )
+    return rows
+
+
+def format_models_table(rows: list[dict[str, Any]] | None = None) -> str:
+    """Render :func:`describe_models` as a fixed-width text table.
+
+    Args:
+        rows: Output of :func:`describe_models`; computed when omitted.
+
+    Returns:
+        The table, one model per line after a header.
+    """
+    rows = describe_models() if rows is None else rows
+    header = f"{'name':<26} {'params':>8}  {'channels':<20} description"
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        params = f"{r['params'] / 1e6:.2f}M"
+        lines.append(
+            f"{r['name']:<26} {params:>8}  {','.join(r['channels']):<20} {r['description']}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,384 @@
+"""``ob-download``: the footprints inside a region, from a sharded dataset, streamed.
+
+The source is a folder (or bucket) written by ``ob-infer`` (``{token}_buildings.csv.gz`` /
+``.parquet`` next to ``manifest.json``) or laid out like the published Open Buildings v3 data
+(``polygons_s2_level_4_gzip/{token}_buildings.csv.gz``). Only the shards whose S2 cell touches
+the region are opened: the region is covered at the shard level and each candidate file is looked
+up by name, so the rest of a continent is never listed or read. Each shard is read in chunks of
+rows, filtered, and appended to the output, so memory stays flat however large the dataset is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gzip
+import io
+import json
+import re
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import shapely
+
+from open_buildings.errors import OpenBuildingsError, OutputExistsError
+from open_buildings.geo import cells, footprints, grid
+
+CHUNK_ROWS = 100_000
+_V3_FOLDER = re.compile(r"^polygons_s2_level_(\d+)_gzip$")
+_SHARD_FILE = re.compile(r"^([0-9a-f]+)_buildings\.(csv\.gz|parquet)$")
+FORMATS = ("csv", "parquet", "geojson")
+_EXT = {"csv": ".csv.gz", "parquet": ".parquet", "geojson": ".geojson"}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a dataset's shard files are and at which S2 level.
+
+    Attributes:
+        root: the dataset root as given.
+        folder: the folder holding the shard files (``root`` or its v3 subfolder).
+        level: the S2 level of the shard tokens.
+        suffix: ``".parquet"`` or ``".csv.gz"``: the format read.
+    """
+
+    root: str
+    folder: str
+    level: int
+    suffix: str
+
+    def shard(self, token: str) -> str:
+        """Return the path or URL of one shard's file."""
+        return _join(self.folder, f"{token}_buildings{self.suffix}")
+
+
+def _join(base: str, name: str) -> str:
+    return f"{base.rstrip('/')}/{name}" if "://" in base else str(Path(base) / name)
+
+
+def _fs() -> Any:
+    from apache_beam.io.filesystems import FileSystems
+
+    return FileSystems
+
+
+def _list(folder: str) -> list[str]:
+    if "://" in folder:
+        result = _fs().match([_join(folder, "*")])[0]
+        return [m.path.rstrip("/").rsplit("/", 1)[-1] for m in result.metadata_list]
+    path = Path(folder)
+    return sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+
+
+def _exists(path: str) -> bool:
+    return _fs().exists(path) if "://" in path else Path(path).is_file()
+
+
+def _open(path: str) -> IO[bytes]:
+    return _fs().open(path) if "://" in path else open(path, "rb")  # noqa: SIM115
+
+
+def detect_layout(root: str) -> Layout:
+    """Work out a dataset's layout: an ``ob-infer`` folder or the published v3 layout.
+
+    Args:
+        root: a local folder or a ``gs://`` URL.
+
+    Returns:
+        The layout.
+
+    Raises:
+        FileNotFoundError: if ``root`` holds neither layout.
+    """
+    names = _list(root)
+    shards = [m for m in map(_SHARD_FILE.match, names) if m]
+    if shards:
+        suffix = ".parquet" if any(m.group(2) == "parquet" for m in shards) else ".csv.gz"
+        levels = {cells.token_level(m.group(1)) for m in shards}
+        if len(levels) != 1:
+            raise FileNotFoundError(f"{root} mixes shards of S2 levels {sorted(levels)}")
+        return Layout(root, root, levels.pop(), suffix)
+    for name in names:
+        match = _V3_FOLDER.match(name.rstrip("/"))
+        if match:
+            return Layout(root, _join(root, name.rstrip("/")), int(match.group(1)), ".csv.gz")
+    raise FileNotFoundError(
+        f"{root} holds neither {{token}}_buildings.csv.gz/.parquet files (as ob-infer writes) nor "
+        "a polygons_s2_level_<L>_gzip/ folder (as the published Open Buildings v3 data)"
+    )
+
+
+def shards_for(region: shapely.Geometry, layout: Layout) -> list[str]:
+    """Return the existing shard files whose S2 cell touches ``region``, in token order.
+
+    Args:
+        region: the region in lon/lat.
+        layout: the dataset's layout.
+    """
+    if layout.level < 1:
+        raise FileNotFoundError(f"{layout.root}: shards of S2 level 0 are not supported")
+    spec = grid.GridSpec(level=layout.level, margin_m=0.0)
+    tokens = sorted(tile.id for tile in grid.cover(region, spec))
+    return [layout.shard(t) for t in tokens if _exists(layout.shard(t))]
+
+
+def read_chunks(path: str, chunk_rows: int = CHUNK_ROWS) -> Iterator[pd.DataFrame]:
+    """Yield a shard's rows in chunks, geometry as shapely objects, with the schema columns.
+
+    Args:
+        path: a ``.csv.gz`` or ``.parquet`` shard (local or URL).
+        chunk_rows: rows per chunk.
+    """
+    if path.endswith(footprints.PARQUET_SUFFIX):
+        with _open(path) as handle:
+            reader = pq.ParquetFile(handle)
+            for batch in reader.iter_batches(batch_size=chunk_rows):
+                frame = batch.to_pandas()
+                frame["geometry"] = shapely.from_wkb(frame["geometry"].to_numpy())
+                yield frame[footprints.SCHEMA_COLUMNS]
+        return
+    with _open(path) as raw, gzip.open(raw, "rt", encoding="utf-8", newline="") as text:
+        kinds = {"full_plus_code": str, "geometry": str}
+        for frame in pd.read_csv(text, dtype=kinds, chunksize=chunk_rows):
+            frame["geometry"] = shapely.from_wkt(frame["geometry"].to_numpy())
+            yield frame[footprints.SCHEMA_COLUMNS]
+
+
+def select(frame: pd.DataFrame, region: Any, min_confidence: float) -> pd.DataFrame:
+    """Keep the buildings that intersect the region and reach ``min_confidence``.
+
+    Args:
+        frame: a chunk from :func:`read_chunks`.
+        region: the region in lon/lat (prepare it with ``shapely.prepare`` for speed).
+        min_confidence: the lowest confidence kept.
+
+    Returns:
+        The kept rows.
+    """
+    keep = frame["confidence"].to_numpy(dtype=float) >= min_confidence
+    geoms = frame["geometry"].to_numpy()
+    keep &= shapely.intersects(region, geoms)
+    return frame[keep]
+
+
+class _Writer:
+    """Streams chunks into one output file (CSV.gz, GeoParquet 1.1 or GeoJSON)."""
+
+    def __init__(self, handle: IO[bytes], fmt: str) -> None:
+        self._handle = handle
+        self._fmt = fmt
+        self._started = False
+        self._parquet: pq.ParquetWriter | None = None
+        self._gzip: gzip.GzipFile | None = None
+        self._bbox = [np.inf, np.inf, -np.inf, -np.inf]
+        self._features = 0
+        self.rows = 0
+
+    def write(self, frame: pd.DataFrame) -> None:
+        if frame.empty and self._started:
+            return
+        self.rows += len(frame)
+        if self._fmt == "csv":
+            self._write_csv(frame)
+        elif self._fmt == "geojson":
+            self._write_geojson(frame)
+        else:
+            self._write_parquet(frame)
+        self._started = True
+
+    def _write_csv(self, frame: pd.DataFrame) -> None:
+        if self._gzip is None:
+            self._gzip = gzip.GzipFile(filename="", mode="wb", fileobj=self._handle, mtime=0)
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        if not self._started:
+            writer.writerow(footprints.SCHEMA_COLUMNS)
+        wkt = shapely.to_wkt(frame["geometry"].to_numpy(), rounding_precision=-1)
+        for row, geometry in zip(frame.itertuples(index=False), wkt):
+            writer.writerow(
+                [
+                    f"{row.latitude:.8f}",
+                    f"{row.longitude:.8f}",
+                    f"{row.area_in_meters:.4f}",
+                    f"{row.confidence:.4f}",
+                    geometry.replace("POLYGON ((", "POLYGON((", 1),
+                    row.full_plus_code,
+                ]
+            )
+        self._gzip.write(out.getvalue().encode("utf-8"))
+
+    def _write_geojson(self, frame: pd.DataFrame) -> None:
+        if not self._started:
+            self._handle.write(b'{"type":"FeatureCollection","features":[\n')
+        geometries = shapely.to_geojson(frame["geometry"].to_numpy())
+        for row, geometry in zip(frame.itertuples(index=False), geometries):
+            props = {
+                "latitude": row.latitude,
+                "longitude": row.longitude,
+                "area_in_meters": row.area_in_meters,
+                "confidence": row.confidence,
+                "full_plus_code": row.full_plus_code,
+            }
+            feature = {"type": "Feature", "properties": props, "geometry": json.loads(geometry)}
+            prefix = b",\n" if self._features else b""
+            self._handle.write(prefix + json.dumps(feature).encode("utf-8"))
+            self._features += 1
+
+    def _write_parquet(self, frame: pd.DataFrame) -> None:
+        geoms = frame["geometry"].to_numpy()
+        bounds = shapely.bounds(geoms) if len(geoms) else np.empty((0, 4))
+        if len(geoms):
+            self._bbox = [
+                min(self._bbox[0], bounds[:, 0].min()),
+                min(self._bbox[1], bounds[:, 1].min()),
+                max(self._bbox[2], bounds[:, 2].max()),
+                max(self._bbox[3], bounds[:, 3].max()),
+            ]
+        table = pa.table(
+            {
+                "latitude": pa.array(frame["latitude"].to_numpy(dtype=float)),
+                "longitude": pa.array(frame["longitude"].to_numpy(dtype=float)),
+                "area_in_meters": pa.array(frame["area_in_meters"].to_numpy(dtype=float)),
+                "confidence": pa.array(frame["confidence"].to_numpy(dtype=float)),
+                "geometry": pa.array(list(shapely.to_wkb(geoms)), type=pa.binary()),
+                "full_plus_code": pa.array(frame["full_plus_code"].astype(str).tolist()),
+                "bbox": pa.StructArray.from_arrays(
+                    [pa.array(bounds[:, i], type=pa.float64()) for i in range(4)],
+                    names=["xmin", "ymin", "xmax", "ymax"],
+                ),
+            }
+        )
+        if self._parquet is None:
+            self._parquet = pq.ParquetWriter(self._handle, table.schema)
+        self._parquet.write_table(table)
+
+    def close(self) -> None:
+        if self._fmt == "csv":
+            if not self._started:
+                self._write_csv(pd.DataFrame(columns=footprints.SCHEMA_COLUMNS))
+            if self._gzip is not None:
+                self._gzip.close()
+        elif self._fmt == "geojson":
+            if not self._started:
+                self._handle.write(b'{"type":"FeatureCollection","features":[\n')
+            self._handle.write(b"\n]}\n")
+        else:
+            if self._parquet is None:
+                self._write_parquet(_empty_frame())
+            self._parquet.add_key_value_metadata({"geo": json.dumps(self._geo_metadata())})
+            self._parquet.close()
+
+    def _geo_metadata(self) -> dict[str, Any]:
+        bbox = None if not np.isfinite(self._bbox[0]) else [float(v) for v in self._bbox]
+        column: dict[str, Any] = {
+            "encoding": "WKB",
+            "geometry_types": ["Polygon"],
+            "covering": {
+                "bbox": {
+                    "xmin": ["bbox", "xmin"],
+                    "ymin": ["bbox", "ymin"],
+                    "xmax": ["bbox", "xmax"],
+                    "ymax": ["bbox", "ymax"],
+                }
+            },
+        }
+        if bbox is not None:
+            column["bbox"] = bbox
+        return {"version": "1.1.0", "primary_column": "geometry", "columns": {"geometry": column}}
+
+
+def _empty_frame() -> pd.DataFrame:
+    frame = pd.DataFrame({c: np.empty(0) for c in footprints.SCHEMA_COLUMNS[:4]})
+    frame["geometry"] = np.empty(0, dtype=object)
+    frame["full_plus_code"] = np.empty(0, dtype=object)
+    return frame
+
+
+def download(
+    region: shapely.Geometry,
+    source: str,
+    out: str | Path,
+    *,
+    fmt: str = "csv",
+    min_confidence: float = 0.0,
+    overwrite: bool = False,
+    chunk_rows: int = CHUNK_ROWS,
+) -> dict[str, Any]:
+    """Write the buildings of ``source`` that intersect ``region`` to one file, streaming.
+
+    Args:
+        region: the region in lon/lat.
+        source: the dataset root (see :func:`detect_layout`).
+        out: the file to write.
+        fmt: ``"csv"`` (gzipped, Open Buildings v3 columns), ``"parquet"`` (GeoParquet 1.1 with
+            a bbox covering column) or ``"geojson"``.
+        min_confidence: drop buildings below this confidence.
+        overwrite: replace an existing ``out``.
+        chunk_rows: rows read at a time.
+
+    Returns:
+        ``{"rows", "shards", "out"}``.
+
+    Raises:
+        ValueError: for an unknown format.
+        OutputExistsError: if ``out`` exists and ``overwrite`` is False.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+    layout = detect_layout(source)
+    shards = shards_for(region, layout)
+    shapely.prepare(region)
+    with footprints.atomic_write(out, overwrite=overwrite) as handle:
+        writer = _Writer(handle, fmt)
+        for shard in shards:
+            for chunk in read_chunks(shard, chunk_rows):
+                writer.write(select(chunk, region, min_confidence))
+        writer.close()
+    return {"rows": writer.rows, "shards": shards, "out": str(out)}
+
+
+def download_main(argv: Sequence[str] | None = None) -> int:
+    """``ob-download REGION --source ROOT``: the footprints of a region, streamed to one file.
+
+    Returns:
+        The exit status: 0 on success, 2 on bad input.
+    """
+    parser = argparse.ArgumentParser(
+        prog="ob-download",
+        description="Extract the buildings inside a region from a sharded footprint dataset: a "
+        "folder written by ob-infer, or one laid out like the published Open Buildings v3 data "
+        "(polygons_s2_level_4_gzip/{token}_buildings.csv.gz). Only the shards touching the region "
+        "are read, one chunk at a time.",
+    )
+    parser.add_argument("region", help="region GeoJSON")
+    parser.add_argument("--source", required=True, metavar="ROOT", help="dataset folder or gs://")
+    parser.add_argument("--format", choices=FORMATS, default="csv")
+    parser.add_argument("--min-confidence", type=float, default=0.0, metavar="X")
+    parser.add_argument("--out", metavar="FILE", help="default: <region>_buildings.<ext>")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    args = parser.parse_args(argv)
+    try:
+        from open_buildings.geo.regions import read_region
+
+        region = read_region(args.region)
+        out = args.out or f"{Path(args.region).stem}_buildings{_EXT[args.format]}"
+        result = download(
+            region.geometry,
+            args.source,
+            out,
+            fmt=args.format,
+            min_confidence=args.min_confidence,
+            overwrite=args.overwrite,
+        )
+    except (OpenBuildingsError, OutputExistsError, ValueError, OSError) as exc:
+        print(f"ob-download: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{result['rows']:,} buildings from {len(result['shards'])} shard(s) -> {result['out']}")
+    return 0

@@ -1,0 +1,123 @@
+"""Training scenes: imagery and rasterized label instances on the pipeline's own 50 cm tile grid.
+
+A scene is one grid tile (an S2 cell with its margin, read exactly as ``ob-infer`` reads it) that
+has imagery. Labels are rasterized to instance ids on the same grid. Pixels outside the tile's
+core get zero loss weight, so neighbouring tiles never train on the same labelled pixels, and a
+split by whole tiles cannot leak a building from one side to the other.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import rasterio.features
+import shapely
+
+from open_buildings.errors import ConfigError
+from open_buildings.geo import grid as geogrid
+from open_buildings.geo import imagery
+from open_buildings.geo.grid import GridSpec, PixelGrid
+
+
+@dataclass
+class Scene:
+    """One tile of imagery, with its labels when it has them.
+
+    Attributes:
+        area: name of the area the scene comes from (e.g. ``"banepa"``).
+        tile_id: the grid tile's S2 token.
+        grid: the tile's pixel grid.
+        rgb: uint8 ``(3, H, W)``.
+        valid: bool ``(H, W)``, where there is imagery.
+        core: bool ``(H, W)``, the pixels this tile owns.
+        instances: int32 ``(H, W)`` building ids (0 = background), or None if unlabelled.
+    """
+
+    area: str
+    tile_id: str
+    grid: PixelGrid
+    rgb: np.ndarray
+    valid: np.ndarray
+    core: np.ndarray
+    instances: np.ndarray | None
+
+    @property
+    def n_buildings(self) -> int:
+        """Number of distinct buildings with at least one pixel in this scene's core."""
+        if self.instances is None:
+            return 0
+        return int(np.unique(self.instances[self.core & (self.instances > 0)]).size)
+
+
+def read_labels(path: str | os.PathLike[str]) -> gpd.GeoDataFrame:
+    """Read building label polygons (GeoJSON or GeoParquet) as a GeoDataFrame in EPSG:4326.
+
+    Raises:
+        ConfigError: if the file does not exist or holds no polygons.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"label file {path} does not exist; check the area's 'labels' path")
+    frame = gpd.read_parquet(path) if path.suffix == ".parquet" else gpd.read_file(path)
+    frame = frame[frame.geometry.notna() & frame.geom_type.isin(["Polygon", "MultiPolygon"])]
+    if frame.empty:
+        raise ConfigError(f"label file {path} holds no building polygons")
+    if frame.crs is None:
+        frame = frame.set_crs("EPSG:4326")
+    return frame.to_crs("EPSG:4326")[["geometry"]].reset_index(drop=True)
+
+
+def load_scenes(
+    name: str,
+    source: imagery.ImagerySource,
+    labels: gpd.GeoDataFrame | None,
+    spec: GridSpec,
+    *,
+    min_valid: float = 0.05,
+) -> list[Scene]:
+    """Read every grid tile that the source covers into a scene.
+
+    Args:
+        name: the area's name, carried into each scene.
+        source: where the pixels come from.
+        labels: building polygons in EPSG:4326, or None for unlabelled imagery.
+        spec: the tile grid (the same one inference uses).
+        min_valid: skip tiles where less than this share of pixels has imagery.
+    """
+    west, south, east, north = source.bounds_lonlat()
+    scenes = []
+    for tile in geogrid.cover(shapely.box(west, south, east, north), spec):
+        image = source.read(tile.grid)
+        if image.valid.mean() < min_valid:
+            continue
+        g = tile.grid
+        shape = (g.height, g.width)
+        core_local = gpd.GeoSeries([tile.core], crs="EPSG:4326").to_crs(g.crs).iloc[0]
+        core = rasterio.features.rasterize(
+            [(core_local, 1)], out_shape=shape, transform=g.transform, dtype="uint8"
+        ).astype(bool)
+        instances = None
+        if labels is not None:
+            instances = rasterize_instances(labels, g)
+        scenes.append(Scene(name, tile.id, g, image.rgb, image.valid, core, instances))
+    return scenes
+
+
+def rasterize_instances(labels: gpd.GeoDataFrame, grid: PixelGrid) -> np.ndarray:
+    """Burn label polygons into an int32 instance-id raster (ids 1..N in label order)."""
+    shape = (grid.height, grid.width)
+    local = labels.to_crs(grid.crs).geometry.values
+    west, south, east, north = grid.bounds
+    keep = np.flatnonzero(shapely.intersects(local, shapely.box(west, south, east, north)))
+    if keep.size == 0:
+        return np.zeros(shape, dtype=np.int32)
+    return rasterio.features.rasterize(
+        zip(local[keep], (keep + 1).tolist()),
+        out_shape=shape,
+        transform=grid.transform,
+        dtype="int32",
+    )

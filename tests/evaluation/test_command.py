@@ -1,0 +1,115 @@
+"""ob-eval end to end on the real fixtures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from evalref import METRICS
+
+from open_buildings import cli
+
+SAMPLE_REGION = Path(__file__).resolve().parents[2] / "geo" / "sample" / "region.geojson"
+
+
+def test_ob_eval_on_the_spacenet_csvs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "report"
+    argv = [
+        "--pred",
+        str(METRICS / "SN2_sample_preds.csv"),
+        "--truth",
+        str(METRICS / "SN2_sample_truth.csv"),
+        "--out",
+        str(out),
+        "--min-area",
+        "20",
+    ]
+    assert cli.eval_main(argv) == 0
+    text = capsys.readouterr().out
+    assert "F1 0.5559" in text and "TP 87  FP 57  FN 82" in text
+    assert len(text.splitlines()) < 30  # one screen
+    assert sorted(p.name for p in out.iterdir()) == [
+        "iou_hist.png",
+        "metrics.json",
+        "pr_curve.png",
+        "report.md",
+    ]
+    doc = json.loads((out / "metrics.json").read_text())
+    assert doc["spacenet"]["total"]["tp"] == 87
+    assert doc["spacenet"]["per_image"]["AOI_2_Vegas_img3457"]["f1"] == 0.8749999999999999
+    assert doc["coco"]["max_dets_per_image"] == 100 and 0 < doc["coco"]["AP"] < 1
+    assert [p["target_precision"] for p in doc["precision_thresholds"]] == [0.8, 0.85, 0.9]
+    assert "| 87 | 57 | 82 |" in (out / "report.md").read_text()
+    for png in ("pr_curve.png", "iou_hist.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # never overwrites a non-empty folder unless asked
+    assert cli.eval_main(argv) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert cli.eval_main([*argv, "--overwrite"]) == 0
+
+
+def test_ob_eval_geojson_and_region_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "r"
+    argv = [
+        "--pred",
+        str(METRICS / "pred.geojson"),
+        "--truth",
+        str(METRICS / "gt.geojson"),
+        "--out",
+        str(out),
+    ]
+    assert cli.eval_main(argv) == 0
+    assert "TP 8  FP 20  FN 20" in capsys.readouterr().out
+    # a region far away (Nairobi) clips everything out: a clear result, not a crash
+    assert cli.eval_main([*argv, "--overwrite", "--region", str(SAMPLE_REGION)]) == 0
+    assert "0 predictions vs 0 truth" in capsys.readouterr().out
+    # pixel coordinates cannot be clipped to a lon/lat region
+    px = [
+        "--pred",
+        str(METRICS / "SN2_sample_preds.csv"),
+        "--truth",
+        str(METRICS / "SN2_sample_truth.csv"),
+        "--out",
+        str(tmp_path / "px"),
+        "--region",
+        str(SAMPLE_REGION),
+    ]
+    assert cli.eval_main(px) == 2
+    assert "--region needs georeferenced inputs" in capsys.readouterr().err
+    assert (
+        cli.eval_main(["--pred", "nope.geojson", "--truth", "x", "--out", str(tmp_path / "n")]) == 2
+    )
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_ob_eval_region_clip_keeps_what_is_inside(tmp_path: Path, capsys) -> None:
+    # a lon/lat box over the gt.geojson buildings (UTM 16N), read back through the region reader
+    import geopandas as gpd
+
+    gt = gpd.read_file(METRICS / "gt.geojson").to_crs(4326)
+    w, s, e, n = gt.total_bounds
+    region = tmp_path / "region.geojson"
+    region.write_text(
+        json.dumps(
+            {
+                "type": "Polygon",
+                "coordinates": [[[w, s], [(w + e) / 2, s], [(w + e) / 2, n], [w, n], [w, s]]],
+            }
+        )
+    )
+    argv = [
+        "--pred",
+        str(METRICS / "pred.geojson"),
+        "--truth",
+        str(METRICS / "gt.geojson"),
+        "--out",
+        str(tmp_path / "o"),
+        "--region",
+        str(region),
+    ]
+    assert cli.eval_main(argv) == 0
+    doc = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert 0 < doc["n_truth"] < 28

@@ -1,0 +1,113 @@
+"""One suite for every registered model (as smp's tests/models/base.py does per family).
+
+Sizes are tiny (32 to 160 px) so the whole suite runs in seconds on two CPU cores. bf16
+autocast of the depthwise/attention encoders costs seconds per shape on CPUs without native
+bf16, so those cases are marked slow; every model keeps forward, shape and band checks here.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from open_buildings.models import CHANNELS, BuildingModel, list_models, load_checkpoint
+from open_buildings.models import save_checkpoint
+
+MODELS = list_models()
+SLOW_BF16 = {"unet_efficientnet_lite0", "unet_mit_b0"}
+
+#: bf16 keeps 8 mantissa bits (relative rounding 2**-9 per op); through a few dozen layers of a
+#: randomly initialised net that compounds to a few percent. Measured: 0.6-2% relative L2 and
+#: <= 0.023 in probability at 32x32, so the bounds below leave a 2x margin.
+BF16_REL_L2 = 0.05
+BF16_PROB_ATOL = 0.05
+
+
+def _image(*shape: int, seed: int = 0) -> torch.Tensor:
+    return torch.rand(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_forward_shape_any_size(name: str, built_models: dict[str, BuildingModel]) -> None:
+    model = built_models[name].eval()
+    sizes = [(64, 64), (70, 45)] if name != "unet_tiny" else [(64, 64), (70, 45), (96, 160), (5, 3)]
+    with torch.no_grad():
+        for h, w in sizes:
+            out = model(_image(1, 3, h, w))
+            assert out.shape == (1, len(CHANNELS), h, w), (h, w)
+            assert out.dtype == torch.float32
+            assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_wrong_band_count_is_a_clear_error(
+    name: str, built_models: dict[str, BuildingModel]
+) -> None:
+    model = built_models[name]
+    with pytest.raises(ValueError, match=r"expects 3 bands \(RGB\), got 4; map the bands"):
+        model(_image(1, 4, 32, 32))
+    with pytest.raises(ValueError, match=r"\(B, bands, H, W\)"):
+        model(_image(3, 32, 32))
+    with pytest.raises(ValueError, match="floats scaled to"):
+        model(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_contract_attributes(name: str, built_models: dict[str, BuildingModel]) -> None:
+    model = built_models[name]
+    assert model.name == name
+    assert model.output_channels == CHANNELS
+    assert model.input_spec.bands == 3
+    assert model.input_spec.pixel_size_m == 0.5
+    assert model.num_parameters() > 0
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_backward_reaches_every_used_parameter(name: str) -> None:
+    from open_buildings.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(name).train()
+    out = model(_image(2, 3, 64, 64))
+    out.square().mean().backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None for g in grads), "a parameter got no gradient"
+    assert all(torch.isfinite(g).all() for g in grads)
+    assert sum(float(g.abs().sum()) for g in grads) > 0
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_eval_is_deterministic(name: str, built_models: dict[str, BuildingModel]) -> None:
+    model = built_models[name].eval()
+    x = _image(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x), model(x))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_save_load_round_trip(name: str, built_models: dict[str, BuildingModel], tmp_path) -> None:
+    model = built_models[name].eval()
+    path = tmp_path / f"{name}.safetensors"
+    save_checkpoint(model, path)
+    loaded = load_checkpoint(path)
+    assert loaded.name == name and loaded.config == model.config
+    x = _image(1, 3, 64, 48)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+
+
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_BF16 else n for n in MODELS],
+)
+def test_bf16_autocast_close_to_fp32(name: str, built_models: dict[str, BuildingModel]) -> None:
+    model = built_models[name].eval()
+    x = _image(1, 3, 32, 32)
+    with torch.no_grad():
+        ref = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(x)
+    assert low.shape == ref.shape
+    low = low.float()
+    assert float((low - ref).norm() / ref.norm()) <= BF16_REL_L2
+    assert float((low.sigmoid() - ref.sigmoid()).abs().max()) <= BF16_PROB_ATOL

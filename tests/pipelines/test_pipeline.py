@@ -1,0 +1,215 @@
+"""The Beam inference pipeline end to end, its faults, and the Dataflow graph (built, not run)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import apache_beam as beam
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pytest
+import rasterio
+from affine import Affine
+from conftest import (
+    CORRUPT,
+    ROOT,
+    SAMPLE,
+    job_config,
+    manifest_files,
+    output_digests,
+    sha256_of,
+    write_region,
+)
+
+from open_buildings.geo import grid
+from open_buildings.geo.imagery import open_imagery
+from open_buildings.pipelines import infer, stages, transforms
+from open_buildings.pipelines.config import load_config
+
+
+def test_end_to_end_rows_match_the_manifest(clean_run: dict) -> None:
+    out: Path = clean_run["out"]
+    entries = manifest_files(out)
+    assert [e["name"] for e in entries] == ["182f_buildings.csv.gz", "182f_buildings.parquet"]
+    for entry in entries:
+        path = out / entry["name"]
+        assert entry["sha256"] == sha256_of(path) and entry["bytes"] == path.stat().st_size
+    csv_rows = len(pd.read_csv(out / "182f_buildings.csv.gz"))
+    parquet = gpd.read_parquet(out / "182f_buildings.parquet")
+    assert [e["rows"] for e in entries] == [csv_rows, len(parquet)]
+    assert csv_rows == len(parquet) == clean_run["counters"]["buildings"] > 0
+    assert not (out / stages.DEAD_LETTER_NAME).exists()
+    counters = clean_run["counters"]
+    assert counters["tiles_read"] == 4 and counters["tiles_failed"] == 0
+    assert counters["m2_covered"] > 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["model"]["sha256"] and len(manifest["model"]["sha256"]) == 64
+
+
+def test_end_to_end_every_building_is_owned_by_exactly_one_tile(clean_run: dict) -> None:
+    frame = gpd.read_parquet(clean_run["out"] / "182f_buildings.parquet")
+    lon, lat = frame["longitude"].to_numpy(), frame["latitude"].to_numpy()
+    spec = grid.GridSpec(level=16)
+    owners = np.zeros(len(frame), dtype=int)
+    for tile_id in ["182f13a95", "182f13a97", "182f13abd", "182f13abf"]:
+        owners += grid.Tile(tile_id, spec).owns(lon, lat)
+    assert (owners == 1).all()
+    assert not frame.geometry.to_wkb().duplicated().any()
+
+
+def test_a_bundle_that_fails_once_under_a_retrying_runner_gives_identical_output(
+    clean_run: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Beam's BundleBasedDirectRunner retries a failed bundle (up to 4 attempts), like Dataflow.
+
+    The shard writer fails on its first attempt *after* writing its files (the worst moment).
+    The retry rewrites the same bytes through an atomic rename, so the output is identical to the
+    clean run's.
+    """
+    from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
+
+    attempts = []
+    real = stages.write_shard
+
+    def flaky(*args, **kwargs):
+        records = real(*args, **kwargs)
+        attempts.append(len(records))
+        if len(attempts) == 1:
+            raise RuntimeError("worker lost after writing (simulated)")
+        return records
+
+    monkeypatch.setattr(stages, "write_shard", flaky)
+    out = tmp_path / "out"
+    config = load_config(clean_run["config"], output=str(out))
+    p = beam.Pipeline(runner=BundleBasedDirectRunner())
+    infer.build(p, config)
+    p.run().wait_until_finish()
+    assert len(attempts) == 2
+    assert output_digests(out) == output_digests(clean_run["out"])
+    assert manifest_files(out) == manifest_files(clean_run["out"])
+
+
+def _corrupt_mosaic(folder: Path) -> Path:
+    """A folder mosaic: rasterio's corrupt.tif, moved over the south of nairobi_a, wins there."""
+    folder.mkdir()
+    corrupt = folder / "0_corrupt.tif"
+    shutil.copy(CORRUPT, corrupt)
+    with rasterio.open(SAMPLE / "nairobi_a.tif") as good:
+        t = good.transform
+    with rasterio.open(corrupt, "r+") as ds:  # only the header changes; the tiles stay corrupt
+        ds.transform = Affine(t.a, 0.0, t.c, 0.0, t.e, t.f - 512 * abs(t.e))
+    shutil.copy(SAMPLE / "nairobi_a.tif", folder / "1_nairobi_a.tif")
+    return folder
+
+
+def test_a_corrupt_tile_goes_to_the_dead_letter_output_and_the_rest_completes(
+    tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    imagery = _corrupt_mosaic(tmp_path / "mosaic")
+    region = write_region(tmp_path / "region.geojson", (36.9065, -1.3065, 36.9075, -1.3055))
+    spec = grid.GridSpec(level=16)
+    source = open_imagery(imagery)
+    failing, good = set(), set()
+    for tile in grid.cover(
+        gpd.read_file(region).geometry.iloc[0], spec
+    ):  # what each tile does when read directly
+        try:
+            source.read(tile.grid)
+            good.add(tile.id)
+        except Exception:
+            failing.add(tile.id)
+    assert failing and good
+
+    out = tmp_path / "out"
+    config = job_config(tmp_path, region=region, model=tiny_checkpoint, output=out, imagery=imagery)
+    result = infer.run(["--config", str(config)])
+    dead = stages.load_dead_letters(out / stages.DEAD_LETTER_NAME)
+    assert {d.tile_id for d in dead} == failing
+    assert all(d.stage == "read" and "could not be read" in d.reason for d in dead)
+    counters = infer.counters(result)
+    assert counters["tiles_failed"] == len(failing) and counters["tiles_read"] == len(good)
+    frame = gpd.read_parquet(out / "182f_buildings.parquet")
+    owners = np.zeros(len(frame), dtype=bool)
+    for tile_id in good:
+        owners |= grid.Tile(tile_id, spec).owns(frame["longitude"], frame["latitude"])
+    assert len(frame) > 0 and owners.all()  # the good tiles' buildings, and only theirs
+    assert json.loads((out / "manifest.json").read_text())["total_rows"] == 2 * len(frame)
+
+
+def test_tiles_without_imagery_are_counted_and_skipped(tiny_checkpoint, tmp_path) -> None:
+    region = write_region(tmp_path / "r.geojson", (36.9100, -1.3058, 36.9106, -1.3052))
+    out = tmp_path / "out"
+    config = job_config(tmp_path, region=region, model=tiny_checkpoint, output=out)
+    counters = infer.counters(infer.run(["--config", str(config)]))
+    assert counters["tiles_empty"] == counters["tiles_read"] > 0
+    assert counters["buildings"] == 0
+    assert json.loads((out / "manifest.json").read_text())["files"] == []
+
+
+@pytest.mark.parametrize("name", ["local.yaml", "example-dataflow.yaml", "africa.yaml"])
+def test_shipped_job_configs_parse(name: str) -> None:
+    config = load_config(ROOT / "pipelines" / name)
+    assert config.shard_level <= config.tile_level
+    if name != "local.yaml":
+        assert config.runner == "dataflow" and config.device == "cuda"
+        assert config.dataflow.gpu_type and config.dataflow.gpu_count >= 1
+
+
+def test_a_typo_in_a_config_key_is_an_error(tmp_path: Path) -> None:
+    from open_buildings.errors import ConfigError
+
+    path = tmp_path / "job.yaml"
+    path.write_text("output: out\nmax_batch_sise: 8\n")
+    with pytest.raises(ConfigError, match="max_batch_sise: unknown key"):
+        load_config(path)
+
+
+def test_the_dataflow_graph_builds_with_the_africa_options_without_submitting(
+    tiny_checkpoint: Path,
+) -> None:
+    config = load_config(
+        ROOT / "pipelines" / "africa.yaml",
+        region=str(SAMPLE / "region.geojson"),  # a local region: no network here
+        model=str(tiny_checkpoint),
+    )
+    dataflow = config.dataflow.model_copy(
+        update={"project": "my-project-123", "temp_location": "gs://my-bucket/tmp",
+                "staging_location": "gs://my-bucket/staging"}
+    )
+    config = config.model_copy(update={"dataflow": dataflow})
+    p = infer.make_pipeline(config)
+    options = p.options.get_all_options()
+    assert options["runner"] == "DataflowRunner"
+    assert options["worker_machine_type"] == "n1-standard-8"
+    assert options["dataflow_service_options"] == [
+        "worker_accelerator=type:nvidia-tesla-t4;count:1;install-nvidia-driver"
+    ]
+    assert options["sdk_container_image"].endswith("/open-buildings/worker:0.1.0")
+    assert "use_runner_v2" in options["experiments"]
+    type(p.runner).__name__ == "DataflowRunner"
+    infer.build(p, config)
+    proto = p.to_runner_api()
+    labels = {t.unique_name for t in proto.components.transforms.values()}
+    for stage in [
+        "CoverTiles",
+        "ReadImagery",
+        "RunModel",
+        "RunModel/RunInference",
+        "Polygonize",
+        "WriteShards/GroupByShard",
+        "WriteManifest",
+    ]:
+        assert stage in labels
+    handler = next(
+        t
+        for t in p.transforms_stack[0].parts
+        if t.full_label == "RunModel"
+    ).transform._handler._unkeyed
+    assert handler._want_device == "cuda" and handler.batch_elements_kwargs() == {
+        "min_batch_size": 4,
+        "max_batch_size": 16,
+    }
+    assert transforms.COUNTERS[:3] == ("tiles_read", "tiles_empty", "tiles_failed")
