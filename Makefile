@@ -18,11 +18,17 @@ install: $(STAMP)
 
 SAMPLE := geo/sample
 
-# Until ob-infer lands (issue #6) the demo shows what the geospatial core does with the sample:
-# the region is validated, covered by tiles, and every tile is read from the STAC imagery.
+# ob-infer with no options: the embedded Nairobi sample (geo/sample/) and the default model
+# (models/default/), written to a fresh ob-output-<timestamp>/ folder; it prints where.
+# Until the default model is trained (issue #5) it shows the tiles and imagery instead.
 demo: $(STAMP)
-	$(BIN)/ob-tiles $(SAMPLE)/region.geojson --imagery $(SAMPLE)/items.json
-	@echo "Footprints: ob-infer is coming with the inference issue (#6); no footprint files are written yet."
+	@if [ -f models/default/weights.safetensors ]; then \
+		$(BIN)/ob-infer; \
+	else \
+		$(BIN)/ob-tiles $(SAMPLE)/region.geojson --imagery $(SAMPLE)/items.json; \
+		echo "Footprints: no default model yet (models/default/weights.safetensors, issue #5);"; \
+		echo "  run ob-infer --model PATH/TO/checkpoint.safetensors to write them."; \
+	fi
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

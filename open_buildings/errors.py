@@ -30,7 +30,7 @@ class EvaluationError(OpenBuildingsError, ValueError):
 
 
 class CheckpointError(OpenBuildingsError, ValueError):
-    """A model checkpoint is corrupt, not safetensors, fails its sha256, or does not fit its model."""
+    """A checkpoint is corrupt, not safetensors, fails its sha256, or does not fit its model."""
 
 
 class InferenceError(OpenBuildingsError, RuntimeError):

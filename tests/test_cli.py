@@ -54,10 +54,7 @@ def test_ob_tiles_bad_region_is_a_clear_error(
     assert err.startswith("ob-tiles: error: ") and message in err and name in err
 
 
-@pytest.mark.parametrize(
-    ("main", "issue"),
-    [(cli.infer_main, 6), (cli.train_main, 5), (cli.download_main, 6)],
-)
+@pytest.mark.parametrize(("main", "issue"), [(cli.train_main, 5)])
 def test_stubs_say_which_issue_brings_them(main, issue: int, capsys) -> None:
     assert main([]) == 2
     assert f"coming with issue #{issue}" in capsys.readouterr().err

@@ -183,7 +183,7 @@ class BuildingModel(nn.Module):
         """
         self.check_input(x)
         height, width = x.shape[-2:]
-        x = (x.float() - self.mean) / self.std
+        x = (x.to(self.mean.dtype) - self.mean) / self.std
         div = self.input_spec.divisor
         pad_h = (-height) % div
         pad_w = (-width) % div

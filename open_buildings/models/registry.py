@@ -70,7 +70,9 @@ def register(entry: ModelEntry) -> ModelEntry:
         raise TypeError(f"register() takes a ModelEntry, got {type(entry).__name__}")
     if entry.name in _REGISTRY:
         raise ConfigError(f"model {entry.name!r} is already registered")
-    if not (dataclasses.is_dataclass(entry.default_config) or isinstance(entry.default_config, dict)):
+    if not (
+        dataclasses.is_dataclass(entry.default_config) or isinstance(entry.default_config, dict)
+    ):
         raise TypeError(
             f"model {entry.name!r}: default_config must be a dataclass instance or a dict, "
             f"got {type(entry.default_config).__name__}"

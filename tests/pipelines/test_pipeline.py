@@ -176,20 +176,23 @@ def test_the_dataflow_graph_builds_with_the_africa_options_without_submitting(
         model=str(tiny_checkpoint),
     )
     dataflow = config.dataflow.model_copy(
-        update={"project": "my-project-123", "temp_location": "gs://my-bucket/tmp",
-                "staging_location": "gs://my-bucket/staging"}
+        update={
+            "project": "my-project-123",
+            "temp_location": "gs://my-bucket/tmp",
+            "staging_location": "gs://my-bucket/staging",
+        }
     )
     config = config.model_copy(update={"dataflow": dataflow})
     p = infer.make_pipeline(config)
     options = p.options.get_all_options()
     assert options["runner"] == "DataflowRunner"
-    assert options["worker_machine_type"] == "n1-standard-8"
+    assert options["machine_type"] == "n1-standard-8"
     assert options["dataflow_service_options"] == [
         "worker_accelerator=type:nvidia-tesla-t4;count:1;install-nvidia-driver"
     ]
     assert options["sdk_container_image"].endswith("/open-buildings/worker:0.1.0")
     assert "use_runner_v2" in options["experiments"]
-    type(p.runner).__name__ == "DataflowRunner"
+    assert type(p.runner).__name__ == "DataflowRunner"
     infer.build(p, config)
     proto = p.to_runner_api()
     labels = {t.unique_name for t in proto.components.transforms.values()}
@@ -204,9 +207,7 @@ def test_the_dataflow_graph_builds_with_the_africa_options_without_submitting(
     ]:
         assert stage in labels
     handler = next(
-        t
-        for t in p.transforms_stack[0].parts
-        if t.full_label == "RunModel"
+        t for t in p.transforms_stack[0].parts if t.full_label == "RunModel"
     ).transform._handler._unkeyed
     assert handler._want_device == "cuda" and handler.batch_elements_kwargs() == {
         "min_batch_size": 4,

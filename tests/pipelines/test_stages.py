@@ -34,9 +34,7 @@ from open_buildings.pipelines import stages
 )
 def test_chunked_cover_is_exactly_the_cover(bounds, level: int) -> None:
     geometry = (
-        read_region(SAMPLE / "region.geojson").geometry
-        if bounds is None
-        else shapely.box(*bounds)
+        read_region(SAMPLE / "region.geojson").geometry if bounds is None else shapely.box(*bounds)
     )
     spec = grid.GridSpec(level=level)
     expected = [t.id for t in grid.cover(geometry, spec)]
@@ -77,7 +75,8 @@ class _Echo(nn.Module):
 def test_run_model_pads_each_tile_on_its_own_and_crops_back() -> None:
     rng = np.random.default_rng(0)
     images = [
-        rng.integers(0, 256, (3, h, w), dtype=np.uint8) for h, w in [(100, 130), (101, 129), (70, 60)]
+        rng.integers(0, 256, (3, h, w), dtype=np.uint8)
+        for h, w in [(100, 130), (101, 129), (70, 60)]
     ]
     model = _Echo()
     out = stages.run_model(model, images, pad_multiple=64)
@@ -247,6 +246,7 @@ def test_partials_round_trip_exactly(footprint_frame, tmp_path) -> None:
         pd.DataFrame(back.drop(columns="geometry")),
         pd.DataFrame(footprint_frame.drop(columns="geometry")),
     )
-    assert (shapely.to_wkb(back.geometry.to_numpy()) == shapely.to_wkb(
-        footprint_frame.geometry.to_numpy()
-    )).all()
+    assert (
+        shapely.to_wkb(back.geometry.to_numpy())
+        == shapely.to_wkb(footprint_frame.geometry.to_numpy())
+    ).all()

@@ -1,0 +1,271 @@
+"""The training loop: chips -> augment -> (mixup) -> loss (+ soft KL on unlabelled chips) -> step.
+
+Everything random in a step (which chips, their augmentation, mixup's λ and partners, dropout)
+is derived from ``(seed, step)``, so a run resumed from a checkpoint takes exactly the steps an
+uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from open_buildings.config import dump_config
+from open_buildings.errors import ConfigError
+from open_buildings.geo import imagery
+from open_buildings.geo.grid import GridSpec
+from open_buildings.models import heads
+from open_buildings.models.base import BuildingModel
+from open_buildings.models.checkpoint import load_checkpoint, save_checkpoint
+from open_buildings.models.losses import segmentation_loss
+from open_buildings.models.registry import build_model
+from open_buildings.models.unet import load_lite0_imagenet
+from open_buildings.training import chips as chipping
+from open_buildings.training.config import AreaConfig, TrainConfig
+from open_buildings.training.distill import soft_kl_loss, soft_targets
+from open_buildings.training.mixup import mixup
+from open_buildings.training.scenes import Scene, load_scenes, read_labels
+from open_buildings.training.state import load_state, save_state
+from open_buildings.training.validate import predict, validate
+
+CHECKPOINT_DIR = "checkpoint"
+FINAL_WEIGHTS = "weights.safetensors"
+
+
+@dataclass
+class Batch:
+    """One step's tensors: images in [0, 1], targets, per-pixel weights."""
+
+    images: torch.Tensor
+    targets: torch.Tensor
+    weights: torch.Tensor
+
+
+def load_areas(cfg: TrainConfig, areas: list[AreaConfig], *, labelled: bool) -> list[Scene]:
+    """Read the scenes of each area on the config's tile grid.
+
+    Raises:
+        ConfigError: if an area yields no scene with imagery.
+    """
+    spec = GridSpec(level=cfg.grid_level)
+    scenes: list[Scene] = []
+    for area in areas:
+        source = imagery.open_imagery(cfg.resolve(area.imagery), bands=area.bands, scale=area.scale)
+        labels = read_labels(cfg.resolve(area.labels)) if labelled and area.labels else None
+        if labelled and labels is None:
+            raise ConfigError(f"area {area.name!r} is used for training but has no 'labels'")
+        found = load_scenes(area.name, source, labels, spec)
+        if not found:
+            raise ConfigError(f"area {area.name!r}: no grid tile has imagery; check 'imagery'")
+        scenes.extend(found)
+    return scenes
+
+
+def labelled_batch(pool: chipping.ScenePool, cfg: TrainConfig, step: int, transform) -> Batch:
+    """Return the step's labelled batch with targets from :func:`heads.make_targets`."""
+    spec = chipping.ChipSpec(cfg.chip.size, cfg.chip.empty_share, cfg.chip.min_valid)
+    images, targets, weights = [], [], []
+    for i in range(cfg.batch_size):
+        rng = chipping.rng_for(cfg.seed, step, 0, i)
+        with_buildings = bool(rng.random() >= cfg.chip.empty_share)
+        chip = pool.sample(spec, rng, with_buildings=with_buildings)
+        chip, _ = chipping.augment(transform, chip, int(rng.integers(2**31 - 1)))
+        made = heads.make_targets(chip.instances)
+        images.append(chip.rgb.astype(np.float32) / 255.0)
+        targets.append(made.target)
+        weights.append(made.weight * chip.usable)
+    return Batch(*(torch.from_numpy(np.stack(a)) for a in (images, targets, weights)))
+
+
+def unlabelled_batch(
+    scenes: list[Scene], teacher_probs: dict[int, np.ndarray], cfg: TrainConfig, step: int,
+    transform,
+) -> Batch:
+    """Return the step's unlabelled chips with the teacher's soft targets, augmented alike."""
+    count = max(1, round(cfg.self_training.ratio * cfg.batch_size))
+    spec = chipping.ChipSpec(cfg.chip.size, 0.0, cfg.chip.min_valid)
+    images, targets, weights = [], [], []
+    for i in range(count):
+        rng = chipping.rng_for(cfg.seed, step, 1, i)
+        index = int(rng.integers(len(scenes)))
+        scene = scenes[index]
+        height, width = scene.valid.shape
+        row = int(rng.integers(0, max(height - spec.size, 1)))
+        col = int(rng.integers(0, max(width - spec.size, 1)))
+        for _ in range(spec.attempts):
+            chip = chipping.cut(scene, row, col, spec.size)
+            if chip.usable.mean() >= spec.min_valid:
+                break
+            row = int(rng.integers(0, max(height - spec.size, 1)))
+            col = int(rng.integers(0, max(width - spec.size, 1)))
+        probs = _crop(teacher_probs[index], row, col, spec.size)
+        chip, soft = chipping.augment(transform, chip, int(rng.integers(2**31 - 1)), extra=probs)
+        images.append(chip.rgb.astype(np.float32) / 255.0)
+        targets.append(soft)
+        weights.append(chip.usable.astype(np.float32))
+    return Batch(*(torch.from_numpy(np.stack(a)) for a in (images, targets, weights)))
+
+
+def _crop(array: np.ndarray, row: int, col: int, size: int) -> np.ndarray:
+    out = np.zeros((array.shape[0], size, size), dtype=np.float32)
+    r1, c1 = min(row + size, array.shape[1]), min(col + size, array.shape[2])
+    out[:, : r1 - row, : c1 - col] = array[:, row:r1, col:c1]
+    return out
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    """Linear warm-up, then cosine decay to 1% of ``lr`` at the last step."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(cfg.steps - cfg.warmup_steps, 1)
+    return cfg.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def _optimizer(cfg: TrainConfig):
+    def factory(model: BuildingModel) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    return factory
+
+
+def new_model(cfg: TrainConfig) -> BuildingModel:
+    """Build the configured model and apply its initialisation (random or ImageNet)."""
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, **cfg.model_overrides)
+    if cfg.init == "imagenet":
+        load_lite0_imagenet(model)
+    return model
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Train a model as configured; write checkpoints, final weights, history and curve to ``out``.
+
+    Args:
+        cfg: the run's config.
+        resume: continue from ``out/checkpoint`` instead of starting afresh.
+        progress: show a progress bar with the loss.
+
+    Returns:
+        ``{"weights": path, "history": [...], "seconds": float, "final": metrics or None}``.
+
+    Raises:
+        ConfigError: if ``out`` already holds a run and ``resume`` is False, or data is missing.
+    """
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' was asked for but no GPU is visible; use --device cpu")
+    out = Path(cfg.out)
+    ckpt = out / CHECKPOINT_DIR
+    if not resume and ckpt.exists():
+        raise ConfigError(f"{out} already holds a run; pass --resume to continue it or pick --out")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(dump_config(cfg))
+
+    pool = chipping.ScenePool(load_areas(cfg, cfg.train, labelled=True))
+    val_scenes = load_areas(cfg, cfg.val, labelled=True) if cfg.val else []
+    st = cfg.self_training
+    unlabelled: list[Scene] = []
+    teacher_probs: dict[int, np.ndarray] = {}
+    if st.enabled:
+        if not st.teacher or not st.unlabelled:
+            raise ConfigError("self_training needs a 'teacher' checkpoint and 'unlabelled' areas")
+        teacher = load_checkpoint(cfg.resolve(st.teacher) if not Path(st.teacher).exists()
+                                  else st.teacher)
+        unlabelled = load_areas(cfg, st.unlabelled, labelled=False)
+        for index, scene in enumerate(unlabelled):
+            logits = torch.from_numpy(predict(teacher, scene.rgb, bf16=cfg.bf16))
+            teacher_probs[index] = soft_targets(logits, st.temperature).numpy()
+        del teacher
+
+    device = torch.device(cfg.device)
+    if resume:
+        model, optimizer, start, history = load_state(ckpt, _optimizer(cfg))
+    else:
+        model = new_model(cfg)
+        optimizer = _optimizer(cfg)(model)
+        start, history = 0, []
+    model.to(device)
+    transform = chipping.augmenter()
+    began = time.perf_counter()
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress,
+               desc="ob-train", unit="step")
+    for step in bar:
+        model.train()
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(cfg, step)
+        batch = labelled_batch(pool, cfg, step, transform)
+        images, targets, weights = batch.images, batch.targets, batch.weights
+        rng = chipping.rng_for(cfg.seed, step, 2)
+        mixed = cfg.mixup.enabled and bool(rng.random() < cfg.mixup.prob)
+        if mixed:
+            images, targets, weights, _ = mixup(images, targets, weights, rng, cfg.mixup.alpha)
+        torch.manual_seed(cfg.seed * 1_000_003 + step)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            logits = model(images.to(device))
+        loss = segmentation_loss(
+            logits.float(), targets.to(device), weights.to(device), dice_weight=cfg.dice_weight
+        )
+        record: dict[str, Any] = {"step": step + 1, "loss": loss.item(), "mixup": mixed}
+        if st.enabled:
+            ub = unlabelled_batch(unlabelled, teacher_probs, cfg, step, transform)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+                student = model(ub.images.to(device))
+            kl = soft_kl_loss(student.float(), ub.targets.to(device), st.temperature,
+                              ub.weights.to(device))
+            record["kl"] = kl.item()
+            loss = loss + st.weight * kl
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        bar.set_postfix(loss=f"{record['loss']:.4f}")
+        last = step + 1 == cfg.steps
+        if val_scenes and ((step + 1) % cfg.val_every == 0 or last):
+            record["val"] = validate(model, val_scenes, bf16=cfg.bf16)
+        history.append(record)
+        if (step + 1) % cfg.checkpoint_every == 0 or last:
+            save_state(ckpt, model, optimizer, step + 1, history)
+    seconds = time.perf_counter() - began
+    weights_path = out / FINAL_WEIGHTS
+    save_checkpoint(model, weights_path)
+    (out / "history.json").write_text(json.dumps(history, indent=1))
+    plot_history(history, out / "training_curve.png")
+    final = next((h["val"] for h in reversed(history) if "val" in h), None)
+    return {"weights": str(weights_path), "history": history, "seconds": seconds, "final": final}
+
+
+def plot_history(history: list[dict[str, Any]], path: Path) -> None:
+    """Draw the loss (and validation AP50/F1 where measured) against the step, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [h["step"] for h in history]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(steps, [h["loss"] for h in history], lw=0.8, label="training loss")
+    if any("kl" in h for h in history):
+        ax.plot(steps, [h.get("kl", np.nan) for h in history], lw=0.8, label="soft KL")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    vals = [h for h in history if "val" in h]
+    if vals:
+        ax2 = ax.twinx()
+        vs = [h["step"] for h in vals]
+        ax2.plot(vs, [h["val"]["ap50"] or 0 for h in vals], "o-", color="C2", label="val AP50")
+        ax2.plot(vs, [h["val"]["f1"] for h in vals], "s-", color="C3", label="val F1")
+        ax2.set_ylim(0, 1)
+        ax2.set_ylabel("validation")
+        ax2.legend(loc="upper right")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,96 @@
+"""``ob-download``: shard selection, both dataset layouts, streaming, the three output formats."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import geopandas as gpd
+import pandas as pd
+import pytest
+import shapely
+from conftest import write_region
+
+from open_buildings import cli
+from open_buildings.geo import cells, footprints
+from open_buildings.pipelines import download, stages
+
+INSIDE = (36.9071, -1.3056, 36.9076, -1.3051)  # a part of the small test region
+
+
+@pytest.fixture(scope="module")
+def v3_root(clean_run: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The clean run's buildings laid out like the published v3 data, plus a far-away decoy."""
+    root = tmp_path_factory.mktemp("v3")
+    folder = root / "polygons_s2_level_4_gzip"
+    folder.mkdir()
+    frame = footprints.read_footprints(clean_run["out"] / "182f_buildings.parquet")
+    token = cells.cell_token(36.9, -1.3, 4)
+    footprints.write_csv_gz(frame, folder / f"{token}_buildings.csv.gz")
+    # A shard on another continent: it must never be opened (it is not even valid gzip).
+    far = cells.cell_token(2.35, 48.85, 4)
+    (folder / f"{far}_buildings.csv.gz").write_bytes(b"not a shard")
+    return root
+
+
+def _expected(frame: gpd.GeoDataFrame, bounds) -> gpd.GeoDataFrame:
+    return frame[shapely.intersects(shapely.box(*bounds), frame.geometry.to_numpy())]
+
+
+def test_v3_layout_reads_only_the_shards_touching_the_region(
+    v3_root: Path, clean_run: dict, tmp_path: Path
+) -> None:
+    layout = download.detect_layout(str(v3_root))
+    assert layout.level == 4 and layout.suffix == ".csv.gz"
+    out = tmp_path / "inside.csv.gz"
+    result = download.download(
+        shapely.box(*INSIDE), str(v3_root), out, fmt="csv", chunk_rows=7
+    )  # tiny chunks: the streaming path
+    assert [Path(s).parent.name for s in result["shards"]] == ["polygons_s2_level_4_gzip"]
+    source = footprints.read_footprints(clean_run["out"] / "182f_buildings.csv.gz")
+    expected = _expected(source, INSIDE)
+    got = pd.read_csv(out)
+    assert 0 < len(got) == len(expected) == result["rows"] < len(source)
+    assert list(got.columns) == footprints.SCHEMA_COLUMNS
+    assert sorted(got["full_plus_code"]) == sorted(expected["full_plus_code"])
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet", "geojson"])
+def test_ob_infer_folder_in_every_format(
+    clean_run: dict, tmp_path: Path, fmt: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    region = write_region(tmp_path / "inside.geojson", INSIDE)
+    out = tmp_path / f"out.{fmt}"
+    argv = [str(region), "--source", str(clean_run["out"]), "--format", fmt, "--out", str(out)]
+    assert cli.download_main([*argv, "--min-confidence", "0.5"]) == 0
+    source = footprints.read_footprints(clean_run["out"])
+    expected = _expected(source[source["confidence"] >= 0.5], INSIDE)
+    if fmt == "parquet":
+        got = gpd.read_parquet(out)
+        meta = json.loads(__import__("pyarrow.parquet").parquet.read_schema(out).metadata[b"geo"])
+        assert meta["version"] == "1.1.0" and "covering" in meta["columns"]["geometry"]
+        minx, miny, maxx, maxy = got.total_bounds
+        part = gpd.read_parquet(out, bbox=(minx, miny, (minx + maxx) / 2, (miny + maxy) / 2))
+        assert 0 < len(part) <= len(got)
+    elif fmt == "geojson":
+        got = gpd.read_file(out)
+    else:
+        got = pd.read_csv(out)
+    assert len(got) == len(expected) > 0
+    assert f"{len(expected):,} buildings from 1 shard(s)" in capsys.readouterr().out
+    # an existing file is never replaced silently
+    assert cli.download_main(argv) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_a_folder_that_is_not_a_dataset_is_a_clear_error(tmp_path: Path, capsys) -> None:
+    region = write_region(tmp_path / "r.geojson", INSIDE)
+    assert cli.download_main([str(region), "--source", str(tmp_path)]) == 2
+    assert "polygons_s2_level_<L>_gzip" in capsys.readouterr().err
+
+
+def test_stages_shard_names_match_what_download_looks_for() -> None:
+    assert stages.shard_file_names("182f", ["csv", "parquet"]) == [
+        "182f_buildings.csv.gz",
+        "182f_buildings.parquet",
+    ]
