@@ -1,4 +1,4 @@
-"""Console entry points: ob-tiles, and ob-infer / ob-train / ob-eval / ob-download (to come)."""
+"""Console entry points: ob-infer, ob-train, ob-eval, ob-download and ob-tiles."""
 
 from __future__ import annotations
 
@@ -9,11 +9,6 @@ from collections.abc import Sequence
 from open_buildings.errors import OpenBuildingsError
 
 
-def _not_yet(name: str, issue: int, what: str) -> int:
-    print(f"{name} is not built yet: {what} is coming with issue #{issue}.", file=sys.stderr)
-    return 2
-
-
 def infer_main(argv: Sequence[str] | None = None) -> int:
     """``ob-infer REGION``: footprints for a region on this machine (see ``pipelines.infer``)."""
     from open_buildings.pipelines.infer import infer_main as run_infer
@@ -22,8 +17,10 @@ def infer_main(argv: Sequence[str] | None = None) -> int:
 
 
 def train_main(argv: Sequence[str] | None = None) -> int:
-    """``ob-train``: not built yet (issue #5)."""
-    return _not_yet("ob-train", 5, "training")
+    """``ob-train CONFIG.yaml [--override k=v] [--resume]``: train a model."""
+    from open_buildings.training.command import main
+
+    return main(argv)
 
 
 def eval_main(argv: Sequence[str] | None = None) -> int:

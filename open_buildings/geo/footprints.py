@@ -368,8 +368,8 @@ def write_manifest(
 ) -> Path:
     """Write ``manifest.json`` describing a finished output folder; call it last.
 
-    It lists each file (name relative to ``folder``, format, rows, bytes, sha256, bbox), the total
-    row count and overall bbox, the code version, the model's name and sha256, and the UTC time.
+    It lists each file (name relative to ``folder``, format, rows, bytes, sha256, bbox), the number
+    of buildings (``total_rows``; each format must hold the same count) and overall bbox, the code version, the model's name and sha256, and the UTC time.
     Written atomically, so its presence means every listed file is complete.
 
     Args:
@@ -391,9 +391,16 @@ def write_manifest(
         raise ValueError(f"model must have 'name' and 'sha256', got keys {sorted(model)}")
     files = sorted((_manifest_entry(root, r) for r in records), key=lambda e: e["name"])
     boxes = np.array([r.bbox for r in records if r.bbox is not None], dtype=float)
+    rows_by_format: dict[str, int] = {}
+    for r in records:
+        rows_by_format[r.format] = rows_by_format.get(r.format, 0) + r.rows
+    if len(set(rows_by_format.values())) > 1:
+        raise ValueError(f"the formats hold different numbers of buildings: {rows_by_format}")
     manifest = {
         "files": files,
-        "total_rows": int(sum(r.rows for r in records)),
+        # Buildings, not lines: the same buildings written as CSV and as Parquet count once.
+        "total_rows": next(iter(rows_by_format.values()), 0),
+        "rows_by_format": rows_by_format,
         "bbox": None
         if boxes.size == 0
         else [*boxes[:, :2].min(axis=0).tolist(), *boxes[:, 2:].max(axis=0).tolist()],

@@ -40,11 +40,13 @@ class Chip:
         rgb: uint8 ``(3, S, S)`` (or more bands).
         usable: bool ``(S, S)``: imagery present and inside the tile's core.
         instances: int32 ``(S, S)`` or None for unlabelled scenes.
+        origin: ``(scene index in its pool, row, col)`` of the window's top-left corner.
     """
 
     rgb: np.ndarray
     usable: np.ndarray
     instances: np.ndarray | None
+    origin: tuple[int, int, int] = (-1, 0, 0)
 
 
 def rng_for(seed: int, *keys: int) -> np.random.Generator:
@@ -89,6 +91,8 @@ class ScenePool:
             else:
                 self.building_px.append(np.nonzero((s.instances > 0) & s.core))
         self.building_counts = np.array([rows.size for rows, _ in self.building_px], dtype=float)
+        # Every 16th usable pixel is enough to centre windows on imagery in sparse scenes.
+        self.usable_at = [np.nonzero(s.valid[::16, ::16] & s.core[::16, ::16]) for s in scenes]
 
     def sample(self, spec: ChipSpec, rng: np.random.Generator, *, with_buildings: bool) -> Chip:
         """Draw one chip: around a random building, or from a place without buildings.
@@ -96,26 +100,29 @@ class ScenePool:
         Args:
             spec: chip size and acceptance rules.
             rng: the draw's generator (see :func:`rng_for`).
-            with_buildings: centre the chip near a random building pixel; otherwise look for a
-                window with no building in it (falling back to the emptiest window tried).
+            with_buildings: centre the chip near a random building pixel; otherwise near a random
+                pixel with imagery, looking for a window with no building in it (falling back to
+                the emptiest window tried).
         """
         use_buildings = with_buildings and self.building_counts.sum() > 0
         weights = self.building_counts if use_buildings else self.usable_px
         index = int(rng.choice(len(self.scenes), p=weights / weights.sum()))
         scene = self.scenes[index]
-        rows, cols = self.building_px[index]
+        rows, cols = self.building_px[index] if use_buildings else self.usable_at[index]
+        stride = 1 if use_buildings else 16
         size = spec.size
         height, width = scene.valid.shape
         best, best_score = None, -np.inf
         for _ in range(spec.attempts):
-            if use_buildings:
+            if rows.size:
                 k = int(rng.integers(rows.size))
-                row = int(rows[k]) - int(rng.integers(size // 4, 3 * size // 4))
-                col = int(cols[k]) - int(rng.integers(size // 4, 3 * size // 4))
+                row = int(rows[k]) * stride - int(rng.integers(size // 4, 3 * size // 4))
+                col = int(cols[k]) * stride - int(rng.integers(size // 4, 3 * size // 4))
             else:
                 row = int(rng.integers(-size // 4, max(height - 3 * size // 4, 1)))
                 col = int(rng.integers(-size // 4, max(width - 3 * size // 4, 1)))
             chip = cut(scene, row, col, size)
+            chip.origin = (index, row, col)
             share = chip.usable.mean()
             has_building = chip.instances is not None and bool(
                 (chip.instances[chip.usable] > 0).any()

@@ -62,7 +62,9 @@ def load_areas(cfg: TrainConfig, areas: list[AreaConfig], *, labelled: bool) -> 
         labels = read_labels(cfg.resolve(area.labels)) if labelled and area.labels else None
         if labelled and labels is None:
             raise ConfigError(f"area {area.name!r} is used for training but has no 'labels'")
-        found = load_scenes(area.name, source, labels, spec)
+        found = load_scenes(
+            area.name, source, labels, spec, min_valid_px=int(cfg.chip.size**2 * cfg.chip.min_valid)
+        )
         if not found:
             raise ConfigError(f"area {area.name!r}: no grid tile has imagery; check 'imagery'")
         scenes.extend(found)
@@ -86,7 +88,7 @@ def labelled_batch(pool: chipping.ScenePool, cfg: TrainConfig, step: int, transf
 
 
 def unlabelled_batch(
-    scenes: list[Scene], teacher_probs: dict[int, np.ndarray], cfg: TrainConfig, step: int,
+    pool: chipping.ScenePool, teacher_probs: list[np.ndarray], cfg: TrainConfig, step: int,
     transform,
 ) -> Batch:
     """Return the step's unlabelled chips with the teacher's soft targets, augmented alike."""
@@ -95,17 +97,8 @@ def unlabelled_batch(
     images, targets, weights = [], [], []
     for i in range(count):
         rng = chipping.rng_for(cfg.seed, step, 1, i)
-        index = int(rng.integers(len(scenes)))
-        scene = scenes[index]
-        height, width = scene.valid.shape
-        row = int(rng.integers(0, max(height - spec.size, 1)))
-        col = int(rng.integers(0, max(width - spec.size, 1)))
-        for _ in range(spec.attempts):
-            chip = chipping.cut(scene, row, col, spec.size)
-            if chip.usable.mean() >= spec.min_valid:
-                break
-            row = int(rng.integers(0, max(height - spec.size, 1)))
-            col = int(rng.integers(0, max(width - spec.size, 1)))
+        chip = pool.sample(spec, rng, with_buildings=False)
+        index, row, col = chip.origin
         probs = _crop(teacher_probs[index], row, col, spec.size)
         chip, soft = chipping.augment(transform, chip, int(rng.integers(2**31 - 1)), extra=probs)
         images.append(chip.rgb.astype(np.float32) / 255.0)
@@ -115,9 +108,12 @@ def unlabelled_batch(
 
 
 def _crop(array: np.ndarray, row: int, col: int, size: int) -> np.ndarray:
+    """Cut ``(C, size, size)`` at (row, col) from ``(C, H, W)``, zero where it leaves the array."""
     out = np.zeros((array.shape[0], size, size), dtype=np.float32)
+    r0, c0 = max(row, 0), max(col, 0)
     r1, c1 = min(row + size, array.shape[1]), min(col + size, array.shape[2])
-    out[:, : r1 - row, : c1 - col] = array[:, row:r1, col:c1]
+    if r1 > r0 and c1 > c0:
+        out[:, r0 - row : r1 - row, c0 - col : c1 - col] = array[:, r0:r1, c0:c1]
     return out
 
 
@@ -173,17 +169,17 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
     pool = chipping.ScenePool(load_areas(cfg, cfg.train, labelled=True))
     val_scenes = load_areas(cfg, cfg.val, labelled=True) if cfg.val else []
     st = cfg.self_training
-    unlabelled: list[Scene] = []
-    teacher_probs: dict[int, np.ndarray] = {}
+    unlabelled: chipping.ScenePool | None = None
+    teacher_probs: list[np.ndarray] = []
     if st.enabled:
         if not st.teacher or not st.unlabelled:
             raise ConfigError("self_training needs a 'teacher' checkpoint and 'unlabelled' areas")
         teacher = load_checkpoint(cfg.resolve(st.teacher) if not Path(st.teacher).exists()
                                   else st.teacher)
-        unlabelled = load_areas(cfg, st.unlabelled, labelled=False)
-        for index, scene in enumerate(unlabelled):
+        unlabelled = chipping.ScenePool(load_areas(cfg, st.unlabelled, labelled=False))
+        for scene in unlabelled.scenes:
             logits = torch.from_numpy(predict(teacher, scene.rgb, bf16=cfg.bf16))
-            teacher_probs[index] = soft_targets(logits, st.temperature).numpy()
+            teacher_probs.append(soft_targets(logits, st.temperature).numpy())
         del teacher
 
     device = torch.device(cfg.device)

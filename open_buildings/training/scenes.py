@@ -77,7 +77,7 @@ def load_scenes(
     labels: gpd.GeoDataFrame | None,
     spec: GridSpec,
     *,
-    min_valid: float = 0.05,
+    min_valid_px: int = 1,
 ) -> list[Scene]:
     """Read every grid tile that the source covers into a scene.
 
@@ -86,13 +86,13 @@ def load_scenes(
         source: where the pixels come from.
         labels: building polygons in EPSG:4326, or None for unlabelled imagery.
         spec: the tile grid (the same one inference uses).
-        min_valid: skip tiles where less than this share of pixels has imagery.
+        min_valid_px: skip tiles with fewer pixels of imagery than this (e.g. one chip's worth).
     """
     west, south, east, north = source.bounds_lonlat()
     scenes = []
     for tile in geogrid.cover(shapely.box(west, south, east, north), spec):
         image = source.read(tile.grid)
-        if image.valid.mean() < min_valid:
+        if image.valid.sum() < min_valid_px:
             continue
         g = tile.grid
         shape = (g.height, g.width)

@@ -276,15 +276,29 @@ def test_manifest(tmp_path: Path, buildings: gpd.GeoDataFrame) -> None:
     half = len(buildings) // 2
     records = [
         write_csv_gz(buildings.iloc[:half], tmp_path / "b.csv.gz"),
-        write_geoparquet(buildings.iloc[half:], tmp_path / "a.parquet"),
+        write_geoparquet(buildings, tmp_path / "a.parquet"),
+        write_csv_gz(buildings.iloc[half:], tmp_path / "d.csv.gz"),
         write_csv_gz(buildings.iloc[:0], tmp_path / "c.csv.gz"),
     ]
     model = {"name": "unet-demo", "sha256": "ab" * 32, "extra": "not copied"}
     path = write_manifest(tmp_path, records, code_version="0.1.0", model=model)
     assert path == tmp_path / "manifest.json"
     manifest = json.loads(path.read_text())
-    assert set(manifest) == {"files", "total_rows", "bbox", "code_version", "model", "created_utc"}
-    assert [f["name"] for f in manifest["files"]] == ["a.parquet", "b.csv.gz", "c.csv.gz"]
+    assert set(manifest) == {
+        "files",
+        "total_rows",
+        "rows_by_format",
+        "bbox",
+        "code_version",
+        "model",
+        "created_utc",
+    }
+    assert [f["name"] for f in manifest["files"]] == [
+        "a.parquet",
+        "b.csv.gz",
+        "c.csv.gz",
+        "d.csv.gz",
+    ]
     first = manifest["files"][1]
     assert first == {
         "name": "b.csv.gz",
@@ -295,7 +309,9 @@ def test_manifest(tmp_path: Path, buildings: gpd.GeoDataFrame) -> None:
         "bbox": list(records[0].bbox),
     }
     assert manifest["files"][2]["bbox"] is None
-    assert manifest["total_rows"] == len(buildings)
+    assert manifest["total_rows"] == len(buildings)  # buildings, each format counted once
+    assert manifest["rows_by_format"] == {"csv.gz": len(buildings), "parquet": len(buildings)}
+
     np.testing.assert_allclose(manifest["bbox"], buildings.total_bounds, rtol=0, atol=1e-12)
     assert manifest["code_version"] == "0.1.0"
     assert manifest["model"] == {"name": "unet-demo", "sha256": "ab" * 32}
@@ -311,3 +327,15 @@ def test_manifest(tmp_path: Path, buildings: gpd.GeoDataFrame) -> None:
     outside = FileRecord(tmp_path.parent / "elsewhere.csv.gz", "csv.gz", 0, 0, "", None)
     with pytest.raises(ValueError, match="not inside"):
         write_manifest(tmp_path, [outside], code_version="x", model=None, overwrite=True)
+
+
+def test_manifest_refuses_formats_that_disagree(
+    tmp_path: Path, buildings: gpd.GeoDataFrame
+) -> None:
+    records = [
+        write_csv_gz(buildings.iloc[:2], tmp_path / "b.csv.gz"),
+        write_geoparquet(buildings, tmp_path / "a.parquet"),
+    ]
+    with pytest.raises(ValueError, match="different numbers of buildings"):
+        write_manifest(tmp_path, records, code_version="0.1.0", model=None)
+    assert not (tmp_path / "manifest.json").exists()
