@@ -1,4 +1,4 @@
-"""Console entry points: ob-infer, ob-train, ob-eval, ob-download and ob-tiles."""
+"""Console entry points: ob-infer, ob-train, ob-eval, ob-download, ob-tiles and ob-models."""
 
 from __future__ import annotations
 
@@ -35,6 +35,13 @@ def download_main(argv: Sequence[str] | None = None) -> int:
     from open_buildings.pipelines.download import download_main as run_download
 
     return run_download(argv)
+
+
+def models_main(argv: Sequence[str] | None = None) -> int:
+    """``ob-models``: list the registered models with their parameter counts and channels."""
+    from open_buildings.models.__main__ import main
+
+    return main(list(argv) if argv is not None else None)
 
 
 def tiles_main(argv: Sequence[str] | None = None) -> int:

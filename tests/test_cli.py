@@ -58,3 +58,11 @@ def test_ob_tiles_bad_region_is_a_clear_error(
 def test_stubs_say_which_issue_brings_them(main, issue: int, capsys) -> None:
     assert main([]) == 2
     assert f"coming with issue #{issue}" in capsys.readouterr().err
+
+
+def test_ob_models_lists_the_registry(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.models_main([]) == 0
+    out = capsys.readouterr().out
+    for name in ("unet_tiny", "unet_resnet18", "unet_efficientnet_lite0", "unet_mit_b0"):
+        assert name in out
+    assert "building,interior" in out

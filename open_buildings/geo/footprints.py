@@ -369,7 +369,8 @@ def write_manifest(
     """Write ``manifest.json`` describing a finished output folder; call it last.
 
     It lists each file (name relative to ``folder``, format, rows, bytes, sha256, bbox), the number
-    of buildings (``total_rows``; each format must hold the same count) and overall bbox, the code version, the model's name and sha256, and the UTC time.
+    of buildings (``total_rows``; each format must hold the same count), the overall bbox, the
+    code version, the model's name and sha256, and the UTC time.
     Written atomically, so its presence means every listed file is complete.
 
     Args:

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from apache_beam.ml.inference.base import PredictionResult
 from apache_beam.ml.inference.pytorch_inference import PytorchModelHandlerTensor
 
@@ -168,6 +170,13 @@ class CheckpointModelHandler(PytorchModelHandlerTensor):
         model = load_checkpoint(local, expected_sha256=expected)
         model.to(device).eval()
         self._device = device
+        if self._bf16 and str(device) == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            warnings.warn(
+                "bf16 was asked for, but this CPU has no native bfloat16 (no AVX512-BF16 or AMX): "
+                "convolutions fall back to a slow reference kernel, 16-136x slower than fp32 "
+                "(bench/models.py). Drop --bf16 on this machine.",
+                stacklevel=2,
+            )
         return model
 
     def run_inference(

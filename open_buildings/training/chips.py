@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import albumentations as A
+import albumentations as A  # noqa: N812
 import numpy as np
 
 from open_buildings.training.scenes import Scene

@@ -18,10 +18,19 @@ def parser() -> argparse.ArgumentParser:
         description="Train a building model from a YAML config (unknown keys are errors).",
     )
     p.add_argument("config", help="training config YAML, e.g. models/default/config.yaml")
-    p.add_argument("--override", "-o", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. -o steps=100 -o mixup.enabled=true")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in the config's 'out' folder exactly where it stopped")
+    p.add_argument(
+        "--override",
+        "-o",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. -o steps=100 -o mixup.enabled=true",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in the config's 'out' folder exactly where it stopped",
+    )
     p.add_argument("--device", choices=["cpu", "cuda"], help="override the config's device")
     p.add_argument("--out", help="override the config's output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -48,6 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"weights: {result['weights']} (+ .sha256); curve: {cfg.out}/training_curve.png")
     if result["final"]:
         f = result["final"]
-        print(f"validation: AP {f['ap']:.3f}  AP50 {f['ap50']:.3f}  F1 {f['f1']:.3f} "
-              f"(precision {f['precision']:.3f}, recall {f['recall']:.3f})")
+        print(
+            f"validation: AP {f['ap']:.3f}  AP50 {f['ap50']:.3f}  F1 {f['f1']:.3f} "
+            f"(precision {f['precision']:.3f}, recall {f['recall']:.3f})"
+        )
     return 0

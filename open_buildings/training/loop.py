@@ -88,7 +88,10 @@ def labelled_batch(pool: chipping.ScenePool, cfg: TrainConfig, step: int, transf
 
 
 def unlabelled_batch(
-    pool: chipping.ScenePool, teacher_probs: list[np.ndarray], cfg: TrainConfig, step: int,
+    pool: chipping.ScenePool,
+    teacher_probs: list[np.ndarray],
+    cfg: TrainConfig,
+    step: int,
     transform,
 ) -> Batch:
     """Return the step's unlabelled chips with the teacher's soft targets, augmented alike."""
@@ -174,8 +177,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
     if st.enabled:
         if not st.teacher or not st.unlabelled:
             raise ConfigError("self_training needs a 'teacher' checkpoint and 'unlabelled' areas")
-        teacher = load_checkpoint(cfg.resolve(st.teacher) if not Path(st.teacher).exists()
-                                  else st.teacher)
+        teacher = load_checkpoint(
+            cfg.resolve(st.teacher) if not Path(st.teacher).exists() else st.teacher
+        )
         unlabelled = chipping.ScenePool(load_areas(cfg, st.unlabelled, labelled=False))
         for scene in unlabelled.scenes:
             logits = torch.from_numpy(predict(teacher, scene.rgb, bf16=cfg.bf16))
@@ -192,8 +196,14 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
     model.to(device)
     transform = chipping.augmenter()
     began = time.perf_counter()
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress,
-               desc="ob-train", unit="step")
+    bar = tqdm(
+        range(start, cfg.steps),
+        initial=start,
+        total=cfg.steps,
+        disable=not progress,
+        desc="ob-train",
+        unit="step",
+    )
     for step in bar:
         model.train()
         for group in optimizer.param_groups:
@@ -215,8 +225,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
             ub = unlabelled_batch(unlabelled, teacher_probs, cfg, step, transform)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
                 student = model(ub.images.to(device))
-            kl = soft_kl_loss(student.float(), ub.targets.to(device), st.temperature,
-                              ub.weights.to(device))
+            kl = soft_kl_loss(
+                student.float(), ub.targets.to(device), st.temperature, ub.weights.to(device)
+            )
             record["kl"] = kl.item()
             loss = loss + st.weight * kl
         optimizer.zero_grad(set_to_none=True)

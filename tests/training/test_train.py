@@ -46,23 +46,23 @@ def _train_fixed_batch(cfg: TrainConfig):
         yield loss.item()
 
 
-class Crash(Exception):
+class CrashError(Exception):
     pass
 
 
 def test_resume_continues_exactly(config_factory, tmp_path: Path, monkeypatch) -> None:
     straight = train(config_factory(f"out={tmp_path / 'a'}"), progress=False)
 
-    # Crash right after the checkpoint at step 2 of 4, then resume from it.
+    # CrashError right after the checkpoint at step 2 of 4, then resume from it.
     real_save = loop.save_state
 
     def save_then_crash(folder, model, optimizer, step, history):
         real_save(folder, model, optimizer, step, history)
         if step == 2:
-            raise Crash
+            raise CrashError
 
     monkeypatch.setattr(loop, "save_state", save_then_crash)
-    with pytest.raises(Crash):
+    with pytest.raises(CrashError):
         train(config_factory(f"out={tmp_path / 'b'}"), progress=False)
     monkeypatch.setattr(loop, "save_state", real_save)
     resumed = train(config_factory(f"out={tmp_path / 'b'}"), resume=True, progress=False)
@@ -88,7 +88,7 @@ def test_mixup_and_self_training_run_and_record_kl(config_factory, tmp_path: Pat
         "mixup={enabled: true, alpha: 0.4, prob: 1.0}",
         f"self_training={{enabled: true, teacher: {teacher}, ratio: 0.5, temperature: 2.0, "
         "unlabelled: [{name: vegas, imagery: imagery/spacenet2_vegas_400px_uint16.tif}]}",
-        f"val=[{{name: banepa, imagery: imagery/banepa, labels: labels/banepa_4tiles.geojson}}]",
+        "val=[{name: banepa, imagery: imagery/banepa, labels: labels/banepa_4tiles.geojson}]",
         "val_every=2",
     )
     result = train(cfg, progress=False)
