@@ -54,10 +54,31 @@ def test_ob_tiles_bad_region_is_a_clear_error(
     assert err.startswith("ob-tiles: error: ") and message in err and name in err
 
 
-@pytest.mark.parametrize(("main", "issue"), [(cli.train_main, 5)])
-def test_stubs_say_which_issue_brings_them(main, issue: int, capsys) -> None:
-    assert main([]) == 2
-    assert f"coming with issue #{issue}" in capsys.readouterr().err
+@pytest.mark.parametrize(
+    "main", [cli.infer_main, cli.train_main, cli.eval_main, cli.download_main, cli.tiles_main]
+)
+def test_every_command_has_help(main, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    assert "usage: ob-" in capsys.readouterr().out
+
+
+def test_console_scripts_point_at_real_functions() -> None:
+    import tomllib
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert set(scripts) >= {
+        "ob-infer",
+        "ob-train",
+        "ob-eval",
+        "ob-download",
+        "ob-tiles",
+        "ob-models",
+    }
+    for target in scripts.values():
+        module, _, name = target.partition(":")
+        assert module == "open_buildings.cli" and callable(getattr(cli, name))
 
 
 def test_ob_models_lists_the_registry(capsys: pytest.CaptureFixture[str]) -> None:
