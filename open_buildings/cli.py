@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 
 from open_buildings.errors import OpenBuildingsError
+
+
+class _QuietBeamImport(logging.Filter):
+    """Drop Beam's import-time warning about GCP client libraries, which local runs never use."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "apitools not found" not in record.getMessage()
+
+
+logging.getLogger().addFilter(_QuietBeamImport())
 
 
 def infer_main(argv: Sequence[str] | None = None) -> int:
