@@ -57,6 +57,8 @@ def plot_footprints(
         outline(truth, "cyan", 0.8)
     if predictions is not None:
         outline(predictions, "yellow", 1.2)
+    ax.set_xlim(-0.5, image.shape[1] - 0.5)
+    ax.set_ylim(image.shape[0] - 0.5, -0.5)
     ax.set_axis_off()
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
