@@ -10,6 +10,7 @@ import numpy as np
 
 from open_buildings.errors import OutputExistsError
 from open_buildings.evaluation.evaluate import Evaluation
+from open_buildings.evaluation.thresholds import best_f1
 
 FILES = ("metrics.json", "report.md", "pr_curve.png", "iou_hist.png")
 
@@ -45,6 +46,7 @@ def metrics_dict(ev: Evaluation, *, pred: str = "", truth: str = "") -> dict[str
             }
             for p in ev.thresholds
         ],
+        "best_f1": best_f1(ev.curve),
         "pr_curve": {
             "threshold": ev.curve.thresholds.tolist(),
             "precision": ev.curve.precision.tolist(),
@@ -79,9 +81,15 @@ def summary(ev: Evaluation) -> str:
         f"recall {t.recall:.4f}  (TP {t.tp:,}  FP {t.fp:,}  FN {t.fn:,})",
         f"COCO mAP@[.50:.95] {_fmt(c.ap)}  AP50 {_fmt(c.ap50)}  AP75 {_fmt(c.ap75)}  "
         f"AR {_fmt(c.ar)}",
-        "",
-        "confidence threshold for a target precision:",
     ]
+    best = best_f1(ev.curve)
+    if best is not None:
+        lines.append(
+            f"best F1 over confidence thresholds: {best['f1']:.4f} at score >= "
+            f"{best['threshold']:.4g} (precision {best['precision']:.4f}, "
+            f"recall {best['recall']:.4f})"
+        )
+    lines += ["", "confidence threshold for a target precision:"]
     for p in ev.thresholds:
         if p.threshold is None:
             lines.append(f"  {p.target:.0%}: none ({p.note})")

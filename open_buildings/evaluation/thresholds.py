@@ -137,3 +137,28 @@ def precision_thresholds(
                 )
             )
     return out
+
+
+def best_f1(curve: PRCurve) -> dict[str, float] | None:
+    """Return the operating point with the highest F1 on the PR curve (IoU 0.5 matching).
+
+    Keeping only predictions with ``score >= threshold`` gives this precision, recall and F1;
+    it is the figure to compare with published F1 scores that were taken at a tuned threshold.
+
+    Args:
+        curve: From :func:`pr_curve`.
+
+    Returns:
+        ``{"threshold", "precision", "recall", "f1"}``, or None for an empty curve.
+    """
+    if len(curve.thresholds) == 0:
+        return None
+    p, r = curve.precision, curve.recall
+    f1 = np.where(p + r > 0, 2 * p * r / np.maximum(p + r, 1e-12), 0.0)
+    i = int(np.argmax(f1))
+    return {
+        "threshold": float(curve.thresholds[i]),
+        "precision": float(p[i]),
+        "recall": float(r[i]),
+        "f1": float(f1[i]),
+    }

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from open_buildings.errors import EvaluationError
-from open_buildings.evaluation.thresholds import pr_curve, precision_thresholds
+from open_buildings.evaluation.thresholds import best_f1, pr_curve, precision_thresholds
 
 
 def test_curve_one_point_per_distinct_score() -> None:
@@ -42,3 +42,15 @@ def test_unreachable_is_none_with_a_note() -> None:
 def test_mismatched_lengths() -> None:
     with pytest.raises(EvaluationError):
         pr_curve(np.ones(2), np.ones(3, bool), 1)
+
+
+def test_best_f1_by_hand() -> None:
+    # Scores 0.9 (TP), 0.8 (TP), 0.3 (FP), 0.2 (FP); 3 truth buildings.
+    # At >= 0.8: P 2/2, R 2/3, F1 0.8. At >= 0.3: P 2/3, R 2/3, F1 2/3. At >= 0.9: F1 0.5.
+    curve = pr_curve(np.array([0.9, 0.8, 0.3, 0.2]), np.array([True, True, False, False]), 3)
+    best = best_f1(curve)
+    assert best == pytest.approx({"threshold": 0.8, "precision": 1.0, "recall": 2 / 3, "f1": 0.8})
+
+
+def test_best_f1_of_nothing() -> None:
+    assert best_f1(pr_curve(np.array([]), np.array([], dtype=bool), 3)) is None
