@@ -1,6 +1,6 @@
 """Chips: geometric augmentation moves image and masks together; colour touches the image only."""
 
-import albumentations as A
+import albumentations as A  # noqa: N812
 import numpy as np
 import pytest
 from affine import Affine
