@@ -16,19 +16,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-SAMPLE := geo/sample
-
 # ob-infer with no options: the embedded Nairobi sample (geo/sample/) and the default model
 # (models/default/), written to a fresh ob-output-<timestamp>/ folder; it prints where.
-# Until the default model is trained (issue #5) it shows the tiles and imagery instead.
 demo: $(STAMP)
-	@if [ -f models/default/weights.safetensors ]; then \
-		$(BIN)/ob-infer; \
-	else \
-		$(BIN)/ob-tiles $(SAMPLE)/region.geojson --imagery $(SAMPLE)/items.json; \
-		echo "Footprints: no default model yet (models/default/weights.safetensors, issue #5);"; \
-		echo "  run ob-infer --model PATH/TO/checkpoint.safetensors to write them."; \
-	fi
+	$(BIN)/ob-infer
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from open_buildings.evaluation.command import run as evaluate_files
+from open_buildings.evaluation.thresholds import best_f1
 from open_buildings.pipelines.infer import infer_main
 from open_buildings.resources import resource
 
@@ -26,6 +27,9 @@ def test_default_model_finds_the_sample_buildings(tmp_path: Path) -> None:
         str(ROOT / "tests/data/labels/nairobi_ke.geojson"),
         region_path=str(ROOT / "geo/sample/region.geojson"),
     )
+    # Measured when the model was committed: AP50 0.652, best F1 0.691 (at confidence >= 0.79),
+    # recall 0.79 over all predictions; an untrained model scores 0 on all three.
     assert result.n_truth > 40
-    assert result.f1.total.f1 > 0.3, result.f1.total
-    assert result.coco.ap50 > 0.2, result.coco
+    assert result.coco.ap50 > 0.5, result.coco
+    assert best_f1(result.curve)["f1"] > 0.55, best_f1(result.curve)
+    assert result.f1.total.recall > 0.6, result.f1.total
