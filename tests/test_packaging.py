@@ -45,6 +45,11 @@ def test_wheel_ships_the_sample_region_and_imagery(wheel_names: list[str]) -> No
         assert f"open_buildings/resources/geo/sample/{name}" in wheel_names
 
 
+def test_wheel_ships_the_default_model(wheel_names: list[str]) -> None:
+    for name in ("weights.safetensors", "weights.safetensors.sha256", "MODEL_CARD.md"):
+        assert f"open_buildings/resources/models/default/{name}" in wheel_names
+
+
 def test_wheel_has_no_test_data(wheel_names: list[str]) -> None:
     assert not [name for name in wheel_names if "tests/" in name]
 
