@@ -83,17 +83,14 @@ def model_only_seconds(model_ref: str, region: Path) -> tuple[float, int, float]
 
     from open_buildings.geo import grid, imagery, regions
     from open_buildings.models.checkpoint import load_checkpoint
+    from open_buildings.pipelines.inference import resolve_model
     from open_buildings.pipelines.stages import run_model
 
     source = imagery.open_imagery(str(SAMPLE / "items.json"))
     tiles = [t for t in grid.cover(regions.read_region(region).geometry)]
     images = [source.read(t.grid) for t in tiles]
     keep = [(t, im) for t, im in zip(tiles, images) if not im.empty]
-    path = (
-        model_ref
-        if model_ref.endswith(".safetensors")
-        else str(ROOT / "models" / model_ref / "weights.safetensors")
-    )
+    path = resolve_model(model_ref).path  # the same lookup ob-infer uses (zoo, file, folder)
     model = load_checkpoint(path).eval()
     geod = Geod(ellps="WGS84")
     core_km2 = sum(abs(geod.geometry_area_perimeter(t.core)[0]) for t, _ in keep) / 1e6

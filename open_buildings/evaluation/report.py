@@ -110,6 +110,17 @@ def summary(ev: Evaluation) -> str:
     return "\n".join(lines)
 
 
+def _best_f1_lines(ev: Evaluation) -> list[str]:
+    best = best_f1(ev.curve)
+    if best is None:
+        return []
+    return [
+        f"Best F1 over confidence thresholds: {best['f1']:.4f} at score >= {best['threshold']:.4g}"
+        f" (precision {best['precision']:.4f}, recall {best['recall']:.4f}).",
+        "",
+    ]
+
+
 def markdown(ev: Evaluation, *, pred: str = "", truth: str = "") -> str:
     """Return a short Markdown report.
 
@@ -142,6 +153,7 @@ def markdown(ev: Evaluation, *, pred: str = "", truth: str = "") -> str:
         "|---:|---:|---:|---:|",
         f"| {_fmt(c.ap)} | {_fmt(c.ap50)} | {_fmt(c.ap75)} | {_fmt(c.ar)} |",
         "",
+        *_best_f1_lines(ev),
         "## Confidence thresholds",
         "",
         "The lowest confidence at which the kept footprints reach each precision (IoU 0.5).",

@@ -178,7 +178,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
         if not st.teacher or not st.unlabelled:
             raise ConfigError("self_training needs a 'teacher' checkpoint and 'unlabelled' areas")
         teacher = load_checkpoint(
-            cfg.resolve(st.teacher) if not Path(st.teacher).exists() else st.teacher
+            st.teacher if Path(st.teacher).exists() else cfg.resolve(st.teacher)
         )
         unlabelled = chipping.ScenePool(load_areas(cfg, st.unlabelled, labelled=False))
         for scene in unlabelled.scenes:
