@@ -141,6 +141,19 @@ class BuildingModel(nn.Module):
             "std", torch.tensor(input_spec.std, dtype=torch.float32).view(shape), persistent=False
         )
 
+    def aux_loss(self) -> torch.Tensor | None:
+        """Return the auxiliary losses the last forward left behind, summed, or ``None``.
+
+        A submodule that adds a term to the training loss (V-MoE's importance and load losses)
+        stores it as ``last_aux_loss`` during its forward; modules without one are skipped.
+        """
+        terms = [
+            m.last_aux_loss
+            for m in self.net.modules()
+            if isinstance(getattr(m, "last_aux_loss", None), torch.Tensor)
+        ]
+        return torch.stack([t.float() for t in terms]).sum() if terms else None
+
     def num_parameters(self) -> int:
         """Return the number of parameters (trainable or not)."""
         return sum(p.numel() for p in self.parameters())

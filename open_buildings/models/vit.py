@@ -246,8 +246,9 @@ class EncoderOutput(NamedTuple):
     Attributes:
         tokens: ``(B, prefix + rows*cols, C)`` output of the last block after the final norm
             (the class token first when there is one).
-        features: The patch tokens (no class token, no final norm) after each block in
-            ``feature_layers``, each ``(B, rows*cols, C)``.
+        features: The patch tokens (no class token) after each block in ``feature_layers``,
+            each ``(B, rows*cols, C)``; a feature taken after the last block is taken after the
+            final norm too (the patch part of ``tokens``), so every weight reaches the decoder.
         grid: ``(rows, cols)`` of the patch grid.
     """
 
@@ -326,11 +327,15 @@ class ViTEncoder(nn.Module):
         tokens, grid = self.embed(x)
         features = []
         wanted = set(self.feature_layers)
+        last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
             tokens = block(tokens)
-            if i in wanted:
+            if i in wanted and i != last:
                 features.append(tokens[:, self.prefix :])
-        return EncoderOutput(self.norm(tokens), features, grid)
+        tokens = self.norm(tokens)
+        if last in wanted:
+            features.append(tokens[:, self.prefix :])
+        return EncoderOutput(tokens, features, grid)
 
 
 def _conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:

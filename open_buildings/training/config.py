@@ -60,6 +60,9 @@ class TrainConfig(StrictModel):
     model: str = "unet_efficientnet_lite0"
     model_overrides: dict[str, Any] = {}
     init: Literal["random", "imagenet"] = "random"
+    #: A local official backbone checkpoint (SigLIP/PaliGemma, OWL-ViT, V-MoE) loaded into the
+    #: model's encoder by ``models.pretrained.load_backbone`` after ``init``.
+    init_from: str | None = None
     data_root: str = "../shared/data"
     train: list[AreaConfig]
     val: list[AreaConfig] = []

@@ -26,6 +26,7 @@ from open_buildings.models import heads
 from open_buildings.models.base import BuildingModel
 from open_buildings.models.checkpoint import load_checkpoint, save_checkpoint
 from open_buildings.models.losses import segmentation_loss
+from open_buildings.models.pretrained import load_backbone
 from open_buildings.models.registry import build_model
 from open_buildings.models.unet import load_lite0_imagenet
 from open_buildings.training import chips as chipping
@@ -136,11 +137,13 @@ def _optimizer(cfg: TrainConfig):
 
 
 def new_model(cfg: TrainConfig) -> BuildingModel:
-    """Build the configured model and apply its initialisation (random or ImageNet)."""
+    """Build the configured model; apply its ``init`` and then ``init_from``."""
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, **cfg.model_overrides)
     if cfg.init == "imagenet":
         load_lite0_imagenet(model)
+    if cfg.init_from:
+        load_backbone(model, cfg.resolve(cfg.init_from))
     return model
 
 
@@ -221,6 +224,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
             logits.float(), targets.to(device), weights.to(device), dice_weight=cfg.dice_weight
         )
         record: dict[str, Any] = {"step": step + 1, "loss": loss.item(), "mixup": mixed}
+        aux = model.aux_loss()
+        if aux is not None:
+            record["aux"] = aux.item()
+            loss = loss + aux
         if st.enabled:
             ub = unlabelled_batch(unlabelled, teacher_probs, cfg, step, transform)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
@@ -230,6 +237,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
             )
             record["kl"] = kl.item()
             loss = loss + st.weight * kl
+            aux = model.aux_loss()
+            if aux is not None:
+                loss = loss + aux
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
