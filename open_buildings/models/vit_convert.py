@@ -1,0 +1,727 @@
+"""Load official SigLIP and PaliGemma vision towers into a ViT encoder (:mod:`.vit`).
+
+Two published layouts are read, and nothing else is ever executed or unpickled:
+
+- **Hugging Face safetensors** (one file, or a sharded ``*.safetensors.index.json``): the SigLIP
+  vision tower under any prefix that ends in ``embeddings.patch_embedding.weight``: bare
+  (``SiglipVisionModel`` as transformers 5 saves it), ``vision_model.`` (``SiglipModel``, the
+  published ``google/siglip-*`` files), ``vision_tower.vision_model.`` (published PaliGemma) and
+  ``model.vision_tower.`` (PaliGemma as newer transformers saves it). ``q/k/v_proj`` are fused into
+  our ``qkv``. The shapes do not say the number of attention heads; it comes from the ``heads``
+  argument, else a ``config.json`` next to the weights, else the model being loaded (or
+  :func:`default_heads` when only a config is asked for).
+- **big_vision npz** (SigLIP and PaliGemma JAX checkpoints, as timm's ``_load_weights`` reads
+  them): ``[params/]img/embedding/kernel`` (HWIO), ``img/pos_embedding``,
+  ``img/Transformer/encoderblock_{i}/...`` or the layer-scanned ``encoderblock/...`` with a
+  leading depth axis, ``img/Transformer/encoder_norm``. Keys may be joined by ``/`` or ``.``;
+  bfloat16 arrays (stored as raw 2-byte records) are decoded.
+
+Everything outside the vision tower (the MAP head, the text tower, PaliGemma's language model,
+``logit_scale``...) is counted as unused and never loaded into memory for safetensors files.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import re
+import zipfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from torch import nn
+
+from open_buildings.errors import CheckpointError
+from open_buildings.models.base import BuildingModel
+from open_buildings.models.pretrained import register_loader
+from open_buildings.models.vit import ViTConfig, ViTEncoder, ViTSegmenter, resample_pos_embed
+
+__all__ = [
+    "SiglipCheckpoint",
+    "default_heads",
+    "load_siglip",
+    "read_siglip_checkpoint",
+    "siglip_config_from_checkpoint",
+]
+
+logger = logging.getLogger(__name__)
+
+HF_ANCHOR = "embeddings.patch_embedding.weight"
+NPZ_ANCHOR = "embedding/kernel"
+#: Attention heads of the published SigLIP widths (B, L, So400m and g have 12, 16, 16, 16 heads;
+#: the ViT-S shape has 6); any other width gets 64-wide heads.
+KNOWN_HEADS = {384: 6, 768: 12, 1024: 16, 1152: 16, 1536: 16}
+#: A ``config.json`` larger than this is not a model config; it is not read.
+MAX_CONFIG_BYTES = 1 << 20
+#: Fields compared between a checkpoint and the model it is loaded into, in message order.
+SHAPE_FIELDS = ("width", "depth", "mlp_dim", "heads", "patch", "class_token", "ln_eps")
+
+
+class SiglipCheckpoint(NamedTuple):
+    """A SigLIP vision tower read from a file, in :class:`ViTEncoder` names.
+
+    Attributes:
+        fields: :class:`ViTConfig` fields the file determines (``width``, ``depth``, ``mlp_dim``,
+            ``patch``, ``pretrain_size``, ``class_token``; ``heads`` and ``ln_eps`` only when
+            known: always for npz, for safetensors from the ``heads`` argument or a
+            ``config.json``).
+        state_dict: ``ViTEncoder`` state-dict keys to tensors (position grid as stored).
+        unused: Source tensor names that were not converted (MAP head, text tower, LLM...).
+        layout: ``"huggingface"`` or ``"big_vision"``.
+        evidence: For each field, the source tensor (and shape) or file it was read from.
+        in_chans: Input bands of the patch embedding.
+    """
+
+    fields: dict[str, Any]
+    state_dict: dict[str, torch.Tensor]
+    unused: list[str]
+    layout: str
+    evidence: dict[str, str]
+    in_chans: int
+
+
+def default_heads(width: int) -> int:
+    """Return the attention heads to assume for a SigLIP tower of this width.
+
+    Args:
+        width: Token width.
+
+    Returns:
+        The published head count for the SigLIP widths (384: 6, 768: 12, 1024, 1152 and 1536:
+        16), else ``width // 64``.
+
+    Raises:
+        CheckpointError: The width is neither published nor a multiple of 64.
+    """
+    if width in KNOWN_HEADS:
+        return KNOWN_HEADS[width]
+    if width % 64:
+        raise CheckpointError(
+            f"cannot guess the attention heads of a width-{width} tower (not a published SigLIP "
+            "width, not a multiple of 64); pass heads=..."
+        )
+    return width // 64
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading tensors from files
+
+
+class _Tensors:
+    """Names of every tensor in a file and lazy access to the ones wanted."""
+
+    def __init__(self, path: Path, names: list[str], get: Callable[[str], torch.Tensor]) -> None:
+        self.path = path
+        self.names = names
+        self._get = get
+        self._name_set = set(names)
+        self.taken: set[str] = set()
+
+    def take(self, name: str, shape: tuple[int, ...] | None = None) -> torch.Tensor:
+        if name not in self._name_set:
+            raise CheckpointError(
+                f"{self.path}: tensor {name!r} is missing; the vision tower is incomplete "
+                "(a truncated download or a shard left out of the index?)"
+            )
+        tensor = self._get(name)
+        if shape is not None and tuple(tensor.shape) != shape:
+            raise CheckpointError(
+                f"{self.path}: tensor {name!r} has shape {tuple(tensor.shape)}, expected {shape} "
+                "from the rest of the vision tower; the file is not a consistent SigLIP checkpoint"
+            )
+        self.taken.add(name)
+        return tensor
+
+    def has(self, name: str) -> bool:
+        return name in self._name_set
+
+    def unused(self) -> list[str]:
+        return sorted(set(self.names) - self.taken)
+
+
+def _unreadable(path: Path, what: str, exc: BaseException) -> CheckpointError:
+    return CheckpointError(
+        f"{path} could not be read as {what} ({type(exc).__name__}: {exc}); the file is corrupt "
+        "or truncated: download it again, or pass a SigLIP/PaliGemma .safetensors, "
+        ".safetensors.index.json or big_vision .npz file"
+    )
+
+
+def _open_safetensors(path: Path) -> _Tensors:
+    try:
+        handle = safe_open(str(path), framework="pt")
+        names = list(handle.keys())
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise _unreadable(path, "safetensors", exc) from exc
+
+    def get(name: str) -> torch.Tensor:
+        try:
+            return handle.get_tensor(name)
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise _unreadable(path, "safetensors", exc) from exc
+
+    return _Tensors(path, names, get)
+
+
+def _open_index(path: Path) -> _Tensors:
+    if path.stat().st_size > 64 * MAX_CONFIG_BYTES:
+        raise CheckpointError(f"{path} is too large for a safetensors index; pass the index file")
+    try:
+        weight_map = json.loads(path.read_text(encoding="utf-8"))["weight_map"]
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(
+            f"{path} is not a safetensors index (a JSON object with a 'weight_map'); pass the "
+            "model's *.safetensors.index.json or one .safetensors file"
+        ) from exc
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(f"{path}: 'weight_map' must map tensor names to shard files")
+    shards: dict[str, _Tensors] = {}
+    for shard in set(weight_map.values()):
+        if not isinstance(shard, str) or Path(shard).name != shard or shard in ("", ".", ".."):
+            raise CheckpointError(
+                f"{path}: shard {shard!r} is not a plain file name next to the index; "
+                "shards must sit in the index's folder"
+            )
+
+    def get(name: str) -> torch.Tensor:
+        shard = weight_map[name]
+        if shard not in shards:
+            shard_path = path.parent / shard
+            if not shard_path.is_file():
+                raise CheckpointError(
+                    f"{path} lists shard {shard} (holding {name!r}) but {shard_path} does not "
+                    "exist; download every shard of the vision tower"
+                )
+            shards[shard] = _open_safetensors(shard_path)
+        return shards[shard].take(name)
+
+    return _Tensors(path, list(weight_map), get)
+
+
+def _npz_array_to_torch(path: Path, name: str, array: np.ndarray) -> torch.Tensor:
+    if array.dtype.kind == "V" and array.dtype.itemsize == 2:
+        # bfloat16 saved without ml_dtypes: the raw 2-byte records are the bf16 bits.
+        return torch.from_numpy(np.ascontiguousarray(array).view(np.int16).copy()).view(
+            torch.bfloat16
+        )
+    if array.dtype.kind != "f":
+        raise CheckpointError(
+            f"{path}: tensor {name!r} has dtype {array.dtype}, not floating point; this is not a "
+            "SigLIP weight"
+        )
+    return torch.from_numpy(np.ascontiguousarray(array))
+
+
+def _open_npz(path: Path) -> _Tensors:
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise _unreadable(path, "a big_vision .npz", exc) from exc
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise CheckpointError(f"{path} holds a single array, not a big_vision .npz of named params")
+    # Either separator may join the tree; big_vision's own names contain neither '.' nor '/'.
+    by_name = {name.replace(".", "/"): name for name in archive.files}
+
+    def get(name: str) -> torch.Tensor:
+        try:
+            array = archive[by_name[name]]
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            raise _unreadable(path, "a big_vision .npz", exc) from exc
+        return _npz_array_to_torch(path, name, array)
+
+    return _Tensors(path, list(by_name), get)
+
+
+def _open(path: Path) -> tuple[_Tensors, str]:
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; pass a local file")
+    with path.open("rb") as handle:
+        magic = handle.read(4)
+    if magic.startswith(b"PK"):
+        return _open_npz(path), "big_vision"
+    if path.name.endswith(".json"):
+        return _open_index(path), "huggingface"
+    return _open_safetensors(path), "huggingface"
+
+
+# ----------------------------------------------------------------------------------------------
+# Layouts
+
+
+def _find_prefix(tensors: _Tensors, anchor: str, sep: str) -> str:
+    prefixes = sorted(
+        name[: -len(anchor)]
+        for name in tensors.names
+        if name == anchor or name.endswith(sep + anchor)
+    )
+    if not prefixes:
+        sample = ", ".join(sorted(tensors.names)[:5]) or "none"
+        raise CheckpointError(
+            f"{tensors.path} holds no SigLIP vision tower: no tensor named '...{anchor}' "
+            f"(first names: {sample}). Pass a SigLIP, SigLIP vision-model or PaliGemma checkpoint"
+        )
+    if len(prefixes) > 1:
+        image = [p for p in prefixes if p.endswith(f"img{sep}") or "vision" in p]
+        if len(image) != 1:
+            raise CheckpointError(
+                f"{tensors.path} holds several vision towers ({', '.join(prefixes)}); "
+                "extract the one to load into its own file"
+            )
+        return image[0]
+    return prefixes[0]
+
+
+def _layer_indices(tensors: _Tensors, pattern: str) -> list[int]:
+    regex = re.compile(pattern)
+    found = {int(m.group(1)) for name in tensors.names if (m := regex.match(name))}
+    if not found:
+        raise CheckpointError(f"{tensors.path}: the vision tower has no transformer blocks")
+    depth = max(found) + 1
+    missing = sorted(set(range(depth)) - found)
+    if missing:
+        raise CheckpointError(
+            f"{tensors.path}: blocks {missing} of {depth} are missing from the vision tower; "
+            "the file is incomplete"
+        )
+    return list(range(depth))
+
+
+def _hf_config(path: Path, width: int) -> tuple[dict[str, Any], str] | None:
+    """The vision part of a ``config.json`` beside the weights, when it describes this tower."""
+    config_path = path.parent / "config.json"
+    if not config_path.is_file() or config_path.stat().st_size > MAX_CONFIG_BYTES:
+        return None
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    vision = config.get("vision_config", config)
+    if not isinstance(vision, dict) or vision.get("hidden_size", width) != width:
+        return None
+    return vision, str(config_path)
+
+
+def _read_hf(tensors: _Tensors, heads: int | None) -> SiglipCheckpoint:
+    prefix = _find_prefix(tensors, HF_ANCHOR, ".")
+    path = tensors.path
+    patch_key = prefix + HF_ANCHOR
+    patch_w = tensors.take(patch_key)
+    if patch_w.ndim != 4 or patch_w.shape[-1] != patch_w.shape[-2]:
+        raise CheckpointError(
+            f"{path}: {patch_key} has shape {tuple(patch_w.shape)}, not a square conv kernel "
+            "(out, bands, p, p); SigLIP 2 NaFlex towers are not supported"
+        )
+    width, in_chans, patch = patch_w.shape[0], patch_w.shape[1], patch_w.shape[-1]
+    pos_key = f"{prefix}embeddings.position_embedding.weight"
+    pos = tensors.take(pos_key)
+    if pos.ndim != 2 or pos.shape[1] != width:
+        raise CheckpointError(
+            f"{path}: {pos_key} has shape {tuple(pos.shape)}, expected (tokens, {width})"
+        )
+    grid = _square_side(path, pos_key, pos.shape[0])
+    layers = _layer_indices(tensors, re.escape(prefix) + r"encoder\.layers\.(\d+)\.")
+    fc1_key = f"{prefix}encoder.layers.0.mlp.fc1.weight"
+    mlp_dim = tensors.take(fc1_key).shape[0]
+    c, m = width, mlp_dim
+    sd: dict[str, torch.Tensor] = {
+        "patch_embed.weight": patch_w,
+        "patch_embed.bias": tensors.take(f"{prefix}embeddings.patch_embedding.bias", (c,)),
+        "pos_embed": pos.unsqueeze(0),
+    }
+    for i in layers:
+        src, dst = f"{prefix}encoder.layers.{i}.", f"blocks.{i}."
+        for ours, theirs in (("norm1", "layer_norm1"), ("norm2", "layer_norm2")):
+            sd[f"{dst}{ours}.weight"] = tensors.take(f"{src}{theirs}.weight", (c,))
+            sd[f"{dst}{ours}.bias"] = tensors.take(f"{src}{theirs}.bias", (c,))
+        attn = f"{src}self_attn."
+        sd[f"{dst}attn.qkv.weight"] = torch.cat(
+            [tensors.take(f"{attn}{n}_proj.weight", (c, c)) for n in "qkv"]
+        )
+        sd[f"{dst}attn.qkv.bias"] = torch.cat(
+            [tensors.take(f"{attn}{n}_proj.bias", (c,)) for n in "qkv"]
+        )
+        sd[f"{dst}attn.proj.weight"] = tensors.take(f"{attn}out_proj.weight", (c, c))
+        sd[f"{dst}attn.proj.bias"] = tensors.take(f"{attn}out_proj.bias", (c,))
+        sd[f"{dst}mlp.fc1.weight"] = tensors.take(f"{src}mlp.fc1.weight", (m, c))
+        sd[f"{dst}mlp.fc1.bias"] = tensors.take(f"{src}mlp.fc1.bias", (m,))
+        sd[f"{dst}mlp.fc2.weight"] = tensors.take(f"{src}mlp.fc2.weight", (c, m))
+        sd[f"{dst}mlp.fc2.bias"] = tensors.take(f"{src}mlp.fc2.bias", (c,))
+    sd["norm.weight"] = tensors.take(f"{prefix}post_layernorm.weight", (c,))
+    sd["norm.bias"] = tensors.take(f"{prefix}post_layernorm.bias", (c,))
+
+    shape = tuple(patch_w.shape)
+    fields: dict[str, Any] = {
+        "width": width,
+        "depth": len(layers),
+        "mlp_dim": mlp_dim,
+        "patch": patch,
+        "pretrain_size": grid * patch,
+        "class_token": False,
+    }
+    evidence = {
+        "width": f"{patch_key} {shape}",
+        "patch": f"{patch_key} {shape}",
+        "depth": f"{prefix}encoder.layers.0..{len(layers) - 1}",
+        "mlp_dim": f"{fc1_key} {(mlp_dim, width)}",
+        "pretrain_size": f"{pos_key} {tuple(pos.shape)}",
+        "class_token": "no class token in the Hugging Face SigLIP layout",
+    }
+    if heads is not None:
+        fields["heads"], evidence["heads"] = int(heads), "the heads argument"
+    found = _hf_config(path, width)
+    if found is not None:
+        vision, config_path = found
+        if heads is None and isinstance(vision.get("num_attention_heads"), int):
+            fields["heads"] = vision["num_attention_heads"]
+            evidence["heads"] = f"num_attention_heads in {config_path}"
+        if isinstance(vision.get("layer_norm_eps"), float):
+            fields["ln_eps"] = vision["layer_norm_eps"]
+            evidence["ln_eps"] = f"layer_norm_eps in {config_path}"
+    return SiglipCheckpoint(fields, sd, tensors.unused(), "huggingface", evidence, in_chans)
+
+
+def _read_npz(tensors: _Tensors, heads_arg: int | None) -> SiglipCheckpoint:
+    prefix = _find_prefix(tensors, NPZ_ANCHOR, "/")
+    path = tensors.path
+    kernel_key = prefix + NPZ_ANCHOR
+    kernel = tensors.take(kernel_key)
+    if kernel.ndim != 4 or kernel.shape[0] != kernel.shape[1]:
+        raise CheckpointError(
+            f"{path}: {kernel_key} has shape {tuple(kernel.shape)}, not a square HWIO patch "
+            "kernel; NaFlex towers are not supported"
+        )
+    patch, in_chans, width = kernel.shape[0], kernel.shape[2], kernel.shape[3]
+    c = width
+    pos_key = f"{prefix}pos_embedding"
+    if not tensors.has(pos_key):
+        raise CheckpointError(
+            f"{path}: {pos_key!r} is missing; only big_vision ViTs (position embeddings of the "
+            "patches only, as SigLIP has) are supported, not the original ViT layout"
+        )
+    pos = tensors.take(pos_key)
+    pos = pos.unsqueeze(0) if pos.ndim == 2 else pos
+    if pos.ndim != 3 or pos.shape[0] != 1 or pos.shape[2] != width:
+        raise CheckpointError(
+            f"{path}: {pos_key} has shape {tuple(pos.shape)}, expected (1, tokens, {width})"
+        )
+    grid = _square_side(path, pos_key, pos.shape[1])
+    sd: dict[str, torch.Tensor] = {
+        "patch_embed.weight": kernel.permute(3, 2, 0, 1),
+        "patch_embed.bias": tensors.take(f"{prefix}embedding/bias", (c,)),
+    }
+    class_token = tensors.has(f"{prefix}cls")
+    if class_token:
+        # big_vision adds no position to the class token; ours adds pos_embed[:, :1], so zero.
+        sd["cls_token"] = tensors.take(f"{prefix}cls", (1, 1, c))
+        pos = torch.cat([pos.new_zeros(1, 1, c), pos], dim=1)
+    sd["pos_embed"] = pos
+
+    scanned = f"{prefix}Transformer/encoderblock/"
+    if tensors.has(f"{scanned}LayerNorm_0/scale"):
+        depth = tensors.take(f"{scanned}LayerNorm_0/scale").shape[0]
+        blocks = [(scanned, i) for i in range(depth)]
+        depth_evidence = f"{scanned}LayerNorm_0/scale {(depth, c)} (layer-scanned)"
+    else:
+        pattern = re.escape(f"{prefix}Transformer/encoderblock_") + r"(\d+)/"
+        blocks = [
+            (f"{prefix}Transformer/encoderblock_{i}/", None)
+            for i in _layer_indices(tensors, pattern)
+        ]
+        depth = len(blocks)
+        depth_evidence = f"{prefix}Transformer/encoderblock_0..{depth - 1}"
+    first, first_idx = blocks[0]
+    query_key = f"{first}MultiHeadDotProductAttention_0/query/kernel"
+    query = tensors.take(query_key)
+    query = query[first_idx] if first_idx is not None else query
+    if query.ndim != 3 or query.shape[0] != c or query.shape[1] * query.shape[2] != c:
+        raise CheckpointError(
+            f"{path}: {query_key} has shape {tuple(query.shape)}, expected (width {c}, heads, "
+            "head_dim) with heads * head_dim == width"
+        )
+    heads, head_dim = query.shape[1], query.shape[2]
+    if heads_arg is not None and heads_arg != heads:
+        raise CheckpointError(
+            f"heads={heads_arg} was given but {path} has {heads} heads ({query_key} "
+            f"{tuple(query.shape)} is width x heads x head_dim); leave heads unset for npz files"
+        )
+    fc1_key = f"{first}MlpBlock_0/Dense_0/kernel"
+    fc1 = tensors.take(fc1_key)
+    mlp_dim = fc1.shape[-1]
+    m = mlp_dim
+    cache: dict[str, torch.Tensor] = {}
+
+    def block_tensor(base: str, idx: int | None, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        key = base + name
+        if idx is None:
+            return tensors.take(key, shape)
+        if key not in cache:
+            cache[key] = tensors.take(key, (depth, *shape))
+        return cache[key][idx]
+
+    for i, (base, idx) in enumerate(blocks):
+        dst = f"blocks.{i}."
+        get = functools.partial(block_tensor, base, idx)
+        for ours, theirs in (("norm1", "LayerNorm_0"), ("norm2", "LayerNorm_1")):
+            sd[f"{dst}{ours}.weight"] = get(f"{theirs}/scale", (c,))
+            sd[f"{dst}{ours}.bias"] = get(f"{theirs}/bias", (c,))
+        mha = "MultiHeadDotProductAttention_0/"
+        sd[f"{dst}attn.qkv.weight"] = torch.cat(
+            [get(f"{mha}{n}/kernel", (c, heads, head_dim)).reshape(c, c).T for n in _QKV]
+        )
+        sd[f"{dst}attn.qkv.bias"] = torch.cat(
+            [get(f"{mha}{n}/bias", (heads, head_dim)).reshape(c) for n in _QKV]
+        )
+        sd[f"{dst}attn.proj.weight"] = get(f"{mha}out/kernel", (heads, head_dim, c)).reshape(c, c).T
+        sd[f"{dst}attn.proj.bias"] = get(f"{mha}out/bias", (c,))
+        sd[f"{dst}mlp.fc1.weight"] = get("MlpBlock_0/Dense_0/kernel", (c, m)).T
+        sd[f"{dst}mlp.fc1.bias"] = get("MlpBlock_0/Dense_0/bias", (m,))
+        sd[f"{dst}mlp.fc2.weight"] = get("MlpBlock_0/Dense_1/kernel", (m, c)).T
+        sd[f"{dst}mlp.fc2.bias"] = get("MlpBlock_0/Dense_1/bias", (c,))
+    sd["norm.weight"] = tensors.take(f"{prefix}Transformer/encoder_norm/scale", (c,))
+    sd["norm.bias"] = tensors.take(f"{prefix}Transformer/encoder_norm/bias", (c,))
+    sd = {k: v.contiguous() for k, v in sd.items()}
+
+    shape = tuple(kernel.shape)
+    fields: dict[str, Any] = {
+        "width": width,
+        "depth": depth,
+        "mlp_dim": mlp_dim,
+        "heads": heads,
+        "patch": patch,
+        "pretrain_size": grid * patch,
+        "class_token": class_token,
+    }
+    evidence = {
+        "width": f"{kernel_key} {shape}",
+        "patch": f"{kernel_key} {shape}",
+        "depth": depth_evidence,
+        "mlp_dim": f"{fc1_key} {tuple(fc1.shape)}",
+        "heads": f"{query_key} {tuple(tensors.take(query_key).shape)}",
+        "pretrain_size": f"{pos_key} (grid {grid}x{grid})",
+        "class_token": f"{prefix}cls " + ("present" if class_token else "absent"),
+    }
+    return SiglipCheckpoint(fields, sd, tensors.unused(), "big_vision", evidence, in_chans)
+
+
+_QKV = ("query", "key", "value")
+
+
+def _square_side(path: Path, key: str, tokens: int) -> int:
+    side = int(round(tokens**0.5))
+    if side * side != tokens:
+        raise CheckpointError(
+            f"{path}: {key} holds {tokens} positions, not a square grid; this is not a SigLIP "
+            "image tower"
+        )
+    return side
+
+
+# ----------------------------------------------------------------------------------------------
+# Public API
+
+
+def read_siglip_checkpoint(
+    path: str | os.PathLike[str], *, heads: int | None = None
+) -> SiglipCheckpoint:
+    """Read a SigLIP/PaliGemma vision tower and convert it to :class:`ViTEncoder` names.
+
+    Only the vision tower's tensors are read from safetensors files; the rest are listed as
+    unused. The layout is recognised from the content (a zip archive is big_vision npz), not
+    from the file name.
+
+    Args:
+        path: A ``.safetensors`` file, a ``.safetensors.index.json`` (shards beside it) or a
+            big_vision ``.npz``.
+        heads: Attention heads, for safetensors files (their shapes do not show them); ignored
+            for npz, whose shapes do.
+
+    Returns:
+        The inferred config fields, the converted state dict and the unused tensor names.
+
+    Raises:
+        CheckpointError: The file is missing, unreadable, holds no vision tower, or its tensors
+            are inconsistent with each other.
+    """
+    tensors, layout = _open(Path(path))
+    if layout == "big_vision":
+        return _read_npz(tensors, heads)
+    return _read_hf(tensors, heads)
+
+
+def siglip_config_from_checkpoint(
+    path: str | os.PathLike[str], *, heads: int | None = None, **overrides: Any
+) -> ViTConfig:
+    """Build the :class:`ViTConfig` a checkpoint's vision tower fits.
+
+    Args:
+        path: A checkpoint :func:`read_siglip_checkpoint` reads.
+        heads: Attention heads for safetensors files; when omitted, a ``config.json`` beside the
+            weights is used, else :func:`default_heads` (the published SigLIP count for the
+            width). Ignored for npz (the shapes give it).
+        **overrides: Other :class:`ViTConfig` fields (decoder widths, ``feature_layers``...).
+
+    Returns:
+        The config (SigLIP variant: tanh-GELU, LayerNorm eps 1e-6 unless the file says otherwise).
+    """
+    checkpoint = read_siglip_checkpoint(path, heads=heads)
+    fields = dict(checkpoint.fields)
+    fields.setdefault("heads", default_heads(fields["width"]))
+    fields.update(overrides)
+    return ViTConfig(**fields)
+
+
+def _encoder_of(model: nn.Module) -> tuple[ViTEncoder, str]:
+    if isinstance(model, ViTEncoder):
+        return model, "this ViTEncoder"
+    net = model.net if isinstance(model, BuildingModel) else model
+    encoder = getattr(net, "encoder", None) if isinstance(net, ViTSegmenter) else None
+    if not isinstance(encoder, ViTEncoder):
+        raise CheckpointError(
+            f"load_siglip needs a ViTEncoder or a model built from a vit_siglip_* entry, got "
+            f"{type(model).__name__}"
+            + (f" {model.name!r}" if isinstance(model, BuildingModel) else "")
+        )
+    label = f"model {model.name!r}" if isinstance(model, BuildingModel) else "this ViTSegmenter"
+    return encoder, label
+
+
+def _fitting_entries(fields: dict[str, Any]) -> list[str]:
+    from open_buildings.models.registry import get_entry, list_models
+
+    fits = []
+    for name in list_models():
+        config = get_entry(name).default_config
+        if not name.startswith("vit_siglip_") or not isinstance(config, ViTConfig):
+            continue
+        if all(getattr(config, k) == fields[k] for k in SHAPE_FIELDS if k in fields):
+            fits.append(name)
+    return fits
+
+
+def _mismatch_error(
+    checkpoint: SiglipCheckpoint, encoder: ViTEncoder, label: str, path: Path
+) -> CheckpointError | None:
+    config = encoder.config
+    lines = []
+    for key in SHAPE_FIELDS:
+        if key in checkpoint.fields and checkpoint.fields[key] != getattr(config, key):
+            lines.append(
+                f"{key} {checkpoint.fields[key]} (from {checkpoint.evidence[key]}) vs "
+                f"{getattr(config, key)} in the model"
+            )
+    bands = encoder.patch_embed.weight.shape[1]
+    if checkpoint.in_chans != bands:
+        lines.append(
+            f"bands {checkpoint.in_chans} (patch embedding) vs {bands} in the model; SigLIP "
+            "towers take RGB"
+        )
+    if not lines:
+        return None
+    known = {k: checkpoint.fields[k] for k in SHAPE_FIELDS if k in checkpoint.fields}
+    fits = _fitting_entries(known)
+    overrides = dict(known, pretrain_size=checkpoint.fields["pretrain_size"])
+    guessed = "heads" not in overrides
+    overrides.setdefault("heads", default_heads(overrides["width"]))
+    if not overrides["class_token"]:
+        del overrides["class_token"]
+    if overrides.get("ln_eps") == ViTConfig.ln_eps:
+        del overrides["ln_eps"]
+    text = ", ".join(f"{k}: {_yaml(v)}" for k, v in overrides.items())
+    hint = f"use model: {fits[0]}, or " if fits else "use "
+    note = (
+        " (heads guessed from the width: check num_attention_heads in the model's config.json)"
+        if guessed
+        else ""
+    )
+    return CheckpointError(
+        f"checkpoint {path} does not fit {label}: " + "; ".join(lines) + f". To load it, {hint}"
+        f"model_overrides: {{{text}}}{note}"
+    )
+
+
+def _yaml(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def load_siglip(
+    model_or_encoder: nn.Module, path: str | os.PathLike[str], *, heads: int | None = None
+) -> dict[str, int]:
+    """Copy a SigLIP/PaliGemma vision tower into a ViT encoder, in place.
+
+    The decoder of a :class:`BuildingModel` is left as it is. A position grid other than the
+    model's ``pretrain_size // patch`` is resampled bicubically (as the encoder itself does for
+    other input sizes).
+
+    Args:
+        model_or_encoder: A :class:`BuildingModel` built from a ``vit_siglip_*`` entry, its
+            :class:`ViTSegmenter`, or a bare :class:`ViTEncoder`.
+        path: A checkpoint :func:`read_siglip_checkpoint` reads.
+        heads: Attention heads of a safetensors checkpoint; when omitted, a ``config.json``
+            beside it decides, else the model's own count is assumed.
+
+    Returns:
+        ``{"loaded": encoder tensors written, "unused": source tensors left out}``.
+
+    Raises:
+        CheckpointError: The file is unreadable or holds no vision tower, or its width, depth,
+            MLP width, heads, patch or bands differ from the model's (the message gives the
+            registry entry or ``model_overrides`` that fit).
+    """
+    path = Path(path)
+    encoder, label = _encoder_of(model_or_encoder)
+    checkpoint = read_siglip_checkpoint(path, heads=heads)
+    error = _mismatch_error(checkpoint, encoder, label, path)
+    if error is not None:
+        raise error
+    state = dict(checkpoint.state_dict)
+    target = encoder.state_dict()
+    side = encoder.config.pretrain_size // encoder.config.patch
+    prefix = encoder.prefix
+    pos = state["pos_embed"]
+    if pos.shape[1] != target["pos_embed"].shape[1]:
+        old = checkpoint.fields["pretrain_size"] // checkpoint.fields["patch"]
+        logger.info(
+            "resampling SigLIP position embeddings from %dx%d to %dx%d", old, old, side, side
+        )
+        patch_pos = resample_pos_embed(pos[:, prefix:].float(), (side, side))
+        state["pos_embed"] = torch.cat([pos[:, :prefix].float(), patch_pos], dim=1)
+    _check_keys(state, target, path)
+    with torch.no_grad():
+        for key, value in state.items():
+            target[key].copy_(value)
+    return {"loaded": len(state), "unused": len(checkpoint.unused)}
+
+
+def _check_keys(
+    state: dict[str, torch.Tensor], target: dict[str, torch.Tensor], path: Path
+) -> None:
+    missing = sorted(set(target) - set(state))
+    extra = sorted(set(state) - set(target))
+    wrong = sorted(k for k in set(state) & set(target) if state[k].shape != target[k].shape)
+    if missing or extra or wrong:
+        details = _listing("missing", missing) + _listing("unexpected", extra)
+        details += _listing(
+            "wrong shape",
+            [f"{k} {tuple(state[k].shape)} vs {tuple(target[k].shape)}" for k in wrong],
+        )
+        raise CheckpointError(f"checkpoint {path} does not fit the encoder: {'; '.join(details)}")
+
+
+def _listing(what: str, items: Iterable[str]) -> list[str]:
+    items = list(items)
+    return [f"{what}: {', '.join(items[:6])}" + (" ..." if len(items) > 6 else "")] if items else []
+
+
+def _load_backbone(model: BuildingModel, path: Path) -> dict[str, int]:
+    return load_siglip(model, path)
+
+
+register_loader("vit_siglip_", _load_backbone)
