@@ -325,17 +325,18 @@ class ViTEncoder(nn.Module):
             The final tokens, the intermediate patch-token features and the grid.
         """
         tokens, grid = self.embed(x)
-        features = []
+        # Keyed by block: the default layers of a net shallower than 4 blocks repeat a block.
+        captured: dict[int, torch.Tensor] = {}
         wanted = set(self.feature_layers)
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
             tokens = block(tokens)
             if i in wanted and i != last:
-                features.append(tokens[:, self.prefix :])
+                captured[i] = tokens[:, self.prefix :]
         tokens = self.norm(tokens)
         if last in wanted:
-            features.append(tokens[:, self.prefix :])
-        return EncoderOutput(tokens, features, grid)
+            captured[last] = tokens[:, self.prefix :]
+        return EncoderOutput(tokens, [captured[i] for i in self.feature_layers], grid)
 
 
 def _conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
