@@ -171,7 +171,10 @@ def _open_safetensors(path: Path) -> _Tensors:
 
 def _open_index(path: Path) -> _Tensors:
     if path.stat().st_size > 64 * MAX_CONFIG_BYTES:
-        raise CheckpointError(f"{path} is too large for a safetensors index; pass the index file")
+        raise CheckpointError(
+            f"{path} is {path.stat().st_size} bytes, too large for a safetensors index (a small "
+            "JSON file); pass the model's *.safetensors.index.json or a .safetensors file"
+        )
     try:
         weight_map = json.loads(path.read_text(encoding="utf-8"))["weight_map"]
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
@@ -239,6 +242,11 @@ def _open_npz(path: Path) -> _Tensors:
 
 
 def _open(path: Path) -> tuple[_Tensors, str]:
+    if path.is_dir():
+        raise CheckpointError(
+            f"checkpoint {path} is a folder; pass the file in it: model.safetensors, "
+            "model.safetensors.index.json (sharded) or the big_vision .npz"
+        )
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; pass a local file")
     with path.open("rb") as handle:
@@ -440,6 +448,7 @@ def _read_npz(tensors: _Tensors, heads_arg: int | None) -> SiglipCheckpoint:
     first, first_idx = blocks[0]
     query_key = f"{first}MultiHeadDotProductAttention_0/query/kernel"
     query = tensors.take(query_key)
+    query_shape = tuple(query.shape)
     query = query[first_idx] if first_idx is not None else query
     if query.ndim != 3 or query.shape[0] != c or query.shape[1] * query.shape[2] != c:
         raise CheckpointError(
@@ -504,7 +513,7 @@ def _read_npz(tensors: _Tensors, heads_arg: int | None) -> SiglipCheckpoint:
         "patch": f"{kernel_key} {shape}",
         "depth": depth_evidence,
         "mlp_dim": f"{fc1_key} {tuple(fc1.shape)}",
-        "heads": f"{query_key} {tuple(tensors.take(query_key).shape)}",
+        "heads": f"{query_key} {query_shape}",
         "pretrain_size": f"{pos_key} (grid {grid}x{grid})",
         "class_token": f"{prefix}cls " + ("present" if class_token else "absent"),
     }

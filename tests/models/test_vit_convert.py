@@ -416,6 +416,8 @@ def test_garbage_and_missing_files_are_checkpoint_errors(tmp_path) -> None:
         read_siglip_checkpoint(garbage)
     with pytest.raises(CheckpointError, match="does not exist"):
         read_siglip_checkpoint(tmp_path / "absent.npz")
+    with pytest.raises(CheckpointError, match="is a folder; pass the file in it"):
+        read_siglip_checkpoint(tmp_path)
     pickled = tmp_path / "object.npz"
     # An object array needs unpickling, which is never done: refused when it is read.
     np.savez(pickled, **{"params/img/embedding/kernel": np.array([{"x": 1}], dtype=object)})
