@@ -85,7 +85,7 @@ def register(entry: ModelEntry) -> ModelEntry:
 def _ensure_builtin_models() -> None:
     # The built-in families register on import; importing here keeps registry.py free of
     # backbone code while making list_models() complete whichever module was imported first.
-    from open_buildings.models import owlvit, unet, vit  # noqa: F401
+    from open_buildings.models import owlvit, unet, vit, vmoe  # noqa: F401
 
 
 def list_models() -> list[str]:
