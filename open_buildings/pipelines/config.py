@@ -93,6 +93,9 @@ class InferConfig(_Strict):
         max_batch_size: the largest batch RunInference forms.
         device: ``"cpu"`` or ``"cuda"``; ``"cuda"`` fails loudly on a worker without a GPU.
         bf16: run the model under bfloat16 autocast.
+        moe_capacity: the eval capacity factor of a V-MoE model's expert layers (lower runs
+            fewer expert FLOPs and drops the least confident tokens first); None keeps the
+            checkpoint's. An error for a model without expert layers.
         share_model_across_processes: one model per machine instead of one per process.
         runner: ``"direct"`` (this machine) or ``"dataflow"``.
         workers: local worker processes (1 runs in memory).
@@ -117,6 +120,7 @@ class InferConfig(_Strict):
     max_batch_size: int = Field(default=4, ge=1)
     device: Literal["cpu", "cuda"] = "cpu"
     bf16: bool = False
+    moe_capacity: float | None = Field(default=None, gt=0.0)
     share_model_across_processes: bool = False
     runner: Literal["direct", "dataflow"] = "direct"
     workers: int = Field(default=1, ge=1)

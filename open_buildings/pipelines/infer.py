@@ -171,7 +171,7 @@ def build(
         p,
         region.geometry,
         settings,
-        model or resolve_model(config.model, config.model_sha256),
+        model or resolve_model(config.model, config.model_sha256, moe_capacity=config.moe_capacity),
         device=config.device,
         bf16=config.bf16,
         min_batch_size=config.min_batch_size,
@@ -342,6 +342,13 @@ def infer_parser() -> argparse.ArgumentParser:
     mode.add_argument("--overwrite", action="store_true", help="replace a previous run's files")
     mode.add_argument("--resume", action="store_true", help="continue an interrupted run")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
+    parser.add_argument(
+        "--moe-capacity",
+        type=float,
+        metavar="F",
+        help="V-MoE models only: expert capacity factor (e.g. 0.5 runs about half the expert "
+        "FLOPs, dropping the least confident tokens first)",
+    )
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--batch-size", type=int, default=4, help="largest inference batch")
     parser.add_argument("--tile-level", type=int, default=14, help=argparse.SUPPRESS)
@@ -381,6 +388,7 @@ def _infer(args: argparse.Namespace) -> int:
             "min_confidence": args.min_confidence,
             "workers": args.workers,
             "bf16": args.bf16,
+            "moe_capacity": args.moe_capacity,
             "device": args.device,
             "max_batch_size": args.batch_size,
             "tile_level": args.tile_level,
@@ -391,7 +399,7 @@ def _infer(args: argparse.Namespace) -> int:
     region = read_region(config.region or sample_region(), max_area_km2=config.max_region_km2)
     imagery = config.imagery or sample_imagery()
     _check_coverage(open_imagery(imagery), region, imagery)
-    model = resolve_model(config.model)
+    model = resolve_model(config.model, moe_capacity=config.moe_capacity)
     if config.device == "cuda":
         stages.resolve_device("cuda")
     _prepare_output(out, overwrite=args.overwrite, resume=args.resume)

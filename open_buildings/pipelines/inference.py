@@ -36,11 +36,14 @@ class ModelRef:
         name: what the user asked for (a zoo name or a path).
         path: the ``.safetensors`` file (local path or URL).
         sha256: its expected sha256, or None to use its ``.sha256`` sidecar on the worker.
+        moe_capacity: the eval capacity factor to set on a V-MoE model's expert layers; None
+            keeps the checkpoint's.
     """
 
     name: str
     path: str
     sha256: str | None
+    moe_capacity: float | None = None
 
 
 def zoo_models() -> list[str]:
@@ -53,24 +56,29 @@ def zoo_models() -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.joinpath(WEIGHTS_NAME).is_file())
 
 
-def resolve_model(spec: str, sha256: str | None = None) -> ModelRef:
+def resolve_model(
+    spec: str, sha256: str | None = None, *, moe_capacity: float | None = None
+) -> ModelRef:
     """Find the checkpoint for ``--model``: a zoo name, a ``.safetensors`` file, or a folder.
 
     Args:
         spec: ``"default"`` or another zoo name, a local path, or a ``gs://`` URL.
         sha256: the expected sha256; None computes it for a local file.
+        moe_capacity: the eval capacity factor for a V-MoE model's expert layers (``None``
+            keeps the checkpoint's); a local checkpoint without expert layers is refused here.
 
     Returns:
         The reference.
 
     Raises:
-        InferenceError: if nothing matches; the message lists the zoo and how to pass a path.
+        InferenceError: if nothing matches (the message lists the zoo and how to pass a path),
+            or ``moe_capacity`` is given for a local checkpoint without expert layers.
     """
     from open_buildings.models.checkpoint import file_sha256
     from open_buildings.resources import resource
 
     if stages.is_remote(spec):
-        return ModelRef(spec, spec, sha256)
+        return ModelRef(spec, spec, sha256, moe_capacity)
     path = Path(spec).expanduser()
     if path.is_dir():
         path = path / WEIGHTS_NAME
@@ -79,7 +87,9 @@ def resolve_model(spec: str, sha256: str | None = None) -> ModelRef:
         if shipped.is_file():
             path = Path(str(shipped))
     if path.is_file():
-        return ModelRef(spec, str(path), sha256 or file_sha256(path))
+        if moe_capacity is not None:
+            _check_has_experts(spec, path)
+        return ModelRef(spec, str(path), sha256 or file_sha256(path), moe_capacity)
     available = zoo_models()
     zoo = f"shipped models: {', '.join(available)}" if available else "no model is shipped yet"
     if spec == DEFAULT_MODEL:
@@ -92,6 +102,29 @@ def resolve_model(spec: str, sha256: str | None = None) -> ModelRef:
         f"--model {spec!r} is neither a checkpoint file, a folder holding {WEIGHTS_NAME}, nor a "
         f"shipped model ({zoo}); pass a path to a .safetensors checkpoint"
     )
+
+
+def _check_has_experts(spec: str, path: Path) -> None:
+    """Refuse a MoE capacity for a checkpoint whose model has no expert layers."""
+    import json
+
+    from open_buildings.models.checkpoint import read_metadata
+    from open_buildings.models.moe import moe_layers
+    from open_buildings.models.registry import build_model
+
+    metadata = read_metadata(path)
+    config = json.loads(metadata["config"])
+    try:
+        with torch.device("meta"):  # no memory, no init
+            model = build_model(metadata["name"], **config)
+    except RuntimeError:  # a builder that needs real tensors (smp's MiT calls .item())
+        model = build_model(metadata["name"], **config)
+    if not moe_layers(model):
+        raise InferenceError(
+            f"--moe-capacity applies to V-MoE models only, but --model {spec} is a "
+            f"{metadata['name']} checkpoint, which has no mixture-of-experts layers; drop "
+            "--moe-capacity"
+        )
 
 
 def _localize(path: str) -> tuple[str, str | None]:
@@ -168,6 +201,10 @@ class CheckpointModelHandler(PytorchModelHandlerTensor):
         local, sidecar = _localize(self._ref.path)
         expected = self._ref.sha256 or sidecar
         model = load_checkpoint(local, expected_sha256=expected)
+        if self._ref.moe_capacity is not None:
+            from open_buildings.models.moe import set_capacity
+
+            set_capacity(model, self._ref.moe_capacity)
         model.to(device).eval()
         self._device = device
         if self._bf16 and str(device) == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
