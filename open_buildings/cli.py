@@ -1,4 +1,5 @@
-"""Console entry points: ob-infer, ob-train, ob-eval, ob-download, ob-tiles and ob-models."""
+"""Console entry points: ob-infer, ob-train, ob-eval, ob-download, ob-tiles, ob-models and
+ob-detect."""
 
 from __future__ import annotations
 
@@ -46,6 +47,13 @@ def download_main(argv: Sequence[str] | None = None) -> int:
     from open_buildings.pipelines.download import download_main as run_download
 
     return run_download(argv)
+
+
+def detect_main(argv: Sequence[str] | None = None) -> int:
+    """``ob-detect REGION|IMAGE --model CKPT --query FILE|--example W,S,E,N``: OWL-ViT boxes."""
+    from open_buildings.pipelines.detect import detect_main as run_detect
+
+    return run_detect(argv)
 
 
 def models_main(argv: Sequence[str] | None = None) -> int:

@@ -242,8 +242,8 @@ def detect_pixels(
 
 def _pixel_boxes_to_crs(boxes: np.ndarray, transform: Any) -> np.ndarray:
     """``(N, 4)`` pixel boxes -> ``(N, 4)`` boxes ``(x0, y0, x1, y1)`` in the grid's CRS."""
-    x0, y0 = transform * (boxes[:, 0], boxes[:, 1])
-    x1, y1 = transform * (boxes[:, 2], boxes[:, 3])
+    x0, y0 = transform @ (boxes[:, 0], boxes[:, 1])
+    x1, y1 = transform @ (boxes[:, 2], boxes[:, 3])
     return np.stack(
         [np.minimum(x0, x1), np.minimum(y0, y1), np.maximum(x0, x1), np.maximum(y0, y1)], axis=1
     )
@@ -367,7 +367,7 @@ def example_query(
     to_local = Transformer.from_crs("EPSG:4326", tile.grid.crs, always_xy=True)
     xs, ys = to_local.transform([west, east, east, west], [south, south, north, north])
     inverse = ~tile.grid.transform
-    cols, rows = inverse * (np.asarray(xs), np.asarray(ys))
+    cols, rows = inverse @ (np.asarray(xs), np.asarray(ys))
     height, width = image.rgb.shape[1:]
     x0, x1 = float(np.clip(cols.min(), 0, width)), float(np.clip(cols.max(), 0, width))
     y0, y1 = float(np.clip(rows.min(), 0, height)), float(np.clip(rows.max(), 0, height))
@@ -485,6 +485,7 @@ def detect_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--tile-level", type=int, default=14, help=argparse.SUPPRESS)
     return parser
 
 
@@ -539,10 +540,11 @@ def _detect(args: argparse.Namespace) -> int:
         nms_iou=args.nms_iou,
         batch_size=args.batch_size,
     )
+    spec = grid.GridSpec(level=args.tile_level)
     if args.query:
         queries = load_queries(args.query)
     else:
-        queries = example_query(detector, source, args.example, window=args.window)
+        queries = example_query(detector, source, args.example, spec=spec, window=args.window)
     print(
         f"ob-detect: {where}, model {args.model} ({report['loaded']} tensors, "
         f"{report['unused']} unused), {len(queries)} quer{'y' if len(queries) == 1 else 'ies'}",
@@ -550,10 +552,16 @@ def _detect(args: argparse.Namespace) -> int:
     )
     with torch.inference_mode():
         found = detect_region(
-            detector, geometry, source, queries, options=options, progress=not args.no_progress
+            detector,
+            geometry,
+            source,
+            queries,
+            spec=spec,
+            options=options,
+            progress=not args.no_progress,
         )
     tmp = out.with_name(f".{out.name}.tmp")
-    found.to_file(tmp, driver="GeoJSON")
+    tmp.write_text(found.to_json(drop_id=True), encoding="utf-8")
     os.replace(tmp, out)
     print(f"boxes found: {len(found):,} -> {out}")
     if truth is not None:
