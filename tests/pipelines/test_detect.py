@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import shapely
 import torch
-from conftest import LABELS, SAMPLE, SMALL_BOX, TEST_TILE_LEVEL, write_region
 from safetensors.torch import save_file
 
 from open_buildings.errors import CheckpointError
@@ -33,6 +32,7 @@ from open_buildings.pipelines.detect import (
     example_query,
     load_queries,
 )
+from tests.pipelines.conftest import LABELS, SAMPLE, SMALL_BOX, TEST_TILE_LEVEL, write_region
 
 V = "owlvit.vision_model."
 QUERY_DIM = 16
@@ -170,7 +170,7 @@ def test_ob_detect_end_to_end_with_text_queries(
     out = tmp_path / "boxes.geojson"
     args = [str(region), "--imagery", str(SAMPLE / "items.json"), "--model", str(folder)]
     args += ["--query", str(queries), "--out", str(out), "--truth", str(LABELS)]
-    args += ["--window", "256", "--threshold", "0.05", "--no-progress"]
+    args += ["--window", "512", "--threshold", "0.05", "--no-progress"]
     args += ["--tile-level", str(TEST_TILE_LEVEL)]
     assert detect_main(args) == 0
     found = gpd.read_file(out)
@@ -207,7 +207,7 @@ def test_ob_detect_on_an_image_with_an_example_box(
     assert query.shape == (1, QUERY_DIM) and torch.isfinite(query).all()
     out = tmp_path / "example.geojson"
     args = [str(image), "--model", str(folder), "--example", ",".join(map(str, example))]
-    args += ["--out", str(out), "--window", "256", "--no-progress"]
+    args += ["--out", str(out), "--window", "512", "--no-progress"]
     args += ["--tile-level", str(TEST_TILE_LEVEL)]
     assert detect_main(args) == 0, capsys.readouterr().err
     found = gpd.read_file(out)
