@@ -18,7 +18,7 @@ import torch
 
 from open_buildings.errors import CheckpointError
 from open_buildings.models import build_model
-from open_buildings.models.owlvit import OWLVIT_TINY, OwlViTDetector
+from open_buildings.models.owlvit import OWLVIT_B32, OWLVIT_TINY, OwlViTDetector
 from open_buildings.models.owlvit_convert import load_detector, load_owlvit_backbone
 from open_buildings.models.pretrained import load_backbone
 from open_buildings.pipelines.detect import load_queries
@@ -212,3 +212,28 @@ def test_mismatches_are_clear_errors(hf: tuple[object, Path], tmp_path: Path) ->
         load_owlvit_backbone(big, folder / "model.safetensors")
     with pytest.raises(CheckpointError, match="no OWL-ViT image encoder"):
         load_owlvit_backbone(build_model("unet_tiny"), folder / "model.safetensors")
+
+
+@pytest.mark.slow
+def test_published_b32_architecture_matches_hf(tmp_path: Path) -> None:
+    """transformers' default OwlViTConfig is google/owlvit-base-patch32's (random weights here)."""
+    torch.manual_seed(7)
+    model = transformers.OwlViTForObjectDetection(transformers.OwlViTConfig()).eval()
+    model.save_pretrained(tmp_path)
+    detector, _ = load_detector(tmp_path)
+    assert detector.config.vit == replace(OWLVIT_B32, decoder_channels=128)
+    seg = build_model("owlvit_b32")
+    report = load_owlvit_backbone(seg, tmp_path / "model.safetensors")
+    assert report["loaded"] == len(seg.net.encoder.state_dict())
+    ids = torch.randint(1, 49406, (2, 16), generator=torch.Generator().manual_seed(8))
+    ids[:, -1] = 49407
+    pixels = torch.randn(1, 3, 768, 768, generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        theirs = model(input_ids=ids, pixel_values=pixels)
+        queries = theirs.text_embeds[0]
+        ours = detector(pixels, queries)
+        seg_feature = seg.net.encoder(pixels).features[-1]
+    _close(ours.image_embeds, theirs.image_embeds)
+    _close(ours.boxes, theirs.pred_boxes)
+    torch.testing.assert_close(ours.logits, theirs.logits, atol=1e-4, rtol=1e-5)
+    _close(seg_feature, theirs.image_embeds.reshape(1, -1, 768))
