@@ -55,7 +55,15 @@ def test_ob_tiles_bad_region_is_a_clear_error(
 
 
 @pytest.mark.parametrize(
-    "main", [cli.infer_main, cli.train_main, cli.eval_main, cli.download_main, cli.tiles_main]
+    "main",
+    [
+        cli.infer_main,
+        cli.train_main,
+        cli.eval_main,
+        cli.download_main,
+        cli.tiles_main,
+        cli.detect_main,
+    ],
 )
 def test_every_command_has_help(main, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
@@ -75,6 +83,7 @@ def test_console_scripts_point_at_real_functions() -> None:
         "ob-download",
         "ob-tiles",
         "ob-models",
+        "ob-detect",
     }
     for target in scripts.values():
         module, _, name = target.partition(":")

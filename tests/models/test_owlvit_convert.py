@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import transformers  # a dev dependency: missing, it must fail, not skip
 
 from open_buildings.errors import CheckpointError
 from open_buildings.models import build_model
@@ -22,8 +23,6 @@ from open_buildings.models.owlvit import OWLVIT_B32, OWLVIT_TINY, OwlViTDetector
 from open_buildings.models.owlvit_convert import load_detector, load_owlvit_backbone
 from open_buildings.models.pretrained import load_backbone
 from open_buildings.pipelines.detect import load_queries
-
-transformers = pytest.importorskip("transformers")
 
 ATOL = 1e-5
 

@@ -49,7 +49,8 @@ def _encoder(**changes: object) -> ViTEncoder:
 @pytest.fixture(scope="module")
 def hf_model(tmp_path_factory: pytest.TempPathFactory):
     """A random tiny SiglipVisionModel saved as safetensors (with its config.json)."""
-    transformers = pytest.importorskip("transformers")
+    import transformers
+
     torch.manual_seed(0)
     config = transformers.SiglipVisionConfig(
         hidden_size=WIDTH,
