@@ -40,7 +40,7 @@ def _ensure_builtin_loaders() -> None:
     from open_buildings.models import registry
 
     registry.list_models()
-    for module in ("vit_convert", "owlvit_convert", "vmoe"):
+    for module in ("vit_convert", "owlvit_convert", "vmoe", "vmoe_convert"):
         try:
             __import__(f"open_buildings.models.{module}")
         except ModuleNotFoundError as exc:

@@ -45,6 +45,7 @@ from open_buildings.models.vit import ViTConfig, ViTEncoder, ViTSegmenter, resam
 __all__ = [
     "SiglipCheckpoint",
     "default_heads",
+    "flax_block_state",
     "load_siglip",
     "read_siglip_checkpoint",
     "siglip_config_from_checkpoint",
@@ -455,7 +456,7 @@ def _read_npz(tensors: _Tensors, heads_arg: int | None) -> SiglipCheckpoint:
             f"{path}: {query_key} has shape {tuple(query.shape)}, expected (width {c}, heads, "
             "head_dim) with heads * head_dim == width"
         )
-    heads, head_dim = query.shape[1], query.shape[2]
+    heads = query.shape[1]
     if heads_arg is not None and heads_arg != heads:
         raise CheckpointError(
             f"heads={heads_arg} was given but {path} has {heads} heads ({query_key} "
@@ -476,24 +477,11 @@ def _read_npz(tensors: _Tensors, heads_arg: int | None) -> SiglipCheckpoint:
         return cache[key][idx]
 
     for i, (base, idx) in enumerate(blocks):
-        dst = f"blocks.{i}."
         get = functools.partial(block_tensor, base, idx)
-        for ours, theirs in (("norm1", "LayerNorm_0"), ("norm2", "LayerNorm_1")):
-            sd[f"{dst}{ours}.weight"] = get(f"{theirs}/scale", (c,))
-            sd[f"{dst}{ours}.bias"] = get(f"{theirs}/bias", (c,))
-        mha = "MultiHeadDotProductAttention_0/"
-        sd[f"{dst}attn.qkv.weight"] = torch.cat(
-            [get(f"{mha}{n}/kernel", (c, heads, head_dim)).reshape(c, c).T for n in _QKV]
+        block = flax_block_state(
+            get, "MultiHeadDotProductAttention_0/", "MlpBlock_0/", width=c, heads=heads, mlp_dim=m
         )
-        sd[f"{dst}attn.qkv.bias"] = torch.cat(
-            [get(f"{mha}{n}/bias", (heads, head_dim)).reshape(c) for n in _QKV]
-        )
-        sd[f"{dst}attn.proj.weight"] = get(f"{mha}out/kernel", (heads, head_dim, c)).reshape(c, c).T
-        sd[f"{dst}attn.proj.bias"] = get(f"{mha}out/bias", (c,))
-        sd[f"{dst}mlp.fc1.weight"] = get("MlpBlock_0/Dense_0/kernel", (c, m)).T
-        sd[f"{dst}mlp.fc1.bias"] = get("MlpBlock_0/Dense_0/bias", (m,))
-        sd[f"{dst}mlp.fc2.weight"] = get("MlpBlock_0/Dense_1/kernel", (m, c)).T
-        sd[f"{dst}mlp.fc2.bias"] = get("MlpBlock_0/Dense_1/bias", (c,))
+        sd.update({f"blocks.{i}.{key}": value for key, value in block.items()})
     sd["norm.weight"] = tensors.take(f"{prefix}Transformer/encoder_norm/scale", (c,))
     sd["norm.bias"] = tensors.take(f"{prefix}Transformer/encoder_norm/bias", (c,))
     sd = {k: v.contiguous() for k, v in sd.items()}
@@ -521,6 +509,55 @@ def _read_npz(tensors: _Tensors, heads_arg: int | None) -> SiglipCheckpoint:
 
 
 _QKV = ("query", "key", "value")
+
+#: ``get(name, shape)`` returns a block's tensor (named relative to the block), checking its shape.
+BlockGetter = Callable[[str, tuple[int, ...]], torch.Tensor]
+
+
+def flax_block_state(
+    get: BlockGetter, attention: str, mlp: str | None, *, width: int, heads: int, mlp_dim: int
+) -> dict[str, torch.Tensor]:
+    """Convert one pre-norm flax ViT encoder block to :class:`~.vit.Block` state-dict names.
+
+    The flax layout of big_vision and vit_jax (and V-MoE): ``LayerNorm_0`` before attention,
+    ``LayerNorm_1`` before the MLP, a ``MultiHeadDotProductAttention`` with ``query/key/value``
+    kernels ``(width, heads, head_dim)`` and ``out/kernel`` ``(heads, head_dim, width)``, and an
+    MLP of ``Dense_0``/``Dense_1`` kernels ``(in, out)``.
+
+    Args:
+        get: Returns the block's tensor of a name (relative to the block) with the given shape.
+        attention: The attention module's name with a trailing ``/``.
+        mlp: The MLP module's name with a trailing ``/``; ``None`` leaves the MLP out (a V-MoE
+            block's experts are converted by its own loader).
+        width: Token width.
+        heads: Attention heads (dividing ``width``).
+        mlp_dim: Hidden width of the MLP.
+
+    Returns:
+        ``norm1``, ``norm2``, ``attn.qkv``, ``attn.proj`` (and ``mlp.fc1``/``mlp.fc2``) weights
+        and biases, keyed relative to the block.
+    """
+    c, m = width, mlp_dim
+    head_dim = c // heads
+    sd: dict[str, torch.Tensor] = {}
+    for ours, theirs in (("norm1", "LayerNorm_0"), ("norm2", "LayerNorm_1")):
+        sd[f"{ours}.weight"] = get(f"{theirs}/scale", (c,))
+        sd[f"{ours}.bias"] = get(f"{theirs}/bias", (c,))
+    a = attention
+    sd["attn.qkv.weight"] = torch.cat(
+        [get(f"{a}{n}/kernel", (c, heads, head_dim)).reshape(c, c).T for n in _QKV]
+    )
+    sd["attn.qkv.bias"] = torch.cat(
+        [get(f"{a}{n}/bias", (heads, head_dim)).reshape(c) for n in _QKV]
+    )
+    sd["attn.proj.weight"] = get(f"{a}out/kernel", (heads, head_dim, c)).reshape(c, c).T
+    sd["attn.proj.bias"] = get(f"{a}out/bias", (c,))
+    if mlp is not None:
+        sd["mlp.fc1.weight"] = get(f"{mlp}Dense_0/kernel", (c, m)).T
+        sd["mlp.fc1.bias"] = get(f"{mlp}Dense_0/bias", (m,))
+        sd["mlp.fc2.weight"] = get(f"{mlp}Dense_1/kernel", (m, c)).T
+        sd["mlp.fc2.bias"] = get(f"{mlp}Dense_1/bias", (c,))
+    return sd
 
 
 def _square_side(path: Path, key: str, tokens: int) -> int:
