@@ -347,7 +347,8 @@ def _slices(data: Any, shape: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
         start, stop, step = triple
         start = 0 if start is None else start
         stop = size if stop is None else stop
-        if step not in (None, 1) or not 0 <= start < stop <= size:
+        bounds_ok = isinstance(start, int) and isinstance(stop, int) and 0 <= start < stop <= size
+        if step not in (None, 1) or not bounds_ok:
             raise _MsgpackError(f"slice {start}:{stop}:{step} does not fit an axis of {size}")
         out.append((start, stop))
     return tuple(out)
@@ -471,7 +472,9 @@ def _open_vmoe(index_path: Path) -> _Arrays:
                 "weight's"
             )
         dtype = _DTYPES[entry.dtype]
-        out = np.empty(entry.shape, dtype)
+        # The slices are found (as views into the shards) before anything is allocated, so a
+        # corrupt shape cannot ask for more memory than the shards hold.
+        pieces: list[tuple[tuple[slice, ...], np.ndarray]] = []
         covered = 0
         for global_slice, number in zip(entry.slices, entry.shards, strict=True):
             chunks = shard_of(number).get(str(entry.position))
@@ -493,20 +496,27 @@ def _open_vmoe(index_path: Path) -> _Arrays:
                     raise _MsgpackError(
                         f"shard {number} holds {flat.size} values for a slice of shape {shape}"
                     )
-                out[region] = flat.reshape(shape)
+                pieces.append((region, flat.reshape(shape)))
                 covered += flat.size
                 break
             else:
                 raise _MsgpackError(f"shard {number} lacks slice {global_slice}")
-        if covered != out.size:
-            raise _MsgpackError(f"the slices cover {covered} of {out.size} values")
+        if covered != math.prod(entry.shape):
+            raise _MsgpackError(f"the slices cover {covered} of {math.prod(entry.shape)} values")
+        out = np.empty(entry.shape, dtype)
+        for region, values in pieces:
+            out[region] = values
         return _to_torch(index_path, name, out, bfloat16=entry.dtype == "bfloat16")
 
     return _Arrays(index_path, list(entries), get)
 
 
 def _chunk_array(sub: Any, dtype: np.dtype) -> np.ndarray:
-    shape, dtype_name, buffer = _unpack_ext(sub, _EXT_NDARRAY)
+    # flax's ndarray encoding: msgpack of (shape, dtype name, row-major bytes).
+    value = _unpack_ext(sub, _EXT_NDARRAY)
+    if not (isinstance(value, list) and len(value) == 3):
+        raise _MsgpackError("an array chunk is not (shape, dtype, bytes)")
+    shape, dtype_name, buffer = value
     dtype_name = str(dtype_name, "utf-8") if isinstance(dtype_name, memoryview) else dtype_name
     if _DTYPES.get(dtype_name) != dtype or not isinstance(buffer, memoryview):
         raise _MsgpackError(f"a chunk of dtype {dtype_name!r} in an array of {dtype}")

@@ -573,3 +573,28 @@ def test_load_backbone_changes_the_encoder_not_the_decoder(tmp_path) -> None:
     after = model.state_dict()
     changed = {k for k in after if not torch.equal(before[k], after[k])}
     assert changed == encoder_keys
+
+
+def test_damaged_vmoe_files_raise_only_checkpoint_errors(tmp_path) -> None:
+    # Hostile input: whatever bytes are changed, the reader fails with a CheckpointError (or
+    # reads values), never with another exception or a huge allocation.
+    params = {f"params/{k}": v for k, v in _vmoe_params().items()}
+    index = _write_vmoe(tmp_path / "ckpt", params)
+    shard = tmp_path / "ckpt.data-00000-of-00002"
+    rng = np.random.default_rng(0)
+    failures = 0
+    for target in (index, shard):
+        original = target.read_bytes()
+        header = min(len(original), 4096)  # where the structure (not the float data) lies
+        for _ in range(40):
+            damaged = bytearray(original)
+            for position in rng.integers(0, header, size=3):
+                damaged[position] = int(rng.integers(0, 256))
+            target.write_bytes(bytes(damaged))
+            try:
+                read_vmoe_checkpoint(index)
+            except CheckpointError:
+                failures += 1
+        target.write_bytes(original)
+    assert failures > 0
+    read_vmoe_checkpoint(index)
