@@ -377,7 +377,8 @@ def write_manifest(
         folder: the output folder holding the files.
         records: the ``FileRecord`` of each written file.
         code_version: the version of this code that wrote them.
-        model: ``{"name": ..., "sha256": ...}`` of the model used, or None.
+        model: ``{"name": ..., "sha256": ...}`` of the model used, or None; a
+            ``"moe_capacity"`` (the eval capacity factor a V-MoE model ran at) is kept too.
         overwrite: replace an existing manifest.
 
     Returns:
@@ -406,7 +407,7 @@ def write_manifest(
         if boxes.size == 0
         else [*boxes[:, :2].min(axis=0).tolist(), *boxes[:, 2:].max(axis=0).tolist()],
         "code_version": code_version,
-        "model": None if model is None else {"name": model["name"], "sha256": model["sha256"]},
+        "model": None if model is None else _manifest_model(model),
         "created_utc": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
     target = root / MANIFEST_NAME
@@ -414,6 +415,13 @@ def write_manifest(
         json.dump(manifest, handle, indent=2)
         handle.write("\n")
     return target
+
+
+def _manifest_model(model: dict[str, Any]) -> dict[str, Any]:
+    out = {"name": model["name"], "sha256": model["sha256"]}
+    if model.get("moe_capacity") is not None:
+        out["moe_capacity"] = float(model["moe_capacity"])
+    return out
 
 
 def _manifest_entry(root: Path, record: FileRecord) -> dict[str, Any]:

@@ -313,7 +313,7 @@ class WriteManifest(beam.PTransform):
         output: the output folder.
         dead_letters: the failed tiles.
         code_version: this package's version.
-        model: ``{"name", "sha256"}`` for the manifest.
+        model: ``{"name", "sha256"}`` for the manifest (and ``moe_capacity`` when one was set).
     """
 
     def __init__(
@@ -408,7 +408,8 @@ def build_inference(
         settings.output,
         dead,
         code_version=__version__,
-        model={"name": model.name, "sha256": model.sha256},
+        model={"name": model.name, "sha256": model.sha256}
+        | ({} if model.moe_capacity is None else {"moe_capacity": model.moe_capacity}),
     )
     return {
         "tiles": tiles,

@@ -66,7 +66,19 @@ def test_ob_infer_runs_a_vmoe_checkpoint_at_the_given_capacity(
     assert applied and all(a == ("vmoe_tiny", 0.5, [0.5, 0.5]) for a in applied)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["model"]["name"] == str(vmoe_checkpoint)
+    assert manifest["model"]["moe_capacity"] == 0.5
     assert "buildings found" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("capacity", [None, 0.25])
+def test_manifest_records_the_moe_capacity_only_when_set(tmp_path: Path, capacity) -> None:
+    from open_buildings.geo import footprints
+
+    model = {"name": "vmoe.safetensors", "sha256": "ab" * 32, "moe_capacity": capacity}
+    path = footprints.write_manifest(tmp_path, [], code_version="test", model=model)
+    recorded = json.loads(path.read_text())["model"]
+    expected = {"name": "vmoe.safetensors", "sha256": "ab" * 32}
+    assert recorded == (expected if capacity is None else {**expected, "moe_capacity": capacity})
 
 
 def test_moe_capacity_for_a_unet_checkpoint_is_refused_before_anything_runs(
