@@ -1,180 +1,335 @@
-"""Model speed on CPU: ``python -m bench.models``.
+"""Model speed on this CPU: ``python -m bench.models [--models NAME ...]``.
 
-For every registered model: parameter count, forward FLOPs (``torch.utils.flop_counter``), the
-median CPU forward time of one 1x3x512x512 tile with 2 threads in fp32 and under bf16 autocast,
-their ratio, and the achieved GFLOP/s against this machine's measured fp32 matmul peak.
+Two parts.
+
+1. :func:`efficiency`, the default model (``models/default``) as ``ob-infer`` runs it: FLOPs per
+   512x512 tile (``torch.utils.flop_counter``), forward time in fp32 (PyTorch contiguous, PyTorch
+   ``channels_last``, ONNX Runtime) and under bf16 autocast, each as achieved GFLOP/s against this
+   machine's dense matmul GFLOP/s measured in the same run (fp32 and bf16).
+2. :func:`compare_models`, every registered model: parameters, FLOPs per 512x512 tile, CPU
+   forward time in fp32 and bf16. Models over ``--max-params`` (e.g. ``vit_siglip_so400m_14``) are
+   measured on a smaller input and scaled by the pixel count; the table says which.
 
 bf16 on a CPU without native bf16 (AVX2 only, no AVX512-BF16/AMX) sends every convolution to
-ATen's reference ``_slow_conv2d_forward``: about 100x slower than fp32, so a 512x512 bf16 run takes
-minutes per model. By default bf16 is therefore timed on a ``--bf16-tile`` (128) input, one run
-after one warm-up, and scaled by the pixel count to 512 (the reference convolution is
-compute-bound, its cost linear in pixels); ``--bf16-tile 512`` measures it directly. Then the
-instance decoding of a realistic 512x512 output against the model forward time: the output is
-built from the real Nairobi OSM buildings (the sample labels) rasterised on the 50 cm grid,
-turned into targets, blurred and perturbed so that it looks like a network's probabilities.
+ATen's reference ``_slow_conv2d_forward``, about 100x slower than fp32, so bf16 is timed on a
+``--bf16-tile`` input (128 by default, one run after one warm-up) and scaled by the pixel count
+to 512 (the reference convolution is compute-bound, its cost linear in pixels).
 
-Every figure comes from this one run; ratios are what to compare across machines.
+:func:`capacity_compute` is the hook for mixture-of-experts models: FLOPs, time and the share of
+expert work done at a given eval capacity (``python -m bench.models --capacity 0.5 0.75 1.0``).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import statistics
-import time
+import copy
+import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
-import numpy as np
 import torch
-from scipy import ndimage as ndi
+from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from open_buildings.models import build_model, decode, list_models, make_targets
+from bench.common import DEFAULT_WEIGHTS, THREADS, Timing, interleaved, machine, timed
 
 TILE = 512
 
 
-def _median_seconds(fn: Callable[[], object], runs: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def matmul_peak_gflops(dtype: torch.dtype = torch.float32, n: int = 1024, runs: int = 5) -> float:
+    """Measured GFLOP/s of an ``n x n`` dense matmul in ``dtype`` on the current thread count."""
+    a, b = torch.rand(n, n).to(dtype), torch.rand(n, n).to(dtype)
+    best = timed(lambda: a @ b, runs, warmup=2)
+    return 2 * n**3 / best.wall / 1e9
 
 
-def matmul_peak_gflops(n: int = 1024, runs: int = 5) -> float:
-    """Measured fp32 GFLOP/s of an ``n x n`` matmul on the current thread count."""
-    a, b = torch.rand(n, n), torch.rand(n, n)
-    seconds = _median_seconds(lambda: a @ b, runs, warmup=2)
-    return 2 * n**3 / seconds / 1e9
+def count_flops(model: nn.Module, x: torch.Tensor) -> int:
+    """FLOPs of one forward (``torch.utils.flop_counter``: a multiply-add counts 2)."""
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model(x)
+    return int(counter.get_total_flops())
 
 
-def bench_model(name: str, runs: int, bf16_tile: int) -> dict[str, float | str | int]:
-    """Time one model's forward on a 1x3x512x512 tile in fp32 and (see above) bf16 autocast."""
-    torch.manual_seed(0)
-    model = build_model(name).eval()
+def forward_call(model: nn.Module, x: torch.Tensor, *, bf16: bool = False) -> Callable[[], None]:
+    """A function running ``model(x)`` in inference mode (optionally under bf16 autocast)."""
+
+    def call() -> None:
+        with torch.inference_mode():
+            if bf16:
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    model(x)
+            else:
+                model(x)
+
+    return call
+
+
+def forward_timing(
+    model: nn.Module, x: torch.Tensor, runs: int, *, bf16: bool = False, warmup: int = 1
+) -> Timing:
+    """Best wall and CPU seconds of ``model(x)`` in inference mode (optionally bf16 autocast)."""
+    return timed(forward_call(model, x, bf16=bf16), runs, warmup=warmup)
+
+
+def load_default() -> nn.Module:
+    """The shipped default model, in eval mode (sha256 checked)."""
+    from open_buildings.models.checkpoint import load_checkpoint
+
+    return load_checkpoint(DEFAULT_WEIGHTS).eval()
+
+
+def variants(model: nn.Module) -> dict[str, nn.Module]:
+    """The ways ``ob-infer`` could run ``model`` on a CPU: contiguous, channels_last, ORT."""
+    from open_buildings.pipelines import runtime
+
+    out = {"torch fp32 (contiguous)": model}
+    out["torch fp32 channels_last"] = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    if runtime.onnxruntime_available():
+        out["ONNX Runtime fp32"] = runtime.to_onnxruntime(copy.deepcopy(model))
+    return out
+
+
+def efficiency(runs: int = 3, bf16_tile: int = 128) -> dict[str, Any]:
+    """FLOPs, forward times and GFLOP/s against the measured matmul peaks, default model.
+
+    Args:
+        runs: timed runs per measurement (best of).
+        bf16_tile: side of the input bf16 autocast is timed on (scaled to 512 by pixels).
+
+    Returns:
+        ``gflops`` per 512x512 tile, ``peak_fp32`` and ``peak_bf16`` (GFLOP/s), and ``rows``:
+        one dict per way of running it with ``name``, ``wall``, ``cpu`` (seconds per tile),
+        ``gflops_per_s`` and ``share_of_peak``.
+    """
+    from open_buildings.pipelines.runtime import native_bf16
+
+    torch.set_num_threads(THREADS)
+    model = load_default()
     x = torch.rand(1, 3, TILE, TILE)
+    gflops = count_flops(model, x) / 1e9
+    peak_fp32 = matmul_peak_gflops(torch.float32)
+    peak_bf16 = matmul_peak_gflops(torch.bfloat16, runs=2)
+    nets = variants(model)
+    times = interleaved({name: forward_call(net, x) for name, net in nets.items()}, runs)
+    rows = [
+        {"name": name, "wall": t.wall, "cpu": t.cpu, "peak": peak_fp32} for name, t in times.items()
+    ]
     small = torch.rand(1, 3, bf16_tile, bf16_tile)
-    with torch.no_grad():
-        with FlopCounterMode(display=False) as counter:
-            model(x)
-        flops = counter.get_total_flops()
-        fp32 = _median_seconds(lambda: model(x), runs, warmup=0)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            bf16_small = _median_seconds(lambda: model(small), 1, warmup=1)
+    scale = (TILE / bf16_tile) ** 2
+    t = forward_timing(model, small, 1, bf16=True)
+    rows.append(
+        {
+            "name": f"torch bf16 autocast ({bf16_tile}px x{scale:.0f})",
+            "wall": t.wall * scale,
+            "cpu": t.cpu * scale,
+            "peak": peak_bf16,
+        }
+    )
+    for row in rows:
+        row["gflops_per_s"] = gflops / row["wall"]
+        row["share_of_peak"] = row["gflops_per_s"] / row["peak"]
     return {
-        "name": name,
-        "params": model.num_parameters(),
-        "gflops": flops / 1e9,
-        "fp32_s": fp32,
-        "bf16_s": bf16_small * (TILE / bf16_tile) ** 2,
+        "model": model.name,
+        "gflops": gflops,
+        "peak_fp32": peak_fp32,
+        "peak_bf16": peak_bf16,
+        "native_bf16": native_bf16("cpu"),
+        "rows": rows,
     }
 
 
-def realistic_output(seed: int = 0) -> tuple[np.ndarray, int]:
-    """Logits ``(2, 512, 512)`` that look like a trained network's, and the building count.
+# ------------------------------------------------------------------------------- all models
 
-    The buildings are the real Nairobi OSM footprints of ``tests/data/labels`` on their 50 cm
-    grid (the 512x512 window holding the most of them). The targets are blurred (sigma 1.5 px),
-    noised and turned into logits, so edges are soft and seeds are not perfectly clean.
+
+@dataclass(frozen=True)
+class ModelRow:
+    """One line of the model comparison.
+
+    Attributes:
+        name: registry name.
+        params: parameter count.
+        gflops: forward GFLOPs per 512x512 tile (scaled when ``measured_at`` < 512).
+        fp32: seconds per 512x512 tile in fp32 (scaled likewise).
+        bf16: seconds per 512x512 tile under bf16 autocast (from ``bf16_tile``, scaled).
+        measured_at: the input side actually run.
     """
-    from bench.polygonize import instance_raster
 
-    labels, _ = instance_raster()
-    counts = ndi.uniform_filter((labels > 0).astype(np.float32), size=TILE, mode="constant")
-    r, c = np.unravel_index(int(np.argmax(counts)), counts.shape)
-    r0 = int(np.clip(r - TILE // 2, 0, max(labels.shape[0] - TILE, 0)))
-    c0 = int(np.clip(c - TILE // 2, 0, max(labels.shape[1] - TILE, 0)))
-    window = labels[r0 : r0 + TILE, c0 : c0 + TILE]
-    target = make_targets(window).target
-    rng = np.random.default_rng(seed)
-    probs = np.stack([ndi.gaussian_filter(ch, 1.5) for ch in target])
-    probs = np.clip(probs + rng.normal(0, 0.05, probs.shape), 1e-4, 1 - 1e-4)
-    return np.log(probs / (1 - probs)).astype(np.float32), len(np.unique(window)) - 1
+    name: str
+    params: int
+    gflops: float
+    fp32: Timing
+    bf16: Timing
+    measured_at: int
 
 
-def dense_output() -> tuple[np.ndarray, int]:
-    """Logits for a dense 512x512 scene: 20x14 px houses in rows, pairs touching, 2 px lanes."""
-    instances = np.zeros((TILE, TILE), np.int32)
-    ident = 0
-    for r in range(2, TILE - 20, 22):
-        for c in range(2, TILE - 28, 30):
-            for dc in (0, 14):  # two houses sharing a wall
-                ident += 1
-                instances[r : r + 20, c + dc : c + dc + 14] = ident
-    probs = np.stack([ndi.gaussian_filter(ch, 1.0) for ch in make_targets(instances).target])
-    probs = np.clip(probs, 1e-4, 1 - 1e-4)
-    return np.log(probs / (1 - probs)).astype(np.float32), ident
+def bench_model(
+    name: str, runs: int = 3, bf16_tile: int = 128, max_params: float = 200e6
+) -> ModelRow:
+    """Time one registered model (random weights) on a 512x512 tile, fp32 and bf16.
+
+    Args:
+        name: registry name.
+        runs: timed fp32 runs (best of).
+        bf16_tile: the input side for the bf16 timing.
+        max_params: models with more parameters run at 256x256 (FLOPs and time scaled x4).
+    """
+    from open_buildings.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(name).eval()
+    params = model.num_parameters()
+    size = TILE if params <= max_params else TILE // 2
+    scale = (TILE / size) ** 2
+    x = torch.rand(1, model.input_spec.bands, size, size)
+    flops = count_flops(model, x) * scale
+    fp32 = forward_timing(model, x, runs)
+    small = torch.rand(1, model.input_spec.bands, min(bf16_tile, size), min(bf16_tile, size))
+    bf16_scale = (TILE / small.shape[-1]) ** 2
+    bf16 = forward_timing(model, small, 1, bf16=True)
+    return ModelRow(
+        name,
+        params,
+        flops / 1e9,
+        Timing(fp32.wall * scale, fp32.cpu * scale),
+        Timing(bf16.wall * bf16_scale, bf16.cpu * bf16_scale),
+        size,
+    )
 
 
-def bench_decode(runs: int, dense: bool = False) -> dict[str, float | int]:
-    """Time ``heads.decode`` (and ``make_targets``) on a realistic 512x512 output."""
-    logits, buildings = dense_output() if dense else realistic_output()
-    labels, _ = decode(logits)
-    decode_s = _median_seconds(lambda: decode(logits), runs)
-    instances = np.zeros((TILE, TILE), np.int32)
-    instances[:] = labels
-    targets_s = _median_seconds(lambda: make_targets(instances), runs)
+def compare_models(
+    names: list[str] | None = None, runs: int = 3, bf16_tile: int = 128, max_params: float = 200e6
+) -> list[ModelRow]:
+    """Run :func:`bench_model` for ``names`` (every registered model by default)."""
+    from open_buildings.models import list_models
+
+    torch.set_num_threads(THREADS)
+    return [bench_model(n, runs, bf16_tile, max_params) for n in (names or list_models())]
+
+
+def format_comparison(rows: list[ModelRow], peak: float) -> str:
+    """The comparison as a markdown table, GFLOP/s against the fp32 matmul ``peak``."""
+    lines = [
+        "| model | params | GFLOPs/tile | fp32 s/tile (wall, cpu) | bf16 s/tile (wall) | "
+        "bf16/fp32 | fp32 GFLOP/s | of fp32 peak |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        rate = r.gflops / r.fp32.wall
+        note = f" (run at {r.measured_at}px, scaled)" if r.measured_at != TILE else ""
+        lines.append(
+            f"| {r.name}{note} | {r.params / 1e6:.1f}M | {r.gflops:.1f} | "
+            f"{r.fp32.wall:.3f}, {r.fp32.cpu:.3f} | {r.bf16.wall:.1f} | "
+            f"{r.bf16.wall / r.fp32.wall:.0f}x | {rate:.1f} | {100 * rate / peak:.0f}% |"
+        )
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------- mixture of experts
+
+
+def capacity_compute(
+    model: nn.Module, capacity: float, images: torch.Tensor | None = None, runs: int = 1
+) -> dict[str, float]:
+    """Compute of a mixture-of-experts model at one eval capacity factor (the V-MoE hook).
+
+    The model's own capacities are restored afterwards.
+
+    Args:
+        model: a model with MoE layers (``models.moe.moe_layers`` finds them), e.g. ``vmoe_s16``.
+        capacity: the eval capacity factor to measure at (e.g. 0.5, 0.75, 1.0).
+        images: the input batch; None uses one random 3x224x224 image.
+        runs: timed runs (best of).
+
+    Returns:
+        ``capacity``; ``gflops`` (total forward FLOPs counted by ``torch.utils.flop_counter``);
+        ``expert_fraction`` (expert FLOPs run / FLOPs to serve every routing choice, from
+        ``models.moe.measure_expert_compute``); ``served_fraction`` (routing choices that found
+        room); ``wall`` and ``cpu`` seconds per forward.
+
+    Raises:
+        ConfigError: if the model has no MoE layers.
+    """
+    from open_buildings.models.moe import measure_expert_compute, moe_layers, set_capacity
+
+    x = images if images is not None else torch.rand(1, 3, 224, 224)
+    layers = moe_layers(model)
+    previous = [layer.capacity_factor_eval for layer in layers]
+    config = getattr(model, "config", None)
+    saved_config = dict(config) if isinstance(config, dict) else None
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            expert = measure_expert_compute(model, x, capacity)
+        set_capacity(model, capacity)
+        flops = count_flops(model, x)
+        t = forward_timing(model, x, runs)
+    finally:
+        for layer, value in zip(layers, previous, strict=True):
+            layer.capacity_factor_eval = value
+        if saved_config is not None:
+            config.clear()
+            config.update(saved_config)
+        model.train(was_training)
     return {
-        "buildings": buildings,
-        "instances": int(labels.max()),
-        "decode_s": decode_s,
-        "targets_s": targets_s,
+        "capacity": capacity,
+        "gflops": flops / 1e9,
+        "expert_fraction": float(expert.flops_fraction),
+        "served_fraction": float(expert.served_fraction),
+        "wall": t.wall,
+        "cpu": t.cpu,
     }
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Print the model table and the decode-vs-forward ratio."""
+    """Print the default model's efficiency and the comparison of every registered model."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3, help="timed runs per measurement")
     parser.add_argument("--models", nargs="*", default=None, help="subset of registry names")
+    parser.add_argument("--bf16-tile", type=int, default=128, help="input side for bf16 timing")
     parser.add_argument(
-        "--bf16-tile", type=int, default=128, help="input side for the bf16 timing (see above)"
+        "--max-params", type=float, default=200e6, help="larger models run at 256px and scale"
+    )
+    parser.add_argument(
+        "--capacity",
+        type=float,
+        nargs="*",
+        default=None,
+        help="also measure every MoE model at these eval capacities",
     )
     args = parser.parse_args(argv)
-    torch.set_num_threads(2)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    torch.set_num_threads(THREADS)
+    print(f"machine: {machine()}; {THREADS} threads")
+    eff = efficiency(args.runs, args.bf16_tile)
     print(
-        f"machine: {platform.machine()} {platform.processor() or ''} cpus={os.cpu_count()} "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"input 1x3x{TILE}x{TILE}, fp32: median of {args.runs} after 1 warm-up (the FLOP count); "
-        f"bf16: 1 run at {args.bf16_tile}x{args.bf16_tile}"
-        + (
-            f", scaled x{(TILE / args.bf16_tile) ** 2:.0f} to {TILE}"
-            if args.bf16_tile != TILE
-            else ""
-        )
+        f"default model ({eff['model']}): {eff['gflops']:.2f} GFLOPs per 512x512 tile; "
+        f"matmul peak fp32 {eff['peak_fp32']:.1f} GFLOP/s, bf16 {eff['peak_bf16']:.1f} GFLOP/s "
+        f"(native bf16: {eff['native_bf16']})"
     )
-    peak = matmul_peak_gflops()
-    print(f"measured fp32 matmul peak (1024^3, 2 threads): {peak:.1f} GFLOP/s")
-    print()
-    print("| model | params | GFLOPs | fp32 s | bf16 s | bf16/fp32 | fp32 GFLOP/s | % of peak |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    rows = [bench_model(n, args.runs, args.bf16_tile) for n in (args.models or list_models())]
-    for r in rows:
-        rate = r["gflops"] / r["fp32_s"]
+    for r in eff["rows"]:
         print(
-            f"| {r['name']} | {r['params'] / 1e6:.2f}M | {r['gflops']:.1f} | {r['fp32_s']:.3f} | "
-            f"{r['bf16_s']:.1f} | {r['bf16_s'] / r['fp32_s']:.0f}x | {rate:.1f} | "
-            f"{100 * rate / peak:.0f}% |"
+            f"  {r['name']}: {r['wall']:.3f} s wall, {r['cpu']:.3f} s cpu = "
+            f"{r['gflops_per_s']:.1f} GFLOP/s, {100 * r['share_of_peak']:.0f}% of the peak"
         )
+    rows = compare_models(args.models, args.runs, args.bf16_tile, args.max_params)
     print()
-    for label, dense in (("real Nairobi buildings", False), ("dense rows of houses", True)):
-        d = bench_decode(args.runs, dense=dense)
-        print(
-            f"decode, {TILE}x{TILE} output, {label} ({d['buildings']} buildings -> "
-            f"{d['instances']} instances): {1000 * d['decode_s']:.1f} ms; make_targets on the "
-            f"same chip: {1000 * d['targets_s']:.1f} ms"
-        )
-        shares = ", ".join(f"{r['name']} {100 * d['decode_s'] / r['fp32_s']:.1f}%" for r in rows)
-        print(f"  decode / fp32 forward: {shares}")
-    print(
-        "note: fp32 GFLOP/s can exceed the matmul peak when a concurrent process slowed the peak "
-        f"measurement; peak re-measured at the end: {matmul_peak_gflops():.1f} GFLOP/s"
-    )
+    print(format_comparison(rows, matmul_peak_gflops()))
+    if args.capacity:
+        from open_buildings.models import build_model
+        from open_buildings.models.moe import moe_layers
+
+        for row in rows:
+            model = build_model(row.name).eval()
+            if not moe_layers(model):
+                continue
+            for c in args.capacity:
+                m = capacity_compute(model, c)
+                print(
+                    f"{row.name} capacity {c}: {m['gflops']:.2f} GFLOPs, expert work "
+                    f"{100 * m['expert_fraction']:.0f}%, {m['wall']:.3f} s"
+                )
 
 
 if __name__ == "__main__":

@@ -97,6 +97,8 @@ class InferConfig(_Strict):
             fewer expert FLOPs and drops the least confident tokens first); None keeps the
             checkpoint's. An error for a model without expert layers.
         share_model_across_processes: one model per machine instead of one per process.
+        backend: how a CPU worker runs the model: ``"auto"`` (ONNX Runtime when installed and
+            the model converts, else PyTorch in channels_last), ``"torch"`` or ``"onnxruntime"``.
         runner: ``"direct"`` (this machine) or ``"dataflow"``.
         workers: local worker processes (1 runs in memory).
         max_region_km2: refuse regions larger than this.
@@ -122,6 +124,7 @@ class InferConfig(_Strict):
     bf16: bool = False
     moe_capacity: float | None = Field(default=None, gt=0.0)
     share_model_across_processes: bool = False
+    backend: Literal["auto", "torch", "onnxruntime"] = "auto"
     runner: Literal["direct", "dataflow"] = "direct"
     workers: int = Field(default=1, ge=1)
     max_region_km2: float = Field(default=1_000_000.0, gt=0.0)

@@ -177,6 +177,7 @@ def build(
         min_batch_size=config.min_batch_size,
         max_batch_size=config.max_batch_size,
         share_model_across_processes=config.share_model_across_processes,
+        backend=config.backend,
     )
 
 
@@ -350,6 +351,12 @@ def infer_parser() -> argparse.ArgumentParser:
         "FLOPs, dropping the least confident tokens first)",
     )
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument(
+        "--backend",
+        choices=["auto", "torch", "onnxruntime"],
+        default="auto",
+        help="how a CPU runs the model (auto: ONNX Runtime when installed, else PyTorch)",
+    )
     parser.add_argument("--batch-size", type=int, default=4, help="largest inference batch")
     parser.add_argument("--tile-level", type=int, default=14, help=argparse.SUPPRESS)
     parser.add_argument("--shard-level", type=int, default=6, help="S2 level of output shards")
@@ -390,6 +397,7 @@ def _infer(args: argparse.Namespace) -> int:
             "bf16": args.bf16,
             "moe_capacity": args.moe_capacity,
             "device": args.device,
+            "backend": args.backend,
             "max_batch_size": args.batch_size,
             "tile_level": args.tile_level,
             "shard_level": args.shard_level,

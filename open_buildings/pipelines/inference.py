@@ -23,6 +23,7 @@ from apache_beam.ml.inference.pytorch_inference import PytorchModelHandlerTensor
 
 from open_buildings.errors import InferenceError
 from open_buildings.pipelines import stages
+from open_buildings.pipelines.runtime import native_bf16, prepare_model
 
 WEIGHTS_NAME = "weights.safetensors"
 DEFAULT_MODEL = "default"
@@ -160,6 +161,7 @@ class CheckpointModelHandler(PytorchModelHandlerTensor):
         max_batch_size: the largest batch to form.
         share_model_across_processes: load one model per machine, shared by its processes.
         pad_multiple: tiles are padded to multiples of this (see ``stages.run_model``).
+        backend: ``"auto"``, ``"torch"`` or ``"onnxruntime"`` (see ``runtime.prepare_model``).
     """
 
     def __init__(
@@ -172,6 +174,7 @@ class CheckpointModelHandler(PytorchModelHandlerTensor):
         max_batch_size: int = 4,
         share_model_across_processes: bool = False,
         pad_multiple: int = stages.PAD_MULTIPLE,
+        backend: str = "auto",
     ) -> None:
         if device not in ("cpu", "cuda"):
             raise InferenceError(f"unknown device {device!r}; use 'cpu' or 'cuda'")
@@ -187,6 +190,8 @@ class CheckpointModelHandler(PytorchModelHandlerTensor):
         self._want_device = device
         self._bf16 = bf16
         self._pad_multiple = pad_multiple
+        self._backend = backend
+        self.backend_used: str | None = None
 
     def load_model(self) -> Any:
         """Load the checkpoint on this worker (sha256 checked) and move it to the device.
@@ -207,7 +212,10 @@ class CheckpointModelHandler(PytorchModelHandlerTensor):
             set_capacity(model, self._ref.moe_capacity)
         model.to(device).eval()
         self._device = device
-        if self._bf16 and str(device) == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        model, self.backend_used = prepare_model(
+            model, device, bf16=self._bf16, backend=self._backend
+        )
+        if self._bf16 and device.type == "cpu" and not native_bf16(device):
             warnings.warn(
                 "bf16 was asked for, but this CPU has no native bfloat16 (no AVX512-BF16 or AMX): "
                 "convolutions fall back to a slow reference kernel, 16-136x slower than fp32 "

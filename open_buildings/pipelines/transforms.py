@@ -181,6 +181,7 @@ class RunModel(beam.PTransform):
         min_batch_size: the smallest batch.
         max_batch_size: the largest batch.
         share_model_across_processes: one model per machine.
+        backend: ``"auto"``, ``"torch"`` or ``"onnxruntime"`` (``runtime.prepare_model``).
     """
 
     def __init__(
@@ -192,6 +193,7 @@ class RunModel(beam.PTransform):
         min_batch_size: int = 1,
         max_batch_size: int = 4,
         share_model_across_processes: bool = False,
+        backend: str = "auto",
     ) -> None:
         super().__init__()
         self._handler = KeyedModelHandler(
@@ -202,6 +204,7 @@ class RunModel(beam.PTransform):
                 min_batch_size=min_batch_size,
                 max_batch_size=max_batch_size,
                 share_model_across_processes=share_model_across_processes,
+                backend=backend,
             )
         )
 
@@ -368,6 +371,7 @@ def build_inference(
     min_batch_size: int = 1,
     max_batch_size: int = 4,
     share_model_across_processes: bool = False,
+    backend: str = "auto",
 ) -> dict[str, beam.PCollection]:
     """Add the whole inference job to ``p``.
 
@@ -381,6 +385,7 @@ def build_inference(
         min_batch_size: the smallest inference batch.
         max_batch_size: the largest inference batch.
         share_model_across_processes: one model per machine.
+        backend: ``"auto"``, ``"torch"`` or ``"onnxruntime"`` (``runtime.prepare_model``).
 
     Returns:
         The main PCollections: ``tiles``, ``footprints``, ``dead_letters``, ``files``,
@@ -399,6 +404,7 @@ def build_inference(
         min_batch_size=min_batch_size,
         max_batch_size=max_batch_size,
         share_model_across_processes=share_model_across_processes,
+        backend=backend,
     )
     polygons = predictions | "Polygonize" >> Polygonize(settings)
     frames = (polygons.footprints, read[FINISHED]) | "AllFootprints" >> beam.Flatten()

@@ -50,6 +50,21 @@ def manifest_files(folder: Path) -> list[dict]:
     return json.loads((folder / "manifest.json").read_text())["files"]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Keep the ONNX Runtime conversions the tests make out of the user's cache folder."""
+    import os
+
+    folder = tmp_path_factory.mktemp("cache")
+    previous = os.environ.get("OPEN_BUILDINGS_CACHE")
+    os.environ["OPEN_BUILDINGS_CACHE"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("OPEN_BUILDINGS_CACHE", None)
+    else:
+        os.environ["OPEN_BUILDINGS_CACHE"] = previous
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An untrained ``unet_tiny`` saved with ``save_checkpoint`` (fixed seed): real plumbing."""

@@ -1,0 +1,112 @@
+"""How a worker runs the model: ONNX Runtime or PyTorch, the same logits either way."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from open_buildings.errors import ConfigError
+from open_buildings.models.checkpoint import load_checkpoint
+from open_buildings.pipelines import runtime, stages
+
+needs_ort = pytest.mark.skipif(
+    not runtime.onnxruntime_available(), reason="onnxruntime/onnx are not installed"
+)
+
+
+def _images() -> list[np.ndarray]:
+    rng = np.random.default_rng(3)
+    return [rng.integers(0, 256, (3, h, w), dtype=np.uint8) for h, w in [(90, 100), (95, 97)]]
+
+
+def _logits(model: torch.nn.Module) -> list[np.ndarray]:
+    return stages.run_model(model, _images())
+
+
+def test_native_bf16_is_what_onednn_reports() -> None:
+    assert runtime.native_bf16("cpu") == torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def test_an_unknown_backend_is_refused(tiny_checkpoint: Path) -> None:
+    with pytest.raises(ConfigError, match="auto, torch, onnxruntime"):
+        runtime.prepare_model(load_checkpoint(tiny_checkpoint), backend="tensorrt")
+
+
+def test_torch_backend_runs_channels_last_with_the_same_logits(tiny_checkpoint: Path) -> None:
+    want = _logits(load_checkpoint(tiny_checkpoint))
+    model, used = runtime.prepare_model(load_checkpoint(tiny_checkpoint), backend="torch")
+    assert used == "torch-channels-last"
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    for got, ref in zip(_logits(model), want, strict=True):
+        np.testing.assert_allclose(got, ref, atol=1e-5)
+
+
+@needs_ort
+def test_onnxruntime_gives_the_same_logits_and_is_batch_independent(
+    tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPEN_BUILDINGS_CACHE", str(tmp_path))
+    want = _logits(load_checkpoint(tiny_checkpoint))
+    model, used = runtime.prepare_model(load_checkpoint(tiny_checkpoint), backend="onnxruntime")
+    assert used == "onnxruntime" and isinstance(model.net, runtime.OrtNet)
+    both = _logits(model)
+    for got, ref in zip(both, want, strict=True):
+        assert got.shape == ref.shape and got.dtype == np.float32
+        np.testing.assert_allclose(got, ref, atol=1e-4)
+    alone = stages.run_model(model, _images()[1:])[0]
+    np.testing.assert_array_equal(alone, both[1])  # a tile's logits ignore its batch neighbours
+    assert len(list((tmp_path / "onnx").glob("unet_tiny-*.onnx"))) == 1
+
+
+@needs_ort
+def test_the_conversion_is_cached_and_a_broken_cache_file_is_rebuilt(
+    tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPEN_BUILDINGS_CACHE", str(tmp_path))
+    runtime.prepare_model(load_checkpoint(tiny_checkpoint), backend="onnxruntime")
+    (cached,) = (tmp_path / "onnx").glob("*.onnx")
+    exports = []
+    real_export = runtime.export_onnx
+    monkeypatch.setattr(runtime, "export_onnx", lambda m, p: exports.append(p) or real_export(m, p))
+    runtime.prepare_model(load_checkpoint(tiny_checkpoint), backend="onnxruntime")
+    assert exports == []  # reused
+    cached.write_bytes(b"not an onnx file")
+    model, used = runtime.prepare_model(load_checkpoint(tiny_checkpoint), backend="onnxruntime")
+    assert used == "onnxruntime" and exports == [cached]
+    np.testing.assert_allclose(
+        _logits(model)[0], _logits(load_checkpoint(tiny_checkpoint))[0], atol=1e-4
+    )
+
+
+@needs_ort
+def test_a_conversion_that_disagrees_falls_back_to_torch_or_is_refused(
+    tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPEN_BUILDINGS_CACHE", str(tmp_path))
+    monkeypatch.setattr(runtime, "_agrees", lambda model, net: False)
+    with pytest.warns(UserWarning, match="running it in PyTorch"):
+        _, used = runtime.prepare_model(load_checkpoint(tiny_checkpoint))
+    assert used == "torch-channels-last"
+    with pytest.raises(ConfigError, match="cannot run in ONNX Runtime"):
+        runtime.prepare_model(load_checkpoint(tiny_checkpoint), backend="onnxruntime")
+
+
+def test_bf16_and_gpus_stay_on_torch(tiny_checkpoint: Path) -> None:
+    _, used = runtime.prepare_model(load_checkpoint(tiny_checkpoint), bf16=True)
+    assert used == "torch-channels-last"  # auto never sends bf16 to ONNX Runtime
+    with pytest.raises(ConfigError, match="fp32 on a CPU"):
+        runtime.prepare_model(load_checkpoint(tiny_checkpoint), bf16=True, backend="onnxruntime")
+
+
+def test_without_onnxruntime_auto_is_torch(
+    tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runtime, "onnxruntime_available", lambda: False)
+    _, used = runtime.prepare_model(load_checkpoint(tiny_checkpoint))
+    assert used == "torch-channels-last"
+    with pytest.raises(ConfigError, match="pip install onnxruntime"):
+        runtime.prepare_model(load_checkpoint(tiny_checkpoint), backend="onnxruntime")
