@@ -1,14 +1,17 @@
-"""ob-infer throughput and memory: ``python -m bench.infer [--model NAME|PATH]``.
+"""ob-infer end to end: overhead, memory and throughput: ``python -m bench.infer [--quick]``.
 
-1. **Throughput.** ``ob-infer`` on the embedded sample (its own process), against the model-only
-   forward time of the same tiles measured in this process: the ratio is the pipeline overhead
-   (reading, resampling, decoding, polygonizing, writing, Beam). km²/hour counts tile *cores*: the
-   model runs on every tile that has any imagery, whatever share of it is covered, so a tile's
-   cost does not depend on its coverage.
-2. **Memory.** Peak RSS of ``ob-infer`` (each run in a fresh process) on square regions of 1 km²
-   and 16 km² centred on the sample. The sample imagery covers about 0.3 km², so most tiles of the
-   larger regions have no imagery and are skipped after the read; the figure shows that covering,
-   reading and writing stream, not the memory of 16 km² of dense inference.
+1. **Pipeline overhead on the sample.** ``ob-infer`` on the embedded sample in its own process,
+   against the model-only forward time of the same tiles in this process (the model loaded the
+   way ``ob-infer``'s workers load it, so the same runtime). The child reports the seconds its
+   imports took (torch, Beam, geopandas: paid once per process) separately from the run.
+2. **Dense regions: memory, overhead and throughput.** The sample is 2 partly covered tiles, so
+   the steady state is measured on square regions of 1, 4 and 16 km² over imagery that repeats
+   the sample's real pixels (``bench.imagery``): every tile is full of buildings. Each run is a
+   fresh process; its peak RSS, wall and CPU seconds are recorded. The model-only time of a
+   region is the forward time of each of its tiles' padded shapes, measured here, summed over
+   its tiles. The marginal overhead (16 km² minus 1 km²) leaves out the fixed start-up.
+   ``--quick`` runs the three regions over the sample imagery alone instead (most tiles empty:
+   a check that covering and writing stream, not a measure of dense inference).
 
 Every figure comes from this one run; ratios are what to compare across machines.
 """
@@ -17,124 +20,252 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
+import re
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = ROOT / "geo" / "sample"
+from bench.common import SAMPLE, THREADS, Timing, interleaved, machine
+from bench.imagery import mirrored_imagery, sample_center, square_region
+
+SIZES_KM2 = (1, 4, 16)
 
 _CHILD = """
-import resource, sys, time
+import json, resource, sys, time
+t0 = time.perf_counter()
+import open_buildings.pipelines.infer  # what ob-infer imports before it can start
 from open_buildings.cli import infer_main
-start = time.perf_counter()
+t1 = time.perf_counter()
+u = resource.getrusage(resource.RUSAGE_SELF)
 code = infer_main(sys.argv[1:])
-print("BENCH", time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+v = resource.getrusage(resource.RUSAGE_SELF)
+print("BENCH " + json.dumps({
+    "import_wall": t1 - t0, "import_cpu": u.ru_utime + u.ru_stime,
+    "run_wall": time.perf_counter() - t1,
+    "run_cpu": v.ru_utime + v.ru_stime - u.ru_utime - u.ru_stime,
+    "rss_mib": v.ru_maxrss / 1024, "code": code,
+}))
 sys.exit(code)
 """
 
 
-def run_ob_infer(region: Path, model: str, out: Path) -> tuple[float, float]:
-    """Run ob-infer in a fresh process; return (seconds inside ob-infer, peak RSS in MiB)."""
-    cmd = [
-        sys.executable,
-        "-c",
-        _CHILD,
-        str(region),
-        "--imagery",
-        str(SAMPLE / "items.json"),
-        "--model",
-        model,
-        "--out",
-        str(out),
-    ]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"ob-infer failed:\n{done.stderr[-3000:]}")
-    line = next(x for x in done.stdout.splitlines() if x.startswith("BENCH"))
-    _, seconds, maxrss_kib = line.split()
-    return float(seconds), float(maxrss_kib) / 1024
+@dataclass(frozen=True)
+class InferRun:
+    """One ``ob-infer`` process.
 
-
-def square_region(center_lon: float, center_lat: float, km2: float, path: Path) -> Path:
-    """Write a square region of ``km2`` around a point as GeoJSON."""
-    half_km = math.sqrt(km2) / 2
-    dlat = half_km / 110.574
-    dlon = half_km / (111.320 * math.cos(math.radians(center_lat)))
-    w, e = center_lon - dlon, center_lon + dlon
-    s, n = center_lat - dlat, center_lat + dlat
-    ring = [[w, s], [e, s], [e, n], [w, n], [w, s]]
-    path.write_text(json.dumps({"type": "Polygon", "coordinates": [ring]}))
-    return path
-
-
-def model_only_seconds(model_ref: str, region: Path) -> tuple[float, int, float]:
-    """Forward time of the model alone on the sample's non-empty tiles (read beforehand).
-
-    Returns (seconds, tiles, core km² of those tiles).
+    Attributes:
+        wall: the process's wall seconds (start to exit).
+        cpu: its CPU seconds (user + system, all threads).
+        import_wall: of ``wall``, the imports before ob-infer starts.
+        import_cpu: of ``cpu``, the same.
+        rss_mib: its peak resident memory.
+        tiles: tiles in the region.
+        buildings: footprints written.
     """
-    from pyproj import Geod
 
-    from open_buildings.geo import grid, imagery, regions
-    from open_buildings.models.checkpoint import load_checkpoint
-    from open_buildings.pipelines.inference import resolve_model
+    wall: float
+    cpu: float
+    import_wall: float
+    import_cpu: float
+    rss_mib: float
+    tiles: int
+    buildings: int
+
+
+def run_ob_infer(region: Path, out: Path, *extra: str, imagery: Path | None = None) -> InferRun:
+    """Run ``ob-infer`` with the default model in a fresh process and measure it."""
+    cmd = [sys.executable, "-c", _CHILD, str(region), "--out", str(out), "--no-progress"]
+    cmd += ["--imagery", str(imagery or SAMPLE / "items.json"), *extra]
+    start = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"ob-infer failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
+    line = next(x for x in done.stdout.splitlines() if x.startswith("BENCH "))
+    child = json.loads(line[len("BENCH ") :])
+    manifest = json.loads((out / "manifest.json").read_text())
+    buildings = sum(f["rows"] for f in manifest["files"] if f["format"] == "csv.gz")
+    tiles = int(re.search(r"([\d,]+) tiles, model", done.stderr)[1].replace(",", ""))
+    return InferRun(
+        wall,
+        child["import_cpu"] + child["run_cpu"],
+        child["import_wall"],
+        child["import_cpu"],
+        child["rss_mib"],
+        tiles,
+        buildings,
+    )
+
+
+def worker_model(backend: str = "auto") -> tuple[Any, str, float]:
+    """Load the default model as an ``ob-infer`` worker does; return it, its runtime, seconds."""
+    from open_buildings.pipelines.inference import CheckpointModelHandler, resolve_model
+
+    handler = CheckpointModelHandler(resolve_model("default"), backend=backend)
+    start = time.perf_counter()
+    model = handler.load_model()
+    return model, str(handler.backend_used), time.perf_counter() - start
+
+
+def region_tiles(region: Path, imagery: str) -> list[tuple[Any, Any]]:
+    """The region's tiles that have imagery, with their pixels (read as ob-infer reads them)."""
+    from open_buildings.geo import grid, regions
+    from open_buildings.geo import imagery as imagery_mod
+
+    source = imagery_mod.open_imagery(imagery)
+    out = []
+    for tile in grid.cover(regions.read_region(region).geometry):
+        image = source.read(tile.grid)
+        if not image.empty:
+            out.append((tile, image))
+    return out
+
+
+def model_only(model: Any, images: list[np.ndarray], runs: int = 2) -> Timing:
+    """Forward time of ``model`` over uint8 ``images`` one by one, as ``ob-infer`` runs them."""
     from open_buildings.pipelines.stages import run_model
 
-    source = imagery.open_imagery(str(SAMPLE / "items.json"))
-    tiles = [t for t in grid.cover(regions.read_region(region).geometry)]
-    images = [source.read(t.grid) for t in tiles]
-    keep = [(t, im) for t, im in zip(tiles, images) if not im.empty]
-    path = resolve_model(model_ref).path  # the same lookup ob-infer uses (zoo, file, folder)
-    model = load_checkpoint(path).eval()
+    def call() -> None:
+        for image in images:
+            run_model(model, [image])
+
+    return interleaved({"model": call}, runs, warmup=0)["model"]
+
+
+def shape_costs(model: Any, tiles: list[Any], runs: int = 2) -> dict[tuple[int, int], Timing]:
+    """Forward time per padded tile shape among ``tiles`` (one real tile of each shape)."""
+    from open_buildings.pipelines.stages import PAD_MULTIPLE, padded_shape
+
+    by_shape: dict[tuple[int, int], Any] = {}
+    for tile in tiles:
+        g = tile.grid
+        by_shape.setdefault(padded_shape(g.height, g.width, PAD_MULTIPLE), tile)
+    rng = np.random.default_rng(0)
+    return {
+        shape: model_only(
+            model, [rng.integers(0, 256, (3, t.grid.height, t.grid.width), dtype=np.uint8)], runs
+        )
+        for shape, t in by_shape.items()
+    }
+
+
+def sample_overhead(runs: int = 2, compare_torch: bool = True) -> dict[str, Any]:
+    """ob-infer on the sample against model-only forward time, with its start-up split out."""
+    from pyproj import Geod
+
+    region = SAMPLE / "region.geojson"
+    model, backend, load_s = worker_model()  # also warms the ONNX cache the child will use
+    tiles = region_tiles(region, str(SAMPLE / "items.json"))
+    forward = model_only(model, [image.rgb for _, image in tiles], runs)
     geod = Geod(ellps="WGS84")
-    core_km2 = sum(abs(geod.geometry_area_perimeter(t.core)[0]) for t, _ in keep) / 1e6
-    run_model(model, [keep[0][1].rgb], device=torch.device("cpu"), bf16=False)  # warm-up
-    start = time.perf_counter()
-    for _, im in keep:
-        run_model(model, [im.rgb], device=torch.device("cpu"), bf16=False)
-    return time.perf_counter() - start, len(keep), core_km2
+    core_km2 = sum(abs(geod.geometry_area_perimeter(t.core)[0]) for t, _ in tiles) / 1e6
+    out: dict[str, Any] = {
+        "backend": backend,
+        "load_s": load_s,
+        "tiles": len(tiles),
+        "core_km2": core_km2,
+        "forward": forward,
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        out["run"] = run_ob_infer(region, Path(tmp) / "auto")
+        if compare_torch:
+            torch_model, torch_backend, _ = worker_model("torch")
+            out["torch_forward"] = model_only(torch_model, [image.rgb for _, image in tiles], 1)
+            out["torch_backend"] = torch_backend
+            out["torch_run"] = run_ob_infer(region, Path(tmp) / "torch", "--backend", "torch")
+    return out
+
+
+def dense_regions(
+    sizes: tuple[int, ...] = SIZES_KM2, runs: int = 2, quick: bool = False
+) -> dict[str, Any]:
+    """ob-infer on square regions over mirrored (or, ``quick``, the sample's own) imagery."""
+    from pyproj import Geod
+
+    from open_buildings.geo import grid, regions
+
+    model, _, _ = worker_model()
+    lon, lat = sample_center()
+    geod = Geod(ellps="WGS84")
+    out: dict[str, Any] = {"quick": quick, "sizes": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        if quick:
+            imagery = SAMPLE / "items.json"
+        else:
+            side = (max(sizes) ** 0.5) + 1.6  # tiles reach ~0.7 km past the region's edge
+            start = time.perf_counter()
+            imagery = mirrored_imagery(folder / "mirrored.tif", side)
+            out["imagery_s"] = time.perf_counter() - start
+            out["imagery_side_km"] = side
+        all_tiles = []
+        for km2 in sizes:
+            region = square_region(lon, lat, km2, folder / f"r{km2}.geojson")
+            tiles = list(grid.cover(regions.read_region(region).geometry))
+            all_tiles.extend(tiles)
+            run = run_ob_infer(region, folder / f"out{km2}", imagery=imagery)
+            core = sum(abs(geod.geometry_area_perimeter(t.core)[0]) for t in tiles) / 1e6
+            out["sizes"][km2] = {"run": run, "tiles": tiles, "core_km2": core}
+        if not quick:
+            from open_buildings.pipelines.stages import PAD_MULTIPLE, padded_shape
+
+            costs = shape_costs(model, all_tiles, runs)
+            for entry in out["sizes"].values():
+                shapes = Counter(
+                    padded_shape(t.grid.height, t.grid.width, PAD_MULTIPLE) for t in entry["tiles"]
+                )
+                entry["forward"] = Timing(
+                    sum(costs[s].wall * n for s, n in shapes.items()),
+                    sum(costs[s].cpu * n for s, n in shapes.items()),
+                )
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Print the throughput and memory table."""
+    """Print the overhead, memory and throughput figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="default", help="zoo name or .safetensors path")
+    parser.add_argument("--quick", action="store_true", help="sparse imagery for the regions")
+    parser.add_argument("--runs", type=int, default=2)
     args = parser.parse_args(argv)
-    torch.set_num_threads(2)
-    region = SAMPLE / "region.geojson"
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp_path = Path(tmp)
-        seconds, rss = run_ob_infer(region, args.model, tmp_path / "sample")
-        forward, n_tiles, core_km2 = model_only_seconds(args.model, region)
-        center = json.loads(region.read_text())["features"][0]["geometry"]["coordinates"][0]
-        lon = float(np.mean([p[0] for p in center[:-1]]))
-        lat = float(np.mean([p[1] for p in center[:-1]]))
-        mem = {}
-        for km2 in (1, 16):
-            r = square_region(lon, lat, km2, tmp_path / f"r{km2}.geojson")
-            mem[km2] = run_ob_infer(r, args.model, tmp_path / f"out{km2}")
-    print(f"ob-infer on the sample: {n_tiles} tiles with imagery, {core_km2:.3f} km2 of tile cores")
-    print("| measurement | value | ratio |")
-    print("|---|---|---|")
+    torch.set_num_threads(THREADS)
+    print(f"machine: {machine()}")
+    s = sample_overhead(args.runs)
+    r, f = s["run"], s["forward"]
     print(
-        f"| ob-infer wall time (sample) | {seconds:.1f} s | {seconds / forward:.2f}x model-only |"
+        f"sample: {s['tiles']} tiles, {s['core_km2']:.3f} km2 of cores, model on {s['backend']} "
+        f"(worker load {s['load_s']:.2f} s)"
     )
-    print(f"| model-only forward, same tiles | {forward:.1f} s | 1.00x |")
     print(
-        f"| throughput | {core_km2 / seconds * 3600:.2f} km2/h of tile cores "
-        f"({n_tiles / seconds * 3600:.0f} tiles/h) | - |"
+        f"  ob-infer {r.wall:.1f} s wall, {r.cpu:.1f} s cpu (imports {r.import_wall:.1f} s wall, "
+        f"{r.import_cpu:.1f} s cpu); model only {f.wall:.1f} s wall, {f.cpu:.1f} s cpu: "
+        f"{r.wall / f.wall:.2f}x wall, {r.cpu / f.cpu:.2f}x cpu; without the imports "
+        f"{(r.wall - r.import_wall) / f.wall:.2f}x wall"
     )
-    print(f"| peak RSS, 1 km2 region | {mem[1][1]:.0f} MiB ({mem[1][0]:.1f} s) | 1.00x |")
-    print(
-        f"| peak RSS, 16 km2 region | {mem[16][1]:.0f} MiB ({mem[16][0]:.1f} s) | "
-        f"{mem[16][1] / mem[1][1]:.2f}x |"
-    )
+    if "torch_run" in s:
+        t = s["torch_run"]
+        print(
+            f"  --backend torch ({s['torch_backend']}): ob-infer {t.wall:.1f} s wall, "
+            f"{t.cpu:.1f} s cpu, model only {s['torch_forward'].wall:.1f} s; auto is "
+            f"{t.wall / r.wall:.2f}x faster end to end"
+        )
+    d = dense_regions(quick=args.quick, runs=args.runs)
+    for km2, e in d["sizes"].items():
+        run = e["run"]
+        line = (
+            f"{km2} km2: {run.tiles} tiles, {run.buildings} buildings, {run.wall:.1f} s wall, "
+            f"{run.cpu:.1f} s cpu, peak RSS {run.rss_mib:.0f} MiB"
+        )
+        if "forward" in e:
+            line += f"; model only {e['forward'].wall:.1f} s = {run.wall / e['forward'].wall:.2f}x"
+        print(line)
 
 
 if __name__ == "__main__":

@@ -22,8 +22,7 @@ from apache_beam.ml.inference.base import PredictionResult
 from apache_beam.ml.inference.pytorch_inference import PytorchModelHandlerTensor
 
 from open_buildings.errors import InferenceError
-from open_buildings.pipelines import stages
-from open_buildings.pipelines.runtime import native_bf16, prepare_model
+from open_buildings.pipelines import runtime, stages
 
 WEIGHTS_NAME = "weights.safetensors"
 DEFAULT_MODEL = "default"
@@ -205,17 +204,30 @@ class CheckpointModelHandler(PytorchModelHandlerTensor):
         device = stages.resolve_device(self._want_device)
         local, sidecar = _localize(self._ref.path)
         expected = self._ref.sha256 or sidecar
+        self._device = device
+        capacity = self._ref.moe_capacity
+        cached = runtime.load_cached(
+            local,
+            expected,
+            moe_capacity=capacity,
+            device=device,
+            bf16=self._bf16,
+            backend=self._backend,
+        )
+        if cached is not None:
+            self.backend_used = "onnxruntime"
+            return cached
         model = load_checkpoint(local, expected_sha256=expected)
-        if self._ref.moe_capacity is not None:
+        if capacity is not None:
             from open_buildings.models.moe import set_capacity
 
-            set_capacity(model, self._ref.moe_capacity)
+            set_capacity(model, capacity)
         model.to(device).eval()
-        self._device = device
-        model, self.backend_used = prepare_model(
-            model, device, bf16=self._bf16, backend=self._backend
+        key = runtime.checkpoint_key(expected, capacity) if expected else None
+        model, self.backend_used = runtime.prepare_model(
+            model, device, bf16=self._bf16, backend=self._backend, cache_key=key
         )
-        if self._bf16 and device.type == "cpu" and not native_bf16(device):
+        if self._bf16 and device.type == "cpu" and not runtime.native_bf16(device):
             warnings.warn(
                 "bf16 was asked for, but this CPU has no native bfloat16 (no AVX512-BF16 or AMX): "
                 "convolutions fall back to a slow reference kernel, 16-136x slower than fp32 "

@@ -10,8 +10,11 @@ cropping are the same code; only ``model.net`` is replaced.
 
 A converted network is checked against PyTorch on a random batch whose size differs from the
 export's before it is used; if they disagree, PyTorch is kept with a warning. The ONNX file is
-cached (``$OPEN_BUILDINGS_CACHE`` or ``~/.cache/open_buildings``) under a key made of the weights,
-the config and the library versions, so a worker pays the export once.
+cached (``$OPEN_BUILDINGS_CACHE`` or ``~/.cache/open_buildings``) under a key made of the
+checkpoint's sha256 (or the weights), the config and the library versions, and sealed with its own
+sha256 once checked, so a worker pays the export once. :func:`load_cached` then rebuilds the model
+from the checkpoint's metadata and the sealed file alone: it never builds the PyTorch network, so
+a worker does not import timm and segmentation_models_pytorch (seconds of start-up).
 
 bfloat16 is only worth it where the hardware has it: :func:`native_bf16` says whether this CPU
 (AVX512-BF16 or AMX) or GPU does. On an AVX2-only CPU, PyTorch runs bf16 convolutions through a
@@ -101,6 +104,93 @@ class OrtNet(nn.Module):
         return f"path={self.path!r}"
 
 
+def checkpoint_key(sha256: str, moe_capacity: float | None = None) -> str:
+    """The cache key of a checkpoint's conversion: its sha256, the MoE capacity, the versions."""
+    from open_buildings import __version__
+
+    meta = {
+        "sha256": sha256.lower(),
+        "moe_capacity": moe_capacity,
+        "open_buildings": __version__,
+        "torch": torch.__version__,
+        "opset": _OPSET,
+        "export": _EXPORT_VERSION,
+    }
+    return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _seal(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _sealed(path: Path) -> bool:
+    """True when ``path`` exists and matches the sha256 written when it was checked."""
+    from open_buildings.models.checkpoint import file_sha256
+
+    seal = _seal(path)
+    if not (path.is_file() and seal.is_file()):
+        return False
+    return seal.read_text(encoding="ascii").strip() == file_sha256(path)
+
+
+def _write_seal(path: Path) -> None:
+    from open_buildings.models.checkpoint import file_sha256
+
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".sha256.tmp")
+    with os.fdopen(fd, "w", encoding="ascii") as handle:
+        handle.write(file_sha256(path) + "\n")
+    os.replace(tmp, _seal(path))
+
+
+def load_cached(
+    checkpoint: str | os.PathLike[str],
+    sha256: str | None,
+    *,
+    moe_capacity: float | None = None,
+    device: str | torch.device = "cpu",
+    bf16: bool = False,
+    backend: str = "auto",
+) -> nn.Module | None:
+    """Return the model with its sealed ONNX conversion, without building the PyTorch network.
+
+    Args:
+        checkpoint: the local ``.safetensors`` file.
+        sha256: its expected sha256 (checked here); None skips this path.
+        moe_capacity: the eval capacity the conversion was made at.
+        device: where the model will run (only a CPU uses ONNX Runtime).
+        bf16: bfloat16 autocast asked for (ONNX Runtime is then not used).
+        backend: as for :func:`prepare_model`.
+
+    Returns:
+        A ``BuildingModel`` whose ``net`` is an :class:`OrtNet`, or None when this path does not
+        apply (no conversion cached yet, another backend or device, a checkpoint that does not
+        match ``sha256``: the caller then loads it the full way, which reports the problem).
+    """
+    if backend == "torch" or bf16 or torch.device(device).type != "cpu" or not sha256:
+        return None
+    if not onnxruntime_available():
+        return None
+    from open_buildings.models.base import BuildingModel, InputSpec
+    from open_buildings.models.checkpoint import file_sha256, read_metadata
+
+    meta = read_metadata(checkpoint)
+    if "input_spec" not in meta or "output_channels" not in meta:
+        return None
+    path = cache_dir() / f"{meta['name']}-{checkpoint_key(sha256, moe_capacity)}.onnx"
+    if not _sealed(path) or file_sha256(checkpoint) != sha256.lower():
+        return None
+    config = json.loads(meta["config"])
+    if moe_capacity is not None and "capacity_factor_eval" in config:
+        config["capacity_factor_eval"] = float(moe_capacity)
+    return BuildingModel(
+        OrtNet(path),
+        name=meta["name"],
+        config=config,
+        input_spec=InputSpec.from_dict(json.loads(meta["input_spec"])),
+        output_channels=tuple(json.loads(meta["output_channels"])),
+    ).eval()
+
+
 def _model_key(model: nn.Module) -> str:
     digest = hashlib.sha256()
     meta = {
@@ -169,12 +259,12 @@ def _agrees(model: nn.Module, net: nn.Module) -> bool:
     return got.shape == want.shape and torch.allclose(got, want, atol=_CHECK_ATOL, rtol=_CHECK_RTOL)
 
 
-def to_onnxruntime(model: nn.Module, folder: Path | None = None) -> nn.Module:
+def to_onnxruntime(model: nn.Module, key: str | None = None) -> nn.Module:
     """Return ``model`` with its network running in ONNX Runtime (the export is cached).
 
     Args:
         model: a ``BuildingModel`` in eval mode, on the CPU.
-        folder: the cache folder; None uses :func:`cache_dir`.
+        key: the cache key (:func:`checkpoint_key`); None hashes the weights and config.
 
     Returns:
         The same wrapper object, whose ``net`` is now an :class:`OrtNet`.
@@ -182,19 +272,15 @@ def to_onnxruntime(model: nn.Module, folder: Path | None = None) -> nn.Module:
     Raises:
         RuntimeError: if the export fails or the converted network disagrees with PyTorch.
     """
-    folder = folder or cache_dir()
-    path = folder / f"{getattr(model, 'name', 'model')}-{_model_key(model)}.onnx"
-    net = None
-    if path.is_file():
-        try:
-            net = OrtNet(path)
-        except Exception:  # noqa: BLE001 - a truncated or stale cache file is rebuilt below
-            net = None
-    if net is None or not _agrees(model, net):
-        export_onnx(model, path)
-        net = OrtNet(path)
-        if not _agrees(model, net):
-            raise RuntimeError(f"the ONNX export of {getattr(model, 'name', 'the model')} differs")
+    path = cache_dir() / f"{getattr(model, 'name', 'model')}-{key or _model_key(model)}.onnx"
+    if _sealed(path):
+        model.net = OrtNet(path)
+        return model
+    export_onnx(model, path)
+    net = OrtNet(path)
+    if not _agrees(model, net):
+        raise RuntimeError(f"the ONNX export of {getattr(model, 'name', 'the model')} differs")
+    _write_seal(path)
     model.net = net
     return model
 
@@ -205,6 +291,7 @@ def prepare_model(
     *,
     bf16: bool = False,
     backend: str = "auto",
+    cache_key: str | None = None,
 ) -> tuple[nn.Module, str]:
     """Make a loaded model fast for inference on ``device`` without changing what it computes.
 
@@ -214,6 +301,7 @@ def prepare_model(
         bf16: whether it will run under bfloat16 autocast (ONNX Runtime is then not used).
         backend: ``"auto"`` (ONNX Runtime on a CPU when installed and the network exports,
             else PyTorch), ``"torch"``, or ``"onnxruntime"`` (an error if it cannot be used).
+        cache_key: the conversion's cache key (:func:`checkpoint_key`); None hashes the weights.
 
     Returns:
         The model and the backend it now runs on: ``"onnxruntime"``, ``"torch"`` or
@@ -233,7 +321,7 @@ def prepare_model(
         )
     if backend != "torch" and on_cpu and not bf16 and onnxruntime_available():
         try:
-            return to_onnxruntime(model), "onnxruntime"
+            return to_onnxruntime(model, cache_key), "onnxruntime"
         except Exception as exc:  # noqa: BLE001 - any failure keeps PyTorch, which always works
             if backend == "onnxruntime":
                 raise ConfigError(
@@ -254,7 +342,9 @@ __all__ = [
     "BACKENDS",
     "OrtNet",
     "cache_dir",
+    "checkpoint_key",
     "export_onnx",
+    "load_cached",
     "native_bf16",
     "onnxruntime_available",
     "prepare_model",

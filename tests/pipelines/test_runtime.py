@@ -110,3 +110,35 @@ def test_without_onnxruntime_auto_is_torch(
     assert used == "torch-channels-last"
     with pytest.raises(ConfigError, match="pip install onnxruntime"):
         runtime.prepare_model(load_checkpoint(tiny_checkpoint), backend="onnxruntime")
+
+
+@needs_ort
+def test_a_worker_reloads_a_sealed_conversion_without_building_the_network(
+    tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from open_buildings.models import checkpoint, registry
+    from open_buildings.pipelines.inference import CheckpointModelHandler, resolve_model
+
+    monkeypatch.setenv("OPEN_BUILDINGS_CACHE", str(tmp_path))
+    ref = resolve_model(str(tiny_checkpoint))
+    assert runtime.load_cached(ref.path, ref.sha256) is None  # nothing converted yet
+    first = CheckpointModelHandler(ref)
+    want = _logits(first.load_model())
+    assert first.backend_used == "onnxruntime"
+
+    def no_build(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the PyTorch network was built")
+
+    monkeypatch.setattr(registry, "build_model", no_build)
+    monkeypatch.setattr(checkpoint, "build_model", no_build)
+    second = CheckpointModelHandler(ref)
+    model = second.load_model()
+    assert second.backend_used == "onnxruntime" and isinstance(model.net, runtime.OrtNet)
+    assert model.name == "unet_tiny" and model.input_spec.divisor == 32
+    for got, ref_logits in zip(_logits(model), want, strict=True):
+        np.testing.assert_array_equal(got, ref_logits)
+    # another checkpoint hash, or a tampered conversion, is not taken from the cache
+    assert runtime.load_cached(ref.path, "0" * 64) is None
+    (onnx,) = (tmp_path / "onnx").glob("*.onnx")
+    onnx.write_bytes(onnx.read_bytes() + b"\0")
+    assert runtime.load_cached(ref.path, ref.sha256) is None
