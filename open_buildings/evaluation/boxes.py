@@ -16,7 +16,7 @@ import numpy as np
 import shapely
 
 from open_buildings.errors import EvaluationError
-from open_buildings.evaluation.coco import MAX_DETS, CocoResult, ImageInstances, coco_map
+from open_buildings.evaluation.coco import MAX_DETS, CocoResult, map_over_images
 from open_buildings.evaluation.matching import Pairs
 
 __all__ = ["box_ious", "box_map", "geometry_boxes", "xywh_to_xyxy"]
@@ -139,10 +139,4 @@ def box_map(
     if p_img.shape != (len(p_box),) or t_img.shape != (len(t_box),):
         raise EvaluationError("give one image id per box (pred_image, truth_image)")
     pairs = box_ious(p_box, t_box, p_img, t_img)
-    images = []
-    both = np.concatenate([p_img, t_img])
-    for image in np.unique(both) if len(both) else both:
-        pi = np.flatnonzero(p_img == image)
-        ti = np.flatnonzero(t_img == image)
-        images.append(ImageInstances(scores[pi], len(ti), pairs.subset(pi, ti)))
-    return coco_map(images, max_dets=max_dets)
+    return map_over_images(scores, p_img, t_img, pairs, max_dets=max_dets)

@@ -158,6 +158,37 @@ def _image_order(ids: np.ndarray) -> np.ndarray:
     return np.unique(ids) if len(ids) else ids
 
 
+def map_over_images(
+    scores: np.ndarray,
+    pred_image: np.ndarray,
+    truth_image: np.ndarray,
+    pairs: Pairs,
+    *,
+    max_dets: int | None = MAX_DETS,
+) -> CocoResult:
+    """COCO AP of predictions and truths spread over images, from their overlapping pairs.
+
+    Images are visited in sorted id order, as pycocotools does; only pairs within one image
+    count.
+
+    Args:
+        scores: ``(N,)`` prediction confidences.
+        pred_image: ``(N,)`` image id of each prediction.
+        truth_image: ``(M,)`` image id of each truth instance.
+        pairs: IoUs of the overlapping (prediction, truth) pairs, indexed into the N and M.
+        max_dets: Per-image cap on predictions (pycocotools' default 100); None for no cap.
+
+    Returns:
+        AP, AP50, AP75 and AR.
+    """
+    images = []
+    for image in _image_order(np.concatenate([pred_image, truth_image])):
+        pi = np.flatnonzero(pred_image == image)
+        ti = np.flatnonzero(truth_image == image)
+        images.append(ImageInstances(scores[pi], len(ti), pairs.subset(pi, ti)))
+    return coco_map(images, max_dets=max_dets)
+
+
 def polygon_map(
     pred: np.ndarray,
     pred_scores: np.ndarray,
@@ -196,12 +227,7 @@ def polygon_map(
     t_img = np.zeros(len(truth), dtype=np.int64) if truth_image is None else np.asarray(truth_image)
     if pairs is None:
         pairs = polygon_ious(pred, truth, p_img, t_img)
-    images = []
-    for image in _image_order(np.concatenate([p_img, t_img])):
-        pi = np.flatnonzero(p_img == image)
-        ti = np.flatnonzero(t_img == image)
-        images.append(ImageInstances(scores[pi], len(ti), pairs.subset(pi, ti)))
-    return coco_map(images, max_dets=max_dets)
+    return map_over_images(scores, p_img, t_img, pairs, max_dets=max_dets)
 
 
 def raster_map(

@@ -41,7 +41,7 @@ from torchvision.ops import batched_nms, box_iou, generalized_box_iou
 from open_buildings.errors import ConfigError
 from open_buildings.models.base import InputSpec
 from open_buildings.models.heads import CHANNELS
-from open_buildings.models.registry import ModelEntry, register
+from open_buildings.models.registry import register_family
 from open_buildings.models.vit import (
     DenseDecoder,
     EncoderOutput,
@@ -72,6 +72,10 @@ __all__ = [
 #: CLIP's (and OWL-ViT's) input normalisation.
 CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+
+
+def _clip_input_spec(config: ViTConfig) -> InputSpec:
+    return InputSpec(mean=CLIP_MEAN, std=CLIP_STD, divisor=config.patch)
 
 
 def _clip_vit(**fields: object) -> ViTConfig:
@@ -500,14 +504,6 @@ _MODELS = [
     ("owlvit_tiny", OWLVIT_TINY, "OWL-ViT-style encoder, width 64, depth 4: tests and smoke runs"),
 ]
 
-for _name, _config, _description in _MODELS:
-    register(
-        ModelEntry(
-            name=_name,
-            builder=build_owlvit_segmenter,
-            default_config=_config,
-            input_spec=InputSpec(mean=CLIP_MEAN, std=CLIP_STD, divisor=_config.patch),
-            output_channels=CHANNELS,
-            description=_description,
-        )
-    )
+register_family(
+    _MODELS, build_owlvit_segmenter, input_spec=_clip_input_spec, output_channels=CHANNELS
+)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +29,7 @@ __all__ = [
     "get_entry",
     "list_models",
     "register",
+    "register_family",
 ]
 
 
@@ -80,6 +81,40 @@ def register(entry: ModelEntry) -> ModelEntry:
         )
     _REGISTRY[entry.name] = entry
     return entry
+
+
+def register_family(
+    models: Iterable[tuple[str, Any, str]],
+    builder: Callable[[Any], nn.Module],
+    *,
+    input_spec: InputSpec | Callable[[Any], InputSpec],
+    output_channels: tuple[str, ...],
+) -> list[ModelEntry]:
+    """Register several models that share a builder: one family, in several sizes.
+
+    Args:
+        models: ``(name, default_config, description)`` per model.
+        builder: Builds the network from a config (see :attr:`ModelEntry.builder`).
+        input_spec: The input contract of every model, or a function of the default config
+            that returns it (e.g. when the divisor is the config's patch size).
+        output_channels: Names of the output channels, in order.
+
+    Returns:
+        The registered entries, in the order given.
+    """
+    entries = []
+    for name, config, description in models:
+        spec = input_spec if isinstance(input_spec, InputSpec) else input_spec(config)
+        entry = ModelEntry(
+            name=name,
+            builder=builder,
+            default_config=config,
+            input_spec=spec,
+            output_channels=output_channels,
+            description=description,
+        )
+        entries.append(register(entry))
+    return entries
 
 
 def _ensure_builtin_models() -> None:

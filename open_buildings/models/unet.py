@@ -24,7 +24,7 @@ from torch import nn
 from open_buildings.errors import CheckpointError, ConfigError
 from open_buildings.models.base import BuildingModel, InputSpec
 from open_buildings.models.heads import CHANNELS
-from open_buildings.models.registry import ModelEntry, register
+from open_buildings.models.registry import register_family
 
 __all__ = [
     "LITE0_ENCODERS",
@@ -115,17 +115,7 @@ _MODELS = [
     ("unet_mit_b0", UNetConfig(encoder_name="mit_b0"), "U-Net, MiT-B0 (SegFormer) encoder"),
 ]
 
-for _name, _config, _description in _MODELS:
-    register(
-        ModelEntry(
-            name=_name,
-            builder=build_unet,
-            default_config=_config,
-            input_spec=_RGB,
-            output_channels=CHANNELS,
-            description=_description,
-        )
-    )
+register_family(_MODELS, build_unet, input_spec=_RGB, output_channels=CHANNELS)
 
 
 # --- EfficientNet-Lite0 ImageNet weights -------------------------------------------------------

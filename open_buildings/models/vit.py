@@ -32,7 +32,7 @@ from torch import nn
 from open_buildings.errors import ConfigError
 from open_buildings.models.base import InputSpec
 from open_buildings.models.heads import CHANNELS
-from open_buildings.models.registry import ModelEntry, register
+from open_buildings.models.registry import register_family
 
 __all__ = [
     "SIGLIP_INPUT",
@@ -45,6 +45,7 @@ __all__ = [
     "build_vit_segmenter",
     "feature_layers",
     "resample_pos_embed",
+    "siglip_input_spec",
 ]
 
 ACTIVATIONS = ("gelu_tanh", "quick_gelu", "gelu")
@@ -483,6 +484,19 @@ def build_vit_segmenter(config: ViTConfig) -> ViTSegmenter:
 #: SigLIP normalises images to [-1, 1].
 SIGLIP_INPUT = InputSpec(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), divisor=16)
 
+
+def siglip_input_spec(config: ViTConfig) -> InputSpec:
+    """Return :data:`SIGLIP_INPUT` with the config's patch size as the divisor.
+
+    Args:
+        config: A ViT (or V-MoE) config.
+
+    Returns:
+        The input contract of a model built from it.
+    """
+    return InputSpec(mean=SIGLIP_INPUT.mean, std=SIGLIP_INPUT.std, divisor=config.patch)
+
+
 SIGLIP_SO400M_14 = ViTConfig(
     width=1152, depth=27, mlp_dim=4304, heads=16, patch=14, pretrain_size=224, decoder_channels=256
 )
@@ -508,16 +522,6 @@ _MODELS = [
     ("vit_siglip_tiny", SIGLIP_TINY, "SigLIP-style ViT, width 64, depth 4: tests and smoke runs"),
 ]
 
-for _name, _config, _description in _MODELS:
-    register(
-        ModelEntry(
-            name=_name,
-            builder=build_vit_segmenter,
-            default_config=_config,
-            input_spec=InputSpec(
-                mean=SIGLIP_INPUT.mean, std=SIGLIP_INPUT.std, divisor=_config.patch
-            ),
-            output_channels=CHANNELS,
-            description=_description,
-        )
-    )
+register_family(
+    _MODELS, build_vit_segmenter, input_spec=siglip_input_spec, output_channels=CHANNELS
+)

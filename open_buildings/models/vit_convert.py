@@ -27,25 +27,31 @@ import json
 import logging
 import os
 import re
-import zipfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from open_buildings.errors import CheckpointError
 from open_buildings.models.base import BuildingModel
+from open_buildings.models.checkpoint_files import (
+    NamedTensors,
+    layer_indices,
+    open_npz,
+    unreadable,
+)
 from open_buildings.models.pretrained import register_loader
 from open_buildings.models.vit import ViTConfig, ViTEncoder, ViTSegmenter, resample_pos_embed
 
 __all__ = [
     "SiglipCheckpoint",
+    "copy_encoder_state",
     "default_heads",
     "flax_block_state",
+    "flax_heads",
     "load_siglip",
     "read_siglip_checkpoint",
     "siglip_config_from_checkpoint",
@@ -114,63 +120,30 @@ def default_heads(width: int) -> int:
 # Reading tensors from files
 
 
-class _Tensors:
-    """Names of every tensor in a file and lazy access to the ones wanted."""
-
-    def __init__(self, path: Path, names: list[str], get: Callable[[str], torch.Tensor]) -> None:
-        self.path = path
-        self.names = names
-        self._get = get
-        self._name_set = set(names)
-        self.taken: set[str] = set()
-
-    def take(self, name: str, shape: tuple[int, ...] | None = None) -> torch.Tensor:
-        if name not in self._name_set:
-            raise CheckpointError(
-                f"{self.path}: tensor {name!r} is missing; the vision tower is incomplete "
-                "(a truncated download or a shard left out of the index?)"
-            )
-        tensor = self._get(name)
-        if shape is not None and tuple(tensor.shape) != shape:
-            raise CheckpointError(
-                f"{self.path}: tensor {name!r} has shape {tuple(tensor.shape)}, expected {shape} "
-                "from the rest of the vision tower; the file is not a consistent SigLIP checkpoint"
-            )
-        self.taken.add(name)
-        return tensor
-
-    def has(self, name: str) -> bool:
-        return name in self._name_set
-
-    def unused(self) -> list[str]:
-        return sorted(set(self.names) - self.taken)
+_WHAT = "SigLIP vision tower"
+_REMEDY = (
+    "download it again, or pass a SigLIP/PaliGemma .safetensors, .safetensors.index.json or "
+    "big_vision .npz file"
+)
 
 
-def _unreadable(path: Path, what: str, exc: BaseException) -> CheckpointError:
-    return CheckpointError(
-        f"{path} could not be read as {what} ({type(exc).__name__}: {exc}); the file is corrupt "
-        "or truncated: download it again, or pass a SigLIP/PaliGemma .safetensors, "
-        ".safetensors.index.json or big_vision .npz file"
-    )
-
-
-def _open_safetensors(path: Path) -> _Tensors:
+def _open_safetensors(path: Path) -> NamedTensors:
     try:
         handle = safe_open(str(path), framework="pt")
         names = list(handle.keys())
     except (SafetensorError, OSError, ValueError) as exc:
-        raise _unreadable(path, "safetensors", exc) from exc
+        raise unreadable(path, "safetensors", exc, _REMEDY) from exc
 
     def get(name: str) -> torch.Tensor:
         try:
             return handle.get_tensor(name)
         except (SafetensorError, OSError, ValueError) as exc:
-            raise _unreadable(path, "safetensors", exc) from exc
+            raise unreadable(path, "safetensors", exc, _REMEDY) from exc
 
-    return _Tensors(path, names, get)
+    return NamedTensors(path, names, get, what=_WHAT)
 
 
-def _open_index(path: Path) -> _Tensors:
+def _open_index(path: Path) -> NamedTensors:
     if path.stat().st_size > 64 * MAX_CONFIG_BYTES:
         raise CheckpointError(
             f"{path} is {path.stat().st_size} bytes, too large for a safetensors index (a small "
@@ -185,7 +158,7 @@ def _open_index(path: Path) -> _Tensors:
         ) from exc
     if not isinstance(weight_map, dict):
         raise CheckpointError(f"{path}: 'weight_map' must map tensor names to shard files")
-    shards: dict[str, _Tensors] = {}
+    shards: dict[str, NamedTensors] = {}
     for shard in set(weight_map.values()):
         if not isinstance(shard, str) or Path(shard).name != shard or shard in ("", ".", ".."):
             raise CheckpointError(
@@ -205,44 +178,10 @@ def _open_index(path: Path) -> _Tensors:
             shards[shard] = _open_safetensors(shard_path)
         return shards[shard].take(name)
 
-    return _Tensors(path, list(weight_map), get)
+    return NamedTensors(path, list(weight_map), get, what=_WHAT)
 
 
-def _npz_array_to_torch(path: Path, name: str, array: np.ndarray) -> torch.Tensor:
-    if array.dtype.kind == "V" and array.dtype.itemsize == 2:
-        # bfloat16 saved without ml_dtypes: the raw 2-byte records are the bf16 bits.
-        return torch.from_numpy(np.ascontiguousarray(array).view(np.int16).copy()).view(
-            torch.bfloat16
-        )
-    if array.dtype.kind != "f":
-        raise CheckpointError(
-            f"{path}: tensor {name!r} has dtype {array.dtype}, not floating point; this is not a "
-            "SigLIP weight"
-        )
-    return torch.from_numpy(np.ascontiguousarray(array))
-
-
-def _open_npz(path: Path) -> _Tensors:
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise _unreadable(path, "a big_vision .npz", exc) from exc
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise CheckpointError(f"{path} holds a single array, not a big_vision .npz of named params")
-    # Either separator may join the tree; big_vision's own names contain neither '.' nor '/'.
-    by_name = {name.replace(".", "/"): name for name in archive.files}
-
-    def get(name: str) -> torch.Tensor:
-        try:
-            array = archive[by_name[name]]
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-            raise _unreadable(path, "a big_vision .npz", exc) from exc
-        return _npz_array_to_torch(path, name, array)
-
-    return _Tensors(path, list(by_name), get)
-
-
-def _open(path: Path) -> tuple[_Tensors, str]:
+def _open(path: Path) -> tuple[NamedTensors, str]:
     if path.is_dir():
         raise CheckpointError(
             f"checkpoint {path} is a folder; pass the file in it: model.safetensors, "
@@ -253,7 +192,7 @@ def _open(path: Path) -> tuple[_Tensors, str]:
     with path.open("rb") as handle:
         magic = handle.read(4)
     if magic.startswith(b"PK"):
-        return _open_npz(path), "big_vision"
+        return open_npz(path, what=_WHAT, as_what="a big_vision .npz", remedy=_REMEDY), "big_vision"
     if path.name.endswith(".json"):
         return _open_index(path), "huggingface"
     return _open_safetensors(path), "huggingface"
@@ -263,7 +202,7 @@ def _open(path: Path) -> tuple[_Tensors, str]:
 # Layouts
 
 
-def _find_prefix(tensors: _Tensors, anchor: str, sep: str) -> str:
+def _find_prefix(tensors: NamedTensors, anchor: str, sep: str) -> str:
     prefixes = sorted(
         name[: -len(anchor)]
         for name in tensors.names
@@ -286,21 +225,6 @@ def _find_prefix(tensors: _Tensors, anchor: str, sep: str) -> str:
     return prefixes[0]
 
 
-def _layer_indices(tensors: _Tensors, pattern: str) -> list[int]:
-    regex = re.compile(pattern)
-    found = {int(m.group(1)) for name in tensors.names if (m := regex.match(name))}
-    if not found:
-        raise CheckpointError(f"{tensors.path}: the vision tower has no transformer blocks")
-    depth = max(found) + 1
-    missing = sorted(set(range(depth)) - found)
-    if missing:
-        raise CheckpointError(
-            f"{tensors.path}: blocks {missing} of {depth} are missing from the vision tower; "
-            "the file is incomplete"
-        )
-    return list(range(depth))
-
-
 def _hf_config(path: Path, width: int) -> tuple[dict[str, Any], str] | None:
     """The vision part of a ``config.json`` beside the weights, when it describes this tower."""
     config_path = path.parent / "config.json"
@@ -318,7 +242,7 @@ def _hf_config(path: Path, width: int) -> tuple[dict[str, Any], str] | None:
     return vision, str(config_path)
 
 
-def _read_hf(tensors: _Tensors, heads: int | None) -> SiglipCheckpoint:
+def _read_hf(tensors: NamedTensors, heads: int | None) -> SiglipCheckpoint:
     prefix = _find_prefix(tensors, HF_ANCHOR, ".")
     path = tensors.path
     patch_key = prefix + HF_ANCHOR
@@ -336,7 +260,7 @@ def _read_hf(tensors: _Tensors, heads: int | None) -> SiglipCheckpoint:
             f"{path}: {pos_key} has shape {tuple(pos.shape)}, expected (tokens, {width})"
         )
     grid = _square_side(path, pos_key, pos.shape[0])
-    layers = _layer_indices(tensors, re.escape(prefix) + r"encoder\.layers\.(\d+)\.")
+    layers = layer_indices(tensors, re.escape(prefix) + r"encoder\.layers\.(\d+)\.")
     fc1_key = f"{prefix}encoder.layers.0.mlp.fc1.weight"
     mlp_dim = tensors.take(fc1_key).shape[0]
     c, m = width, mlp_dim
@@ -397,7 +321,7 @@ def _read_hf(tensors: _Tensors, heads: int | None) -> SiglipCheckpoint:
     return SiglipCheckpoint(fields, sd, tensors.unused(), "huggingface", evidence, in_chans)
 
 
-def _read_npz(tensors: _Tensors, heads_arg: int | None) -> SiglipCheckpoint:
+def _read_npz(tensors: NamedTensors, heads_arg: int | None) -> SiglipCheckpoint:
     prefix = _find_prefix(tensors, NPZ_ANCHOR, "/")
     path = tensors.path
     kernel_key = prefix + NPZ_ANCHOR
@@ -442,7 +366,7 @@ def _read_npz(tensors: _Tensors, heads_arg: int | None) -> SiglipCheckpoint:
         pattern = re.escape(f"{prefix}Transformer/encoderblock_") + r"(\d+)/"
         blocks = [
             (f"{prefix}Transformer/encoderblock_{i}/", None)
-            for i in _layer_indices(tensors, pattern)
+            for i in layer_indices(tensors, pattern)
         ]
         depth = len(blocks)
         depth_evidence = f"{prefix}Transformer/encoderblock_0..{depth - 1}"
@@ -451,12 +375,7 @@ def _read_npz(tensors: _Tensors, heads_arg: int | None) -> SiglipCheckpoint:
     query = tensors.take(query_key)
     query_shape = tuple(query.shape)
     query = query[first_idx] if first_idx is not None else query
-    if query.ndim != 3 or query.shape[0] != c or query.shape[1] * query.shape[2] != c:
-        raise CheckpointError(
-            f"{path}: {query_key} has shape {tuple(query.shape)}, expected (width {c}, heads, "
-            "head_dim) with heads * head_dim == width"
-        )
-    heads = query.shape[1]
+    heads = flax_heads(query, width=c, path=path, key=query_key)
     if heads_arg is not None and heads_arg != heads:
         raise CheckpointError(
             f"heads={heads_arg} was given but {path} has {heads} heads ({query_key} "
@@ -558,6 +477,29 @@ def flax_block_state(
         sd["mlp.fc2.weight"] = get(f"{mlp}Dense_1/kernel", (m, c)).T
         sd["mlp.fc2.bias"] = get(f"{mlp}Dense_1/bias", (c,))
     return sd
+
+
+def flax_heads(query: torch.Tensor, *, width: int, path: Path, key: str) -> int:
+    """Return the attention heads of a flax attention block from its query kernel.
+
+    Args:
+        query: The ``query/kernel`` of one block, ``(width, heads, head_dim)``.
+        width: Token width.
+        path: The checkpoint, for messages.
+        key: The kernel's name, for messages.
+
+    Returns:
+        ``heads``.
+
+    Raises:
+        CheckpointError: The kernel does not have that shape with ``heads * head_dim == width``.
+    """
+    if query.ndim != 3 or query.shape[0] != width or query.shape[1] * query.shape[2] != width:
+        raise CheckpointError(
+            f"{path}: {key} has shape {tuple(query.shape)}, expected (width {width}, heads, "
+            "head_dim) with heads * head_dim == width"
+        )
+    return query.shape[1]
 
 
 def _square_side(path: Path, key: str, tokens: int) -> int:
@@ -727,15 +669,41 @@ def load_siglip(
     error = _mismatch_error(checkpoint, encoder, label, path)
     if error is not None:
         raise error
-    state = dict(checkpoint.state_dict)
+    grid = checkpoint.fields["pretrain_size"] // checkpoint.fields["patch"]
+    loaded = copy_encoder_state(encoder, checkpoint.state_dict, grid=grid, path=path, what="SigLIP")
+    return {"loaded": loaded, "unused": len(checkpoint.unused)}
+
+
+def copy_encoder_state(
+    encoder: ViTEncoder, state: dict[str, torch.Tensor], *, grid: int, path: Path, what: str
+) -> int:
+    """Copy a converted checkpoint into a ViT encoder in place, resampling its position grid.
+
+    The positions of the class token (if any) are kept; a patch grid other than the encoder's
+    ``pretrain_size // patch`` is resampled bicubically (as the encoder itself does for other
+    input sizes).
+
+    Args:
+        encoder: A :class:`ViTEncoder` (or a subclass such as the V-MoE encoder).
+        state: The converted state dict, with the stored ``pos_embed``.
+        grid: Side of the stored position grid.
+        path: The checkpoint, for messages.
+        what: The checkpoint's family, for the log (``"SigLIP"``, ``"V-MoE"``).
+
+    Returns:
+        The number of tensors written.
+
+    Raises:
+        CheckpointError: The state's names or shapes differ from the encoder's.
+    """
+    state = dict(state)
     target = encoder.state_dict()
     side = encoder.config.pretrain_size // encoder.config.patch
     prefix = encoder.prefix
     pos = state["pos_embed"]
     if pos.shape[1] != target["pos_embed"].shape[1]:
-        old = checkpoint.fields["pretrain_size"] // checkpoint.fields["patch"]
         logger.info(
-            "resampling SigLIP position embeddings from %dx%d to %dx%d", old, old, side, side
+            "resampling %s position embeddings from %dx%d to %dx%d", what, grid, grid, side, side
         )
         patch_pos = resample_pos_embed(pos[:, prefix:].float(), (side, side))
         state["pos_embed"] = torch.cat([pos[:, :prefix].float(), patch_pos], dim=1)
@@ -743,7 +711,7 @@ def load_siglip(
     with torch.no_grad():
         for key, value in state.items():
             target[key].copy_(value)
-    return {"loaded": len(state), "unused": len(checkpoint.unused)}
+    return len(state)
 
 
 def _check_keys(

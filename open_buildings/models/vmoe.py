@@ -24,7 +24,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from open_buildings.errors import ConfigError
-from open_buildings.models.base import InputSpec
 from open_buildings.models.heads import CHANNELS
 from open_buildings.models.moe import (
     DISPATCH_MODES,
@@ -34,14 +33,14 @@ from open_buildings.models.moe import (
     moe_layers,
     set_capacity,
 )
-from open_buildings.models.registry import ModelEntry, register
+from open_buildings.models.registry import register_family
 from open_buildings.models.vit import (
-    SIGLIP_INPUT,
     DenseDecoder,
     ViTConfig,
     ViTEncoder,
     ViTSegmenter,
     _activation,
+    siglip_input_spec,
 )
 
 __all__ = [
@@ -190,16 +189,6 @@ _MODELS = [
     ("vmoe_tiny", VMOE_TINY, "V-MoE, width 64, depth 4, 4 experts, top-2: tests and smoke runs"),
 ]
 
-for _name, _config, _description in _MODELS:
-    register(
-        ModelEntry(
-            name=_name,
-            builder=build_vmoe_segmenter,
-            default_config=_config,
-            input_spec=InputSpec(
-                mean=SIGLIP_INPUT.mean, std=SIGLIP_INPUT.std, divisor=_config.patch
-            ),
-            output_channels=CHANNELS,
-            description=_description,
-        )
-    )
+register_family(
+    _MODELS, build_vmoe_segmenter, input_spec=siglip_input_spec, output_channels=CHANNELS
+)

@@ -38,13 +38,11 @@ softmax gates of the selected experts, not renormalised, as :class:`~.moe.MoEMlp
 from __future__ import annotations
 
 import functools
-import logging
 import math
 import mmap
 import os
 import re
 import struct
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -55,13 +53,20 @@ from torch import nn
 
 from open_buildings.errors import CheckpointError
 from open_buildings.models.base import BuildingModel
+from open_buildings.models.checkpoint_files import (
+    NamedTensors,
+    array_to_tensor,
+    layer_indices,
+    open_npz,
+    unreadable,
+)
 from open_buildings.models.pretrained import register_loader
-from open_buildings.models.vit import ViTSegmenter, resample_pos_embed
+from open_buildings.models.vit import ViTSegmenter
 from open_buildings.models.vit_convert import (
-    _check_keys,
-    _layer_indices,
     _yaml,
+    copy_encoder_state,
     flax_block_state,
+    flax_heads,
 )
 from open_buildings.models.vmoe import PLACEMENTS, VMoEConfig, VMoEEncoder, moe_blocks
 
@@ -71,8 +76,6 @@ __all__ = [
     "read_vmoe_checkpoint",
     "vmoe_config_from_checkpoint",
 ]
-
-logger = logging.getLogger(__name__)
 
 ANCHOR = "embedding/kernel"
 #: A name the encoder has beside :data:`ANCHOR`; it tells V-MoE/vit_jax trees from others.
@@ -150,77 +153,15 @@ class VMoECheckpoint(NamedTuple):
 # Arrays in files
 
 
-class _Arrays:
-    """Names of every array in a file and lazy access to the ones wanted."""
-
-    def __init__(self, path: Path, names: list[str], get: Callable[[str], torch.Tensor]) -> None:
-        self.path = path
-        self.names = names
-        self._get = get
-        self._name_set = set(names)
-        self.taken: set[str] = set()
-
-    def take(self, name: str, shape: tuple[int, ...] | None = None) -> torch.Tensor:
-        if name not in self._name_set:
-            raise CheckpointError(
-                f"{self.path}: array {name!r} is missing; the V-MoE checkpoint is incomplete "
-                "(a truncated export, or a shard left out?)"
-            )
-        tensor = self._get(name)
-        if shape is not None and tuple(tensor.shape) != shape:
-            raise CheckpointError(
-                f"{self.path}: array {name!r} has shape {tuple(tensor.shape)}, expected {shape} "
-                "from the rest of the model; the file is not a consistent V-MoE checkpoint"
-            )
-        self.taken.add(name)
-        return tensor
-
-    def has(self, name: str) -> bool:
-        return name in self._name_set
-
-    def unused(self) -> list[str]:
-        return sorted(self._name_set - self.taken)
+_WHAT = "V-MoE checkpoint"
+_REMEDY = (
+    "copy it again, or pass the checkpoint's .index file (with its .data-* shards beside it) or "
+    "an .npz export"
+)
 
 
-def _to_torch(path: Path, name: str, array: np.ndarray, bfloat16: bool) -> torch.Tensor:
-    if bfloat16 or (array.dtype.kind == "V" and array.dtype.itemsize == 2):
-        bits = np.ascontiguousarray(array).view(np.int16)
-        return torch.from_numpy(bits.copy()).view(torch.bfloat16)
-    if array.dtype.kind != "f":
-        raise CheckpointError(
-            f"{path}: array {name!r} has dtype {array.dtype}, not floating point; this is not a "
-            "V-MoE weight"
-        )
-    return torch.from_numpy(np.array(array, copy=True))
-
-
-def _corrupt(path: Path, exc: BaseException | str) -> CheckpointError:
-    detail = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
-    return CheckpointError(
-        f"{path} could not be read as a V-MoE checkpoint ({detail}); the file is corrupt or "
-        "truncated: copy it again, or pass the checkpoint's .index file (with its .data-* "
-        "shards beside it) or an .npz export"
-    )
-
-
-def _open_npz(path: Path) -> _Arrays:
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise _corrupt(path, exc) from exc
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise CheckpointError(f"{path} holds a single array, not an .npz of named parameters")
-    # vmoe's own names contain neither separator, so either may join the tree.
-    by_name = {name.replace(".", "/"): name for name in archive.files}
-
-    def get(name: str) -> torch.Tensor:
-        try:
-            array = archive[by_name[name]]
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-            raise _corrupt(path, exc) from exc
-        return _to_torch(path, name, array, bfloat16=False)
-
-    return _Arrays(path, list(by_name), get)
+def _corrupt(path: Path, detail: BaseException | str) -> CheckpointError:
+    return unreadable(path, "a V-MoE checkpoint", detail, _REMEDY)
 
 
 class _MsgpackError(Exception):
@@ -393,7 +334,7 @@ def _flatten(tree: Any, prefix: str, leaves: list[tuple[str, Any]]) -> None:
         leaves.append((prefix.rstrip("/"), tree))
 
 
-def _open_vmoe(index_path: Path) -> _Arrays:
+def _open_vmoe(index_path: Path) -> NamedTensors:
     size = index_path.stat().st_size
     if size > MAX_INDEX_BYTES:
         raise CheckpointError(
@@ -506,9 +447,11 @@ def _open_vmoe(index_path: Path) -> _Arrays:
         out = np.empty(entry.shape, dtype)
         for region, values in pieces:
             out[region] = values
-        return _to_torch(index_path, name, out, bfloat16=entry.dtype == "bfloat16")
+        return array_to_tensor(
+            index_path, name, out, what=_WHAT, bfloat16=entry.dtype == "bfloat16"
+        )
 
-    return _Arrays(index_path, list(entries), get)
+    return NamedTensors(index_path, list(entries), get, what=_WHAT)
 
 
 def _chunk_array(sub: Any, dtype: np.dtype) -> np.ndarray:
@@ -527,7 +470,7 @@ def _chunk_array(sub: Any, dtype: np.dtype) -> np.ndarray:
     return np.frombuffer(buffer, dtype=dtype).reshape(-1)
 
 
-def _open(path: Path) -> tuple[_Arrays, str]:
+def _open(path: Path) -> tuple[NamedTensors, str]:
     if path.is_dir():
         raise CheckpointError(
             f"checkpoint {path} is a folder; pass the file in it: the checkpoint's .index file "
@@ -546,7 +489,7 @@ def _open(path: Path) -> tuple[_Arrays, str]:
     with path.open("rb") as handle:
         magic = handle.read(4)
     if magic.startswith(b"PK"):
-        return _open_npz(path), "npz"
+        return open_npz(path, what=_WHAT, as_what="an .npz export", remedy=_REMEDY), "npz"
     if path.name.endswith(".index"):
         return _open_vmoe(path), "vmoe"
     raise CheckpointError(
@@ -559,7 +502,7 @@ def _open(path: Path) -> tuple[_Arrays, str]:
 # The parameter tree
 
 
-def _find_prefix(arrays: _Arrays) -> str:
+def _find_prefix(arrays: NamedTensors) -> str:
     prefixes = sorted(
         name[: -len(ANCHOR)]
         for name in arrays.names
@@ -588,7 +531,7 @@ def _find_prefix(arrays: _Arrays) -> str:
     return prefixes[0]
 
 
-def _read(arrays: _Arrays, layout: str) -> VMoECheckpoint:
+def _read(arrays: NamedTensors, layout: str) -> VMoECheckpoint:
     path = arrays.path
     p = _find_prefix(arrays)
     kernel_key = p + ANCHOR
@@ -628,18 +571,13 @@ def _read(arrays: _Arrays, layout: str) -> VMoECheckpoint:
     sd["pos_embed"] = pos
 
     pattern = re.escape(f"{p}Encoder/encoderblock_") + r"(\d+)/"
-    blocks = _layer_indices(arrays, pattern)
+    blocks = layer_indices(arrays, pattern)
     depth = len(blocks)
     base = [f"{p}Encoder/encoderblock_{i}/" for i in blocks]
     sparse = tuple(i for i in blocks if arrays.has(f"{base[i]}Moe/Router/dense/kernel"))
     query_key = f"{base[0]}SelfAttention/query/kernel"
     query = arrays.take(query_key)
-    if query.ndim != 3 or query.shape[0] != c or query.shape[1] * query.shape[2] != c:
-        raise CheckpointError(
-            f"{path}: {query_key} has shape {tuple(query.shape)}, expected (width {c}, heads, "
-            "head_dim) with heads * head_dim == width"
-        )
-    heads = query.shape[1]
+    heads = flax_heads(query, width=c, path=path, key=query_key)
     if not sparse:
         raise CheckpointError(
             f"{path} has no mixture-of-experts layer (no 'Moe/Router/dense/kernel' in any "
@@ -717,7 +655,9 @@ def _read(arrays: _Arrays, layout: str) -> VMoECheckpoint:
     return VMoECheckpoint(fields, sparse, sd, arrays.unused(), layout, evidence, in_chans)
 
 
-def _block_tensor(arrays: _Arrays, base: str, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+def _block_tensor(
+    arrays: NamedTensors, base: str, name: str, shape: tuple[int, ...]
+) -> torch.Tensor:
     return arrays.take(base + name, shape)
 
 
@@ -868,23 +808,9 @@ def load_vmoe(model_or_encoder: nn.Module, path: str | os.PathLike[str]) -> dict
     error = _mismatch_error(checkpoint, encoder, label, path)
     if error is not None:
         raise error
-    state = dict(checkpoint.state_dict)
-    target = encoder.state_dict()
-    side = encoder.config.pretrain_size // encoder.config.patch
-    prefix = encoder.prefix
-    pos = state["pos_embed"]
-    if pos.shape[1] != target["pos_embed"].shape[1]:
-        old = checkpoint.fields["pretrain_size"] // checkpoint.fields["patch"]
-        logger.info(
-            "resampling V-MoE position embeddings from %dx%d to %dx%d", old, old, side, side
-        )
-        patch_pos = resample_pos_embed(pos[:, prefix:].float(), (side, side))
-        state["pos_embed"] = torch.cat([pos[:, :prefix].float(), patch_pos], dim=1)
-    _check_keys(state, target, path)
-    with torch.no_grad():
-        for key, value in state.items():
-            target[key].copy_(value)
-    return {"loaded": len(state), "unused": len(checkpoint.unused)}
+    grid = checkpoint.fields["pretrain_size"] // checkpoint.fields["patch"]
+    loaded = copy_encoder_state(encoder, checkpoint.state_dict, grid=grid, path=path, what="V-MoE")
+    return {"loaded": loaded, "unused": len(checkpoint.unused)}
 
 
 def _load_backbone(model: BuildingModel, path: Path) -> dict[str, int]:
