@@ -157,6 +157,56 @@ def shape_costs(model: Any, tiles: list[Any], runs: int = 2) -> dict[tuple[int, 
     }
 
 
+def stage_breakdown(
+    model: Any, tiles: list[Any], imagery: str, work_dir: Path, runs: int = 1
+) -> dict[str, Timing]:
+    """Seconds per tile of each stage ``ob-infer`` runs, called directly (no Beam), best of runs.
+
+    Args:
+        model: the model as a worker loads it.
+        tiles: the tiles (all with imagery).
+        imagery: the imagery source.
+        work_dir: where the per-tile results go (as ob-infer's progress files do).
+        runs: timed rounds.
+
+    Returns:
+        ``read``, ``model``, ``decode``, ``polygonize`` (ownership and shard keys included) and
+        ``write`` (the per-tile progress file): the best wall and CPU seconds over ``tiles``,
+        divided by their number.
+    """
+    from open_buildings.geo import imagery as imagery_mod
+    from open_buildings.models import heads
+    from open_buildings.pipelines import stages
+
+    source = imagery_mod.open_imagery(imagery)
+    state: dict[str, Any] = {}
+
+    def read() -> None:
+        state["images"] = [stages.read_tile(source, t) for t in tiles]
+
+    def forward() -> None:
+        state["logits"] = [stages.run_model(model, [im.rgb])[0] for im in state["images"]]
+
+    def decode() -> None:
+        state["decoded"] = [heads.decode(x, from_logits=True) for x in state["logits"]]
+
+    def polygonize() -> None:
+        state["frames"] = [
+            stages.owned_footprints(t, labels, conf, im.valid)
+            for t, (labels, conf), im in zip(tiles, state["decoded"], state["images"], strict=True)
+        ]
+
+    def write() -> None:
+        for t, frame in zip(tiles, state["frames"], strict=True):
+            stages.write_partial(frame, stages.partial_path(work_dir, t.id))
+
+    fns = {"read": read, "model": forward, "decode": decode, "polygonize": polygonize}
+    fns["write"] = write
+    best = interleaved(fns, runs, warmup=0)
+    n = max(1, len(tiles))
+    return {k: Timing(v.wall / n, v.cpu / n) for k, v in best.items()}
+
+
 def sample_overhead(runs: int = 2, compare_torch: bool = True) -> dict[str, Any]:
     """ob-infer on the sample against model-only forward time, with its start-up split out."""
     from pyproj import Geod
@@ -217,6 +267,10 @@ def dense_regions(
         if not quick:
             from open_buildings.pipelines.stages import PAD_MULTIPLE, padded_shape
 
+            few = out["sizes"][min(sizes)]["tiles"][:4]
+            out["stages"] = stage_breakdown(model, few, str(imagery), folder / "work")
+            out["stage_tiles"] = len(few)
+
             costs = shape_costs(model, all_tiles, runs)
             for entry in out["sizes"].values():
                 shapes = Counter(
@@ -266,6 +320,10 @@ def main(argv: list[str] | None = None) -> None:
         if "forward" in e:
             line += f"; model only {e['forward'].wall:.1f} s = {run.wall / e['forward'].wall:.2f}x"
         print(line)
+    if "stages" in d:
+        print(f"stages per dense tile (mean of {d['stage_tiles']} tiles, called without Beam):")
+        for name, t in d["stages"].items():
+            print(f"  {name}: {t.wall:.3f} s wall, {t.cpu:.3f} s cpu")
 
 
 if __name__ == "__main__":

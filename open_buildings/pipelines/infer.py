@@ -357,7 +357,12 @@ def infer_parser() -> argparse.ArgumentParser:
         default="auto",
         help="how a CPU runs the model (auto: ONNX Runtime when installed, else PyTorch)",
     )
-    parser.add_argument("--batch-size", type=int, default=4, help="largest inference batch")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        help="largest inference batch (default: 1 on a CPU, where larger batches are no faster "
+        "per tile but hold 3x the memory at 4 tiles (bench/README.md); 4 on a GPU)",
+    )
     parser.add_argument("--tile-level", type=int, default=14, help=argparse.SUPPRESS)
     parser.add_argument("--shard-level", type=int, default=6, help="S2 level of output shards")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -398,7 +403,7 @@ def _infer(args: argparse.Namespace) -> int:
             "moe_capacity": args.moe_capacity,
             "device": args.device,
             "backend": args.backend,
-            "max_batch_size": args.batch_size,
+            "max_batch_size": args.batch_size or (1 if args.device == "cpu" else 4),
             "tile_level": args.tile_level,
             "shard_level": args.shard_level,
         },

@@ -142,3 +142,25 @@ def test_a_worker_reloads_a_sealed_conversion_without_building_the_network(
     (onnx,) = (tmp_path / "onnx").glob("*.onnx")
     onnx.write_bytes(onnx.read_bytes() + b"\0")
     assert runtime.load_cached(ref.path, ref.sha256) is None
+
+
+def test_ob_infer_batches_one_tile_at_a_time_on_a_cpu(
+    small_region: Path, tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from open_buildings.pipelines import infer
+
+    seen = []
+
+    class StopError(Exception):
+        pass
+
+    def capture(p: object, config: object, **kwargs: object) -> None:
+        seen.append(config)
+        raise StopError
+
+    monkeypatch.setattr(infer, "build", capture)
+    base = [str(small_region), "--model", str(tiny_checkpoint), "--no-progress"]
+    for extra, want in (([], 1), (["--batch-size", "3"], 3)):
+        with pytest.raises(StopError):
+            infer.infer_main([*base, "--out", str(tmp_path / f"out{want}"), *extra])
+        assert seen[-1].max_batch_size == want and seen[-1].backend == "auto"
