@@ -100,7 +100,8 @@ def efficiency(runs: int = 3, bf16_tile: int = 128) -> dict[str, Any]:
     Returns:
         ``gflops`` per 512x512 tile, ``peak_fp32`` and ``peak_bf16`` (GFLOP/s), and ``rows``:
         one dict per way of running it with ``name``, ``wall``, ``cpu`` (seconds per tile),
-        ``gflops_per_s`` and ``share_of_peak``.
+        ``gflops_per_s`` and ``share_of_peak``; ``bf16_small`` and ``fp32_small``: torch bf16
+        and fp32 on the same ``bf16_tile`` input (the like-for-like ratio).
     """
     from open_buildings.pipelines.runtime import native_bf16
 
@@ -117,7 +118,8 @@ def efficiency(runs: int = 3, bf16_tile: int = 128) -> dict[str, Any]:
     ]
     small = torch.rand(1, 3, bf16_tile, bf16_tile)
     scale = (TILE / bf16_tile) ** 2
-    t = forward_timing(model, small, 1, bf16=True)
+    fp32_small = forward_timing(model, small, runs)
+    t = forward_timing(model, small, 1, bf16=True, warmup=0)  # a reference kernel: no warm-up
     rows.append(
         {
             "name": f"torch bf16 autocast ({bf16_tile}px x{scale:.0f})",
@@ -136,6 +138,9 @@ def efficiency(runs: int = 3, bf16_tile: int = 128) -> dict[str, Any]:
         "peak_bf16": peak_bf16,
         "native_bf16": native_bf16("cpu"),
         "rows": rows,
+        "bf16_tile": bf16_tile,
+        "bf16_small": t,
+        "fp32_small": fp32_small,
     }
 
 
