@@ -9,8 +9,8 @@
   real tiles around the sample) against the buildings it cuts: a building whose centroid lies in a
   core is cut when it reaches further beyond the core than the margin. Over tile positions, the
   expected share cut is the mean over the Nairobi OSM buildings of sum over the four sides of
-  ``max(0, reach - margin) / core side``. With ``--margin-runs``, ``ob-infer``'s stages also run on
-  the sample at several margins, counting the footprints that differ from the 64 m result.
+  ``max(0, reach - margin) / core side``. With ``--margin-runs``, the inference job also runs on
+  the sample at several margins and each result is scored against the Nairobi labels (ob-eval).
 
 Every figure comes from this one run; the ratios are what to compare across machines.
 """
@@ -21,6 +21,7 @@ import argparse
 import copy
 import time
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -71,6 +72,42 @@ def batch_sizes(sizes: tuple[int, ...] = (1, 2, 4, 8), runs: int = 2) -> dict[in
     calls = {n: forward_call(model, torch.rand(n, 3, TILE, TILE)) for n in sizes}
     times = interleaved({str(n): call for n, call in calls.items()}, runs)
     return {n: Timing(times[str(n)].wall / n, times[str(n)].cpu / n) for n in sizes}
+
+
+_BATCH_CHILD = """
+import json, resource, sys, time, torch
+torch.set_num_threads(int(sys.argv[4]))
+from bench.infer import worker_model
+model, backend, _ = worker_model()
+n, h, w = (int(v) for v in sys.argv[1:4])
+x = torch.rand(n, 3, h, w)
+with torch.inference_mode():
+    model(x)
+    c = resource.getrusage(resource.RUSAGE_SELF)
+    model(x)
+    d = resource.getrusage(resource.RUSAGE_SELF)
+cpu = d.ru_utime + d.ru_stime - c.ru_utime - c.ru_stime
+print("BENCH " + json.dumps({"cpu_per_tile": cpu / n, "rss_mib": d.ru_maxrss / 1024}))
+"""
+
+
+def batch_memory(
+    sizes: tuple[int, ...] = (1, 2, 4), shape: tuple[int, int] = (1024, 1344)
+) -> dict[int, dict[str, float]]:
+    """CPU seconds per tile and peak RSS at each batch size, real tile shape, fresh processes."""
+    import json
+    import subprocess
+    import sys
+
+    from bench.common import ROOT
+
+    out = {}
+    for n in sizes:
+        cmd = [sys.executable, "-c", _BATCH_CHILD, str(n), *map(str, shape), str(THREADS)]
+        done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=True)
+        line = next(x for x in done.stdout.splitlines() if x.startswith("BENCH "))
+        out[n] = json.loads(line[len("BENCH ") :])
+    return out
 
 
 def _reaches(level: int) -> tuple[np.ndarray, float, float]:
@@ -136,54 +173,37 @@ def margins(
     return rows
 
 
-def margin_runs(margins_m: tuple[float, ...] = (0, 16, 32), reference: float = 64.0) -> dict:
-    """Run ``ob-infer``'s stages on the sample's tiles at several margins.
+def margin_runs(margins_m: tuple[float, ...] = (0, 16, 32, 64)) -> dict[float, dict[str, float]]:
+    """Run the inference job on the sample at each margin and score it against the labels.
+
+    The job is ``pipelines/local.yaml`` with ``margin_m`` set; the scores are ``ob-eval``'s
+    (Nairobi OSM buildings inside the sample region).
 
     Returns:
-        For each margin, ``buildings`` found in the sample region and ``changed``: those without
-        a footprint of IoU >= 0.9 in the ``reference`` margin's result (and vice versa).
+        For each margin, ``buildings`` written, ``ap50`` (COCO AP at IoU 0.5) and ``f1`` (the
+        best SpaceNet F1 over confidence thresholds).
     """
-    import shapely
+    import tempfile
 
-    from open_buildings.geo import grid, imagery, regions
-    from open_buildings.pipelines import stages
-    from open_buildings.pipelines.runtime import prepare_model
+    from bench.common import ROOT
+    from open_buildings.evaluation.command import run as evaluate_files
+    from open_buildings.evaluation.thresholds import best_f1
+    from open_buildings.pipelines import infer
 
-    model, _ = prepare_model(load_default(), "cpu")
-    source = imagery.open_imagery(str(SAMPLE / "items.json"))
-    region = regions.read_region(SAMPLE / "region.geojson").geometry
-    results = {}
-    for m in (*margins_m, reference):
-        spec = grid.GridSpec(margin_m=float(m))
-        polygons = []
-        for tile in grid.cover(region, spec):
-            image = stages.read_tile(source, tile)
-            if image.empty:
-                continue
-            logits = stages.run_model(model, [image.rgb])[0]
-            frame = stages.footprints_for_tile(tile, logits, image.valid)
-            polygons.extend(frame.geometry[frame.intersects(region)])
-        results[m] = np.array(polygons, dtype=object)
-    ref = results[reference]
-    tree = shapely.STRtree(ref)
     out = {}
-    for m in margins_m:
-        got = results[m]
-        matched_ref = set()
-        changed = 0
-        for geom in got:
-            best = 0.0
-            for j in tree.query(geom):
-                inter = shapely.area(shapely.intersection(geom, ref[j]))
-                iou = inter / shapely.area(shapely.union(geom, ref[j]))
-                if iou > best:
-                    best, arg = iou, j
-            if best >= 0.9:
-                matched_ref.add(arg)
-            else:
-                changed += 1
-        changed += len(ref) - len(matched_ref)
-        out[m] = {"buildings": len(got), "changed": changed, "reference": len(ref)}
+    with tempfile.TemporaryDirectory() as tmp:
+        for m in margins_m:
+            folder = Path(tmp) / f"m{m:g}"
+            argv = ["--config", str(ROOT / "pipelines" / "local.yaml"), "--output", str(folder)]
+            infer.run([*argv, "--set", f"margin_m={m}", "--set", "max_batch_size=1"])
+            result = evaluate_files(
+                str(folder), str(LABELS), region_path=str(SAMPLE / "region.geojson")
+            )
+            out[m] = {
+                "buildings": result.n_pred,
+                "ap50": float(result.coco.ap50),
+                "f1": float(best_f1(result.curve)["f1"]),
+            }
     return out
 
 
@@ -196,7 +216,10 @@ def main(argv: list[str] | None = None) -> None:
         "--size", type=int, nargs=2, default=(TILE, TILE), help="tile height and width"
     )
     parser.add_argument("--compile", action="store_true", help="also time torch.compile")
-    parser.add_argument("--margin-runs", action="store_true", help="run the stages per margin")
+    parser.add_argument("--margin-runs", action="store_true", help="score the job per margin")
+    parser.add_argument(
+        "--batch-memory", action="store_true", help="peak RSS per batch size at the tile size"
+    )
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", category=UserWarning)
     torch.set_num_threads(THREADS)
@@ -223,6 +246,13 @@ def main(argv: list[str] | None = None) -> None:
             f"  batch {n}: {t.wall:.3f} s wall, {t.cpu:.3f} s cpu per tile "
             f"({batches[1].cpu / t.cpu:.2f}x batch 1, cpu)"
         )
+    if args.batch_memory:
+        print(f"\nbatch size at {h}x{w} (fresh process each, the runtime ob-infer picks):")
+        for n, r in batch_memory(shape=(h, w)).items():
+            print(
+                f"  batch {n}: {r['cpu_per_tile']:.2f} s cpu per tile, peak RSS "
+                f"{r['rss_mib']:,.0f} MiB"
+            )
     print("\nmargin and tile level: compute per km2 of core against buildings cut (Nairobi OSM)")
     rows = margins()
     ref = next(r for r in rows if r["level"] == 14 and r["margin"] == 32)
@@ -234,11 +264,11 @@ def main(argv: list[str] | None = None) -> None:
             f"{100 * r['cut']:.2f}%"
         )
     if args.margin_runs:
-        print("\nob-infer stages on the sample at each margin, against 64 m:")
+        print("\nthe inference job on the sample at each margin, scored against the labels:")
         for m, r in margin_runs().items():
             print(
-                f"  margin {m:.0f} m: {r['buildings']} buildings, {r['changed']} differ from the "
-                f"{r['reference']} at 64 m"
+                f"  margin {m:.0f} m: {r['buildings']} buildings, AP50 {r['ap50']:.3f}, "
+                f"best F1 {r['f1']:.3f}"
             )
 
 
