@@ -3,10 +3,10 @@
 1. model efficiency (``bench.models``), 2. pipeline overhead and 4. memory and 5. throughput
 (``bench.infer``), 3. post-processing (``bench.polygonize``), the Africa cost model
 (``bench.cost``) and the speed changes (``bench.speedups``). Every figure comes from this one
-run; ratios are taken between figures measured in it. ``--quick`` (about 3 minutes) leaves out
+run; ratios are taken between figures measured in it. ``--quick`` (about 5 minutes) leaves out
 the dense 1/4/16 km² runs (memory is then measured over the sample's sparse imagery), the
-end-to-end ``--backend torch`` run and the batch-size sweep; the full run takes about 10 minutes
-on 2 free cores.
+end-to-end ``--backend torch`` run and the batch-size sweep; the full run took 11-13 minutes on
+2 shared cores.
 """
 
 from __future__ import annotations
