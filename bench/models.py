@@ -255,28 +255,14 @@ def capacity_compute(
     Raises:
         ConfigError: if the model has no MoE layers.
     """
-    from open_buildings.models.moe import measure_expert_compute, moe_layers, set_capacity
+    from open_buildings.models.moe import capacity_applied, measure_expert_compute
 
     x = images if images is not None else torch.rand(1, 3, 224, 224)
-    layers = moe_layers(model)
-    previous = [layer.capacity_factor_eval for layer in layers]
-    config = getattr(model, "config", None)
-    saved_config = dict(config) if isinstance(config, dict) else None
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            expert = measure_expert_compute(model, x, capacity)
-        set_capacity(model, capacity)
+    with torch.inference_mode():
+        expert = measure_expert_compute(model, x, capacity)
+    with capacity_applied(model, capacity):
         flops = count_flops(model, x)
         t = forward_timing(model, x, runs)
-    finally:
-        for layer, value in zip(layers, previous, strict=True):
-            layer.capacity_factor_eval = value
-        if saved_config is not None:
-            config.clear()
-            config.update(saved_config)
-        model.train(was_training)
     return {
         "capacity": capacity,
         "gflops": flops / 1e9,

@@ -30,7 +30,9 @@ same thing.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -43,6 +45,7 @@ from open_buildings.errors import ConfigError
 __all__ = [
     "DISPATCH_MODES",
     "ExpertCompute",
+    "capacity_applied",
     "MoEMlp",
     "Routing",
     "expert_capacity",
@@ -421,6 +424,35 @@ class ExpertCompute:
         return self.served / self.choices
 
 
+@contextlib.contextmanager
+def capacity_applied(model: nn.Module, capacity_factor: float) -> Iterator[None]:
+    """Put ``model`` in eval mode at an eval capacity factor; restore both on exit.
+
+    Args:
+        model: A model with MoE layers.
+        capacity_factor: Eval capacity factor to use inside the block.
+
+    Raises:
+        ConfigError: The model has no MoE layers.
+    """
+    layers = moe_layers(model)
+    previous = [layer.capacity_factor_eval for layer in layers]
+    was_training = model.training
+    config = getattr(model, "config", None)
+    saved_config = dict(config) if isinstance(config, dict) else None
+    set_capacity(model, capacity_factor)
+    model.eval()
+    try:
+        yield
+    finally:
+        for layer, value in zip(layers, previous, strict=True):
+            layer.capacity_factor_eval = value
+        if saved_config is not None:
+            config.clear()
+            config.update(saved_config)
+        model.train(was_training)
+
+
 @torch.no_grad()
 def measure_expert_compute(
     model: nn.Module, images: torch.Tensor, capacity_factor: float
@@ -439,32 +471,19 @@ def measure_expert_compute(
         serving every routing choice (so ``1 - flops_fraction`` is the compute saved).
     """
     layers = moe_layers(model)
-    previous = [layer.capacity_factor_eval for layer in layers]
-    was_training = model.training
-    config = getattr(model, "config", None)
-    saved_config = dict(config) if isinstance(config, dict) else None
-    set_capacity(model, capacity_factor)
-    try:
-        model.eval()
+    with capacity_applied(model, capacity_factor):
         model(images)
-        choices = served = slots = flops = full = 0
-        for layer in layers:
-            routing = layer.last_routing
-            if routing is None:
-                raise RuntimeError("an MoE layer did not run in the forward pass")
-            groups, tokens, k = routing.slot.shape
-            per_row = 4 * layer.width * layer.hidden
-            layer_slots = groups * layer.num_experts * routing.capacity
-            choices += groups * tokens * k
-            served += int((routing.slot >= 0).sum())
-            slots += layer_slots
-            flops += layer_slots * per_row
-            full += groups * tokens * k * per_row
-    finally:
-        for layer, value in zip(layers, previous, strict=True):
-            layer.capacity_factor_eval = value
-        if saved_config is not None:
-            config.clear()
-            config.update(saved_config)
-        model.train(was_training)
+    choices = served = slots = flops = full = 0
+    for layer in layers:
+        routing = layer.last_routing
+        if routing is None:
+            raise RuntimeError("an MoE layer did not run in the forward pass")
+        groups, tokens, k = routing.slot.shape
+        per_row = 4 * layer.width * layer.hidden
+        layer_slots = groups * layer.num_experts * routing.capacity
+        choices += groups * tokens * k
+        served += int((routing.slot >= 0).sum())
+        slots += layer_slots
+        flops += layer_slots * per_row
+        full += groups * tokens * k * per_row
     return ExpertCompute(float(capacity_factor), choices, served, slots, flops, full)

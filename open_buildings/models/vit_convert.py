@@ -566,14 +566,30 @@ def siglip_config_from_checkpoint(
     return ViTConfig(**fields)
 
 
-def _encoder_of(model: nn.Module) -> tuple[ViTEncoder, str]:
-    if isinstance(model, ViTEncoder):
-        return model, "this ViTEncoder"
+def encoder_of(
+    model: nn.Module, kind: type[ViTEncoder] = ViTEncoder, loader: str = "load_siglip"
+) -> tuple[ViTEncoder, str]:
+    """Find the ``kind`` encoder a loader writes into, and a label for its messages.
+
+    Args:
+        model: The encoder itself, a :class:`ViTSegmenter`, or a :class:`BuildingModel` of one.
+        kind: The encoder class the loader fits (:class:`ViTEncoder` or a subclass).
+        loader: The loader's name, for the error message.
+
+    Returns:
+        The encoder and a label such as ``"model 'vit_siglip_tiny'"``.
+
+    Raises:
+        CheckpointError: ``model`` holds no ``kind`` encoder.
+    """
+    if isinstance(model, kind):
+        return model, f"this {kind.__name__}"
     net = model.net if isinstance(model, BuildingModel) else model
     encoder = getattr(net, "encoder", None) if isinstance(net, ViTSegmenter) else None
-    if not isinstance(encoder, ViTEncoder):
+    if not isinstance(encoder, kind):
+        family = "vit_siglip_*" if loader == "load_siglip" else "vmoe_*"
         raise CheckpointError(
-            f"load_siglip needs a ViTEncoder or a model built from a vit_siglip_* entry, got "
+            f"{loader} needs a {kind.__name__} or a model built from a {family} entry, got "
             f"{type(model).__name__}"
             + (f" {model.name!r}" if isinstance(model, BuildingModel) else "")
         )
@@ -664,7 +680,7 @@ def load_siglip(
             registry entry or ``model_overrides`` that fit).
     """
     path = Path(path)
-    encoder, label = _encoder_of(model_or_encoder)
+    encoder, label = encoder_of(model_or_encoder)
     checkpoint = read_siglip_checkpoint(path, heads=heads)
     error = _mismatch_error(checkpoint, encoder, label, path)
     if error is not None:

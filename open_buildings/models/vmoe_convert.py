@@ -61,10 +61,10 @@ from open_buildings.models.checkpoint_files import (
     unreadable,
 )
 from open_buildings.models.pretrained import register_loader
-from open_buildings.models.vit import ViTSegmenter
 from open_buildings.models.vit_convert import (
     _yaml,
     copy_encoder_state,
+    encoder_of,
     flax_block_state,
     flax_heads,
 )
@@ -716,21 +716,6 @@ def vmoe_config_from_checkpoint(path: str | os.PathLike[str], **overrides: Any) 
     return VMoEConfig(**fields)
 
 
-def _encoder_of(model: nn.Module) -> tuple[VMoEEncoder, str]:
-    if isinstance(model, VMoEEncoder):
-        return model, "this VMoEEncoder"
-    net = model.net if isinstance(model, BuildingModel) else model
-    encoder = getattr(net, "encoder", None) if isinstance(net, ViTSegmenter) else None
-    if not isinstance(encoder, VMoEEncoder):
-        raise CheckpointError(
-            f"load_vmoe needs a VMoEEncoder or a model built from a vmoe_* entry, got "
-            f"{type(model).__name__}"
-            + (f" {model.name!r}" if isinstance(model, BuildingModel) else "")
-        )
-    label = f"model {model.name!r}" if isinstance(model, BuildingModel) else "this ViTSegmenter"
-    return encoder, label
-
-
 def _fitting_entries(checkpoint: VMoECheckpoint) -> list[str]:
     from open_buildings.models.registry import get_entry, list_models
 
@@ -803,7 +788,7 @@ def load_vmoe(model_or_encoder: nn.Module, path: str | os.PathLike[str]) -> dict
             the model's (the message gives the registry entry or ``model_overrides`` that fit).
     """
     path = Path(path)
-    encoder, label = _encoder_of(model_or_encoder)
+    encoder, label = encoder_of(model_or_encoder, VMoEEncoder, "load_vmoe")
     checkpoint = read_vmoe_checkpoint(path)
     error = _mismatch_error(checkpoint, encoder, label, path)
     if error is not None:
