@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import shapely
 
+from open_buildings.evaluation import io
 from open_buildings.evaluation.coco import MAX_DETS, CocoResult, polygon_map
 from open_buildings.evaluation.io import EvaluationWarning, Footprints
 from open_buildings.evaluation.matching import polygon_ious
@@ -142,3 +143,32 @@ def _no_overlap(pred: Footprints, truth: Footprints) -> str:
         f"{tuple(round(float(v), 1) for v in pb)}, TRUTH bounds "
         f"{tuple(round(float(v), 1) for v in tb)}): wrong files, CRS or region? Every score is 0"
     )
+
+
+def evaluate_files(
+    pred_path: str,
+    truth_path: str,
+    *,
+    region_path: str | None = None,
+    min_area: float = 0.0,
+) -> Evaluation:
+    """Read, align, clip and score PRED against TRUTH.
+
+    Args:
+        pred_path: Predictions.
+        truth_path: Ground truth.
+        region_path: Optional region GeoJSON to clip both to.
+        min_area: SpaceNet ``min_area``.
+
+    Returns:
+        The evaluation.
+    """
+    pred, truth = io.read_pair(pred_path, truth_path)
+    pred, truth, crs = io.to_common_crs(pred, truth)
+    if region_path:
+        from open_buildings.geo import regions
+
+        region = io.region_in(regions.read_region(region_path).geometry, crs)
+        pred, truth = io.clip(pred, region), io.clip(truth, region)
+    crs_name = "pixels" if crs is None else io.crs_name(crs)
+    return evaluate(pred, truth, crs_name=crs_name, min_area=min_area)

@@ -24,6 +24,8 @@ from open_buildings.geo import cells
 # Region edges are straight lines in lon/lat (RFC 7946) but S2 edges are geodesics; the region is
 # densified to this spacing first, so the two agree to well under a metre.
 _DENSIFY_DEG = 0.01
+#: Tiles are enumerated in chunks: the S2 cells this many levels above the tile level.
+CHUNK_LEVELS = 5
 
 
 @dataclass(frozen=True)
@@ -210,3 +212,51 @@ def _to_s2(geometry: shapely.Geometry) -> s2.S2Polygon:
     result = s2.S2Polygon()
     result.InitNested(loops)
     return result
+
+
+def chunk_level(tile_level: int) -> int:
+    """Return the S2 level of the chunks tiles are enumerated in (at least 1)."""
+    return max(1, tile_level - CHUNK_LEVELS)
+
+
+def tile_chunks(geometry: shapely.Geometry, tile_level: int) -> Iterator[str]:
+    """Yield the tokens of the coarse S2 cells (chunks) that touch ``geometry``.
+
+    Each chunk holds up to ``4 ** CHUNK_LEVELS`` tiles; workers expand chunks in parallel, so a
+    continent's tiles are never listed in one place.
+
+    Args:
+        geometry: the region in lon/lat.
+        tile_level: the S2 level of the tiles.
+    """
+    for chunk in cover(geometry, GridSpec(level=chunk_level(tile_level))):
+        yield chunk.id
+
+
+def tiles_in_chunk(geometry: shapely.Geometry, chunk: str, spec: GridSpec) -> Iterator[str]:
+    """Yield the ids of the tiles of one chunk whose core touches ``geometry``.
+
+    The region is clipped to the chunk's outline grown by a tenth of its size (so that the outline's
+    polyline approximation of geodesic edges can lose nothing), covered at the tile level, and the
+    tiles that are not descendants of the chunk are dropped. Over all chunks this yields
+    ``cover(geometry, spec)``, each tile once, except tiles that touch the region only along a
+    line at the antimeridian (no area of the region lies in their cores, so they own nothing).
+
+    Args:
+        geometry: the region in lon/lat.
+        chunk: a token from :func:`tile_chunks`.
+        spec: the tiling grid.
+    """
+    outline = cells.cell_polygon(chunk, points_per_edge=32)
+    minx, miny, maxx, maxy = outline.bounds
+    grown = shapely.buffer(outline, 0.1 * max(maxx - minx, maxy - miny), join_style="mitre")
+    grown = shapely.intersection(grown, shapely.box(-180.0, -90.0, 180.0, 90.0))
+    part = shapely.intersection(geometry, grown)
+    polygons = [p for p in shapely.get_parts(part) if isinstance(p, shapely.Polygon) and p.area > 0]
+    if not polygons:
+        return
+    piece = polygons[0] if len(polygons) == 1 else shapely.MultiPolygon(polygons)
+    parent = cells.parse_token(chunk)
+    for tile in cover(piece, spec):
+        if parent.contains(cells.parse_token(tile.id)):
+            yield tile.id

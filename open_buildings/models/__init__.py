@@ -1,34 +1,47 @@
-"""Segmentation models: the registry, U-Net backbones, instance heads, losses and checkpoints.
+"""Segmentation models: the registry, the backbone families, heads, losses and checkpoints.
 
-Torch only: no file formats other than safetensors, no Beam, no geospatial code.
+Torch only: no file formats other than safetensors (and the official checkpoint layouts read by
+:mod:`.convert`), no Beam, no geospatial code. Importing the package imports nothing heavy:
+``open_buildings.models.heads`` works without torch, and the names below load on first use.
 """
 
-from open_buildings.models.base import BuildingModel, InputSpec
-from open_buildings.models.checkpoint import file_sha256, load_checkpoint, save_checkpoint
-from open_buildings.models.heads import CHANNELS, Targets, decode, make_targets
-from open_buildings.models.registry import (
-    ModelEntry,
-    build_model,
-    describe_models,
-    get_entry,
-    list_models,
-    register,
-)
+from __future__ import annotations
 
-__all__ = [
-    "CHANNELS",
-    "BuildingModel",
-    "InputSpec",
-    "ModelEntry",
-    "Targets",
-    "build_model",
-    "decode",
-    "describe_models",
-    "file_sha256",
-    "get_entry",
-    "list_models",
-    "load_checkpoint",
-    "make_targets",
-    "register",
-    "save_checkpoint",
-]
+import importlib
+from typing import Any
+
+#: The built-in families; importing one registers its models.
+FAMILIES = ("unet", "vit", "vmoe", "owlvit")
+
+_EXPORTS = {
+    "CHANNELS": "heads",
+    "Targets": "heads",
+    "decode": "heads",
+    "make_targets": "heads",
+    "BuildingModel": "base",
+    "InputSpec": "base",
+    "file_sha256": "checkpoint",
+    "load_checkpoint": "checkpoint",
+    "save_checkpoint": "checkpoint",
+    "ModelEntry": "registry",
+    "build_model": "registry",
+    "describe_models": "registry",
+    "get_entry": "registry",
+    "list_models": "registry",
+    "load_pretrained": "registry",
+    "register": "registry",
+}
+
+__all__ = [*sorted(_EXPORTS), "FAMILIES", "register_builtin_families"]
+
+
+def register_builtin_families() -> None:
+    """Import the built-in model families, each of which registers its models (idempotent)."""
+    for family in FAMILIES:
+        importlib.import_module(f"{__name__}.{family}")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

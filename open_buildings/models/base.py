@@ -11,8 +11,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F  # noqa: N812
 from torch import nn
+
+from open_buildings.models.padding import pad_to_multiple
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -197,20 +198,8 @@ class BuildingModel(nn.Module):
         self.check_input(x)
         height, width = x.shape[-2:]
         x = (x.to(self.mean.dtype) - self.mean) / self.std
-        div = self.input_spec.divisor
-        pad_h = (-height) % div
-        pad_w = (-width) % div
-        if pad_h or pad_w:
-            top, left = pad_h // 2, pad_w // 2
-            pads = (left, pad_w - left, top, pad_h - top)
-            if self.pad_mode == "constant":
-                x = F.pad(x, pads, mode="constant", value=0.0)
-            elif max(pads[0], pads[1]) < width and max(pads[2], pads[3]) < height:
-                x = F.pad(x, pads, mode="reflect")
-            else:
-                x = F.pad(x, pads, mode="replicate")
-        else:
-            top = left = 0
+        mode = "constant" if self.pad_mode == "constant" else "reflect"
+        x, (top, left) = pad_to_multiple(x, self.input_spec.divisor, mode=mode, centre=True)
         out = self.net(x)
         if out.ndim != 4 or out.shape[1] != len(self.output_channels):
             raise RuntimeError(

@@ -18,12 +18,20 @@ from typing import Any
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+from torch import nn
 
 from open_buildings.errors import CheckpointError, ConfigError
 from open_buildings.models.base import BuildingModel, InputSpec
 from open_buildings.models.registry import build_model
 
-__all__ = ["FORMAT_VERSION", "file_sha256", "load_checkpoint", "read_metadata", "save_checkpoint"]
+__all__ = [
+    "FORMAT_VERSION",
+    "file_sha256",
+    "load_checkpoint",
+    "read_metadata",
+    "rebuild_model",
+    "save_checkpoint",
+]
 
 FORMAT_VERSION = "1"
 _LIST_LIMIT = 10
@@ -145,6 +153,64 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
     return metadata
 
 
+def rebuild_model(
+    metadata: dict[str, str], *, source: str | os.PathLike[str], net: nn.Module | None = None
+) -> BuildingModel:
+    """Rebuild the model a checkpoint's metadata describes: the one place that does it.
+
+    Args:
+        metadata: From :func:`read_metadata`.
+        source: The checkpoint's path, for messages.
+        net: A network to wrap instead of building one from the registry (a converted copy,
+            e.g. an ONNX Runtime session); the metadata must then carry ``input_spec`` and
+            ``output_channels``.
+
+    Returns:
+        The model with untrained (or ``net``'s) weights, in training mode.
+
+    Raises:
+        CheckpointError: The config is not a JSON object, the model or a config key is not
+            registered, or the saved input contract or channels differ from the registry's.
+    """
+    name = metadata["name"]
+    try:
+        config = json.loads(metadata["config"])
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{source}: the 'config' metadata is not valid JSON ({exc})") from exc
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{source}: the 'config' metadata must be a JSON object")
+    if net is not None:
+        if "input_spec" not in metadata or "output_channels" not in metadata:
+            raise CheckpointError(f"{source} lacks input_spec/output_channels metadata")
+        return BuildingModel(
+            net,
+            name=name,
+            config=config,
+            input_spec=InputSpec.from_dict(json.loads(metadata["input_spec"])),
+            output_channels=tuple(json.loads(metadata["output_channels"])),
+        )
+    try:
+        model = build_model(name, **config)
+    except ConfigError as exc:
+        raise CheckpointError(f"{source}: cannot rebuild model {name!r}: {exc}") from exc
+    if "input_spec" in metadata:
+        saved_spec = InputSpec.from_dict(json.loads(metadata["input_spec"]))
+        if saved_spec != model.input_spec:
+            raise CheckpointError(
+                f"{source} was trained for input {saved_spec}, but model {name!r} is now "
+                f"registered with {model.input_spec}; use the open_buildings version that wrote it"
+            )
+    if "output_channels" in metadata:
+        saved_channels = tuple(json.loads(metadata["output_channels"]))
+        if saved_channels != model.output_channels:
+            raise CheckpointError(
+                f"{source} has output channels {saved_channels}, but model {name!r} now outputs "
+                f"{model.output_channels}"
+            )
+
+    return model
+
+
 def _listing(keys: list[str]) -> str:
     shown = ", ".join(keys[:_LIST_LIMIT])
     more = f" (+{len(keys) - _LIST_LIMIT} more)" if len(keys) > _LIST_LIMIT else ""
@@ -157,6 +223,7 @@ def load_checkpoint(
     expected_sha256: str | None = None,
     verify_sidecar: bool = True,
     device: str | torch.device = "cpu",
+    moe_capacity: float | None = None,
 ) -> BuildingModel:
     """Rebuild a model from a checkpoint file alone and load its weights.
 
@@ -168,6 +235,8 @@ def load_checkpoint(
         expected_sha256: The sha256 the file must have (e.g. from a manifest).
         verify_sidecar: Check the sidecar when no ``expected_sha256`` is given.
         device: Where to put the model.
+        moe_capacity: The eval capacity factor to set on a V-MoE model's expert layers
+            (``models.moe.set_capacity``); None keeps the checkpoint's.
 
     Returns:
         The model, in eval mode.
@@ -190,32 +259,8 @@ def load_checkpoint(
                 "fix the expected hash if the model was deliberately retrained)"
             )
     metadata = read_metadata(path)
+    model = rebuild_model(metadata, source=path)
     name = metadata["name"]
-    try:
-        config = json.loads(metadata["config"])
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: the 'config' metadata is not valid JSON ({exc})") from exc
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{path}: the 'config' metadata must be a JSON object")
-    try:
-        model = build_model(name, **config)
-    except ConfigError as exc:
-        raise CheckpointError(f"{path}: cannot rebuild model {name!r}: {exc}") from exc
-    if "input_spec" in metadata:
-        saved_spec = InputSpec.from_dict(json.loads(metadata["input_spec"]))
-        if saved_spec != model.input_spec:
-            raise CheckpointError(
-                f"{path} was trained for input {saved_spec}, but model {name!r} is now "
-                f"registered with {model.input_spec}; use the open_buildings version that wrote it"
-            )
-    if "output_channels" in metadata:
-        saved_channels = tuple(json.loads(metadata["output_channels"]))
-        if saved_channels != model.output_channels:
-            raise CheckpointError(
-                f"{path} has output channels {saved_channels}, but model {name!r} now outputs "
-                f"{model.output_channels}"
-            )
-
     own = model.state_dict()
     with safe_open(str(path), framework="pt", device="cpu") as f:
         keys = set(f.keys())
@@ -242,4 +287,8 @@ def load_checkpoint(
             )
         state = {k: f.get_tensor(k) for k in keys}
     model.load_state_dict(state, strict=True)
+    if moe_capacity is not None:
+        from open_buildings.models.moe import set_capacity
+
+        set_capacity(model, moe_capacity)
     return model.to(device).eval()

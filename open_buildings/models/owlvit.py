@@ -25,7 +25,7 @@ Two uses:
    example box in an image (image-conditioned one-shot detection,
    :meth:`OwlViTDetector.embed_example`).
 
-:mod:`open_buildings.models.owlvit_convert` loads the published checkpoints into both.
+:mod:`open_buildings.models.convert.owlvit` loads the published checkpoints into both.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from torchvision.ops import batched_nms, box_iou, generalized_box_iou
 from open_buildings.errors import ConfigError
 from open_buildings.models.base import InputSpec
 from open_buildings.models.heads import CHANNELS
+from open_buildings.models.padding import pad_to_multiple
 from open_buildings.models.registry import register_family
 from open_buildings.models.vit import (
     DenseDecoder,
@@ -393,9 +394,7 @@ class OwlViTDetector(nn.Module):
         if not images.is_floating_point():
             raise ValueError(f"images must be floats in [0, 1], got {images.dtype}")
         x = (images.to(self.mean.dtype) - self.mean) / self.std
-        patch = self.config.vit.patch
-        pad_h, pad_w = (-x.shape[-2]) % patch, (-x.shape[-1]) % patch
-        x = F.pad(x, (0, pad_w, 0, pad_h))
+        x, _ = pad_to_multiple(x, self.config.vit.patch, mode="constant", centre=False)
         return x, (x.shape[-2], x.shape[-1])
 
     def embed_example(
@@ -504,6 +503,18 @@ _MODELS = [
     ("owlvit_tiny", OWLVIT_TINY, "OWL-ViT-style encoder, width 64, depth 4: tests and smoke runs"),
 ]
 
+
+def _load_pretrained(model: nn.Module, source: str) -> dict[str, int]:
+    """The image side of a Hugging Face OWL-ViT (``models.convert.owlvit``)."""
+    from open_buildings.models.convert.owlvit import load_owlvit_backbone
+
+    return load_owlvit_backbone(model, source)
+
+
 register_family(
-    _MODELS, build_owlvit_segmenter, input_spec=_clip_input_spec, output_channels=CHANNELS
+    _MODELS,
+    build_owlvit_segmenter,
+    input_spec=_clip_input_spec,
+    output_channels=CHANNELS,
+    load_pretrained=_load_pretrained,
 )

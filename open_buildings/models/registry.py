@@ -1,22 +1,28 @@
-"""Segmentation models by name.
+"""Segmentation models by name, as timm's registry does it.
 
 Every model registers a :class:`ModelEntry`; :func:`build_model` turns a name and config overrides
-into a :class:`~open_buildings.models.base.BuildingModel`. An unknown name or config key is a
-:class:`~open_buildings.errors.ConfigError` that lists the valid choices.
+into a :class:`~open_buildings.models.base.BuildingModel`, and :func:`load_pretrained` fills it
+with its family's official weights through the entry's own loader. An unknown name or config key
+is a :class:`~open_buildings.errors.ConfigError` that lists the valid choices.
+
+This module imports no model family: the families register themselves when the package imports
+them (``open_buildings.models.register_builtin_families``), which the lookups here ask for first.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from open_buildings.errors import ConfigError
+from open_buildings.errors import CheckpointError, ConfigError
 from open_buildings.models.base import BuildingModel, InputSpec
 
 __all__ = [
@@ -28,9 +34,14 @@ __all__ = [
     "format_models_table",
     "get_entry",
     "list_models",
+    "load_pretrained",
     "register",
     "register_family",
 ]
+
+
+#: ``loader(model, source) -> report``; see :attr:`ModelEntry.load_pretrained`.
+PretrainedLoader = Callable[[BuildingModel, str], dict[str, int]]
 
 
 @dataclass(frozen=True)
@@ -46,6 +57,10 @@ class ModelEntry:
         input_spec: The input contract (bands, normalisation, divisor, pixel size).
         output_channels: Names of the output channels, in order.
         description: One line for listings.
+        load_pretrained: ``loader(model, source) -> report`` copies official weights into a
+            model built from this entry, in place, and returns counts such as
+            ``{"loaded": n, "unused": m}``; ``source`` is a local file, or ``"imagenet"`` for
+            weights a package ships. None when the family has no official weights.
     """
 
     name: str
@@ -54,9 +69,12 @@ class ModelEntry:
     input_spec: InputSpec
     output_channels: tuple[str, ...]
     description: str
+    load_pretrained: PretrainedLoader | None = None
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
+#: The source that names weights shipped inside a package rather than a file.
+PACKAGED_WEIGHTS = "imagenet"
 
 
 def register(entry: ModelEntry) -> ModelEntry:
@@ -89,6 +107,7 @@ def register_family(
     *,
     input_spec: InputSpec | Callable[[Any], InputSpec],
     output_channels: tuple[str, ...],
+    load_pretrained: PretrainedLoader | None = None,
 ) -> list[ModelEntry]:
     """Register several models that share a builder: one family, in several sizes.
 
@@ -98,6 +117,8 @@ def register_family(
         input_spec: The input contract of every model, or a function of the default config
             that returns it (e.g. when the divisor is the config's patch size).
         output_channels: Names of the output channels, in order.
+        load_pretrained: The family's official-weights loader (see
+            :attr:`ModelEntry.load_pretrained`).
 
     Returns:
         The registered entries, in the order given.
@@ -112,15 +133,16 @@ def register_family(
             input_spec=spec,
             output_channels=output_channels,
             description=description,
+            load_pretrained=load_pretrained,
         )
         entries.append(register(entry))
     return entries
 
 
 def _ensure_builtin_models() -> None:
-    # The built-in families register on import; importing here keeps registry.py free of
-    # backbone code while making list_models() complete whichever module was imported first.
-    from open_buildings.models import owlvit, unet, vit, vmoe  # noqa: F401
+    import open_buildings.models as package  # the package knows its families; this module not
+
+    package.register_builtin_families()
 
 
 def list_models() -> list[str]:
@@ -148,8 +170,7 @@ def get_entry(name: str) -> ModelEntry:
         close = difflib.get_close_matches(str(name), valid, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ConfigError(
-            f"unknown model {name!r}.{hint} Valid models: {', '.join(valid)} "
-            "(see `python -m open_buildings.models`)"
+            f"unknown model {name!r}.{hint} Valid models: {', '.join(valid)} (see `ob-models`)"
         )
     return entry
 
@@ -296,3 +317,29 @@ def format_models_table(rows: list[dict[str, Any]] | None = None) -> str:
             f"{r['name']:<26} {params:>8}  {','.join(r['channels']):<20} {r['description']}"
         )
     return "\n".join(lines)
+
+
+def load_pretrained(model: BuildingModel, source: str | os.PathLike[str]) -> dict[str, int]:
+    """Initialise ``model`` from its family's official weights, through its entry's loader.
+
+    Args:
+        model: A model built from a registered entry (its name picks the loader).
+        source: A local checkpoint file in a layout the family reads, or ``"imagenet"`` for
+            weights shipped in a package (EfficientNet-Lite0).
+
+    Returns:
+        The loader's report (tensors loaded, and source tensors left unused).
+
+    Raises:
+        CheckpointError: The family has no loader, the file is missing, or it does not fit.
+    """
+    entry = get_entry(model.name)
+    if entry.load_pretrained is None:
+        known = sorted(n for n, e in _REGISTRY.items() if e.load_pretrained is not None)
+        raise CheckpointError(
+            f"model {model.name!r} has no official weights to load (models that do: "
+            f"{', '.join(known)}); train it from random weights (drop init_from)"
+        )
+    if str(source) != PACKAGED_WEIGHTS and not Path(source).is_file():
+        raise CheckpointError(f"backbone checkpoint {source} does not exist; pass a local file")
+    return entry.load_pretrained(model, str(source))

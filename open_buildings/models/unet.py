@@ -24,7 +24,7 @@ from torch import nn
 from open_buildings.errors import CheckpointError, ConfigError
 from open_buildings.models.base import BuildingModel, InputSpec
 from open_buildings.models.heads import CHANNELS
-from open_buildings.models.registry import register_family
+from open_buildings.models.registry import PACKAGED_WEIGHTS, register_family
 
 __all__ = [
     "LITE0_ENCODERS",
@@ -115,7 +115,19 @@ _MODELS = [
     ("unet_mit_b0", UNetConfig(encoder_name="mit_b0"), "U-Net, MiT-B0 (SegFormer) encoder"),
 ]
 
-register_family(_MODELS, build_unet, input_spec=_RGB, output_channels=CHANNELS)
+
+def _load_pretrained(model: BuildingModel, source: str) -> dict[str, int]:
+    """``init_from: imagenet`` (the packaged Lite0 weights) or a Lite0 ``.pth`` state dict."""
+    return load_lite0_imagenet(model, None if source == PACKAGED_WEIGHTS else source)
+
+
+register_family(
+    _MODELS,
+    build_unet,
+    input_spec=_RGB,
+    output_channels=CHANNELS,
+    load_pretrained=_load_pretrained,
+)
 
 
 # --- EfficientNet-Lite0 ImageNet weights -------------------------------------------------------

@@ -10,7 +10,7 @@ steps to full resolution. A 50 cm tile's buildings are a few patches wide, so th
 also take a light convolutional view of the image itself (at 1/2 and full resolution) to place
 the edges; the instance heads are the U-Net's (:data:`~open_buildings.models.heads.CHANNELS`).
 
-Registered models (random weights; :mod:`open_buildings.models.vit_convert` loads SigLIP
+Registered models (random weights; :mod:`open_buildings.models.convert.siglip` loads SigLIP
 checkpoints):
 
 - ``vit_siglip_so400m_14``: SigLIP So400m/14 (width 1152, depth 27, MLP 4304, 16 heads), the
@@ -32,6 +32,7 @@ from torch import nn
 from open_buildings.errors import ConfigError
 from open_buildings.models.base import InputSpec
 from open_buildings.models.heads import CHANNELS
+from open_buildings.models.padding import pad_to_multiple
 from open_buildings.models.registry import register_family
 
 __all__ = [
@@ -459,10 +460,7 @@ class ViTSegmenter(nn.Module):
         config override of ``patch`` never breaks the registry's input divisor.
         """
         height, width = x.shape[-2:]
-        patch = self.encoder.config.patch
-        pad_h, pad_w = (-height) % patch, (-width) % patch
-        if pad_h or pad_w:
-            x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+        x, _ = pad_to_multiple(x, self.encoder.config.patch, mode="replicate", centre=False)
         out = self.encoder(x)
         return self.decoder(out.features, out.grid, x)[..., :height, :width]
 
@@ -522,6 +520,18 @@ _MODELS = [
     ("vit_siglip_tiny", SIGLIP_TINY, "SigLIP-style ViT, width 64, depth 4: tests and smoke runs"),
 ]
 
+
+def _load_pretrained(model: nn.Module, source: str) -> dict[str, int]:
+    """A SigLIP/PaliGemma vision tower (``models.convert.siglip.load_siglip``)."""
+    from open_buildings.models.convert.siglip import load_siglip
+
+    return load_siglip(model, source)
+
+
 register_family(
-    _MODELS, build_vit_segmenter, input_spec=siglip_input_spec, output_channels=CHANNELS
+    _MODELS,
+    build_vit_segmenter,
+    input_spec=siglip_input_spec,
+    output_channels=CHANNELS,
+    load_pretrained=_load_pretrained,
 )

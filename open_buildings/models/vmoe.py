@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from torch import nn
+
 from open_buildings.errors import ConfigError
 from open_buildings.models.heads import CHANNELS
 from open_buildings.models.moe import (
@@ -189,6 +191,18 @@ _MODELS = [
     ("vmoe_tiny", VMOE_TINY, "V-MoE, width 64, depth 4, 4 experts, top-2: tests and smoke runs"),
 ]
 
+
+def _load_pretrained(model: nn.Module, source: str) -> dict[str, int]:
+    """An official V-MoE checkpoint (``models.convert.vmoe.load_vmoe``)."""
+    from open_buildings.models.convert.vmoe import load_vmoe
+
+    return load_vmoe(model, source)
+
+
 register_family(
-    _MODELS, build_vmoe_segmenter, input_spec=siglip_input_spec, output_channels=CHANNELS
+    _MODELS,
+    build_vmoe_segmenter,
+    input_spec=siglip_input_spec,
+    output_channels=CHANNELS,
+    load_pretrained=_load_pretrained,
 )

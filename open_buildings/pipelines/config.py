@@ -3,28 +3,96 @@
 Every key is checked: an unknown or misspelt key is a :class:`~open_buildings.errors.ConfigError`
 that names it, never a silent default. The same :class:`InferConfig` drives ``ob-infer`` on a
 laptop and a Dataflow job over a continent; only :attr:`InferConfig.runner` and
-:attr:`InferConfig.dataflow` differ.
+:attr:`InferConfig.dataflow` differ. The settings of each stage are a frozen sub-config
+(:class:`GridConfig`, :class:`PostprocessConfig`, :class:`RuntimeConfig`) that is passed whole to
+the stage that uses it. Load a file with ``open_buildings.config.load_config(InferConfig, path)``;
+relative paths in it are resolved against its folder.
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
 
-from open_buildings.errors import ConfigError
+from open_buildings.config import BASE_DIR, ConfigPath, StrictModel, resolve_path
+from open_buildings.geo.grid import GridSpec
 
 Format = Literal["csv", "parquet"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+def _resolve_model(value: str, info: ValidationInfo) -> str:
+    if "/" in value or value.endswith(".safetensors"):  # a path, not a zoo name
+        return resolve_path(value, (info.context or {}).get(BASE_DIR)) or value
+    return value
 
 
-class DataflowConfig(_Strict):
+#: A zoo name (``default``) or a path to a checkpoint, resolved like any config path.
+ModelSpec = Annotated[str, AfterValidator(_resolve_model)]
+
+
+class GridConfig(StrictModel):
+    """The tiling grid.
+
+    Attributes:
+        tile_level: S2 level of the tile cores.
+        margin_m: how far beyond its core each tile is read, in metres.
+    """
+
+    tile_level: int = Field(default=14, ge=10, le=18)
+    margin_m: float = Field(default=32.0, ge=0.0)
+
+    @property
+    def spec(self) -> GridSpec:
+        """The grid as ``geo.grid`` takes it."""
+        return GridSpec(level=self.tile_level, margin_m=self.margin_m)
+
+
+class PostprocessConfig(StrictModel):
+    """From a tile's logits to the footprints written.
+
+    Attributes:
+        min_confidence: drop buildings whose confidence is below this.
+        simplify_m: polygon simplification tolerance in metres.
+        min_area_m2: drop buildings smaller than this.
+    """
+
+    min_confidence: float = Field(default=0.0, ge=0.0, le=1.0)
+    simplify_m: float = Field(default=0.5, ge=0.0)
+    min_area_m2: float = Field(default=1.0, ge=0.0)
+
+
+class RuntimeConfig(StrictModel):
+    """How a worker runs the model.
+
+    Attributes:
+        device: ``"cpu"`` or ``"cuda"``; ``"cuda"`` fails loudly on a worker without a GPU.
+        bf16: run the model under bfloat16 autocast.
+        min_batch_size: the smallest batch RunInference forms.
+        max_batch_size: the largest batch RunInference forms.
+        share_model_across_processes: one model per machine instead of one per process.
+        backend: how a CPU worker runs the model: ``"auto"`` (ONNX Runtime when installed and
+            the model converts, else PyTorch in channels_last), ``"torch"`` or ``"onnxruntime"``.
+    """
+
+    device: Literal["cpu", "cuda"] = "cpu"
+    bf16: bool = False
+    min_batch_size: int = Field(default=1, ge=1)
+    max_batch_size: int = Field(default=4, ge=1)
+    share_model_across_processes: bool = False
+    backend: Literal["auto", "torch", "onnxruntime"] = "auto"
+
+    @model_validator(mode="after")
+    def _batches(self) -> RuntimeConfig:
+        if self.min_batch_size > self.max_batch_size:
+            raise ValueError(
+                f"min_batch_size ({self.min_batch_size}) exceeds max_batch_size "
+                f"({self.max_batch_size})"
+            )
+        return self
+
+
+class DataflowConfig(StrictModel):
     """Where and on what a Dataflow job runs.
 
     Attributes:
@@ -70,7 +138,7 @@ class DataflowConfig(_Strict):
         return value
 
 
-class InferConfig(_Strict):
+class InferConfig(StrictModel):
     """One inference job: from a region and imagery to sharded footprint files.
 
     Attributes:
@@ -80,25 +148,16 @@ class InferConfig(_Strict):
         model: a zoo name (``models/<name>/``) or a path to a ``.safetensors`` checkpoint.
         model_sha256: the checkpoint's expected sha256; None computes it at launch (local files)
             or reads the ``.sha256`` sidecar (remote files).
-        output: the output folder (local or ``gs://``).
-        formats: which files to write per shard.
-        min_confidence: drop buildings whose confidence is below this.
-        tile_level: S2 level of the tile cores.
-        margin_m: how far beyond its core each tile is read, in metres.
-        shard_level: S2 level of the output shards (Open Buildings v3 used level 4 files; 6 keeps
-            an African shard at a few hundred MB).
-        simplify_m: polygon simplification tolerance in metres.
-        min_area_m2: drop buildings smaller than this.
-        min_batch_size: the smallest batch RunInference forms.
-        max_batch_size: the largest batch RunInference forms.
-        device: ``"cpu"`` or ``"cuda"``; ``"cuda"`` fails loudly on a worker without a GPU.
-        bf16: run the model under bfloat16 autocast.
         moe_capacity: the eval capacity factor of a V-MoE model's expert layers (lower runs
             fewer expert FLOPs and drops the least confident tokens first); None keeps the
             checkpoint's. An error for a model without expert layers.
-        share_model_across_processes: one model per machine instead of one per process.
-        backend: how a CPU worker runs the model: ``"auto"`` (ONNX Runtime when installed and
-            the model converts, else PyTorch in channels_last), ``"torch"`` or ``"onnxruntime"``.
+        output: the output folder (local or ``gs://``).
+        formats: which files to write per shard.
+        shard_level: S2 level of the output shards (Open Buildings v3 used level 4 files; 6 keeps
+            an African shard at a few hundred MB).
+        grid: the tiling grid.
+        postprocess: confidence floor, simplification, minimum area.
+        runtime: device, bf16, batching, backend.
         runner: ``"direct"`` (this machine) or ``"dataflow"``.
         workers: local worker processes (1 runs in memory).
         max_region_km2: refuse regions larger than this.
@@ -106,25 +165,17 @@ class InferConfig(_Strict):
         dataflow: where a Dataflow job runs; required when ``runner`` is ``"dataflow"``.
     """
 
-    region: str | None = None
-    imagery: str | None = None
-    model: str = "default"
+    region: ConfigPath | None = None
+    imagery: ConfigPath | None = None
+    model: ModelSpec = "default"
     model_sha256: str | None = None
-    output: str
-    formats: tuple[Format, ...] = ("csv", "parquet")
-    min_confidence: float = Field(default=0.0, ge=0.0, le=1.0)
-    tile_level: int = Field(default=14, ge=10, le=18)
-    margin_m: float = Field(default=32.0, ge=0.0)
-    shard_level: int = Field(default=6, ge=0, le=14)
-    simplify_m: float = Field(default=0.5, ge=0.0)
-    min_area_m2: float = Field(default=1.0, ge=0.0)
-    min_batch_size: int = Field(default=1, ge=1)
-    max_batch_size: int = Field(default=4, ge=1)
-    device: Literal["cpu", "cuda"] = "cpu"
-    bf16: bool = False
     moe_capacity: float | None = Field(default=None, gt=0.0)
-    share_model_across_processes: bool = False
-    backend: Literal["auto", "torch", "onnxruntime"] = "auto"
+    output: ConfigPath
+    formats: tuple[Format, ...] = ("csv", "parquet")
+    shard_level: int = Field(default=6, ge=0, le=14)
+    grid: GridConfig = GridConfig()
+    postprocess: PostprocessConfig = PostprocessConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
     runner: Literal["direct", "dataflow"] = "direct"
     workers: int = Field(default=1, ge=1)
     max_region_km2: float = Field(default=1_000_000.0, gt=0.0)
@@ -140,83 +191,11 @@ class InferConfig(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> InferConfig:
-        if self.min_batch_size > self.max_batch_size:
+        if self.shard_level > self.grid.tile_level:
             raise ValueError(
-                f"min_batch_size ({self.min_batch_size}) exceeds max_batch_size "
-                f"({self.max_batch_size})"
-            )
-        if self.shard_level > self.tile_level:
-            raise ValueError(
-                f"shard_level ({self.shard_level}) must not be finer than tile_level "
-                f"({self.tile_level}): a shard is a union of whole tiles"
+                f"shard_level ({self.shard_level}) must not be finer than grid.tile_level "
+                f"({self.grid.tile_level}): a shard is a union of whole tiles"
             )
         if self.runner == "dataflow" and self.dataflow is None:
             raise ValueError("runner 'dataflow' needs a 'dataflow:' section")
         return self
-
-    @property
-    def remote_output(self) -> bool:
-        """Return True when the output folder is not on this machine's filesystem."""
-        return "://" in self.output
-
-
-def parse_config(data: dict[str, Any], *, source: str = "config") -> InferConfig:
-    """Validate a config dict.
-
-    Args:
-        data: the keys and values, e.g. parsed YAML.
-        source: where ``data`` came from, for messages.
-
-    Returns:
-        The validated config.
-
-    Raises:
-        ConfigError: naming every wrong or unknown key.
-    """
-    try:
-        return InferConfig.model_validate(data)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            what = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-            problems.append(f"{where}: {what}")
-        raise ConfigError(
-            f"{source} is not a valid inference config: {'; '.join(problems)}. "
-            f"Valid keys: {', '.join(InferConfig.model_fields)}"
-        ) from None
-
-
-def load_config(path: str | os.PathLike[str], **overrides: Any) -> InferConfig:
-    """Load a YAML job config, optionally overriding some keys.
-
-    Relative ``region``, ``imagery`` and ``model`` paths are resolved against the YAML file's
-    folder's parent when they exist there (so ``pipelines/local.yaml`` can say
-    ``geo/sample/region.geojson``), else left as written.
-
-    Args:
-        path: the YAML file.
-        **overrides: keys to replace after loading (None values are ignored).
-
-    Returns:
-        The validated config.
-
-    Raises:
-        ConfigError: if the file is not a YAML mapping or a key is wrong.
-    """
-    file = Path(path)
-    try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read the config {file}: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{file} must hold a YAML mapping of keys to values")
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    root = file.resolve().parent.parent
-    for key in ("region", "imagery", "model"):
-        value = data.get(key)
-        if isinstance(value, str) and "://" not in value and not os.path.isabs(value):
-            candidate = root / value
-            if candidate.exists():
-                data[key] = str(candidate)
-    return parse_config(data, source=str(file))

@@ -1,7 +1,7 @@
 """``ob-detect``: OWL-ViT building boxes over a region or an image, as GeoJSON, and their box AP.
 
 The detector (:class:`~open_buildings.models.owlvit.OwlViTDetector`, loaded from a published
-OWL-ViT checkpoint by :func:`~open_buildings.models.owlvit_convert.load_detector`) runs over the
+OWL-ViT checkpoint by :func:`~open_buildings.models.convert.owlvit.load_detector`) runs over the
 same 50 cm tiles as ``ob-infer``: each tile is read on its grid, cut into overlapping windows the
 size the detector was trained at, and the windows' boxes are merged with NMS. A box is written by
 the tile whose core holds its centre, so each is written once. Boxes are axis-aligned on the
@@ -520,7 +520,7 @@ def _target(args: argparse.Namespace) -> tuple[shapely.Geometry, ImagerySource, 
 
 
 def _detect(args: argparse.Namespace) -> int:
-    from open_buildings.models.owlvit_convert import load_detector
+    from open_buildings.models.convert.owlvit import load_detector
     from open_buildings.pipelines.stages import resolve_device
 
     out = Path(args.out)

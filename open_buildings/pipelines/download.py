@@ -10,14 +10,12 @@ rows, filtered, and appended to the output, so memory stays flat however large t
 
 from __future__ import annotations
 
-import argparse
 import csv
 import gzip
 import io
 import json
 import re
-import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -28,14 +26,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import shapely
 
-from open_buildings.errors import OpenBuildingsError, OutputExistsError
+from open_buildings.errors import ConfigError
 from open_buildings.geo import cells, footprints, grid
 
 CHUNK_ROWS = 100_000
 _V3_FOLDER = re.compile(r"^polygons_s2_level_(\d+)_gzip$")
 _SHARD_FILE = re.compile(r"^([0-9a-f]+)_buildings\.(csv\.gz|parquet)$")
 FORMATS = ("csv", "parquet", "geojson")
-_EXT = {"csv": ".csv.gz", "parquet": ".parquet", "geojson": ".geojson"}
+EXTENSIONS = {"csv": ".csv.gz", "parquet": ".parquet", "geojson": ".geojson"}
 
 
 @dataclass(frozen=True)
@@ -326,11 +324,11 @@ def download(
         ``{"rows", "shards", "out"}``.
 
     Raises:
-        ValueError: for an unknown format.
+        ConfigError: for an unknown format.
         OutputExistsError: if ``out`` exists and ``overwrite`` is False.
     """
     if fmt not in FORMATS:
-        raise ValueError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+        raise ConfigError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
     layout = detect_layout(source)
     shards = shards_for(region, layout)
     shapely.prepare(region)
@@ -341,43 +339,3 @@ def download(
                 writer.write(select(chunk, region, min_confidence))
         writer.close()
     return {"rows": writer.rows, "shards": shards, "out": str(out)}
-
-
-def download_main(argv: Sequence[str] | None = None) -> int:
-    """``ob-download REGION --source ROOT``: the footprints of a region, streamed to one file.
-
-    Returns:
-        The exit status: 0 on success, 2 on bad input.
-    """
-    parser = argparse.ArgumentParser(
-        prog="ob-download",
-        description="Extract the buildings inside a region from a sharded footprint dataset: a "
-        "folder written by ob-infer, or one laid out like the published Open Buildings v3 data "
-        "(polygons_s2_level_4_gzip/{token}_buildings.csv.gz). Only the shards touching the region "
-        "are read, one chunk at a time.",
-    )
-    parser.add_argument("region", help="region GeoJSON")
-    parser.add_argument("--source", required=True, metavar="ROOT", help="dataset folder or gs://")
-    parser.add_argument("--format", choices=FORMATS, default="csv")
-    parser.add_argument("--min-confidence", type=float, default=0.0, metavar="X")
-    parser.add_argument("--out", metavar="FILE", help="default: <region>_buildings.<ext>")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    args = parser.parse_args(argv)
-    try:
-        from open_buildings.geo.regions import read_region
-
-        region = read_region(args.region)
-        out = args.out or f"{Path(args.region).stem}_buildings{_EXT[args.format]}"
-        result = download(
-            region.geometry,
-            args.source,
-            out,
-            fmt=args.format,
-            min_confidence=args.min_confidence,
-            overwrite=args.overwrite,
-        )
-    except (OpenBuildingsError, OutputExistsError, ValueError, OSError) as exc:
-        print(f"ob-download: error: {exc}", file=sys.stderr)
-        return 2
-    print(f"{result['rows']:,} buildings from {len(result['shards'])} shard(s) -> {result['out']}")
-    return 0

@@ -1,54 +1,286 @@
-"""How the model runs on a worker: the fastest measured path, never a silently different result.
+"""How the model runs on a worker: which checkpoint, which device, which backend, and the call.
+
+:func:`resolve_model` finds the checkpoint ``--model`` names; :func:`load_model` loads it on a
+worker (sha256 checked; the MoE capacity set; a sealed ONNX conversion reused without building
+the PyTorch network, see :mod:`.onnx_backend`); :func:`run_model` runs it on tiles of any size.
 
 On a CPU, :func:`prepare_model` runs the network through ONNX Runtime when ``onnxruntime`` is
-installed (``bench/README.md``: about 2x faster than PyTorch in channels_last for the default
-U-Net on an AVX2 CPU; ORT folds batch norms into convolutions and fuses activations). Without it,
-or for a network that does not export, it keeps PyTorch and puts convolutional networks in
-``channels_last`` (about 1.4x faster than contiguous on the same CPU). Either way the
+installed; without it, or for a network that does not export, it keeps PyTorch and puts
+convolutional networks in ``channels_last`` (about 1.4x faster than contiguous). Either way the
 :class:`~open_buildings.models.base.BuildingModel` wrapper stays, so normalisation, padding and
 cropping are the same code; only ``model.net`` is replaced.
 
-A converted network is checked against PyTorch on a random batch whose size differs from the
-export's before it is used; if they disagree, PyTorch is kept with a warning. The ONNX file is
-cached (``$OPEN_BUILDINGS_CACHE`` or ``~/.cache/open_buildings``) under a key made of the
-checkpoint's sha256 (or the weights), the config and the library versions, and sealed with its own
-sha256 once checked, so a worker pays the export once. :func:`load_cached` then rebuilds the model
-from the checkpoint's metadata and the sealed file alone: it never builds the PyTorch network, so
-a worker does not import timm and segmentation_models_pytorch (seconds of start-up).
-
 bfloat16 is only worth it where the hardware has it: :func:`native_bf16` says whether this CPU
 (AVX512-BF16 or AMX) or GPU does. On an AVX2-only CPU, PyTorch runs bf16 convolutions through a
-reference kernel about 100x slower than fp32 (``python -m bench.speedups``).
+reference kernel about 100x slower than fp32 (``python -m bench.speedups``). A worker told to use
+a GPU that has none raises instead of quietly running on its CPU.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
-import json
 import math
 import os
-import tempfile
 import warnings
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from open_buildings.errors import ConfigError
+from open_buildings.errors import ConfigError, InferenceError
+from open_buildings.models.padding import pad_to, padded_shape
+from open_buildings.pipelines import onnx_backend
+from open_buildings.pipelines.config import RuntimeConfig
+from open_buildings.remote import is_remote, local_copy, read_remote_text
 
 BACKENDS = ("auto", "torch", "onnxruntime")
-#: Bump to invalidate every cached ONNX file (e.g. when the export recipe changes).
-_EXPORT_VERSION = 1
-_OPSET = 17
-_CHECK_ATOL = 1e-3
-_CHECK_RTOL = 1e-4
+WEIGHTS_NAME = "weights.safetensors"
+DEFAULT_MODEL = "default"
+#: Each tile is padded (bottom/right) to a multiple of this before the model sees it.
+PAD_MULTIPLE = 64
 
 
-def onnxruntime_available() -> bool:
-    """Return True when ``onnxruntime`` (and ``onnx``, which the exporter needs) can be imported."""
-    return all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "onnx"))
+@dataclass(frozen=True)
+class TileInput:
+    """A tile's pixels as the model handler receives them.
+
+    Attributes:
+        rgb: uint8 array (3, H, W).
+        valid: bool array (H, W); False where the imagery has no data.
+    """
+
+    rgb: np.ndarray
+    valid: np.ndarray
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A checkpoint the pipeline will run.
+
+    Attributes:
+        name: what the user asked for (a zoo name or a path).
+        path: the ``.safetensors`` file (local path or URL).
+        sha256: its expected sha256, or None to use its ``.sha256`` sidecar on the worker.
+        moe_capacity: the eval capacity factor to set on a V-MoE model's expert layers; None
+            keeps the checkpoint's.
+    """
+
+    name: str
+    path: str
+    sha256: str | None
+    moe_capacity: float | None = None
+
+
+def zoo_models() -> list[str]:
+    """Return the names of the shipped models that have weights (``models/<name>/``)."""
+    from open_buildings.resources import resource
+
+    root = resource("models")
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if p.joinpath(WEIGHTS_NAME).is_file())
+
+
+def resolve_model(
+    spec: str, sha256: str | None = None, *, moe_capacity: float | None = None
+) -> ModelRef:
+    """Find the checkpoint for ``--model``: a zoo name, a ``.safetensors`` file, or a folder.
+
+    Args:
+        spec: ``"default"`` or another zoo name, a local path, or a ``gs://`` URL.
+        sha256: the expected sha256; None computes it for a local file.
+        moe_capacity: the eval capacity factor for a V-MoE model's expert layers (``None``
+            keeps the checkpoint's); a local checkpoint without expert layers is refused here.
+
+    Returns:
+        The reference.
+
+    Raises:
+        InferenceError: if nothing matches (the message lists the zoo and how to pass a path),
+            or ``moe_capacity`` is given for a local checkpoint without expert layers.
+    """
+    from open_buildings.models.checkpoint import file_sha256
+    from open_buildings.resources import resource
+
+    if is_remote(spec):
+        return ModelRef(spec, spec, sha256, moe_capacity)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        path = path / WEIGHTS_NAME
+    if not path.is_file() and "/" not in spec and os.sep not in spec:
+        shipped = resource("models", spec, WEIGHTS_NAME)
+        if shipped.is_file():
+            path = Path(str(shipped))
+    if path.is_file():
+        if moe_capacity is not None:
+            _check_has_experts(spec, path)
+        return ModelRef(spec, str(path), sha256 or file_sha256(path), moe_capacity)
+    available = zoo_models()
+    zoo = f"shipped models: {', '.join(available)}" if available else "no model is shipped yet"
+    if spec == DEFAULT_MODEL:
+        raise InferenceError(
+            "the default model (models/default/weights.safetensors) is not there yet "
+            f"({zoo}). Pass --model PATH to a checkpoint .safetensors (one written by ob-train "
+            "or models.checkpoint.save_checkpoint)"
+        )
+    raise InferenceError(
+        f"--model {spec!r} is neither a checkpoint file, a folder holding {WEIGHTS_NAME}, nor a "
+        f"shipped model ({zoo}); pass a path to a .safetensors checkpoint"
+    )
+
+
+def _check_has_experts(spec: str, path: Path) -> None:
+    """Refuse a MoE capacity for a checkpoint whose model has no expert layers."""
+    from open_buildings.models.checkpoint import read_metadata, rebuild_model
+    from open_buildings.models.moe import moe_layers
+
+    metadata = read_metadata(path)
+    try:
+        with torch.device("meta"):  # no memory, no init
+            model = rebuild_model(metadata, source=path)
+    except RuntimeError:  # a builder that needs real tensors (smp's MiT calls .item())
+        model = rebuild_model(metadata, source=path)
+    if not moe_layers(model):
+        raise InferenceError(
+            f"--moe-capacity applies to V-MoE models only, but --model {spec} is a "
+            f"{metadata['name']} checkpoint, which has no mixture-of-experts layers; drop "
+            "--moe-capacity"
+        )
+
+
+def _localize(path: str) -> tuple[str, str | None]:
+    """Return a local copy of a checkpoint and the sha256 its remote ``.sha256`` sidecar gives."""
+    if not is_remote(path):
+        return path, None
+    sidecar = read_remote_text(path + ".sha256")
+    return local_copy(path, prefix="ob-model-"), sidecar.split()[0] if sidecar else None
+
+
+def load_model(model: ModelRef, runtime: RuntimeConfig) -> tuple[nn.Module, str, torch.device]:
+    """Load a checkpoint on this worker, ready to run: the one loading path of every job.
+
+    Args:
+        model: the checkpoint (its sha256 is checked here).
+        runtime: device, bf16 and backend.
+
+    Returns:
+        The model, the backend it runs on (see :func:`prepare_model`) and its device.
+
+    Raises:
+        InferenceError: if the device is ``"cuda"`` and this worker has no GPU.
+        CheckpointError: if the file is not the expected checkpoint.
+    """
+    from open_buildings.models.checkpoint import load_checkpoint
+
+    device = resolve_device(runtime.device)
+    local, sidecar = _localize(model.path)
+    expected = model.sha256 or sidecar
+    capacity = model.moe_capacity
+    cached = onnx_backend.load_cached(
+        local,
+        expected,
+        moe_capacity=capacity,
+        device=device,
+        bf16=runtime.bf16,
+        backend=runtime.backend,
+    )
+    if cached is not None:
+        return cached, "onnxruntime", device
+    net = load_checkpoint(local, expected_sha256=expected, moe_capacity=capacity)
+    net.to(device).eval()
+    key = onnx_backend.checkpoint_key(expected, capacity) if expected else None
+    net, used = prepare_model(
+        net, device, bf16=runtime.bf16, backend=runtime.backend, cache_key=key
+    )
+    if runtime.bf16 and device.type == "cpu" and not native_bf16(device):
+        warnings.warn(
+            "bf16 was asked for, but this CPU has no native bfloat16 (no AVX512-BF16 or AMX): "
+            "convolutions fall back to a slow reference kernel, 16-136x slower than fp32 "
+            "(bench/models.py). Drop --bf16 on this machine.",
+            stacklevel=2,
+        )
+    return net, used, device
+
+
+def resolve_device(device: str) -> Any:
+    """Return the torch device to run on, failing loudly when a GPU was expected but is missing.
+
+    Args:
+        device: ``"cpu"`` or ``"cuda"``.
+
+    Returns:
+        The ``torch.device``.
+
+    Raises:
+        InferenceError: if ``device`` is ``"cuda"`` and torch sees no GPU, or is unknown.
+    """
+    if device == "cpu":
+        return torch.device("cpu")
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise InferenceError(
+                "this worker was asked to run the model on a GPU (device 'cuda'), but torch sees "
+                f"none (torch {torch.__version__}, built for CUDA {torch.version.cuda}). It will "
+                "not fall back to the CPU silently. Check the worker's accelerator and driver "
+                "(Dataflow: gpu_type/gpu_count and the CUDA image from deploy/), or run with "
+                "--device cpu"
+            )
+        return torch.device("cuda")
+    raise InferenceError(f"unknown device {device!r}; use 'cpu' or 'cuda'")
+
+
+def run_model(
+    model: Any,
+    images: Sequence[np.ndarray],
+    *,
+    device: Any = "cpu",
+    bf16: bool = False,
+    pad_multiple: int = PAD_MULTIPLE,
+) -> list[np.ndarray]:
+    """Run the model on tiles of possibly different sizes; return each tile's logits.
+
+    Each tile is padded at its bottom and right (reflecting its own pixels) to a size that depends
+    only on the tile: its height and width rounded up to ``pad_multiple`` (and to the model's size
+    divisor). Tiles whose padded sizes agree run as one batch; the logits are cropped back to the
+    tile. So a tile's result never depends on which tiles it was batched with, and a retried or
+    resumed tile gives the same footprints.
+
+    Args:
+        model: a ``BuildingModel`` (``forward`` takes floats in [0, 1], returns logits).
+        images: uint8 arrays of shape (3, H, W).
+        device: where the model is (``torch.device`` or ``"cpu"``/``"cuda"``).
+        bf16: run under bfloat16 autocast.
+        pad_multiple: the padding granularity in pixels.
+
+    Returns:
+        float32 arrays of shape (C, H, W), one per image, in input order.
+    """
+    device = torch.device(device)
+    divisor = int(getattr(getattr(model, "input_spec", None), "divisor", 1))
+    multiple = math.lcm(int(pad_multiple), max(1, divisor))
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, image in enumerate(images):
+        if image.ndim != 3 or image.dtype != np.uint8:
+            raise ValueError(f"images must be uint8 (bands, H, W), got {image.dtype} {image.shape}")
+        groups.setdefault(padded_shape(*image.shape[1:], multiple), []).append(i)
+    out: list[np.ndarray | None] = [None] * len(images)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    for (height, width), members in sorted(groups.items()):
+        batch = []
+        for i in members:
+            x = torch.from_numpy(np.ascontiguousarray(images[i])).float().div_(255.0)[None]
+            batch.append(pad_to(x, height, width, mode="reflect", centre=False)[0])
+        with torch.inference_mode(), autocast:
+            logits = model(torch.cat(batch).to(device))
+        logits = logits.float().cpu().numpy()
+        for k, i in enumerate(members):
+            h, w = images[i].shape[1:]
+            out[i] = np.ascontiguousarray(logits[k, :, :h, :w], dtype=np.float32)
+    return out  # type: ignore[return-value]
 
 
 def native_bf16(device: str | torch.device = "cpu") -> bool:
@@ -65,224 +297,6 @@ def native_bf16(device: str | torch.device = "cpu") -> bool:
     if kind == "cuda":
         return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-
-def cache_dir() -> Path:
-    """Return the folder for converted models (``$OPEN_BUILDINGS_CACHE`` or ``~/.cache``)."""
-    root = os.environ.get("OPEN_BUILDINGS_CACHE")
-    base = Path(root) if root else Path.home() / ".cache" / "open_buildings"
-    return base / "onnx"
-
-
-class OrtNet(nn.Module):
-    """A network run by an ONNX Runtime session, callable like the ``nn.Module`` it came from.
-
-    Args:
-        path: the ``.onnx`` file.
-        threads: intra-op threads (torch's count by default).
-    """
-
-    def __init__(self, path: str | os.PathLike[str], threads: int | None = None) -> None:
-        super().__init__()
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(threads or torch.get_num_threads())
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.path = str(path)
-        self.session = ort.InferenceSession(self.path, options, providers=["CPUExecutionProvider"])
-        self._input = self.session.get_inputs()[0].name
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Run the session on a float32 CPU batch; return its first output as a tensor."""
-        array = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
-        return torch.from_numpy(self.session.run(None, {self._input: array})[0])
-
-    def extra_repr(self) -> str:
-        """Name the ONNX file."""
-        return f"path={self.path!r}"
-
-
-def checkpoint_key(sha256: str, moe_capacity: float | None = None) -> str:
-    """The cache key of a checkpoint's conversion: its sha256, the MoE capacity, the versions."""
-    from open_buildings import __version__
-
-    meta = {
-        "sha256": sha256.lower(),
-        "moe_capacity": moe_capacity,
-        "open_buildings": __version__,
-        "torch": torch.__version__,
-        "opset": _OPSET,
-        "export": _EXPORT_VERSION,
-    }
-    return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:32]
-
-
-def _seal(path: Path) -> Path:
-    return path.with_name(path.name + ".sha256")
-
-
-def _sealed(path: Path) -> bool:
-    """True when ``path`` exists and matches the sha256 written when it was checked."""
-    from open_buildings.models.checkpoint import file_sha256
-
-    seal = _seal(path)
-    if not (path.is_file() and seal.is_file()):
-        return False
-    return seal.read_text(encoding="ascii").strip() == file_sha256(path)
-
-
-def _write_seal(path: Path) -> None:
-    from open_buildings.models.checkpoint import file_sha256
-
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".sha256.tmp")
-    with os.fdopen(fd, "w", encoding="ascii") as handle:
-        handle.write(file_sha256(path) + "\n")
-    os.replace(tmp, _seal(path))
-
-
-def load_cached(
-    checkpoint: str | os.PathLike[str],
-    sha256: str | None,
-    *,
-    moe_capacity: float | None = None,
-    device: str | torch.device = "cpu",
-    bf16: bool = False,
-    backend: str = "auto",
-) -> nn.Module | None:
-    """Return the model with its sealed ONNX conversion, without building the PyTorch network.
-
-    Args:
-        checkpoint: the local ``.safetensors`` file.
-        sha256: its expected sha256 (checked here); None skips this path.
-        moe_capacity: the eval capacity the conversion was made at.
-        device: where the model will run (only a CPU uses ONNX Runtime).
-        bf16: bfloat16 autocast asked for (ONNX Runtime is then not used).
-        backend: as for :func:`prepare_model`.
-
-    Returns:
-        A ``BuildingModel`` whose ``net`` is an :class:`OrtNet`, or None when this path does not
-        apply (no conversion cached yet, another backend or device, a checkpoint that does not
-        match ``sha256``: the caller then loads it the full way, which reports the problem).
-    """
-    if backend == "torch" or bf16 or torch.device(device).type != "cpu" or not sha256:
-        return None
-    if not onnxruntime_available():
-        return None
-    from open_buildings.models.base import BuildingModel, InputSpec
-    from open_buildings.models.checkpoint import file_sha256, read_metadata
-
-    meta = read_metadata(checkpoint)
-    if "input_spec" not in meta or "output_channels" not in meta:
-        return None
-    path = cache_dir() / f"{meta['name']}-{checkpoint_key(sha256, moe_capacity)}.onnx"
-    if not _sealed(path) or file_sha256(checkpoint) != sha256.lower():
-        return None
-    config = json.loads(meta["config"])
-    if moe_capacity is not None and "capacity_factor_eval" in config:
-        config["capacity_factor_eval"] = float(moe_capacity)
-    return BuildingModel(
-        OrtNet(path),
-        name=meta["name"],
-        config=config,
-        input_spec=InputSpec.from_dict(json.loads(meta["input_spec"])),
-        output_channels=tuple(json.loads(meta["output_channels"])),
-    ).eval()
-
-
-def _model_key(model: nn.Module) -> str:
-    digest = hashlib.sha256()
-    meta = {
-        "name": getattr(model, "name", type(model).__name__),
-        "config": getattr(model, "config", None),
-        "torch": torch.__version__,
-        "opset": _OPSET,
-        "export": _EXPORT_VERSION,
-    }
-    digest.update(json.dumps(meta, sort_keys=True, default=str).encode())
-    for key, value in sorted(model.state_dict().items()):
-        digest.update(key.encode())
-        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:32]
-
-
-def _sizes(model: nn.Module) -> tuple[int, int]:
-    spec = getattr(model, "input_spec", None)
-    divisor = max(1, int(getattr(spec, "divisor", 1)))
-    return int(getattr(spec, "bands", 3)), math.lcm(64, divisor)
-
-
-def export_onnx(model: nn.Module, path: str | os.PathLike[str]) -> Path:
-    """Export ``model.net`` to ONNX with a dynamic batch, height and width (written atomically).
-
-    Args:
-        model: a ``BuildingModel`` in eval mode, on the CPU.
-        path: where to write the ``.onnx`` file.
-
-    Returns:
-        The path.
-    """
-    bands, step = _sizes(model)
-    example = torch.rand(1, bands, 2 * step, 2 * step)
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".onnx.tmp")
-    os.close(fd)
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notices
-            torch.onnx.export(
-                model.net,
-                (example,),
-                tmp,
-                dynamo=False,
-                input_names=["x"],
-                output_names=["logits"],
-                dynamic_axes={"x": {0: "batch", 2: "height", 3: "width"}},
-                opset_version=_OPSET,
-            )
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return target
-
-
-def _agrees(model: nn.Module, net: nn.Module) -> bool:
-    """Compare ``net`` with ``model.net`` on a random batch of another size than the export's."""
-    bands, step = _sizes(model)
-    x = torch.rand(2, bands, 3 * step, 2 * step, generator=torch.Generator().manual_seed(0))
-    with torch.inference_mode():
-        want = model.net(x)
-        got = net(x)
-    return got.shape == want.shape and torch.allclose(got, want, atol=_CHECK_ATOL, rtol=_CHECK_RTOL)
-
-
-def to_onnxruntime(model: nn.Module, key: str | None = None) -> nn.Module:
-    """Return ``model`` with its network running in ONNX Runtime (the export is cached).
-
-    Args:
-        model: a ``BuildingModel`` in eval mode, on the CPU.
-        key: the cache key (:func:`checkpoint_key`); None hashes the weights and config.
-
-    Returns:
-        The same wrapper object, whose ``net`` is now an :class:`OrtNet`.
-
-    Raises:
-        RuntimeError: if the export fails or the converted network disagrees with PyTorch.
-    """
-    path = cache_dir() / f"{getattr(model, 'name', 'model')}-{key or _model_key(model)}.onnx"
-    if _sealed(path):
-        model.net = OrtNet(path)
-        return model
-    export_onnx(model, path)
-    net = OrtNet(path)
-    if not _agrees(model, net):
-        raise RuntimeError(f"the ONNX export of {getattr(model, 'name', 'the model')} differs")
-    _write_seal(path)
-    model.net = net
-    return model
 
 
 def prepare_model(
@@ -314,14 +328,16 @@ def prepare_model(
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
     on_cpu = torch.device(device).type == "cpu"
-    if backend == "onnxruntime" and not (on_cpu and not bf16 and onnxruntime_available()):
+    if backend == "onnxruntime" and not (
+        on_cpu and not bf16 and onnx_backend.onnxruntime_available()
+    ):
         raise ConfigError(
             "backend 'onnxruntime' runs fp32 on a CPU and needs the onnxruntime and onnx "
             "packages (pip install onnxruntime onnx); use backend 'auto' or 'torch' here"
         )
-    if backend != "torch" and on_cpu and not bf16 and onnxruntime_available():
+    if backend != "torch" and on_cpu and not bf16 and onnx_backend.onnxruntime_available():
         try:
-            return to_onnxruntime(model, cache_key), "onnxruntime"
+            return onnx_backend.to_onnxruntime(model, cache_key), "onnxruntime"
         except Exception as exc:  # noqa: BLE001 - any failure keeps PyTorch, which always works
             if backend == "onnxruntime":
                 raise ConfigError(
@@ -336,17 +352,3 @@ def prepare_model(
     if any(isinstance(m, nn.Conv2d) for m in model.modules()):
         return model.to(memory_format=torch.channels_last), "torch-channels-last"
     return model, "torch"
-
-
-__all__ = [
-    "BACKENDS",
-    "OrtNet",
-    "cache_dir",
-    "checkpoint_key",
-    "export_onnx",
-    "load_cached",
-    "native_bf16",
-    "onnxruntime_available",
-    "prepare_model",
-    "to_onnxruntime",
-]

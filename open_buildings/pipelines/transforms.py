@@ -1,11 +1,15 @@
-"""The inference pipeline's Beam transforms: labelled composites over ``pipelines.stages``.
+"""The inference pipeline's Beam transforms: labelled composites over plain stage functions.
 
 ``build_inference`` wires them::
 
     CoverTiles -> ReadImagery -> RunInference -> Polygonize -> WriteShards -> WriteManifest
                      |  dead letters  ---------------^-----------------------------^
 
-Each DoFn is a thin adapter; the work is in :mod:`open_buildings.pipelines.stages`.
+Each DoFn is a thin adapter over a plain function: tiles from ``geo.grid``, pixels from
+``geo.imagery``, the model from :mod:`.runtime`, footprints from :mod:`.postprocess`, files from
+:mod:`.sinks`. Each stage receives the sub-config it uses (``config.grid``,
+``config.postprocess``, ``config.runtime``) whole. ``ob-detect`` reuses :class:`CoverTiles` and
+:class:`ReadImagery`.
 """
 
 from __future__ import annotations
@@ -22,8 +26,11 @@ from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, R
 
 from open_buildings.errors import ImageryError
 from open_buildings.geo import grid
-from open_buildings.pipelines import stages
-from open_buildings.pipelines.inference import CheckpointModelHandler, ModelRef
+from open_buildings.pipelines import postprocess, sinks
+from open_buildings.pipelines.config import InferConfig, PostprocessConfig, RuntimeConfig
+from open_buildings.pipelines.model_handler import CheckpointModelHandler
+from open_buildings.pipelines.runtime import ModelRef, TileInput
+from open_buildings.remote import is_remote
 
 NAMESPACE = "open_buildings"
 DEAD_LETTER = "dead_letter"
@@ -36,31 +43,15 @@ def _counter(name: str) -> Any:
 
 
 @dataclass(frozen=True)
-class Settings:
-    """What the transforms need to know, in one picklable value.
+class WorkDir:
+    """Where a local run keeps per-tile results (progress, ``--resume``) and failure markers.
 
     Attributes:
-        spec: the tiling grid.
-        imagery: the imagery source spec for ``geo.imagery.open_imagery``.
-        output: the output folder (local or ``gs://``).
-        formats: ``"csv"`` and/or ``"parquet"``.
-        shard_level: S2 level of the output shards.
-        min_confidence: drop buildings below this confidence.
-        simplify_m: polygon simplification tolerance in metres.
-        min_area_m2: drop smaller buildings.
-        work_dir: a local folder for per-tile results (progress, resume); None keeps none.
-        resume: reuse the per-tile results already in ``work_dir``.
+        path: the folder.
+        resume: reuse the per-tile results already there.
     """
 
-    spec: grid.GridSpec
-    imagery: str
-    output: str
-    formats: tuple[str, ...] = ("csv", "parquet")
-    shard_level: int = 6
-    min_confidence: float = 0.0
-    simplify_m: float = 0.5
-    min_area_m2: float = 1.0
-    work_dir: str | None = None
+    path: str
     resume: bool = False
 
 
@@ -95,78 +86,94 @@ class CoverTiles(beam.PTransform):
 
 
 def _chunks(wkb: bytes, tile_level: int) -> Iterator[str]:
-    return stages.tile_chunks(shapely.from_wkb(wkb), tile_level)
+    return grid.tile_chunks(shapely.from_wkb(wkb), tile_level)
 
 
 def _tiles_of_chunk(chunk: str, wkb: bytes, spec: grid.GridSpec) -> Iterator[str]:
-    return stages.tiles_in_chunk(shapely.from_wkb(wkb), chunk, spec)
+    return grid.tiles_in_chunk(shapely.from_wkb(wkb), chunk, spec)
 
 
 class ReadTileFn(beam.DoFn):
     """Tile id -> ``(tile id, TileInput)``; failures to the dead-letter output, empties skipped.
 
-    With ``resume``, a tile whose per-tile result exists is not read: its footprints go to the
-    ``finished`` output instead.
+    With a resuming work folder, a tile whose per-tile result exists is not read: its footprints
+    go to the ``finished`` output instead.
+
+    Args:
+        imagery: the imagery source spec for ``geo.imagery.open_imagery``.
+        spec: the tiling grid.
+        work: the per-tile work folder; None keeps none.
     """
 
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
+    def __init__(self, imagery: str, spec: grid.GridSpec, work: WorkDir | None) -> None:
+        self._imagery = imagery
+        self._spec = spec
+        self._work = work
         self._source: Any = None
 
     def setup(self) -> None:
         """Open the imagery source once per worker."""
         from open_buildings.geo.imagery import open_imagery
 
-        self._source = open_imagery(self._settings.imagery)
+        self._source = open_imagery(self._imagery)
 
     def process(self, tile_id: str) -> Iterator[Any]:
         """Read one tile."""
-        s = self._settings
-        if s.work_dir and s.resume:
-            partial = stages.partial_path(s.work_dir, tile_id)
+        work = self._work
+        if work and work.resume:
+            partial = sinks.partial_path(work.path, tile_id)
             if partial.exists():
                 _counter("tiles_resumed").inc()
-                yield beam.pvalue.TaggedOutput(FINISHED, stages.read_partial(partial))
+                yield beam.pvalue.TaggedOutput(FINISHED, sinks.read_partial(partial))
                 return
-        tile = grid.Tile(tile_id, s.spec)
+        tile = grid.Tile(tile_id, self._spec)
         try:
-            image = stages.read_tile(self._source, tile)
+            image = self._source.read(tile.grid)
         except (ImageryError, OSError, ValueError) as exc:
-            _counter("tiles_failed").inc()
-            record = stages.DeadLetter(tile_id, "read", f"{type(exc).__name__}: {exc}")
-            if s.work_dir:
-                stages.write_dead_letter_marker(record, s.work_dir)
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER, record)
+            yield _dead_letter(work, tile_id, "read", exc)
             return
         _counter("tiles_read").inc()
         if image.empty:
             _counter("tiles_empty").inc()
-            if s.work_dir:
-                _finish_tile(s.work_dir, tile_id, stages.empty_footprints())
+            if work:
+                finish_tile(work, tile_id, postprocess.empty_footprints())
             return
-        _counter("m2_covered").inc(stages.covered_m2(tile, image))
-        yield tile_id, stages.TileInput(image.rgb, image.valid)
+        _counter("m2_covered").inc(postprocess.covered_m2(tile, image))
+        yield tile_id, TileInput(image.rgb, image.valid)
 
 
-def _finish_tile(work_dir: str, tile_id: str, frame: Any) -> None:
-    stages.write_partial(frame, stages.partial_path(work_dir, tile_id))
-    stages.failed_path(work_dir, tile_id).unlink(missing_ok=True)
+def _dead_letter(
+    work: WorkDir | None, tile_id: str, stage: str, exc: BaseException
+) -> beam.pvalue.TaggedOutput:
+    _counter("tiles_failed").inc()
+    record = sinks.DeadLetter(tile_id, stage, f"{type(exc).__name__}: {exc}")
+    if work:
+        sinks.write_dead_letter_marker(record, work.path)
+    return beam.pvalue.TaggedOutput(DEAD_LETTER, record)
+
+
+def finish_tile(work: WorkDir, tile_id: str, frame: Any) -> None:
+    """Keep a finished tile's result (any picklable frame) and clear its failure marker."""
+    sinks.write_partial(frame, sinks.partial_path(work.path, tile_id))
+    sinks.failed_path(work.path, tile_id).unlink(missing_ok=True)
 
 
 class ReadImagery(beam.PTransform):
     """Tile ids -> tagged outputs: main ``(id, TileInput)``, ``dead_letter``, ``finished``.
 
     Args:
-        settings: the job's settings.
+        imagery: the imagery source spec.
+        spec: the tiling grid.
+        work: the per-tile work folder; None keeps none.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, imagery: str, spec: grid.GridSpec, work: WorkDir | None = None) -> None:
         super().__init__()
-        self._settings = settings
+        self._fn = ReadTileFn(imagery, spec, work)
 
     def expand(self, tiles: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
         """Build the stage."""
-        return tiles | "ReadTile" >> beam.ParDo(ReadTileFn(self._settings)).with_outputs(
+        return tiles | "ReadTile" >> beam.ParDo(self._fn).with_outputs(
             DEAD_LETTER, FINISHED, main="images"
         )
 
@@ -176,37 +183,12 @@ class RunModel(beam.PTransform):
 
     Args:
         model: the checkpoint.
-        device: ``"cpu"`` or ``"cuda"``.
-        bf16: bfloat16 autocast.
-        min_batch_size: the smallest batch.
-        max_batch_size: the largest batch.
-        share_model_across_processes: one model per machine.
-        backend: ``"auto"``, ``"torch"`` or ``"onnxruntime"`` (``runtime.prepare_model``).
+        config: device, bf16, batching, model sharing, backend.
     """
 
-    def __init__(
-        self,
-        model: ModelRef,
-        *,
-        device: str = "cpu",
-        bf16: bool = False,
-        min_batch_size: int = 1,
-        max_batch_size: int = 4,
-        share_model_across_processes: bool = False,
-        backend: str = "auto",
-    ) -> None:
+    def __init__(self, model: ModelRef, config: RuntimeConfig) -> None:
         super().__init__()
-        self._handler = KeyedModelHandler(
-            CheckpointModelHandler(
-                model,
-                device=device,
-                bf16=bf16,
-                min_batch_size=min_batch_size,
-                max_batch_size=max_batch_size,
-                share_model_across_processes=share_model_across_processes,
-                backend=backend,
-            )
-        )
+        self._handler = KeyedModelHandler(CheckpointModelHandler(model, config))
 
     def expand(self, images: beam.PCollection) -> beam.PCollection:
         """Build the stage."""
@@ -214,36 +196,45 @@ class RunModel(beam.PTransform):
 
 
 class PolygonizeFn(beam.DoFn):
-    """``(id, PredictionResult)`` -> the footprints the tile owns (a GeoDataFrame)."""
+    """``(id, PredictionResult)`` -> the footprints the tile owns (a GeoDataFrame).
 
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
+    Args:
+        spec: the tiling grid.
+        post: the post-processing settings.
+        shard_level: S2 level of the shard key.
+        work: the per-tile work folder; None keeps none.
+    """
+
+    def __init__(
+        self,
+        spec: grid.GridSpec,
+        post: PostprocessConfig,
+        shard_level: int,
+        work: WorkDir | None,
+    ) -> None:
+        self._spec = spec
+        self._post = post
+        self._shard_level = shard_level
+        self._work = work
 
     def process(self, element: tuple[str, PredictionResult]) -> Iterator[Any]:
         """Decode, polygonize and keep what the tile owns."""
-        s = self._settings
         tile_id, result = element
-        tile = grid.Tile(tile_id, s.spec)
+        tile = grid.Tile(tile_id, self._spec)
         try:
-            frame = stages.footprints_for_tile(
+            frame = postprocess.footprints_for_tile(
                 tile,
                 result.inference,
                 result.example.valid,
-                min_confidence=s.min_confidence,
-                shard_level=s.shard_level,
-                simplify_m=s.simplify_m,
-                min_area_m2=s.min_area_m2,
+                self._post,
+                shard_level=self._shard_level,
             )
         except (ValueError, MemoryError) as exc:
-            _counter("tiles_failed").inc()
-            record = stages.DeadLetter(tile_id, "postprocess", f"{type(exc).__name__}: {exc}")
-            if s.work_dir:
-                stages.write_dead_letter_marker(record, s.work_dir)
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER, record)
+            yield _dead_letter(self._work, tile_id, "postprocess", exc)
             return
         _counter("buildings").inc(len(frame))
-        if s.work_dir:
-            _finish_tile(s.work_dir, tile_id, frame)
+        if self._work:
+            finish_tile(self._work, tile_id, frame)
         yield frame
 
 
@@ -251,18 +242,27 @@ class Polygonize(beam.PTransform):
     """Predictions -> tagged outputs: main (footprint frames) and ``dead_letter``.
 
     Args:
-        settings: the job's settings.
+        spec: the tiling grid.
+        post: the post-processing settings.
+        shard_level: S2 level of the shard key.
+        work: the per-tile work folder; None keeps none.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self,
+        spec: grid.GridSpec,
+        post: PostprocessConfig,
+        shard_level: int,
+        work: WorkDir | None = None,
+    ) -> None:
         super().__init__()
-        self._settings = settings
+        self._fn = PolygonizeFn(spec, post, shard_level, work)
 
     def expand(self, predictions: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
         """Build the stage."""
-        return predictions | "DecodeAndPolygonize" >> beam.ParDo(
-            PolygonizeFn(self._settings)
-        ).with_outputs(DEAD_LETTER, main="footprints")
+        return predictions | "DecodeAndPolygonize" >> beam.ParDo(self._fn).with_outputs(
+            DEAD_LETTER, main="footprints"
+        )
 
 
 class WriteShardFn(beam.DoFn):
@@ -273,9 +273,9 @@ class WriteShardFn(beam.DoFn):
         self._formats = formats
 
     def process(self, element: tuple[str, Any]) -> Iterator[Any]:
-        """Write one shard (idempotent: see ``stages.write_shard``)."""
+        """Write one shard (idempotent: see ``sinks.write_shard``)."""
         token, frames = element
-        yield from stages.write_shard(token, frames, self._output, self._formats)
+        yield from sinks.write_shard(token, frames, self._output, self._formats)
 
 
 class WriteShards(beam.PTransform):
@@ -300,7 +300,7 @@ class WriteShards(beam.PTransform):
         """Build the stages."""
         return (
             frames
-            | "KeyByShard" >> beam.FlatMap(stages.split_by_shard)
+            | "KeyByShard" >> beam.FlatMap(postprocess.split_by_shard)
             | "GroupByShard" >> beam.GroupByKey()
             | "WriteShard" >> beam.ParDo(WriteShardFn(self._output, self._formats))
         )
@@ -352,40 +352,32 @@ class WriteManifest(beam.PTransform):
 
 def _finalize(
     records: list[Any],
-    dead: list[stages.DeadLetter],
+    dead: list[sinks.DeadLetter],
     output: str,
     code_version: str,
     model: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    return stages.finalize(output, records, dead, code_version=code_version, model=model)
+    return sinks.finalize(output, records, dead, code_version=code_version, model=model)
 
 
 def build_inference(
     p: beam.Pipeline,
     geometry: shapely.Geometry,
-    settings: Settings,
+    config: InferConfig,
     model: ModelRef,
     *,
-    device: str = "cpu",
-    bf16: bool = False,
-    min_batch_size: int = 1,
-    max_batch_size: int = 4,
-    share_model_across_processes: bool = False,
-    backend: str = "auto",
+    imagery: str,
+    work: WorkDir | None = None,
 ) -> dict[str, beam.PCollection]:
     """Add the whole inference job to ``p``.
 
     Args:
         p: the pipeline.
         geometry: the region in lon/lat.
-        settings: grid, imagery, output and post-processing settings.
+        config: the job (its ``grid``, ``postprocess`` and ``runtime`` go to their stages).
         model: the checkpoint.
-        device: ``"cpu"`` or ``"cuda"``.
-        bf16: bfloat16 autocast.
-        min_batch_size: the smallest inference batch.
-        max_batch_size: the largest inference batch.
-        share_model_across_processes: one model per machine.
-        backend: ``"auto"``, ``"torch"`` or ``"onnxruntime"`` (``runtime.prepare_model``).
+        imagery: the imagery source spec (the config's, or the embedded sample's).
+        work: the per-tile work folder (progress and resume); None keeps none.
 
     Returns:
         The main PCollections: ``tiles``, ``footprints``, ``dead_letters``, ``files``,
@@ -393,25 +385,20 @@ def build_inference(
     """
     from open_buildings import __version__
 
-    if not stages.is_remote(settings.output):
-        Path(settings.output).mkdir(parents=True, exist_ok=True)
-    tiles = p | "CoverTiles" >> CoverTiles(geometry, settings.spec)
-    read = tiles | "ReadImagery" >> ReadImagery(settings)
-    predictions = read.images | "RunModel" >> RunModel(
-        model,
-        device=device,
-        bf16=bf16,
-        min_batch_size=min_batch_size,
-        max_batch_size=max_batch_size,
-        share_model_across_processes=share_model_across_processes,
-        backend=backend,
+    if not is_remote(config.output):
+        Path(config.output).mkdir(parents=True, exist_ok=True)
+    spec = config.grid.spec
+    tiles = p | "CoverTiles" >> CoverTiles(geometry, spec)
+    read = tiles | "ReadImagery" >> ReadImagery(imagery, spec, work)
+    predictions = read.images | "RunModel" >> RunModel(model, config.runtime)
+    polygons = predictions | "Polygonize" >> Polygonize(
+        spec, config.postprocess, config.shard_level, work
     )
-    polygons = predictions | "Polygonize" >> Polygonize(settings)
     frames = (polygons.footprints, read[FINISHED]) | "AllFootprints" >> beam.Flatten()
     dead = (read[DEAD_LETTER], polygons[DEAD_LETTER]) | "AllDeadLetters" >> beam.Flatten()
-    files = frames | "WriteShards" >> WriteShards(settings.output, settings.formats)
+    files = frames | "WriteShards" >> WriteShards(config.output, config.formats)
     summary = files | "WriteManifest" >> WriteManifest(
-        settings.output,
+        config.output,
         dead,
         code_version=__version__,
         model={"name": model.name, "sha256": model.sha256}

@@ -20,7 +20,7 @@ import transformers  # a dev dependency: missing, it must fail, not skip
 from open_buildings.errors import CheckpointError
 from open_buildings.models import build_model
 from open_buildings.models.owlvit import OWLVIT_B32, OWLVIT_TINY, OwlViTDetector
-from open_buildings.models.owlvit_convert import load_detector, load_owlvit_backbone
+from open_buildings.models.convert.owlvit import load_detector, load_owlvit_backbone
 from open_buildings.models.pretrained import load_backbone
 from open_buildings.pipelines.detect import load_queries
 

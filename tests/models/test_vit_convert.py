@@ -20,7 +20,7 @@ from open_buildings.errors import CheckpointError
 from open_buildings.models import build_model
 from open_buildings.models.pretrained import load_backbone
 from open_buildings.models.vit import SIGLIP_TINY, ViTEncoder
-from open_buildings.models.vit_convert import (
+from open_buildings.models.convert.siglip import (
     default_heads,
     load_siglip,
     read_siglip_checkpoint,

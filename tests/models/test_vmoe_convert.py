@@ -22,7 +22,7 @@ from open_buildings.models import build_model
 from open_buildings.models.moe import moe_layers, set_capacity
 from open_buildings.models.pretrained import load_backbone
 from open_buildings.models.vit import resample_pos_embed
-from open_buildings.models.vmoe_convert import (
+from open_buildings.models.convert.vmoe import (
     load_vmoe,
     read_vmoe_checkpoint,
     vmoe_config_from_checkpoint,

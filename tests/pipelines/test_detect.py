@@ -23,7 +23,7 @@ from open_buildings.evaluation.io import metric_crs, read_instances, to_crs
 from open_buildings.geo import grid
 from open_buildings.geo.imagery import open_imagery
 from open_buildings.models.owlvit import OWLVIT_TINY, DetectorConfig, OwlViTDetector
-from open_buildings.models.owlvit_convert import load_detector
+from open_buildings.models.convert.owlvit import load_detector
 from open_buildings.pipelines.detect import (
     DetectOptions,
     detect_main,

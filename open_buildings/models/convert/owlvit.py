@@ -23,8 +23,8 @@ Two targets:
 
 - :func:`load_detector` builds an :class:`~open_buildings.models.owlvit.OwlViTDetector` whose
   shape is read from the tensors (and from ``config.json`` beside them, for the head count);
-- :func:`load_owlvit_backbone` (registered for every ``owlvit_*`` model with
-  :func:`open_buildings.models.pretrained.register_loader`) fills a segmentation model's encoder;
+- :func:`load_owlvit_backbone` (every ``owlvit_*`` entry's ``load_pretrained``) fills a
+  segmentation model's encoder;
   its decoder keeps its random initialisation. A checkpoint made for another image size has its
   position embeddings interpolated to the model's grid.
 """
@@ -45,7 +45,6 @@ from safetensors.torch import load_file
 from open_buildings.errors import CheckpointError
 from open_buildings.models.base import BuildingModel
 from open_buildings.models.owlvit import DetectorConfig, OwlViTDetector, OwlViTImageEncoder
-from open_buildings.models.pretrained import register_loader
 from open_buildings.models.vit import ViTConfig, resample_pos_embed
 
 __all__ = [
@@ -333,6 +332,3 @@ def load_owlvit_backbone(model: BuildingModel, path: Path) -> dict[str, int]:
     converted, unused = convert_state_dict(tensors, encoder, heads=False)
     loaded = _copy_into(encoder, converted, f"model {model.name!r}'s encoder")
     return {"loaded": loaded, "unused": len(unused)}
-
-
-register_loader("owlvit_", load_owlvit_backbone)

@@ -1,13 +1,13 @@
-"""``ob-train CONFIG.yaml [--override key=value ...] [--resume] [--device cuda]``."""
+"""``ob-train CONFIG.yaml [-o key=value ...] [--resume] [--device cuda]``: train a model."""
 
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
+from pathlib import Path
 
+from open_buildings.commands import run_command
 from open_buildings.config import load_config
-from open_buildings.errors import OpenBuildingsError
 from open_buildings.training.config import TrainConfig
 
 
@@ -24,7 +24,8 @@ def parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config value, e.g. -o steps=100 -o mixup.enabled=true",
+        help="override a config value, e.g. -o steps=100 -o mixup.enabled=true (paths in it "
+        "are read as if written in the YAML file)",
     )
     p.add_argument(
         "--resume",
@@ -39,20 +40,19 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``ob-train``; return the exit status (0 ok, 2 bad input)."""
-    args = parser().parse_args(argv)
+    return run_command("ob-train", _train, parser().parse_args(argv))
+
+
+def _train(args: argparse.Namespace) -> int:
     overrides = list(args.override)
     if args.device:
         overrides.append(f"device={args.device}")
-    if args.out:
-        overrides.append(f"out={args.out}")
-    try:
-        cfg = load_config(TrainConfig, args.config, overrides)
-        from open_buildings.training.loop import train
+    if args.out:  # a flag's path is relative to the working directory, not to the YAML
+        overrides.append(f"out={Path(args.out).resolve()}")
+    cfg = load_config(TrainConfig, args.config, overrides)
+    from open_buildings.training.loop import train
 
-        result = train(cfg, resume=args.resume, progress=not args.quiet)
-    except (OpenBuildingsError, FileNotFoundError) as exc:
-        print(f"ob-train: error: {exc}", file=sys.stderr)
-        return 2
+    result = train(cfg, resume=args.resume, progress=not args.quiet)
     print(f"trained {cfg.model} for {cfg.steps} steps in {result['seconds'] / 60:.1f} min")
     print(f"weights: {result['weights']} (+ .sha256); curve: {cfg.out}/training_curve.png")
     if result["final"]:

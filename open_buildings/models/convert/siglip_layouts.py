@@ -1,23 +1,9 @@
-"""Load official SigLIP and PaliGemma vision towers into a ViT encoder (:mod:`.vit`).
+"""Reading a SigLIP/PaliGemma vision tower's tensors: Hugging Face and big_vision layouts.
 
-Two published layouts are read, and nothing else is ever executed or unpickled:
-
-- **Hugging Face safetensors** (one file, or a sharded ``*.safetensors.index.json``): the SigLIP
-  vision tower under any prefix that ends in ``embeddings.patch_embedding.weight``: bare
-  (``SiglipVisionModel`` as transformers 5 saves it), ``vision_model.`` (``SiglipModel``, the
-  published ``google/siglip-*`` files), ``vision_tower.vision_model.`` (published PaliGemma) and
-  ``model.vision_tower.`` (PaliGemma as newer transformers saves it). ``q/k/v_proj`` are fused into
-  our ``qkv``. The shapes do not say the number of attention heads; it comes from the ``heads``
-  argument, else a ``config.json`` next to the weights, else the model being loaded (or
-  :func:`default_heads` when only a config is asked for).
-- **big_vision npz** (SigLIP and PaliGemma JAX checkpoints, as timm's ``_load_weights`` reads
-  them): ``[params/]img/embedding/kernel`` (HWIO), ``img/pos_embedding``,
-  ``img/Transformer/encoderblock_{i}/...`` or the layer-scanned ``encoderblock/...`` with a
-  leading depth axis, ``img/Transformer/encoder_norm``. Keys may be joined by ``/`` or ``.``;
-  bfloat16 arrays (stored as raw 2-byte records) are decoded.
-
-Everything outside the vision tower (the MAP head, the text tower, PaliGemma's language model,
-``logit_scale``...) is counted as unused and never loaded into memory for safetensors files.
+:func:`open_tensors` opens a ``.safetensors`` file (or a sharded ``.safetensors.index.json``) or a
+big_vision ``.npz``; :func:`read_hf` and :func:`read_npz` turn each layout into
+:class:`SiglipCheckpoint` (``ViTEncoder`` names, plus the config fields the shapes determine and
+the tensor each was read from). :mod:`.siglip` checks the result against a model and loads it.
 """
 
 from __future__ import annotations
@@ -25,37 +11,21 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
 import re
-from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 from safetensors import SafetensorError, safe_open
-from torch import nn
 
 from open_buildings.errors import CheckpointError
-from open_buildings.models.base import BuildingModel
-from open_buildings.models.checkpoint_files import (
+from open_buildings.models.convert.files import (
     NamedTensors,
     layer_indices,
     open_npz,
     unreadable,
 )
-from open_buildings.models.pretrained import register_loader
-from open_buildings.models.vit import ViTConfig, ViTEncoder, ViTSegmenter, resample_pos_embed
-
-__all__ = [
-    "SiglipCheckpoint",
-    "copy_encoder_state",
-    "default_heads",
-    "flax_block_state",
-    "flax_heads",
-    "load_siglip",
-    "read_siglip_checkpoint",
-    "siglip_config_from_checkpoint",
-]
+from open_buildings.models.convert.flax_vit import flax_block_state, flax_heads
 
 logger = logging.getLogger(__name__)
 
@@ -181,7 +151,7 @@ def _open_index(path: Path) -> NamedTensors:
     return NamedTensors(path, list(weight_map), get, what=_WHAT)
 
 
-def _open(path: Path) -> tuple[NamedTensors, str]:
+def open_tensors(path: Path) -> tuple[NamedTensors, str]:
     if path.is_dir():
         raise CheckpointError(
             f"checkpoint {path} is a folder; pass the file in it: model.safetensors, "
@@ -202,7 +172,7 @@ def _open(path: Path) -> tuple[NamedTensors, str]:
 # Layouts
 
 
-def _find_prefix(tensors: NamedTensors, anchor: str, sep: str) -> str:
+def find_prefix(tensors: NamedTensors, anchor: str, sep: str) -> str:
     prefixes = sorted(
         name[: -len(anchor)]
         for name in tensors.names
@@ -242,8 +212,8 @@ def _hf_config(path: Path, width: int) -> tuple[dict[str, Any], str] | None:
     return vision, str(config_path)
 
 
-def _read_hf(tensors: NamedTensors, heads: int | None) -> SiglipCheckpoint:
-    prefix = _find_prefix(tensors, HF_ANCHOR, ".")
+def read_hf(tensors: NamedTensors, heads: int | None) -> SiglipCheckpoint:
+    prefix = find_prefix(tensors, HF_ANCHOR, ".")
     path = tensors.path
     patch_key = prefix + HF_ANCHOR
     patch_w = tensors.take(patch_key)
@@ -321,8 +291,8 @@ def _read_hf(tensors: NamedTensors, heads: int | None) -> SiglipCheckpoint:
     return SiglipCheckpoint(fields, sd, tensors.unused(), "huggingface", evidence, in_chans)
 
 
-def _read_npz(tensors: NamedTensors, heads_arg: int | None) -> SiglipCheckpoint:
-    prefix = _find_prefix(tensors, NPZ_ANCHOR, "/")
+def read_npz(tensors: NamedTensors, heads_arg: int | None) -> SiglipCheckpoint:
+    prefix = find_prefix(tensors, NPZ_ANCHOR, "/")
     path = tensors.path
     kernel_key = prefix + NPZ_ANCHOR
     kernel = tensors.take(kernel_key)
@@ -427,81 +397,6 @@ def _read_npz(tensors: NamedTensors, heads_arg: int | None) -> SiglipCheckpoint:
     return SiglipCheckpoint(fields, sd, tensors.unused(), "big_vision", evidence, in_chans)
 
 
-_QKV = ("query", "key", "value")
-
-#: ``get(name, shape)`` returns a block's tensor (named relative to the block), checking its shape.
-BlockGetter = Callable[[str, tuple[int, ...]], torch.Tensor]
-
-
-def flax_block_state(
-    get: BlockGetter, attention: str, mlp: str | None, *, width: int, heads: int, mlp_dim: int
-) -> dict[str, torch.Tensor]:
-    """Convert one pre-norm flax ViT encoder block to :class:`~.vit.Block` state-dict names.
-
-    The flax layout of big_vision and vit_jax (and V-MoE): ``LayerNorm_0`` before attention,
-    ``LayerNorm_1`` before the MLP, a ``MultiHeadDotProductAttention`` with ``query/key/value``
-    kernels ``(width, heads, head_dim)`` and ``out/kernel`` ``(heads, head_dim, width)``, and an
-    MLP of ``Dense_0``/``Dense_1`` kernels ``(in, out)``.
-
-    Args:
-        get: Returns the block's tensor of a name (relative to the block) with the given shape.
-        attention: The attention module's name with a trailing ``/``.
-        mlp: The MLP module's name with a trailing ``/``; ``None`` leaves the MLP out (a V-MoE
-            block's experts are converted by its own loader).
-        width: Token width.
-        heads: Attention heads (dividing ``width``).
-        mlp_dim: Hidden width of the MLP.
-
-    Returns:
-        ``norm1``, ``norm2``, ``attn.qkv``, ``attn.proj`` (and ``mlp.fc1``/``mlp.fc2``) weights
-        and biases, keyed relative to the block.
-    """
-    c, m = width, mlp_dim
-    head_dim = c // heads
-    sd: dict[str, torch.Tensor] = {}
-    for ours, theirs in (("norm1", "LayerNorm_0"), ("norm2", "LayerNorm_1")):
-        sd[f"{ours}.weight"] = get(f"{theirs}/scale", (c,))
-        sd[f"{ours}.bias"] = get(f"{theirs}/bias", (c,))
-    a = attention
-    sd["attn.qkv.weight"] = torch.cat(
-        [get(f"{a}{n}/kernel", (c, heads, head_dim)).reshape(c, c).T for n in _QKV]
-    )
-    sd["attn.qkv.bias"] = torch.cat(
-        [get(f"{a}{n}/bias", (heads, head_dim)).reshape(c) for n in _QKV]
-    )
-    sd["attn.proj.weight"] = get(f"{a}out/kernel", (heads, head_dim, c)).reshape(c, c).T
-    sd["attn.proj.bias"] = get(f"{a}out/bias", (c,))
-    if mlp is not None:
-        sd["mlp.fc1.weight"] = get(f"{mlp}Dense_0/kernel", (c, m)).T
-        sd["mlp.fc1.bias"] = get(f"{mlp}Dense_0/bias", (m,))
-        sd["mlp.fc2.weight"] = get(f"{mlp}Dense_1/kernel", (m, c)).T
-        sd["mlp.fc2.bias"] = get(f"{mlp}Dense_1/bias", (c,))
-    return sd
-
-
-def flax_heads(query: torch.Tensor, *, width: int, path: Path, key: str) -> int:
-    """Return the attention heads of a flax attention block from its query kernel.
-
-    Args:
-        query: The ``query/kernel`` of one block, ``(width, heads, head_dim)``.
-        width: Token width.
-        path: The checkpoint, for messages.
-        key: The kernel's name, for messages.
-
-    Returns:
-        ``heads``.
-
-    Raises:
-        CheckpointError: The kernel does not have that shape with ``heads * head_dim == width``.
-    """
-    if query.ndim != 3 or query.shape[0] != width or query.shape[1] * query.shape[2] != width:
-        raise CheckpointError(
-            f"{path}: {key} has shape {tuple(query.shape)}, expected (width {width}, heads, "
-            "head_dim) with heads * head_dim == width"
-        )
-    return query.shape[1]
-
-
 def _square_side(path: Path, key: str, tokens: int) -> int:
     side = int(round(tokens**0.5))
     if side * side != tokens:
@@ -510,248 +405,3 @@ def _square_side(path: Path, key: str, tokens: int) -> int:
             "image tower"
         )
     return side
-
-
-# ----------------------------------------------------------------------------------------------
-# Public API
-
-
-def read_siglip_checkpoint(
-    path: str | os.PathLike[str], *, heads: int | None = None
-) -> SiglipCheckpoint:
-    """Read a SigLIP/PaliGemma vision tower and convert it to :class:`ViTEncoder` names.
-
-    Only the vision tower's tensors are read from safetensors files; the rest are listed as
-    unused. The layout is recognised from the content (a zip archive is big_vision npz), not
-    from the file name.
-
-    Args:
-        path: A ``.safetensors`` file, a ``.safetensors.index.json`` (shards beside it) or a
-            big_vision ``.npz``.
-        heads: Attention heads, for safetensors files (their shapes do not show them); ignored
-            for npz, whose shapes do.
-
-    Returns:
-        The inferred config fields, the converted state dict and the unused tensor names.
-
-    Raises:
-        CheckpointError: The file is missing, unreadable, holds no vision tower, or its tensors
-            are inconsistent with each other.
-    """
-    tensors, layout = _open(Path(path))
-    if layout == "big_vision":
-        return _read_npz(tensors, heads)
-    return _read_hf(tensors, heads)
-
-
-def siglip_config_from_checkpoint(
-    path: str | os.PathLike[str], *, heads: int | None = None, **overrides: Any
-) -> ViTConfig:
-    """Build the :class:`ViTConfig` a checkpoint's vision tower fits.
-
-    Args:
-        path: A checkpoint :func:`read_siglip_checkpoint` reads.
-        heads: Attention heads for safetensors files; when omitted, a ``config.json`` beside the
-            weights is used, else :func:`default_heads` (the published SigLIP count for the
-            width). Ignored for npz (the shapes give it).
-        **overrides: Other :class:`ViTConfig` fields (decoder widths, ``feature_layers``...).
-
-    Returns:
-        The config (SigLIP variant: tanh-GELU, LayerNorm eps 1e-6 unless the file says otherwise).
-    """
-    checkpoint = read_siglip_checkpoint(path, heads=heads)
-    fields = dict(checkpoint.fields)
-    fields.setdefault("heads", default_heads(fields["width"]))
-    fields.update(overrides)
-    return ViTConfig(**fields)
-
-
-def encoder_of(
-    model: nn.Module, kind: type[ViTEncoder] = ViTEncoder, loader: str = "load_siglip"
-) -> tuple[ViTEncoder, str]:
-    """Find the ``kind`` encoder a loader writes into, and a label for its messages.
-
-    Args:
-        model: The encoder itself, a :class:`ViTSegmenter`, or a :class:`BuildingModel` of one.
-        kind: The encoder class the loader fits (:class:`ViTEncoder` or a subclass).
-        loader: The loader's name, for the error message.
-
-    Returns:
-        The encoder and a label such as ``"model 'vit_siglip_tiny'"``.
-
-    Raises:
-        CheckpointError: ``model`` holds no ``kind`` encoder.
-    """
-    if isinstance(model, kind):
-        return model, f"this {kind.__name__}"
-    net = model.net if isinstance(model, BuildingModel) else model
-    encoder = getattr(net, "encoder", None) if isinstance(net, ViTSegmenter) else None
-    if not isinstance(encoder, kind):
-        family = "vit_siglip_*" if loader == "load_siglip" else "vmoe_*"
-        raise CheckpointError(
-            f"{loader} needs a {kind.__name__} or a model built from a {family} entry, got "
-            f"{type(model).__name__}"
-            + (f" {model.name!r}" if isinstance(model, BuildingModel) else "")
-        )
-    label = f"model {model.name!r}" if isinstance(model, BuildingModel) else "this ViTSegmenter"
-    return encoder, label
-
-
-def _fitting_entries(fields: dict[str, Any]) -> list[str]:
-    from open_buildings.models.registry import get_entry, list_models
-
-    fits = []
-    for name in list_models():
-        config = get_entry(name).default_config
-        if not name.startswith("vit_siglip_") or not isinstance(config, ViTConfig):
-            continue
-        if all(getattr(config, k) == fields[k] for k in SHAPE_FIELDS if k in fields):
-            fits.append(name)
-    return fits
-
-
-def _mismatch_error(
-    checkpoint: SiglipCheckpoint, encoder: ViTEncoder, label: str, path: Path
-) -> CheckpointError | None:
-    config = encoder.config
-    lines = []
-    for key in SHAPE_FIELDS:
-        if key in checkpoint.fields and checkpoint.fields[key] != getattr(config, key):
-            lines.append(
-                f"{key} {checkpoint.fields[key]} (from {checkpoint.evidence[key]}) vs "
-                f"{getattr(config, key)} in the model"
-            )
-    bands = encoder.patch_embed.weight.shape[1]
-    if checkpoint.in_chans != bands:
-        lines.append(
-            f"bands {checkpoint.in_chans} (patch embedding) vs {bands} in the model; SigLIP "
-            "towers take RGB"
-        )
-    if not lines:
-        return None
-    known = {k: checkpoint.fields[k] for k in SHAPE_FIELDS if k in checkpoint.fields}
-    fits = _fitting_entries(known)
-    overrides = dict(known, pretrain_size=checkpoint.fields["pretrain_size"])
-    guessed = "heads" not in overrides
-    overrides.setdefault("heads", default_heads(overrides["width"]))
-    if not overrides["class_token"]:
-        del overrides["class_token"]
-    if overrides.get("ln_eps") == ViTConfig.ln_eps:
-        del overrides["ln_eps"]
-    text = ", ".join(f"{k}: {_yaml(v)}" for k, v in overrides.items())
-    hint = f"use model: {fits[0]}, or " if fits else "use "
-    note = (
-        " (heads guessed from the width: check num_attention_heads in the model's config.json)"
-        if guessed
-        else ""
-    )
-    return CheckpointError(
-        f"checkpoint {path} does not fit {label}: " + "; ".join(lines) + f". To load it, {hint}"
-        f"model_overrides: {{{text}}}{note}"
-    )
-
-
-def _yaml(value: Any) -> str:
-    return str(value).lower() if isinstance(value, bool) else str(value)
-
-
-def load_siglip(
-    model_or_encoder: nn.Module, path: str | os.PathLike[str], *, heads: int | None = None
-) -> dict[str, int]:
-    """Copy a SigLIP/PaliGemma vision tower into a ViT encoder, in place.
-
-    The decoder of a :class:`BuildingModel` is left as it is. A position grid other than the
-    model's ``pretrain_size // patch`` is resampled bicubically (as the encoder itself does for
-    other input sizes).
-
-    Args:
-        model_or_encoder: A :class:`BuildingModel` built from a ``vit_siglip_*`` entry, its
-            :class:`ViTSegmenter`, or a bare :class:`ViTEncoder`.
-        path: A checkpoint :func:`read_siglip_checkpoint` reads.
-        heads: Attention heads of a safetensors checkpoint; when omitted, a ``config.json``
-            beside it decides, else the model's own count is assumed.
-
-    Returns:
-        ``{"loaded": encoder tensors written, "unused": source tensors left out}``.
-
-    Raises:
-        CheckpointError: The file is unreadable or holds no vision tower, or its width, depth,
-            MLP width, heads, patch or bands differ from the model's (the message gives the
-            registry entry or ``model_overrides`` that fit).
-    """
-    path = Path(path)
-    encoder, label = encoder_of(model_or_encoder)
-    checkpoint = read_siglip_checkpoint(path, heads=heads)
-    error = _mismatch_error(checkpoint, encoder, label, path)
-    if error is not None:
-        raise error
-    grid = checkpoint.fields["pretrain_size"] // checkpoint.fields["patch"]
-    loaded = copy_encoder_state(encoder, checkpoint.state_dict, grid=grid, path=path, what="SigLIP")
-    return {"loaded": loaded, "unused": len(checkpoint.unused)}
-
-
-def copy_encoder_state(
-    encoder: ViTEncoder, state: dict[str, torch.Tensor], *, grid: int, path: Path, what: str
-) -> int:
-    """Copy a converted checkpoint into a ViT encoder in place, resampling its position grid.
-
-    The positions of the class token (if any) are kept; a patch grid other than the encoder's
-    ``pretrain_size // patch`` is resampled bicubically (as the encoder itself does for other
-    input sizes).
-
-    Args:
-        encoder: A :class:`ViTEncoder` (or a subclass such as the V-MoE encoder).
-        state: The converted state dict, with the stored ``pos_embed``.
-        grid: Side of the stored position grid.
-        path: The checkpoint, for messages.
-        what: The checkpoint's family, for the log (``"SigLIP"``, ``"V-MoE"``).
-
-    Returns:
-        The number of tensors written.
-
-    Raises:
-        CheckpointError: The state's names or shapes differ from the encoder's.
-    """
-    state = dict(state)
-    target = encoder.state_dict()
-    side = encoder.config.pretrain_size // encoder.config.patch
-    prefix = encoder.prefix
-    pos = state["pos_embed"]
-    if pos.shape[1] != target["pos_embed"].shape[1]:
-        logger.info(
-            "resampling %s position embeddings from %dx%d to %dx%d", what, grid, grid, side, side
-        )
-        patch_pos = resample_pos_embed(pos[:, prefix:].float(), (side, side))
-        state["pos_embed"] = torch.cat([pos[:, :prefix].float(), patch_pos], dim=1)
-    _check_keys(state, target, path)
-    with torch.no_grad():
-        for key, value in state.items():
-            target[key].copy_(value)
-    return len(state)
-
-
-def _check_keys(
-    state: dict[str, torch.Tensor], target: dict[str, torch.Tensor], path: Path
-) -> None:
-    missing = sorted(set(target) - set(state))
-    extra = sorted(set(state) - set(target))
-    wrong = sorted(k for k in set(state) & set(target) if state[k].shape != target[k].shape)
-    if missing or extra or wrong:
-        details = _listing("missing", missing) + _listing("unexpected", extra)
-        details += _listing(
-            "wrong shape",
-            [f"{k} {tuple(state[k].shape)} vs {tuple(target[k].shape)}" for k in wrong],
-        )
-        raise CheckpointError(f"checkpoint {path} does not fit the encoder: {'; '.join(details)}")
-
-
-def _listing(what: str, items: Iterable[str]) -> list[str]:
-    items = list(items)
-    return [f"{what}: {', '.join(items[:6])}" + (" ..." if len(items) > 6 else "")] if items else []
-
-
-def _load_backbone(model: BuildingModel, path: Path) -> dict[str, int]:
-    return load_siglip(model, path)
-
-
-register_loader("vit_siglip_", _load_backbone)

@@ -1,0 +1,49 @@
+"""The console commands (``ob-*``), one module each, and the one error wrapper they share.
+
+A command parses its flags, calls library code, and prints. :func:`run_command` turns the
+project's own errors (``OpenBuildingsError``: bad input, a refused output, a missing GPU) and
+``OSError`` (a missing or unwritable file) into a one-line message and exit status 2. Anything
+else is a bug: it stays a traceback, and Python exits with status 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from typing import TypeVar
+
+from open_buildings.errors import OpenBuildingsError
+
+A = TypeVar("A")
+
+#: The exit status of a refused input or output.
+EXIT_REFUSED = 2
+
+
+class _QuietBeamImport(logging.Filter):
+    """Drop Beam's import-time warning about GCP client libraries, which local runs never use."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "apitools not found" not in record.getMessage()
+
+
+logging.getLogger().addFilter(_QuietBeamImport())
+
+
+def run_command(prog: str, body: Callable[[A], int], args: A) -> int:
+    """Run a command's body; report the project's errors and ``OSError`` as exit status 2.
+
+    Args:
+        prog: the command's name, for the message (``"ob-infer"``).
+        body: the command, given its parsed arguments; returns the exit status.
+        args: the parsed arguments.
+
+    Returns:
+        ``body``'s status, or 2 after printing ``prog: error: message`` to stderr.
+    """
+    try:
+        return body(args)
+    except (OpenBuildingsError, OSError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT_REFUSED

@@ -1,0 +1,253 @@
+"""``ob-infer [REGION]``: footprints for a region on this machine, as a local Beam run.
+
+It builds the job config (``pipelines.config.InferConfig``) from flags and runs the same graph a
+YAML job does (``pipelines.job``), adding what a person at a terminal needs: refusing to clobber a
+folder, a coverage check before anything runs, a progress bar, ``--resume`` and a summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from open_buildings.commands import run_command
+from open_buildings.config import validate_config
+from open_buildings.errors import ImageryError, InferenceError
+from open_buildings.geo import footprints, grid
+from open_buildings.pipelines import sinks
+from open_buildings.pipelines.config import InferConfig
+from open_buildings.pipelines.job import (
+    build,
+    counters,
+    make_pipeline,
+    sample_imagery,
+    sample_region,
+)
+from open_buildings.pipelines.runtime import resolve_device, resolve_model
+from open_buildings.pipelines.transforms import WorkDir
+
+WORK_DIR = ".work"
+
+
+def _owned_outputs(folder: Path) -> list[Path]:
+    """The files and folders a previous run of this pipeline left in ``folder``."""
+    names = {footprints.MANIFEST_NAME, sinks.DEAD_LETTER_NAME, WORK_DIR}
+    out = []
+    for entry in folder.iterdir():
+        shard = entry.name.endswith(
+            ("_buildings" + footprints.CSV_SUFFIX, "_buildings" + footprints.PARQUET_SUFFIX)
+        )
+        if entry.name in names or shard:
+            out.append(entry)
+    return out
+
+
+def _prepare_output(out: Path, *, overwrite: bool, resume: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise InferenceError(f"--out {out} is a file; give a folder")
+    if out.exists() and any(out.iterdir()):
+        if not (overwrite or resume):
+            raise InferenceError(
+                f"the output folder {out} is not empty; pass --resume to continue the run that "
+                "wrote it, --overwrite to replace its footprints, or choose another --out"
+            )
+        if resume and not (out / WORK_DIR).is_dir():
+            raise InferenceError(
+                f"--resume: {out} holds no unfinished run ({WORK_DIR}/ is missing); "
+                "use --overwrite to start again"
+            )
+        owned = _owned_outputs(out)
+        for entry in owned:
+            if entry.name == WORK_DIR and resume:
+                continue
+            if entry.is_dir():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _check_coverage(source: Any, region: Any, imagery: str) -> None:
+    west, south, east, north = source.bounds_lonlat()
+    rw, rs, re_, rn = region.bounds
+    if west > re_ or east < rw or south > rn or north < rs:
+        raise ImageryError(
+            f"the imagery {imagery} does not cover the region {region.source}: the imagery lies "
+            f"at lon {west:.5f}..{east:.5f}, lat {south:.5f}..{north:.5f}, the region at lon "
+            f"{rw:.5f}..{re_:.5f}, lat {rs:.5f}..{rn:.5f}. Pass --imagery for this region, or a "
+            "region inside the imagery"
+        )
+
+
+class _Progress:
+    """A tqdm bar fed by counting finished per-tile files while the pipeline runs."""
+
+    def __init__(self, work_dir: Path, total: int, enabled: bool) -> None:
+        self._dirs = [work_dir / "tiles", work_dir / "failed"]
+        self._total = total
+        self._enabled = enabled
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _done(self) -> int:
+        return sum(len(os.listdir(d)) for d in self._dirs if d.is_dir())
+
+    def _loop(self) -> None:
+        from tqdm import tqdm
+
+        with tqdm(
+            total=self._total, unit="tile", desc="tiles", disable=not self._enabled, file=sys.stderr
+        ) as bar:
+            while True:
+                stopping = self._stop.wait(0.5)
+                done = min(self._done(), self._total)
+                bar.update(done - bar.n)
+                if stopping:
+                    break
+
+    def __enter__(self) -> _Progress:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def infer_parser() -> argparse.ArgumentParser:
+    """Return the ``ob-infer`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="ob-infer",
+        description="Find the buildings in a region: tiles -> model -> polygons -> "
+        "S2-sharded CSV.gz / GeoParquet files. With no arguments it runs on the embedded "
+        "Nairobi sample with the default model.",
+    )
+    parser.add_argument("region", nargs="?", help="region GeoJSON (default: the embedded sample)")
+    parser.add_argument("--imagery", metavar="SRC", help="GeoTIFF/COG, folder, XYZ or STAC JSON")
+    parser.add_argument("--model", default="default", help="zoo name or .safetensors path")
+    parser.add_argument("--out", metavar="DIR", help="output folder (default: a fresh one)")
+    parser.add_argument("--format", default="csv,parquet", help="csv, parquet or csv,parquet")
+    parser.add_argument("--min-confidence", type=float, default=0.0, metavar="X")
+    parser.add_argument("--workers", type=int, default=1, metavar="N", help="local processes")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--overwrite", action="store_true", help="replace a previous run's files")
+    mode.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
+    parser.add_argument(
+        "--moe-capacity",
+        type=float,
+        metavar="F",
+        help="V-MoE models only: expert capacity factor (e.g. 0.5 runs about half the expert "
+        "FLOPs, dropping the least confident tokens first)",
+    )
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument(
+        "--backend",
+        choices=["auto", "torch", "onnxruntime"],
+        default="auto",
+        help="how a CPU runs the model (auto: ONNX Runtime when installed, else PyTorch)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        help="largest inference batch (default: 1 on a CPU, where larger batches are no faster "
+        "per tile but hold 3x the memory at 4 tiles (bench/README.md); 4 on a GPU)",
+    )
+    parser.add_argument("--tile-level", type=int, default=14, help=argparse.SUPPRESS)
+    parser.add_argument("--shard-level", type=int, default=6, help="S2 level of output shards")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``ob-infer``: run inference over a region on this machine.
+
+    Returns:
+        The exit status: 0 on success (even if some tiles went to the dead-letter list), 2 when
+        the input or the output folder is refused, 1 when the run itself failed.
+    """
+    return run_command("ob-infer", _infer, infer_parser().parse_args(argv))
+
+
+def _infer(args: argparse.Namespace) -> int:
+    from open_buildings.geo.imagery import open_imagery
+    from open_buildings.geo.regions import read_region
+
+    start = time.perf_counter()
+    out = Path(args.out or f"ob-output-{dt.datetime.now():%Y%m%d-%H%M%S}")
+    device = args.device
+    config = validate_config(
+        InferConfig,
+        {
+            "region": args.region,
+            "imagery": args.imagery,
+            "model": args.model,
+            "moe_capacity": args.moe_capacity,
+            "output": str(out),
+            "formats": [f.strip() for f in args.format.split(",") if f.strip()],
+            "shard_level": args.shard_level,
+            "workers": args.workers,
+            "grid": {"tile_level": args.tile_level},
+            "postprocess": {"min_confidence": args.min_confidence},
+            "runtime": {
+                "device": device,
+                "bf16": args.bf16,
+                "backend": args.backend,
+                "max_batch_size": args.batch_size or (1 if device == "cpu" else 4),
+            },
+        },
+        source="ob-infer flags",
+    )
+    region = read_region(config.region or sample_region(), max_area_km2=config.max_region_km2)
+    imagery = config.imagery or sample_imagery()
+    _check_coverage(open_imagery(imagery), region, imagery)
+    model = resolve_model(config.model, moe_capacity=config.moe_capacity)
+    if config.runtime.device == "cuda":
+        resolve_device("cuda")
+    _prepare_output(out, overwrite=args.overwrite, resume=args.resume)
+    work_dir = out / WORK_DIR
+    total = grid.count_tiles(region.geometry, config.grid.spec)
+    print(
+        f"ob-infer: {region.area_km2:,.3f} km2, {total:,} tiles, model {model.name}, "
+        f"{config.workers} worker(s) -> {out}",
+        file=sys.stderr,
+    )
+    p = make_pipeline(config)
+    build(p, config, model=model, work=WorkDir(str(work_dir), args.resume))
+    try:
+        with _Progress(work_dir, total, enabled=not args.no_progress):
+            result = p.run()
+            result.wait_until_finish()
+    except Exception as exc:  # noqa: BLE001 - any worker error ends the run; say how to go on
+        print(
+            f"ob-infer: the run failed ({type(exc).__name__}: {str(exc).strip()[:2000]}). "
+            f"Finished tiles are kept in {work_dir}; rerun with --resume --out {out} to continue",
+            file=sys.stderr,
+        )
+        return 1
+    found = counters(result)
+    manifest = json.loads((out / footprints.MANIFEST_NAME).read_text(encoding="utf-8"))
+    dead = sinks.load_dead_letters(out / sinks.DEAD_LETTER_NAME)
+    shutil.rmtree(work_dir, ignore_errors=True)
+    elapsed = time.perf_counter() - start
+    first = {"csv": "csv.gz", "parquet": "parquet"}[config.formats[0]]
+    buildings = sum(f["rows"] for f in manifest["files"] if f["format"] == first)
+    print(f"buildings found: {buildings:,}")
+    print(
+        f"area: {region.area_km2:,.3f} km2 region, {found['m2_covered'] / 1e6:,.3f} km2 of tiles "
+        f"with imagery ({total:,} tiles, {found['tiles_empty']:,} without imagery)"
+    )
+    print(f"time: {elapsed:,.1f} s")
+    print(f"footprints: {out.resolve()} ({len(manifest['files'])} files + manifest.json)")
+    where = f" (see {out / sinks.DEAD_LETTER_NAME})" if dead else ""
+    print(f"dead letters: {len(dead)} tile(s) failed{where}")
+    return 0

@@ -1,0 +1,192 @@
+"""The inference job's driver: Beam options, the runner chosen explicitly, ``build`` and ``run``.
+
+``run(["--config", "pipelines/local.yaml"])`` runs a YAML job (tests and the Dataflow launcher
+call it the same way; ``python -m open_buildings.pipelines.job`` too). ``ob-infer``
+(:mod:`open_buildings.commands.infer`) builds the same config from flags and adds what a person
+at a terminal needs.
+
+Local runs pick Beam's FnApiRunner explicitly, in memory for one worker or with worker processes
+for several: the DirectRunner's default first tries to download and start the Prism binary.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from open_buildings.config import load_config
+from open_buildings.errors import ConfigError
+from open_buildings.pipelines import transforms
+from open_buildings.pipelines.config import InferConfig
+from open_buildings.pipelines.runtime import ModelRef, resolve_model
+from open_buildings.remote import local_copy
+
+
+def sample_region() -> str:
+    """Return the path of the embedded sample region (works from a wheel too)."""
+    from open_buildings.resources import resource
+
+    return str(resource("geo", "sample", "region.geojson"))
+
+
+def sample_imagery() -> str:
+    """Return the path of the embedded sample imagery's STAC ItemCollection."""
+    from open_buildings.resources import resource
+
+    return str(resource("geo", "sample", "items.json"))
+
+
+def pipeline_options(config: InferConfig, extra: Sequence[str] = ()) -> PipelineOptions:
+    """Return Beam options for the config's runner.
+
+    Args:
+        config: the job.
+        extra: further Beam flags, which win over the config.
+
+    Returns:
+        The options. For ``runner: direct`` they choose in-memory execution for one worker and
+        worker processes for several; for ``runner: dataflow`` they carry the project, region,
+        container image, machine type and GPUs.
+    """
+    if config.runner == "direct":
+        mode = "in_memory" if config.workers == 1 else "multi_processing"
+        flags = [f"--direct_running_mode={mode}", f"--direct_num_workers={config.workers}"]
+        return PipelineOptions([*flags, *extra])
+    df = config.dataflow
+    if df is None:  # checked by the config too
+        raise ConfigError("runner 'dataflow' needs a 'dataflow:' section")
+    flags = [
+        "--runner=DataflowRunner",
+        f"--project={df.project}",
+        f"--region={df.region}",
+        f"--temp_location={df.temp_location}",
+        f"--staging_location={df.staging_location or df.temp_location}",
+        f"--sdk_container_image={df.sdk_container_image}",
+        "--sdk_location=container",
+        f"--worker_machine_type={df.machine_type}",
+        f"--max_num_workers={df.max_num_workers}",
+        f"--disk_size_gb={df.disk_size_gb}",
+        f"--number_of_worker_harness_threads={df.number_of_worker_harness_threads}",
+        "--experiments=use_runner_v2",
+        "--experiments=no_use_multiple_sdk_containers",
+    ]
+    if df.gpu_type and df.gpu_count:
+        flags.append(
+            "--dataflow_service_options="
+            f"worker_accelerator=type:{df.gpu_type};count:{df.gpu_count};install-nvidia-driver"
+        )
+    if df.job_name:
+        flags.append(f"--job_name={df.job_name}")
+    if df.service_account_email:
+        flags.append(f"--service_account_email={df.service_account_email}")
+    if df.subnetwork:
+        flags.append(f"--subnetwork={df.subnetwork}")
+    if not df.use_public_ips:
+        flags.append("--no_use_public_ips")
+    return PipelineOptions([*flags, *extra])
+
+
+def make_pipeline(config: InferConfig, extra: Sequence[str] = ()) -> beam.Pipeline:
+    """Return an empty pipeline on the config's runner, chosen explicitly (never Prism).
+
+    Args:
+        config: the job.
+        extra: further Beam flags.
+    """
+    options = pipeline_options(config, extra)
+    if config.runner == "direct":
+        from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+        return beam.Pipeline(runner=FnApiRunner(), options=options)
+    from apache_beam.runners.dataflow.dataflow_runner import DataflowRunner
+
+    return beam.Pipeline(runner=DataflowRunner(), options=options)
+
+
+def build(
+    p: beam.Pipeline,
+    config: InferConfig,
+    *,
+    model: ModelRef | None = None,
+    work: transforms.WorkDir | None = None,
+) -> dict[str, beam.PCollection]:
+    """Add the inference job described by ``config`` to ``p`` (nothing runs yet).
+
+    Args:
+        p: the pipeline (see :func:`make_pipeline`).
+        config: the job.
+        model: the resolved checkpoint; None resolves ``config.model``.
+        work: a local folder for per-tile results (progress and resume).
+
+    Returns:
+        The PCollections of :func:`transforms.build_inference`.
+    """
+    from open_buildings.geo.regions import read_region
+
+    region = read_region(
+        local_copy(config.region or sample_region(), prefix="ob-region-"),
+        fix_invalid=config.fix_invalid,
+        max_area_km2=config.max_region_km2,
+    )
+    return transforms.build_inference(
+        p,
+        region.geometry,
+        config,
+        model or resolve_model(config.model, config.model_sha256, moe_capacity=config.moe_capacity),
+        imagery=config.imagery or sample_imagery(),
+        work=work,
+    )
+
+
+def run(argv: Sequence[str] | None = None) -> Any:
+    """Run a YAML-configured inference job; the entry point tests and Dataflow launches use.
+
+    Flags: ``--config FILE`` (required; local or ``gs://``), ``-o KEY=VALUE`` (repeatable; nested
+    keys as ``runtime.device=cuda``; the value is YAML), ``--work-dir DIR``, ``--resume``,
+    ``--no-wait``; every other flag is passed to Beam (e.g. ``--job_name``) and wins over the
+    config.
+
+    Args:
+        argv: the flags; None reads ``sys.argv[1:]``.
+
+    Returns:
+        The Beam ``PipelineResult`` (finished, unless ``--no-wait``).
+    """
+    parser = argparse.ArgumentParser(prog="open_buildings.pipelines.job")
+    parser.add_argument("--config", required=True)
+    parser.add_argument(
+        "-o", "--override", action="append", default=[], metavar="KEY=VALUE", dest="overrides"
+    )
+    parser.add_argument("--work-dir")
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--no-wait", action="store_true")
+    args, beam_args = parser.parse_known_args(argv)
+    if args.resume and not args.work_dir:
+        raise ConfigError("--resume needs the --work-dir of the run to continue")
+    config = load_config(InferConfig, local_copy(args.config, prefix="ob-config-"), args.overrides)
+    p = make_pipeline(config, beam_args)
+    work = transforms.WorkDir(args.work_dir, args.resume) if args.work_dir else None
+    build(p, config, work=work)
+    result = p.run()
+    if not args.no_wait:
+        result.wait_until_finish()
+    return result
+
+
+def counters(result: Any) -> dict[str, int]:
+    """Return the pipeline's ``open_buildings`` counters (committed values) by name."""
+    out = dict.fromkeys(transforms.COUNTERS, 0)
+    query = result.metrics().query(MetricsFilter().with_namespace(transforms.NAMESPACE))
+    for counter in query["counters"]:
+        value = counter.committed if counter.committed is not None else counter.attempted
+        out[counter.key.metric.name] = out.get(counter.key.metric.name, 0) + int(value or 0)
+    return out
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,75 @@
+"""Beam's RunInference handler for a safetensors checkpoint: a thin adapter over ``runtime``.
+
+Beam's plain :class:`~apache_beam.ml.inference.base.ModelHandler` is the base: this handler
+loads the model with :func:`.runtime.load_model` (sha256 checked, MoE capacity set, ONNX Runtime
+on a CPU) and runs batches with :func:`.runtime.run_model` (tiles of any size, padded by a rule
+that depends only on the tile). Batching and model sharing are the base class's own options.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+
+from open_buildings.pipelines import runtime
+from open_buildings.pipelines.config import RuntimeConfig
+from open_buildings.pipelines.runtime import ModelRef, TileInput
+
+
+class CheckpointModelHandler(ModelHandler[TileInput, PredictionResult, Any]):
+    """RunInference handler for a checkpoint; examples are :class:`.runtime.TileInput`.
+
+    Args:
+        model: the checkpoint to load (its sha256 is checked when the worker loads it).
+        config: device, bf16, batch sizes, model sharing and backend.
+        pad_multiple: tiles are padded to multiples of this (see ``runtime.run_model``).
+    """
+
+    def __init__(
+        self,
+        model: ModelRef,
+        config: RuntimeConfig,
+        *,
+        pad_multiple: int = runtime.PAD_MULTIPLE,
+    ) -> None:
+        super().__init__(
+            min_batch_size=config.min_batch_size,
+            max_batch_size=config.max_batch_size,
+            large_model=config.share_model_across_processes,
+        )
+        self._ref = model
+        self._config = config
+        self._pad_multiple = pad_multiple
+        self._device: Any = None
+        self.backend_used: str | None = None
+
+    def load_model(self) -> Any:
+        """Load the checkpoint on this worker (see :func:`.runtime.load_model`)."""
+        model, self.backend_used, self._device = runtime.load_model(self._ref, self._config)
+        return model
+
+    def run_inference(
+        self,
+        batch: Sequence[TileInput],
+        model: Any,
+        inference_args: dict[str, Any] | None = None,
+    ) -> Iterable[PredictionResult]:
+        """Return each tile's logits (float32 ``(C, H, W)`` numpy) as a ``PredictionResult``."""
+        logits = runtime.run_model(
+            model,
+            [example.rgb for example in batch],
+            device=self._device or runtime.resolve_device(self._config.device),
+            bf16=self._config.bf16,
+            pad_multiple=self._pad_multiple,
+        )
+        return [PredictionResult(x, y, self._ref.name) for x, y in zip(batch, logits)]
+
+    def get_num_bytes(self, batch: Sequence[TileInput]) -> int:
+        """Return the bytes of pixels in a batch (for RunInference's metrics)."""
+        return sum(int(example.rgb.nbytes) for example in batch)
+
+    def get_metrics_namespace(self) -> str:
+        """Return the namespace of RunInference's own metrics."""
+        return "open_buildings_inference"
