@@ -10,16 +10,15 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import shutil
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from open_buildings.commands import run_command
+from open_buildings.commands.progress import TileProgress
 from open_buildings.config import validate_config
 from open_buildings.errors import ImageryError, InferenceError
 from open_buildings.geo import footprints, grid
@@ -86,41 +85,6 @@ def _check_coverage(source: Any, region: Any, imagery: str) -> None:
             f"{rw:.5f}..{re_:.5f}, lat {rs:.5f}..{rn:.5f}. Pass --imagery for this region, or a "
             "region inside the imagery"
         )
-
-
-class _Progress:
-    """A tqdm bar fed by counting finished per-tile files while the pipeline runs."""
-
-    def __init__(self, work_dir: Path, total: int, enabled: bool) -> None:
-        self._dirs = [work_dir / "tiles", work_dir / "failed"]
-        self._total = total
-        self._enabled = enabled
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def _done(self) -> int:
-        return sum(len(os.listdir(d)) for d in self._dirs if d.is_dir())
-
-    def _loop(self) -> None:
-        from tqdm import tqdm
-
-        with tqdm(
-            total=self._total, unit="tile", desc="tiles", disable=not self._enabled, file=sys.stderr
-        ) as bar:
-            while True:
-                stopping = self._stop.wait(0.5)
-                done = min(self._done(), self._total)
-                bar.update(done - bar.n)
-                if stopping:
-                    break
-
-    def __enter__(self) -> _Progress:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def infer_parser() -> argparse.ArgumentParser:
@@ -224,7 +188,7 @@ def _infer(args: argparse.Namespace) -> int:
     p = make_pipeline(config)
     build(p, config, model=model, work=WorkDir(str(work_dir), args.resume))
     try:
-        with _Progress(work_dir, total, enabled=not args.no_progress):
+        with TileProgress(work_dir, total, enabled=not args.no_progress):
             result = p.run()
             result.wait_until_finish()
     except Exception as exc:  # noqa: BLE001 - any worker error ends the run; say how to go on

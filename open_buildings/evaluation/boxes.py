@@ -12,14 +12,18 @@ Boxes are ``(x0, y0, x1, y1)`` in any planar unit (pixels, metres); pycocotools 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import geopandas as gpd
 import numpy as np
 import shapely
 
 from open_buildings.errors import EvaluationError
 from open_buildings.evaluation.coco import MAX_DETS, CocoResult, map_over_images
+from open_buildings.evaluation.io import Footprints, metric_crs, to_crs
 from open_buildings.evaluation.matching import Pairs
 
-__all__ = ["box_ious", "box_map", "geometry_boxes", "xywh_to_xyxy"]
+__all__ = ["box_ious", "box_map", "evaluate_boxes", "geometry_boxes", "xywh_to_xyxy"]
 
 
 def xywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
@@ -140,3 +144,43 @@ def box_map(
         raise EvaluationError("give one image id per box (pred_image, truth_image)")
     pairs = box_ious(p_box, t_box, p_img, t_img)
     return map_over_images(scores, p_img, t_img, pairs, max_dets=max_dets)
+
+
+def evaluate_boxes(
+    detections: gpd.GeoDataFrame, truth: Footprints, *, area: shapely.Geometry | None = None
+) -> CocoResult:
+    """Score detected boxes against building labels with COCO box AP.
+
+    Each label becomes its bounding box, and each detection the bounding box of its geometry,
+    both in one metric CRS (the labels' own if projected, else their UTM zone). The whole area is
+    one image, so no cap on detections applies (as ``ob-eval`` does for regions).
+
+    Args:
+        detections: Boxes with a ``score`` column, in any CRS.
+        truth: The labels (e.g. from :func:`open_buildings.evaluation.io.read_instances`).
+        area: Only labels and detections whose centre lies in this lon/lat geometry count.
+
+    Returns:
+        AP, AP50, AP75 and AR.
+
+    Raises:
+        EvaluationError: The inputs have no CRS or the detections have no scores.
+    """
+    if detections.crs is None or truth.crs is None:
+        raise EvaluationError("detections and labels need a CRS to be compared")
+    if "score" not in detections:
+        raise EvaluationError("the detections have no 'score' column")
+    crs = metric_crs(truth)
+    truth_m = to_crs(truth, crs)
+    pred_m = detections.to_crs(crs)
+    pred_geoms = np.asarray(pred_m.geometry.values, dtype=object)
+    scores = pred_m["score"].to_numpy(dtype=np.float64)
+    if area is not None:
+        region = gpd.GeoSeries([area], crs=4326).to_crs(crs).iloc[0]
+        keep_t = shapely.contains(region, shapely.centroid(truth_m.geometry))
+        keep_p = shapely.contains(region, shapely.centroid(pred_geoms))
+        truth_m = replace(truth_m, geometry=truth_m.geometry[keep_t])
+        pred_geoms, scores = pred_geoms[keep_p], scores[keep_p]
+    return box_map(
+        geometry_boxes(pred_geoms), scores, geometry_boxes(truth_m.geometry), max_dets=None
+    )

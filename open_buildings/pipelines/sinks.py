@@ -21,7 +21,7 @@ import geopandas as gpd
 import pandas as pd
 
 from open_buildings.geo import footprints
-from open_buildings.pipelines.postprocess import FRAME_COLUMNS, canonical_order
+from open_buildings.pipelines.postprocess import canonical_order
 from open_buildings.remote import is_remote, upload
 
 DEAD_LETTER_NAME = "dead_letter.jsonl"
@@ -79,9 +79,8 @@ def write_partial(frame: gpd.GeoDataFrame, path: str | os.PathLike[str]) -> Path
 
 
 def read_partial(path: str | os.PathLike[str]) -> gpd.GeoDataFrame:
-    """Read a tile's footprints written by :func:`write_partial`."""
-    frame = gpd.read_parquet(path)
-    return frame[FRAME_COLUMNS].reset_index(drop=True)
+    """Read a tile's result written by :func:`write_partial` (its columns as written)."""
+    return gpd.read_parquet(path).reset_index(drop=True)
 
 
 def write_dead_letter_marker(record: DeadLetter, work_dir: str | os.PathLike[str]) -> Path:

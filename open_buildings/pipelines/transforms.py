@@ -14,7 +14,7 @@ Each DoFn is a thin adapter over a plain function: tiles from ``geo.grid``, pixe
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,12 +103,20 @@ class ReadTileFn(beam.DoFn):
         imagery: the imagery source spec for ``geo.imagery.open_imagery``.
         spec: the tiling grid.
         work: the per-tile work folder; None keeps none.
+        empty: makes the result kept for a tile without imagery (no rows).
     """
 
-    def __init__(self, imagery: str, spec: grid.GridSpec, work: WorkDir | None) -> None:
+    def __init__(
+        self,
+        imagery: str,
+        spec: grid.GridSpec,
+        work: WorkDir | None,
+        empty: Callable[[], Any] = postprocess.empty_footprints,
+    ) -> None:
         self._imagery = imagery
         self._spec = spec
         self._work = work
+        self._empty = empty
         self._source: Any = None
 
     def setup(self) -> None:
@@ -130,21 +138,22 @@ class ReadTileFn(beam.DoFn):
         try:
             image = self._source.read(tile.grid)
         except (ImageryError, OSError, ValueError) as exc:
-            yield _dead_letter(work, tile_id, "read", exc)
+            yield dead_letter(work, tile_id, "read", exc)
             return
         _counter("tiles_read").inc()
         if image.empty:
             _counter("tiles_empty").inc()
             if work:
-                finish_tile(work, tile_id, postprocess.empty_footprints())
+                finish_tile(work, tile_id, self._empty())
             return
         _counter("m2_covered").inc(postprocess.covered_m2(tile, image))
         yield tile_id, TileInput(image.rgb, image.valid)
 
 
-def _dead_letter(
+def dead_letter(
     work: WorkDir | None, tile_id: str, stage: str, exc: BaseException
 ) -> beam.pvalue.TaggedOutput:
+    """Count a failed tile, mark it in the work folder, and tag its record for the output."""
     _counter("tiles_failed").inc()
     record = sinks.DeadLetter(tile_id, stage, f"{type(exc).__name__}: {exc}")
     if work:
@@ -165,11 +174,18 @@ class ReadImagery(beam.PTransform):
         imagery: the imagery source spec.
         spec: the tiling grid.
         work: the per-tile work folder; None keeps none.
+        empty: makes the result kept for a tile without imagery (footprints by default).
     """
 
-    def __init__(self, imagery: str, spec: grid.GridSpec, work: WorkDir | None = None) -> None:
+    def __init__(
+        self,
+        imagery: str,
+        spec: grid.GridSpec,
+        work: WorkDir | None = None,
+        empty: Callable[[], Any] = postprocess.empty_footprints,
+    ) -> None:
         super().__init__()
-        self._fn = ReadTileFn(imagery, spec, work)
+        self._fn = ReadTileFn(imagery, spec, work, empty)
 
     def expand(self, tiles: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
         """Build the stage."""
@@ -230,7 +246,7 @@ class PolygonizeFn(beam.DoFn):
                 shard_level=self._shard_level,
             )
         except (ValueError, MemoryError) as exc:
-            yield _dead_letter(self._work, tile_id, "postprocess", exc)
+            yield dead_letter(self._work, tile_id, "postprocess", exc)
             return
         _counter("buildings").inc(len(frame))
         if self._work:

@@ -1,24 +1,46 @@
-"""The training config (``ob-train CONFIG.yaml``): typed, and unknown keys are errors."""
+"""The training config (``ob-train CONFIG.yaml``): typed, and unknown keys are errors.
+
+Relative paths are resolved against the YAML file's folder (``open_buildings.config``), except an
+area's ``imagery`` and ``labels``, which are resolved against ``data_root`` when one is given
+(itself relative to the YAML file), so a config can name a data folder once.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field, ValidationInfo, model_validator
 
-from open_buildings.config import StrictModel
+from open_buildings.config import BASE_DIR, ConfigPath, StrictModel, resolve_path
+
+_DATA_ROOT = "data_root"
+#: ``init_from`` value for the ImageNet weights a package ships (EfficientNet-Lite0).
+IMAGENET = "imagenet"
+
+
+def _resolve_data(value: str | None, info: ValidationInfo) -> str | None:
+    context = info.context or {}
+    return resolve_path(value, context.get(_DATA_ROOT) or context.get(BASE_DIR))
+
+
+def _resolve_init(value: str | None, info: ValidationInfo) -> str | None:
+    if value == IMAGENET:
+        return value
+    return resolve_path(value, (info.context or {}).get(BASE_DIR))
+
+
+#: An area's data path: relative to ``data_root``, else to the YAML file's folder.
+DataPath = Annotated[str, AfterValidator(_resolve_data)]
+#: ``"imagenet"`` or a checkpoint path.
+InitSource = Annotated[str, AfterValidator(_resolve_init)]
 
 
 class AreaConfig(StrictModel):
-    """An area of imagery, with building labels or without.
-
-    Relative paths are resolved against the config's ``data_root``.
-    """
+    """An area of imagery, with building labels or without."""
 
     name: str
-    imagery: str
-    labels: str | None = None
+    imagery: DataPath
+    labels: DataPath | None = None
     bands: tuple[int, int, int] | None = None
     scale: tuple[float, float] | None = None
 
@@ -47,7 +69,7 @@ class SelfTrainingConfig(StrictModel):
     """
 
     enabled: bool = False
-    teacher: str | None = None
+    teacher: ConfigPath | None = None
     unlabelled: list[AreaConfig] = []
     ratio: float = Field(0.5, ge=0.0)
     temperature: float = Field(2.0, gt=0.0)
@@ -59,11 +81,12 @@ class TrainConfig(StrictModel):
 
     model: str = "unet_efficientnet_lite0"
     model_overrides: dict[str, Any] = {}
-    init: Literal["random", "imagenet"] = "random"
-    #: A local official backbone checkpoint (SigLIP/PaliGemma, OWL-ViT, V-MoE) loaded into the
-    #: model's encoder by ``models.pretrained.load_backbone`` after ``init``.
-    init_from: str | None = None
-    data_root: str = "../shared/data"
+    #: Official weights for the model's encoder, loaded by its registry entry
+    #: (``models.registry.load_pretrained``): a local checkpoint file (SigLIP/PaliGemma,
+    #: OWL-ViT, V-MoE), or ``imagenet`` for the packaged EfficientNet-Lite0 weights. None
+    #: trains from random weights.
+    init_from: InitSource | None = None
+    data_root: ConfigPath | None = None
     train: list[AreaConfig]
     val: list[AreaConfig] = []
     grid_level: int = Field(14, ge=10, le=18)
@@ -80,12 +103,16 @@ class TrainConfig(StrictModel):
     checkpoint_every: int = Field(200, ge=1)
     seed: int = 0
     device: Literal["cpu", "cuda"] = "cpu"
-    bf16: bool = True
+    bf16: bool = False
     threads: int | None = None
-    out: str = "runs/train"
+    out: ConfigPath = "runs/train"
 
-    def resolve(self, path: str | None) -> str | None:
-        """Resolve a data path against ``data_root`` (absolute paths and URLs pass through)."""
-        if path is None or "://" in path or Path(path).is_absolute():
-            return path
-        return str(Path(self.data_root) / path)
+    @model_validator(mode="before")
+    @classmethod
+    def _data_root_first(cls, data: Any, info: ValidationInfo) -> Any:
+        # The areas are validated after this, against the data root resolved here.
+        if isinstance(data, dict) and info.context is not None:
+            root = data.get(_DATA_ROOT)
+            base = info.context.get(BASE_DIR)
+            info.context[_DATA_ROOT] = resolve_path(root, base) if isinstance(root, str) else base
+        return data

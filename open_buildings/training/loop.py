@@ -1,5 +1,10 @@
 """The training loop: chips -> augment -> (mixup) -> loss (+ soft KL on unlabelled chips) -> step.
 
+:func:`train_step` is one optimisation step on given batches, testable on its own; a
+:class:`Trainer` draws each step's batches, calls it, and runs its hooks (validation,
+checkpoints, the progress bar) after every step, in the manner of torchgeo's ``BaseTask`` and
+Lightning's callbacks. :func:`train` wires them from a :class:`TrainConfig`.
+
 Everything random in a step (which chips, their augmentation, mixup's λ and partners, dropout)
 is derived from ``(seed, step)``, so a run resumed from a checkpoint takes exactly the steps an
 uninterrupted run would.
@@ -10,7 +15,8 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +32,7 @@ from open_buildings.models import heads
 from open_buildings.models.base import BuildingModel
 from open_buildings.models.checkpoint import load_checkpoint, save_checkpoint
 from open_buildings.models.losses import segmentation_loss
-from open_buildings.models.pretrained import load_backbone
-from open_buildings.models.registry import build_model
-from open_buildings.models.unet import load_lite0_imagenet
+from open_buildings.models.registry import build_model, load_pretrained
 from open_buildings.training import chips as chipping
 from open_buildings.training.config import AreaConfig, TrainConfig
 from open_buildings.training.distill import soft_kl_loss, soft_targets
@@ -59,8 +63,8 @@ def load_areas(cfg: TrainConfig, areas: list[AreaConfig], *, labelled: bool) -> 
     spec = GridSpec(level=cfg.grid_level)
     scenes: list[Scene] = []
     for area in areas:
-        source = imagery.open_imagery(cfg.resolve(area.imagery), bands=area.bands, scale=area.scale)
-        labels = read_labels(cfg.resolve(area.labels)) if labelled and area.labels else None
+        source = imagery.open_imagery(area.imagery, bands=area.bands, scale=area.scale)
+        labels = read_labels(area.labels) if labelled and area.labels else None
         if labelled and labels is None:
             raise ConfigError(f"area {area.name!r} is used for training but has no 'labels'")
         found = load_scenes(
@@ -137,14 +141,163 @@ def _optimizer(cfg: TrainConfig):
 
 
 def new_model(cfg: TrainConfig) -> BuildingModel:
-    """Build the configured model; apply its ``init`` and then ``init_from``."""
+    """Build the configured model and load its ``init_from`` weights, if any."""
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, **cfg.model_overrides)
-    if cfg.init == "imagenet":
-        load_lite0_imagenet(model)
     if cfg.init_from:
-        load_backbone(model, cfg.resolve(cfg.init_from))
+        load_pretrained(model, cfg.init_from)
     return model
+
+
+def train_step(
+    model: BuildingModel,
+    optimizer: torch.optim.Optimizer,
+    batch: Batch,
+    cfg: TrainConfig,
+    step: int,
+    *,
+    unlabelled: Batch | None = None,
+) -> dict[str, Any]:
+    """Take one optimisation step on a labelled batch (and the step's unlabelled one).
+
+    Sets the step's learning rate (:func:`lr_at`), mixes the batch with probability
+    ``cfg.mixup.prob``, adds the model's auxiliary loss (V-MoE) and, with ``unlabelled``, the
+    weighted soft-KL loss against the teacher's targets; then back-propagates and steps.
+
+    Args:
+        model: the model, on its device.
+        optimizer: its optimizer.
+        batch: the labelled batch (:func:`labelled_batch`).
+        cfg: the run's config (learning rate, mixup, losses, seed, bf16).
+        step: the 0-based step, which seeds mixup and dropout.
+        unlabelled: the step's unlabelled chips with soft targets (:func:`unlabelled_batch`).
+
+    Returns:
+        The step's record: ``step`` (1-based), ``loss`` (the supervised loss), ``mixup``, and
+        ``aux`` and ``kl`` when they apply.
+    """
+    device = next(model.parameters()).device
+    model.train()
+    for group in optimizer.param_groups:
+        group["lr"] = lr_at(cfg, step)
+    images, targets, weights = batch.images, batch.targets, batch.weights
+    rng = chipping.rng_for(cfg.seed, step, 2)
+    mixed = cfg.mixup.enabled and bool(rng.random() < cfg.mixup.prob)
+    if mixed:
+        images, targets, weights, _ = mixup(images, targets, weights, rng, cfg.mixup.alpha)
+    torch.manual_seed(cfg.seed * 1_000_003 + step)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+        logits = model(images.to(device))
+    loss = segmentation_loss(
+        logits.float(), targets.to(device), weights.to(device), dice_weight=cfg.dice_weight
+    )
+    record: dict[str, Any] = {"step": step + 1, "loss": loss.item(), "mixup": mixed}
+    aux = model.aux_loss()
+    if aux is not None:
+        record["aux"] = aux.item()
+        loss = loss + aux
+    if unlabelled is not None:
+        st = cfg.self_training
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            student = model(unlabelled.images.to(device))
+        kl = soft_kl_loss(
+            student.float(),
+            unlabelled.targets.to(device),
+            st.temperature,
+            unlabelled.weights.to(device),
+        )
+        record["kl"] = kl.item()
+        loss = loss + st.weight * kl
+        aux = model.aux_loss()
+        if aux is not None:
+            loss = loss + aux
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return record
+
+
+#: ``hook(trainer, step, record)`` runs after each step (0-based ``step``); it may add to
+#: ``record``, which is appended to the history after every hook has run.
+Hook = Callable[["Trainer", int, dict[str, Any]], None]
+
+
+@dataclass
+class Trainer:
+    """Draws each step's batches, takes the step, and runs the hooks.
+
+    Attributes:
+        cfg: the run's config.
+        model: the model, on its device.
+        optimizer: its optimizer.
+        pool: the labelled scenes.
+        unlabelled: the unlabelled scenes (self-training), or None.
+        teacher_probs: the teacher's soft targets, one per unlabelled scene.
+        hooks: run after each step, in order.
+        history: one record per step taken (resumed runs start with the earlier ones).
+    """
+
+    cfg: TrainConfig
+    model: BuildingModel
+    optimizer: torch.optim.Optimizer
+    pool: chipping.ScenePool
+    unlabelled: chipping.ScenePool | None = None
+    teacher_probs: list[np.ndarray] = field(default_factory=list)
+    hooks: Sequence[Hook] = ()
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def fit(self, start: int = 0) -> list[dict[str, Any]]:
+        """Take steps ``start`` to ``cfg.steps - 1``; return the history."""
+        transform = chipping.augmenter()
+        for step in range(start, self.cfg.steps):
+            batch = labelled_batch(self.pool, self.cfg, step, transform)
+            extra = None
+            if self.unlabelled is not None:
+                extra = unlabelled_batch(
+                    self.unlabelled, self.teacher_probs, self.cfg, step, transform
+                )
+            record = train_step(self.model, self.optimizer, batch, self.cfg, step, unlabelled=extra)
+            for hook in self.hooks:
+                hook(self, step, record)
+            self.history.append(record)
+        return self.history
+
+
+def validation_hook(scenes: Sequence[Scene]) -> Hook:
+    """Score the model on ``scenes`` every ``val_every`` steps and at the last step."""
+
+    def hook(trainer: Trainer, step: int, record: dict[str, Any]) -> None:
+        cfg = trainer.cfg
+        if scenes and ((step + 1) % cfg.val_every == 0 or step + 1 == cfg.steps):
+            record["val"] = validate(trainer.model, scenes, bf16=cfg.bf16, spec=_spec(cfg))
+
+    return hook
+
+
+def checkpoint_hook(folder: Path) -> Hook:
+    """Save the resumable state every ``checkpoint_every`` steps and at the last step."""
+
+    def hook(trainer: Trainer, step: int, record: dict[str, Any]) -> None:
+        cfg = trainer.cfg
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+            history = [*trainer.history, record]
+            save_state(folder, trainer.model, trainer.optimizer, step + 1, history)
+
+    return hook
+
+
+def progress_hook(bar: Any) -> Hook:
+    """Advance a tqdm bar, showing the step's loss."""
+
+    def hook(trainer: Trainer, step: int, record: dict[str, Any]) -> None:
+        bar.set_postfix(loss=f"{record['loss']:.4f}")
+        bar.update(1)
+
+    return hook
+
+
+def _spec(cfg: TrainConfig) -> GridSpec:
+    return GridSpec(level=cfg.grid_level)
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
@@ -180,9 +333,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
     if st.enabled:
         if not st.teacher or not st.unlabelled:
             raise ConfigError("self_training needs a 'teacher' checkpoint and 'unlabelled' areas")
-        teacher = load_checkpoint(
-            st.teacher if Path(st.teacher).exists() else cfg.resolve(st.teacher)
-        )
+        teacher = load_checkpoint(st.teacher)
         unlabelled = chipping.ScenePool(load_areas(cfg, st.unlabelled, labelled=False))
         for scene in unlabelled.scenes:
             logits = torch.from_numpy(predict(teacher, scene.rgb, bf16=cfg.bf16))
@@ -197,59 +348,21 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
         optimizer = _optimizer(cfg)(model)
         start, history = 0, []
     model.to(device)
-    transform = chipping.augmenter()
     began = time.perf_counter()
-    bar = tqdm(
-        range(start, cfg.steps),
-        initial=start,
-        total=cfg.steps,
-        disable=not progress,
-        desc="ob-train",
-        unit="step",
-    )
-    for step in bar:
-        model.train()
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(cfg, step)
-        batch = labelled_batch(pool, cfg, step, transform)
-        images, targets, weights = batch.images, batch.targets, batch.weights
-        rng = chipping.rng_for(cfg.seed, step, 2)
-        mixed = cfg.mixup.enabled and bool(rng.random() < cfg.mixup.prob)
-        if mixed:
-            images, targets, weights, _ = mixup(images, targets, weights, rng, cfg.mixup.alpha)
-        torch.manual_seed(cfg.seed * 1_000_003 + step)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-            logits = model(images.to(device))
-        loss = segmentation_loss(
-            logits.float(), targets.to(device), weights.to(device), dice_weight=cfg.dice_weight
+    with tqdm(
+        initial=start, total=cfg.steps, disable=not progress, desc="ob-train", unit="step"
+    ) as bar:
+        trainer = Trainer(
+            cfg,
+            model,
+            optimizer,
+            pool,
+            unlabelled,
+            teacher_probs,
+            hooks=[validation_hook(val_scenes), checkpoint_hook(ckpt), progress_hook(bar)],
+            history=history,
         )
-        record: dict[str, Any] = {"step": step + 1, "loss": loss.item(), "mixup": mixed}
-        aux = model.aux_loss()
-        if aux is not None:
-            record["aux"] = aux.item()
-            loss = loss + aux
-        if st.enabled:
-            ub = unlabelled_batch(unlabelled, teacher_probs, cfg, step, transform)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-                student = model(ub.images.to(device))
-            kl = soft_kl_loss(
-                student.float(), ub.targets.to(device), st.temperature, ub.weights.to(device)
-            )
-            record["kl"] = kl.item()
-            loss = loss + st.weight * kl
-            aux = model.aux_loss()
-            if aux is not None:
-                loss = loss + aux
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        bar.set_postfix(loss=f"{record['loss']:.4f}")
-        last = step + 1 == cfg.steps
-        if val_scenes and ((step + 1) % cfg.val_every == 0 or last):
-            record["val"] = validate(model, val_scenes, bf16=cfg.bf16)
-        history.append(record)
-        if (step + 1) % cfg.checkpoint_every == 0 or last:
-            save_state(ckpt, model, optimizer, step + 1, history)
+        history = trainer.fit(start)
     seconds = time.perf_counter() - began
     weights_path = out / FINAL_WEIGHTS
     save_checkpoint(model, weights_path)

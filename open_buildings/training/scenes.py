@@ -45,13 +45,6 @@ class Scene:
     core: np.ndarray
     instances: np.ndarray | None
 
-    @property
-    def n_buildings(self) -> int:
-        """Number of distinct buildings with at least one pixel in this scene's core."""
-        if self.instances is None:
-            return 0
-        return int(np.unique(self.instances[self.core & (self.instances > 0)]).size)
-
 
 def read_labels(path: str | os.PathLike[str]) -> gpd.GeoDataFrame:
     """Read building label polygons (GeoJSON or GeoParquet) as a GeoDataFrame in EPSG:4326.

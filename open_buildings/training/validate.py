@@ -1,8 +1,10 @@
 """Validation during training: predict whole scenes and score them with the evaluation module.
 
-Predictions and labels go through the same path as ``ob-infer`` and ``ob-eval``: decode ->
-polygonize -> COCO mAP and SpaceNet F1 in the scene's metric CRS. Only buildings whose centroid
-lies in the scene's core and over imagery count, on both sides.
+Predictions and labels go through ``ob-infer``'s own functions: the model runs through
+:func:`open_buildings.pipelines.runtime.run_model` (the pipeline's padding, fp32 unless bf16 is
+asked for), and both sides through :func:`open_buildings.pipelines.postprocess.owned_footprints`
+(no imagery -> no building; a building counts only in the tile that owns its centroid). Then COCO
+mAP and SpaceNet F1 (``ob-eval``'s) in the scene's metric CRS.
 """
 
 from __future__ import annotations
@@ -10,38 +12,23 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 from pyproj import CRS
-from scipy import ndimage as ndi
 
 from open_buildings.evaluation.evaluate import evaluate
 from open_buildings.evaluation.io import Footprints
-from open_buildings.geo.polygonize import polygonize
+from open_buildings.geo.grid import GridSpec, Tile
 from open_buildings.models import heads
 from open_buildings.models.base import BuildingModel
+from open_buildings.pipelines.postprocess import owned_footprints
+from open_buildings.pipelines.runtime import run_model
 from open_buildings.training.scenes import Scene
 
 
-def predict(model: BuildingModel, rgb: np.ndarray, *, bf16: bool = True) -> np.ndarray:
+def predict(model: BuildingModel, rgb: np.ndarray, *, bf16: bool = False) -> np.ndarray:
     """Return the model's float32 logits ``(C, H, W)`` for one uint8 image ``(bands, H, W)``."""
     model.eval()
-    x = torch.from_numpy(np.ascontiguousarray(rgb)).float().div_(255.0)[None]
     device = next(model.parameters()).device
-    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-        logits = model(x.to(device))
-    return logits[0].float().cpu().numpy()
-
-
-def _owned(labels: np.ndarray, keep: np.ndarray) -> np.ndarray:
-    """Zero the instances whose centroid pixel is outside ``keep``; return the new labels."""
-    ids = np.unique(labels[labels > 0])
-    if ids.size == 0:
-        return labels
-    centres = np.asarray(ndi.center_of_mass(np.ones_like(labels), labels, ids))
-    rows = np.clip(np.round(centres[:, 0]).astype(int), 0, labels.shape[0] - 1)
-    cols = np.clip(np.round(centres[:, 1]).astype(int), 0, labels.shape[1] - 1)
-    dropped = ids[~keep[rows, cols]]
-    return np.where(np.isin(labels, dropped), 0, labels)
+    return run_model(model, [rgb], device=device, bf16=bf16)[0]
 
 
 def _footprints(frames: list, crs: str, scored: bool, name: str) -> Footprints:
@@ -62,29 +49,34 @@ def _footprints(frames: list, crs: str, scored: bool, name: str) -> Footprints:
     )
 
 
-def validate(model: BuildingModel, scenes: Sequence[Scene], *, bf16: bool = True) -> dict:
+def validate(
+    model: BuildingModel,
+    scenes: Sequence[Scene],
+    *,
+    bf16: bool = False,
+    spec: GridSpec | None = None,
+) -> dict:
     """Score the model on labelled scenes.
 
     Args:
         model: the model to score (left in eval mode).
         scenes: labelled scenes, all in one metric CRS or not (each is compared in its own).
         bf16: run the forward pass under bf16 autocast.
+        spec: the grid the scenes were read on (the default grid when None).
 
     Returns:
         ``{"ap", "ap50", "ap75", "f1", "precision", "recall", "n_pred", "n_truth"}``.
     """
+    spec = spec or GridSpec()
     preds, truths, crs = [], [], None
     for scene in scenes:
         if scene.instances is None:
             continue
-        keep = scene.valid & scene.core
+        tile = Tile(scene.tile_id, spec)
         labels, confidence = heads.decode(predict(model, scene.rgb, bf16=bf16))
-        labels = _owned(labels, keep)
-        truth = _owned(scene.instances, keep)
-        g = scene.grid
-        preds.append(polygonize(labels, g.transform, g.crs, confidence=confidence))
-        truths.append(polygonize(truth, g.transform, g.crs))
-        crs = crs or g.crs
+        preds.append(owned_footprints(tile, labels, confidence, scene.valid))
+        truths.append(owned_footprints(tile, scene.instances, None, scene.valid))
+        crs = crs or scene.grid.crs
     if crs is None:
         raise ValueError("validation needs at least one labelled scene")
     result = evaluate(

@@ -38,6 +38,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
@@ -48,6 +49,7 @@ from open_buildings.models.owlvit import DetectorConfig, OwlViTDetector, OwlViTI
 from open_buildings.models.vit import ViTConfig, resample_pos_embed
 
 __all__ = [
+    "load_queries",
     "VISION_PREFIX",
     "convert_state_dict",
     "detector_config",
@@ -332,3 +334,64 @@ def load_owlvit_backbone(model: BuildingModel, path: Path) -> dict[str, int]:
     converted, unused = convert_state_dict(tensors, encoder, heads=False)
     loaded = _copy_into(encoder, converted, f"model {model.name!r}'s encoder")
     return {"loaded": loaded, "unused": len(unused)}
+
+
+#: Largest query file read (bytes): 100,000 queries of 512 float32 are 200 MB.
+MAX_QUERY_BYTES = 256_000_000
+
+
+def load_queries(path: str | os.PathLike[str]) -> torch.Tensor:
+    """Read query embeddings and L2-normalise them (as OWL-ViT does with text embeddings).
+
+    Args:
+        path: A ``.npy`` file (no pickles), or a ``.safetensors`` file holding one tensor or a
+            tensor named ``queries``; shaped ``(Q, D)`` or ``(D,)``.
+
+    Returns:
+        ``(Q, D)`` float32, each row of norm 1.
+
+    Raises:
+        CheckpointError: The file is missing, too large, unreadable, or not finite ``(Q, D)``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"query file {path} does not exist; see `ob-detect --help`")
+    if path.stat().st_size > MAX_QUERY_BYTES:
+        raise CheckpointError(f"query file {path} is over {MAX_QUERY_BYTES:,} bytes")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npy":
+            array = np.load(path, allow_pickle=False)
+            if not np.issubdtype(array.dtype, np.number):
+                raise CheckpointError(f"{path} holds {array.dtype}, not numbers")
+            queries = torch.from_numpy(np.asarray(array, dtype=np.float32))
+        elif suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            tensors = load_file(str(path))
+            if "queries" in tensors:
+                queries = tensors["queries"]
+            elif len(tensors) == 1:
+                queries = next(iter(tensors.values()))
+            else:
+                raise CheckpointError(
+                    f"{path} holds {len(tensors)} tensors ({', '.join(sorted(tensors)[:5])}); "
+                    "name the query embeddings 'queries'"
+                )
+            queries = queries.float()
+        else:
+            raise CheckpointError(f"query file {path}: use a .npy or .safetensors file")
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, CheckpointError):
+            raise
+        raise CheckpointError(f"cannot read query embeddings from {path}: {exc}") from exc
+    if queries.ndim == 1:
+        queries = queries[None]
+    if queries.ndim != 2 or queries.shape[0] == 0:
+        raise CheckpointError(
+            f"query embeddings in {path} are shaped {tuple(queries.shape)}; expected (Q, D)"
+        )
+    norms = torch.linalg.norm(queries, dim=-1, keepdim=True)
+    if not bool(torch.isfinite(queries).all()) or bool((norms == 0).any()):
+        raise CheckpointError(f"query embeddings in {path} hold NaN, inf or all-zero rows")
+    return queries / norms

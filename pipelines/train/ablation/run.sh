@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Train the four ablation rows in order (row 3 and 4 use row 2's model as their teacher).
-# Run from the repository root after `make install`; needs the shared data at ../shared/data
+# Run after `make install`; the configs find the shared data at ../shared/data (relative to each YAML)
 # (or pass -o data_root=/path/to/data through EXTRA). Each row writes runs/ablation/<row>/.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
