@@ -255,7 +255,7 @@ def capacity_compute(
     Raises:
         ConfigError: if the model has no MoE layers.
     """
-    from open_buildings.models.moe import capacity_applied, measure_expert_compute
+    from open_buildings.models.moe_compute import capacity_applied, measure_expert_compute
 
     x = images if images is not None else torch.rand(1, 3, 224, 224)
     with torch.inference_mode():

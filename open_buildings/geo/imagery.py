@@ -24,15 +24,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from open_buildings.errors import ImageryError
-from open_buildings.geo.imagery_raster import (
-    ImagerySource,
-    RasterSource,
-    ReadLimits,
-    TileImage,
-    gdal_path,
-)
+from open_buildings.geo.imagery_raster import ImagerySource, RasterSource, TileImage
 from open_buildings.geo.imagery_stac import StacSource
 from open_buildings.geo.imagery_xyz import XYZSource, scan_tiles
+from open_buildings.geo.raster_open import ReadLimits, gdal_path
 
 __all__ = [
     "ImagerySource",

@@ -8,59 +8,29 @@ from __future__ import annotations
 
 import math
 import os
-import re
-import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 import rasterio
-from affine import Affine
 from rasterio.enums import ColorInterp, Resampling
-from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 
 from open_buildings.errors import ImageryError
 from open_buildings.geo.grid import PixelGrid
+from open_buildings.geo.raster_open import (
+    GDAL_ERRORS,
+    REMOTE_ENV,
+    ReadLimits,
+    check_georeference,
+    gdal_path,
+    on_network,
+    open_raster,
+)
 
-try:  # GDAL errors surface as CPLE_* exceptions; they are not all RasterioError subclasses.
-    from rasterio._err import CPLE_BaseError
-except ImportError:  # pragma: no cover - rasterio moved it
-    CPLE_BaseError = RasterioError  # type: ignore[misc,assignment]
-
-#: Errors from rasterio/GDAL that are turned into an ImageryError naming the file.
-GDAL_ERRORS: tuple[type[BaseException], ...] = (RasterioError, CPLE_BaseError)
-#: The only raster drivers a user file may be opened with (so a VRT named .tif is not followed).
-ALLOWED_DRIVERS = ("GTiff", "JPEG", "PNG", "WEBP")
-#: Drivers that decode the whole image to read any window of it.
-WHOLE_IMAGE_DRIVERS = ("JPEG", "PNG", "WEBP")
-_REMOTE = {"gs": "/vsigs/", "s3": "/vsis3/", "https": "/vsicurl/"}
-_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-_]*):")
 _STATS_SIZE = 1024  # the longest side of the decimated read used for scaling statistics
-_REMOTE_ENV = {
-    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
-    "GDAL_HTTP_TIMEOUT": "60",
-    "GDAL_HTTP_MAX_RETRY": "3",
-}
-
-
-@dataclass(frozen=True)
-class ReadLimits:
-    """Caps checked against what a file *declares*, before any pixel is read.
-
-    Attributes:
-        max_total_bytes: width x height x bands x bytes per sample of one file (default 1 TiB).
-        max_block_bytes: bytes of one block or strip, which GDAL decodes whole for any window that
-            touches it; for JPEG/PNG/WEBP files, the whole image (default 512 MiB).
-        max_bands: the most bands a file may have (default 16).
-    """
-
-    max_total_bytes: int = 2**40
-    max_block_bytes: int = 512 * 2**20
-    max_bands: int = 16
 
 
 @dataclass
@@ -93,179 +63,6 @@ class ImagerySource(Protocol):
     def bounds_lonlat(self) -> tuple[float, float, float, float]:
         """Return the union footprint ``(west, south, east, north)`` in degrees."""
         ...
-
-
-def gdal_path(spec: str | os.PathLike[str]) -> str:
-    """Check a user-supplied path and return the path GDAL should open.
-
-    Local paths are returned as they are. ``gs://``, ``s3://`` and ``https://`` URLs map to
-    ``/vsigs/``, ``/vsis3/`` and ``/vsicurl/``. Anything else that GDAL would interpret specially
-    (``/vsi...`` paths, other URL schemes, ``DRIVER:...`` prefixes, inline XML, ``?`` options) is
-    refused.
-
-    Args:
-        spec: a local path or a ``gs://``, ``s3://`` or ``https://`` URL.
-
-    Returns:
-        The path to hand to GDAL.
-
-    Raises:
-        ImageryError: if the path is not allowed.
-    """
-    text = os.fspath(spec)
-    if not isinstance(text, str) or not text.strip():
-        raise ImageryError(f"imagery path {spec!r} is empty; pass a file, folder or URL")
-    if any(ord(ch) < 32 for ch in text) or text.lstrip().startswith("<"):
-        raise ImageryError(
-            f"imagery path {text!r} contains control characters or inline XML; "
-            "pass a plain file path or a gs://, s3:// or https:// URL"
-        )
-    if "/vsi" in text.lower():
-        raise ImageryError(
-            f"imagery path {text!r} is a GDAL virtual path (/vsi...), which is not "
-            "allowed; pass a local path or a gs://, s3:// or https:// URL instead"
-        )
-    match = _SCHEME.match(text)
-    if match and not re.match(r"^[A-Za-z]:[\\/]", text):
-        scheme = match.group(1).lower()
-        rest = text[match.end() :]
-        if scheme not in _REMOTE or not rest.startswith("//"):
-            hint = " (use https://)" if scheme == "http" else ""
-            raise ImageryError(
-                f"imagery path {text!r} uses {scheme + ':'!r}, which is not allowed"
-                f"{hint}; only local paths and gs://, s3:// and https:// URLs are"
-            )
-        host_key = rest[2:]
-        if "/" not in host_key or host_key.startswith("/") or host_key.endswith("/"):
-            raise ImageryError(
-                f"imagery URL {text!r} names no object; expected "
-                f"{scheme}://bucket-or-host/path/to/file"
-            )
-        if scheme != "https" and ("?" in host_key or "#" in host_key):
-            raise ImageryError(f"imagery URL {text!r} contains '?' or '#'; remove them")
-        return _REMOTE[scheme] + (text if scheme == "https" else host_key)
-    if "?" in text or "#" in text:
-        raise ImageryError(
-            f"imagery path {text!r} contains '?' or '#', which GDAL may read as "
-            "options; rename the file"
-        )
-    return text
-
-
-def is_remote(path: str) -> bool:
-    """Return True for a path :func:`gdal_path` mapped to a network location."""
-    return path.startswith(tuple(_REMOTE.values()))
-
-
-@contextmanager
-def open_raster(name: str, path: str, limits: ReadLimits) -> Iterator[rasterio.DatasetReader]:
-    """Open a raster with an allowed driver and check its declared size against ``limits``.
-
-    Args:
-        name: the path as the user gave it, for messages.
-        path: the GDAL path from :func:`gdal_path`.
-        limits: the caps to check.
-
-    Yields:
-        The open dataset; it is closed on exit.
-
-    Raises:
-        ImageryError: if the file is missing, not an allowed format, or over a cap.
-    """
-    if not is_remote(path) and not os.path.isfile(path):
-        raise ImageryError(f"imagery file {name} does not exist or is not a file")
-    env = _REMOTE_ENV if is_remote(path) else {}
-    ds = None
-    errors = []
-    with rasterio.Env(**env), warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        for driver in ALLOWED_DRIVERS:
-            try:
-                ds = rasterio.open(path, driver=driver)
-                break
-            except GDAL_ERRORS as exc:
-                errors.append(str(exc))
-            except IndexError as exc:  # rasterio's answer for a dataset with no bands
-                errors.append(str(exc))
-        if ds is None:
-            detail = f" (GDAL said: {errors[0]})" if is_remote(path) and errors else ""
-            raise ImageryError(
-                f"imagery file {name} is not in an allowed raster format "
-                f"({', '.join(ALLOWED_DRIVERS)}); VRT, HDF5, NetCDF and other formats are refused. "
-                f"Convert it to a Cloud-Optimized GeoTIFF (gdal_translate -of COG){detail}"
-            )
-        try:
-            check_limits(name, ds, limits)
-            yield ds
-        finally:
-            ds.close()
-
-
-def check_limits(name: str, ds: rasterio.DatasetReader, limits: ReadLimits) -> None:
-    """Check a dataset's declared bands, total size and block size against ``limits``.
-
-    Args:
-        name: the file name, for messages.
-        ds: the open dataset (only its header is used).
-        limits: the caps.
-
-    Raises:
-        ImageryError: if a cap is exceeded or the file has no bands.
-    """
-    if ds.count == 0:
-        raise ImageryError(
-            f"imagery file {name} has no raster bands (only subdatasets?); "
-            "convert the band you need to a GeoTIFF"
-        )
-    if ds.count > limits.max_bands:
-        raise ImageryError(
-            f"imagery file {name} declares {ds.count} bands, over the cap of "
-            f"{limits.max_bands}; extract the RGB bands or raise max_bands"
-        )
-    itemsize = max(np.dtype(dt).itemsize for dt in ds.dtypes)
-    total = ds.width * ds.height * ds.count * itemsize
-    if total > limits.max_total_bytes:
-        raise ImageryError(
-            f"imagery file {name} declares {ds.width} x {ds.height} x {ds.count} "
-            f"bands = {total / 2**30:.1f} GiB, over the cap of "
-            f"{limits.max_total_bytes / 2**30:.1f} GiB; split it or raise "
-            "max_total_bytes"
-        )
-    if ds.driver in WHOLE_IMAGE_DRIVERS:
-        block, what = total, f"a {ds.driver} image, decoded whole,"
-    else:
-        rows, cols = ds.block_shapes[0]
-        per_block = ds.count if ds.interleaving in (None, rasterio.enums.Interleaving.pixel) else 1
-        block, what = rows * cols * itemsize * per_block, f"one block/strip ({cols} x {rows})"
-    if block > limits.max_block_bytes:
-        raise ImageryError(
-            f"imagery file {name}: {what} is {block / 2**20:.0f} MiB, over the cap "
-            f"of {limits.max_block_bytes / 2**20:.0f} MiB; re-tile it "
-            "(gdal_translate -of COG) or raise max_block_bytes"
-        )
-
-
-def check_georeference(name: str, ds: rasterio.DatasetReader) -> None:
-    """Refuse a dataset without a CRS and an affine geotransform.
-
-    Args:
-        name: the file name, for messages.
-        ds: the open dataset.
-
-    Raises:
-        ImageryError: if the file is not georeferenced by a CRS and a geotransform.
-    """
-    if ds.crs is None or ds.transform == Affine.identity():
-        if ds.gcps[0] or ds.rpcs:
-            raise ImageryError(
-                f"imagery file {name} is georeferenced only by GCPs or RPCs; "
-                "warp it first (gdalwarp -t_srs EPSG:... in.tif out.tif)"
-            )
-        raise ImageryError(
-            f"imagery file {name} has no georeference (no CRS or geotransform). If it is a "
-            "slippy-map tile, open its folder as an XYZ source (files named z/x/y.ext or "
-            "OAM-x-y-z.ext); otherwise add a .aux.xml/.wld sidecar or georeference it"
-        )
 
 
 def map_bands(
@@ -450,7 +247,7 @@ class RasterSource:
         return TileImage(rgb=rgb, valid=valid, grid=grid)
 
     def _read_file(self, info: _FileInfo, grid: PixelGrid) -> tuple[np.ndarray, np.ndarray]:
-        env = _REMOTE_ENV if is_remote(info.path) else {}
+        env = REMOTE_ENV if on_network(info.path) else {}
         try:
             with rasterio.Env(**env), open_raster(info.name, info.path, self.limits) as ds:
                 with WarpedVRT(

@@ -13,7 +13,8 @@ import pystac
 
 from open_buildings.errors import ImageryError
 from open_buildings.geo.grid import PixelGrid
-from open_buildings.geo.imagery_raster import _SCHEME, RasterSource, ReadLimits, TileImage
+from open_buildings.geo.imagery_raster import RasterSource, TileImage
+from open_buildings.geo.raster_open import SCHEME, ReadLimits
 
 _MAX_JSON_BYTES = 64 * 2**20
 _PREFERRED_KEYS = ("visual", "image")
@@ -53,7 +54,7 @@ def pick_asset(item: pystac.Item, asset: str | None = None) -> pystac.Asset:
 
 
 def _resolve(href: str, base_dir: str) -> str:
-    if _SCHEME.match(href) or os.path.isabs(href) or href.lstrip().startswith("<"):
+    if SCHEME.match(href) or os.path.isabs(href) or href.lstrip().startswith("<"):
         return href  # checked by gdal_path when the RasterSource opens it
     return os.path.normpath(os.path.join(base_dir, href))
 

@@ -20,13 +20,12 @@ from rasterio.warp import reproject, transform_bounds
 
 from open_buildings.errors import ImageryError
 from open_buildings.geo.grid import PixelGrid
-from open_buildings.geo.imagery_raster import (
+from open_buildings.geo.imagery_raster import TileImage, map_bands
+from open_buildings.geo.raster_open import (
     GDAL_ERRORS,
     ReadLimits,
-    TileImage,
     gdal_path,
-    is_remote,
-    map_bands,
+    on_network,
     open_raster,
 )
 
@@ -123,7 +122,7 @@ class XYZSource:
             if not all(k in text for k in ("{z}", "{x}", "{y}")):
                 raise ImageryError(f"XYZ template {text!r} must contain {{z}}, {{x}} and {{y}}")
             probe = gdal_path(text.replace("{z}", "0").replace("{x}", "0").replace("{y}", "0"))
-            self._tiles = None if is_remote(probe) else _scan_template(text)
+            self._tiles = None if on_network(probe) else _scan_template(text)
         elif os.path.isdir(text):
             self._tiles = scan_tiles(text)
         else:

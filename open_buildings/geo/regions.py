@@ -54,13 +54,9 @@ Decisions that reject what other readers might accept:
 
 from __future__ import annotations
 
-import difflib
 import json
-import math
 import os
-import re
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,41 +66,27 @@ import shapely
 from pyproj import Geod
 
 from open_buildings.errors import RegionError
+from open_buildings.geo.geojson import (
+    ARRAY,
+    GEOMETRY_TYPES,
+    NOT_AREA,
+    NotAreaError,
+    check_object,
+    geometries,
+    is_finite_number,
+    is_number,
+    json_depth,
+    load_json,
+    region_error,
+    too_big,
+    too_deep,
+)
 
 __all__ = ["Region", "parse_region", "read_region", "region_from_bbox"]
 
 _GEOD = Geod(ellps="WGS84")
 # Edges are straight in lon/lat (RFC 7946); the geodesic area is taken after densifying to this.
 _DENSIFY_DEG = 0.1
-_GEOMETRY_TYPES = (
-    "Point",
-    "MultiPoint",
-    "LineString",
-    "MultiLineString",
-    "Polygon",
-    "MultiPolygon",
-    "GeometryCollection",
-)
-_TYPES = (*_GEOMETRY_TYPES, "Feature", "FeatureCollection")
-# RFC 7946 section 7.1: members that would change an object's meaning.
-_FORBIDDEN = {
-    "FeatureCollection": ("coordinates", "geometries", "geometry", "properties"),
-    "Feature": ("coordinates", "geometries", "features"),
-    **{t: ("geometry", "properties", "features") for t in _GEOMETRY_TYPES},
-}
-_WGS84_NAMES = {
-    "urn:ogc:def:crs:ogc:1.3:crs84",
-    "urn:ogc:def:crs:ogc::crs84",
-    "urn:ogc:def:crs:epsg::4326",
-    "urn:ogc:def:crs:epsg:6.6:4326",
-    "epsg:4326",
-    "crs84",
-    "ogc:crs84",
-    "http://www.opengis.net/def/crs/ogc/1.3/crs84",
-    "http://www.opengis.net/def/crs/epsg/0/4326",
-}
-_ARRAY = (list, tuple)  # JSON arrays; tuples too, as from __geo_interface__
-_NOT_AREA = "a region must be a Polygon or MultiPolygon: remove it or buffer it into a polygon"
 
 
 @dataclass(frozen=True)
@@ -163,7 +145,7 @@ def read_region(
     try:
         size = os.stat(path).st_size
         if size > max_bytes:
-            raise _too_big(source, size, max_bytes)
+            raise too_big(source, size, max_bytes)
         with open(path, "rb") as f:
             data = f.read(max_bytes + 1)  # bounded even if the size lied (pipes, /dev files)
     except OSError as e:
@@ -171,8 +153,8 @@ def read_region(
             f"{source}: cannot read the region file ({e.strerror}); check the path"
         ) from e
     if len(data) > max_bytes:
-        raise _too_big(source, len(data), max_bytes)
-    obj = _load_json(data, source, max_depth)
+        raise too_big(source, len(data), max_bytes)
+    obj = load_json(data, source, max_depth)
     return _build(obj, source, max_area_km2, fix_invalid)
 
 
@@ -199,18 +181,18 @@ def parse_region(
     Raises:
         RegionError: The object is not valid GeoJSON, not an area, invalid, or too large.
     """
-    if _depth(obj, max_depth) > max_depth:
-        raise _too_deep(source, max_depth)
+    if json_depth(obj, max_depth) > max_depth:
+        raise too_deep(source, max_depth)
     return _build(obj, source, max_area_km2, fix_invalid)
 
 
 def _build(obj: Any, source: str, max_area_km2: float, fix_invalid: bool) -> Region:
     polygons: list[shapely.Polygon] = []
-    skipped: list[_NotAreaError] = []
-    for label, geometry in _geometries(obj, source):
+    skipped: list[NotAreaError] = []
+    for label, geometry in geometries(obj, source):
         try:
             polygons.extend(_polygons(geometry, label, source, fix_invalid))
-        except _NotAreaError as exc:
+        except NotAreaError as exc:
             skipped.append(exc)
     if skipped and not polygons:
         raise skipped[0]
@@ -245,7 +227,7 @@ def region_from_bbox(
     """
     source = f"bbox({west}, {south}, {east}, {north})"
     values = (west, south, east, north)
-    if not all(_is_finite_number(v) for v in values):
+    if not all(is_finite_number(v) for v in values):
         raise RegionError(f"{source}: every bound must be a finite number")
     if not (-180 <= west <= 180 and -180 <= east <= 180):
         raise RegionError(f"{source}: west and east must lie in [-180, 180]")
@@ -261,243 +243,37 @@ def region_from_bbox(
     return _region(geometry, source, max_area_km2)
 
 
-# -- JSON ------------------------------------------------------------------------------------------
-
-
-class _DuplicateKeyError(ValueError):
-    pass
-
-
-def _too_big(source: str, size: int, max_bytes: int) -> RegionError:
-    return RegionError(
-        f"{source}: the file is {size:,} bytes, over the cap of {max_bytes:,}; simplify the "
-        "region (e.g. `ogr2ogr -simplify 0.0001`), or raise max_bytes"
-    )
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        keys = [k for k, _ in pairs]
-        raise _DuplicateKeyError(next(k for k in keys if keys.count(k) > 1))
-    return obj
-
-
-def _too_deep(source: str, max_depth: int) -> RegionError:
-    return RegionError(
-        f"{source}: the JSON is nested more than {max_depth} levels deep; a GeoJSON region "
-        "needs about 8. Flatten it, or raise max_depth if the nesting is intended"
-    )
-
-
-_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
-_BRACKET_STEP = np.zeros(256, dtype=np.int8)
-_BRACKET_STEP[[ord("["), ord("{")]] = 1
-_BRACKET_STEP[[ord("]"), ord("}")]] = -1
-
-
-def _text_depth(data: bytes) -> int:
-    """The bracket nesting depth of JSON text, strings ignored; vectorised, no recursion."""
-    steps = _BRACKET_STEP[np.frombuffer(_JSON_STRING.sub(b'""', data), dtype=np.uint8)]
-    return int(np.cumsum(steps[steps != 0], dtype=np.int64).max(initial=0))
-
-
-def _load_json(data: bytes, source: str, max_depth: int) -> Any:
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        col = e.start - data.rfind(b"\n", 0, e.start)
-        raise RegionError(
-            f"{source}: not UTF-8 (byte 0x{data[e.start]:02x} at line {line}, column {col}); "
-            "GeoJSON must be UTF-8: re-save the file as UTF-8"
-        ) from None
-    if _text_depth(data) > max_depth:
-        raise _too_deep(source, max_depth)
-    try:
-        return json.loads(text.removeprefix("\ufeff"), object_pairs_hook=_no_duplicates)
-    except json.JSONDecodeError as e:
-        raise RegionError(
-            f"{source}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}; fix the "
-            "syntax there (`python -m json.tool FILE` shows it too)"
-        ) from None
-    except _DuplicateKeyError as e:
-        raise RegionError(
-            f'{source}: duplicate key "{e}" in one JSON object; readers disagree on which value '
-            "wins, so keep only one"
-        ) from None
-    except ValueError as e:  # e.g. an integer literal of more than 4300 digits
-        raise RegionError(f"{source}: unreadable JSON number ({e}); use plain decimals") from None
-    except RecursionError:
-        raise RegionError(
-            f"{source}: the JSON is nested too deeply to parse; a GeoJSON region needs about 8 "
-            "levels: check how the file was made"
-        ) from None
-
-
-def _depth(obj: Any, limit: int) -> int:
-    """The nesting depth of lists and dicts, measured without recursion; stops past ``limit``."""
-    deepest = 0
-    stack = [(obj, 1)]
-    while stack:
-        value, depth = stack.pop()
-        if isinstance(value, dict | list | tuple):
-            deepest = max(deepest, depth)
-            if depth > limit:
-                return depth
-            children = value.values() if isinstance(value, dict) else value
-            stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list | tuple))
-    return deepest
-
-
-# -- GeoJSON structure -----------------------------------------------------------------------------
-
-
-def _is_number(v: Any) -> bool:
-    return type(v) in (int, float)
-
-
-def _is_finite_number(v: Any) -> bool:
-    try:
-        return _is_number(v) and math.isfinite(v)
-    except OverflowError:  # an int beyond float range
-        return False
-
-
-def _error(source: str, label: str, message: str) -> RegionError:
-    return RegionError(f"{source}: {label}: {message}")
-
-
-class _NotAreaError(RegionError):
-    """A feature whose geometry is null, empty, a point or a line: skippable in a collection."""
-
-    def __init__(self, source: str, label: str, message: str) -> None:
-        super().__init__(f"{source}: {label}: {message}")
-        self.label = f"{label} ({message.split(';')[0]})"
-
-
-def _check_object(obj: Any, label: str, source: str) -> str:
-    """Check the members every GeoJSON object shares; return its type."""
-    if not isinstance(obj, dict):
-        raise _error(source, label, f"expected a GeoJSON object, got {json.dumps(obj)[:40]}")
-    if "type" not in obj:
-        raise _error(source, label, f'missing "type"; use one of {", ".join(_TYPES)}')
-    kind = obj["type"]
-    if not isinstance(kind, str):
-        raise _error(source, label, f'"type" must be a string, got {json.dumps(kind)[:40]}')
-    if kind not in _TYPES:
-        by_case = {t.lower(): t for t in _TYPES}
-        close = [by_case[kind.lower()]] if kind.lower() in by_case else []
-        close = close or difflib.get_close_matches(kind, _TYPES, n=1)
-        hint = (
-            f'did you mean "{close[0]}"? (type names are case-sensitive)'
-            if close
-            else (f"use one of {', '.join(_TYPES)}")
-        )
-        raise _error(source, label, f'unknown type "{kind}"; {hint}')
-    for member in _FORBIDDEN[kind]:
-        if member in obj:
-            raise _error(
-                source,
-                label,
-                f'a {kind} must not have a "{member}" member (RFC 7946 section 7.1); remove it',
-            )
-    if "bbox" in obj:
-        bbox = obj["bbox"]
-        if not (
-            isinstance(bbox, _ARRAY)
-            and len(bbox) in (4, 6)
-            and all(_is_finite_number(v) for v in bbox)
-        ):
-            raise _error(
-                source,
-                label,
-                f'"bbox" must be an array of 4 or 6 numbers, got '
-                f"{json.dumps(bbox)[:60]}; fix it or remove it",
-            )
-    crs = obj.get("crs")
-    if crs is not None:
-        name = crs.get("properties", {}).get("name") if isinstance(crs, dict) else None
-        name = name if isinstance(name, str) else json.dumps(crs)[:80]
-        if name.lower() not in _WGS84_NAMES:
-            raise _error(
-                source,
-                label,
-                f"crs {name} is not WGS84 lon/lat; GeoJSON (RFC 7946) is always "
-                "WGS84: reproject, e.g. `ogr2ogr -t_srs EPSG:4326 out.geojson in.geojson`",
-            )
-    return kind
-
-
-def _geometries(obj: Any, source: str) -> Iterator[tuple[str, Any]]:
-    """Yield (label, geometry object) for each feature, or for a bare geometry."""
-    if not isinstance(obj, dict):
-        raise RegionError(
-            f"{source}: the top level must be a GeoJSON object, got {json.dumps(obj)[:40]}"
-        )
-    kind = _check_object(obj, "the top-level object", source)
-    if kind == "FeatureCollection":
-        features = obj.get("features")
-        if not isinstance(features, _ARRAY):
-            got = "missing" if "features" not in obj else f"{json.dumps(features)[:40]}"
-            raise RegionError(
-                f'{source}: a FeatureCollection\'s "features" must be an array, got {got}'
-            )
-        if not features:
-            raise RegionError(f"{source}: the FeatureCollection is empty; add a Polygon feature")
-        for i, feature in enumerate(features):
-            yield _feature(feature, f"feature {i}", source)
-    elif kind == "Feature":
-        yield _feature(obj, "the Feature", source)
-    else:
-        yield "the geometry", obj
-
-
-def _feature(feature: Any, label: str, source: str) -> tuple[str, Any]:
-    kind = _check_object(feature, label, source)
-    if kind != "Feature":
-        wrap = '{"type": "Feature", "properties": {}, "geometry": ...}'
-        raise _error(source, label, f"expected a Feature, got a {kind}; wrap it as {wrap}")
-    if "id" in feature and not (isinstance(feature["id"], str) or _is_number(feature["id"])):
-        raise _error(source, label, f'"id" must be a string or a number, got {feature["id"]!r}')
-    if not isinstance(feature.get("properties"), dict | None):
-        raise _error(source, label, '"properties" must be an object or null')
-    if "geometry" not in feature:
-        raise _error(source, label, 'missing "geometry"; a region feature needs a Polygon')
-    return label, feature["geometry"]
-
-
 def _polygons(geometry: Any, label: str, source: str, fix_invalid: bool) -> list[shapely.Polygon]:
     """Validate one geometry object; return its valid polygons within +-180, ready to union."""
     if geometry is None:
-        raise _NotAreaError(source, label, f"the geometry is null; {_NOT_AREA}")
-    kind = _check_object(geometry, label, source)
+        raise NotAreaError(source, label, f"the geometry is null; {NOT_AREA}")
+    kind = check_object(geometry, label, source)
     if kind == "GeometryCollection":
         members = geometry.get("geometries")
-        if not isinstance(members, _ARRAY):
-            raise _error(source, label, 'a GeometryCollection needs a "geometries" array')
+        if not isinstance(members, ARRAY):
+            raise region_error(source, label, 'a GeometryCollection needs a "geometries" array')
         if not members:
-            raise _NotAreaError(source, label, f"the GeometryCollection is empty; {_NOT_AREA}")
+            raise NotAreaError(source, label, f"the GeometryCollection is empty; {NOT_AREA}")
         return [
             poly
             for j, member in enumerate(members)
             for poly in _polygons(member, f"{label}, geometries[{j}]", source, fix_invalid)
         ]
-    if kind not in _GEOMETRY_TYPES:
-        raise _error(source, label, f"expected a geometry, got a {kind}")
+    if kind not in GEOMETRY_TYPES:
+        raise region_error(source, label, f"expected a geometry, got a {kind}")
     if kind not in ("Polygon", "MultiPolygon"):
-        raise _NotAreaError(source, label, f"a {kind} is not an area; {_NOT_AREA}")
+        raise NotAreaError(source, label, f"a {kind} is not an area; {NOT_AREA}")
     coords = geometry.get("coordinates")
-    if not isinstance(coords, _ARRAY):
-        raise _error(source, label, f'a {kind} needs a "coordinates" array')
+    if not isinstance(coords, ARRAY):
+        raise region_error(source, label, f'a {kind} needs a "coordinates" array')
     if not coords:
-        raise _NotAreaError(source, label, f"the {kind} is empty; {_NOT_AREA}")
+        raise NotAreaError(source, label, f"the {kind} is empty; {NOT_AREA}")
     polys = [coords] if kind == "Polygon" else coords
     out = []
     for j, rings in enumerate(polys):
         where = label if kind == "Polygon" else f"{label}, polygon {j}"
-        if not isinstance(rings, _ARRAY) or not rings:
-            raise _error(source, where, "a polygon must be a non-empty array of rings")
+        if not isinstance(rings, ARRAY) or not rings:
+            raise region_error(source, where, "a polygon must be a non-empty array of rings")
         arrays = [_ring(ring, f"{where}, ring {k}", source) for k, ring in enumerate(rings)]
         out.extend(_fix_polygon(arrays, where, source, fix_invalid))
     return out
@@ -505,8 +281,8 @@ def _polygons(geometry: Any, label: str, source: str, fix_invalid: bool) -> list
 
 def _ring(ring: Any, label: str, source: str) -> np.ndarray:
     """Validate one linear ring; return its (n, 2) lon/lat array."""
-    if not isinstance(ring, _ARRAY) or (ring and all(_is_number(v) for v in ring)):
-        raise _error(
+    if not isinstance(ring, ARRAY) or (ring and all(is_number(v) for v in ring)):
+        raise region_error(
             source,
             label,
             f"a ring must be an array of [lon, lat] positions, got "
@@ -517,15 +293,15 @@ def _ring(ring: Any, label: str, source: str) -> np.ndarray:
     lengths = {len(p) for p in ring} if fast else set()
     fast = fast and lengths <= {2, 3} and {type(v) for p in ring for v in p} <= {int, float}
     for k, p in enumerate([] if fast else ring):
-        if not (isinstance(p, _ARRAY) and 2 <= len(p) <= 3 and all(_is_number(v) for v in p)):
-            raise _error(
+        if not (isinstance(p, ARRAY) and 2 <= len(p) <= 3 and all(is_number(v) for v in p)):
+            raise region_error(
                 source,
                 label,
                 f"position {k} is {json.dumps(p)[:60]}; a position is 2 or 3 "
                 "numbers [lon, lat(, height)], not strings or booleans",
             )
     if len(ring) < 4:
-        raise _error(
+        raise region_error(
             source,
             label,
             f"a ring needs at least 4 positions (a triangle plus the closing "
@@ -534,12 +310,14 @@ def _ring(ring: Any, label: str, source: str) -> np.ndarray:
     try:
         xy = np.array(ring if len(lengths) == 1 else [p[:2] for p in ring], dtype=float)[:, :2]
     except OverflowError:
-        raise _error(source, label, "a coordinate is too large to be a degree") from None
+        raise region_error(source, label, "a coordinate is too large to be a degree") from None
     bad = np.flatnonzero(~np.isfinite(xy).all(axis=1))
     if bad.size:
-        raise _error(source, label, f"position {bad[0]} is NaN or infinite; fix the coordinates")
+        raise region_error(
+            source, label, f"position {bad[0]} is NaN or infinite; fix the coordinates"
+        )
     if list(ring[0]) != list(ring[-1]):
-        raise _error(
+        raise region_error(
             source,
             label,
             f"the ring is not closed: first position {list(ring[0])} differs from "
@@ -553,7 +331,7 @@ def _ring(ring: Any, label: str, source: str) -> np.ndarray:
             hint = "coordinates look like [lat, lon]; GeoJSON is [lon, lat]: swap them"
         else:
             hint = "is the file in a projected CRS? GeoJSON is WGS84 [lon, lat] degrees"
-        raise _error(
+        raise region_error(
             source,
             label,
             f"position {k} {list(ring[k])} has latitude {lat[k]:g}, outside [-90, 90]; {hint}",
@@ -561,7 +339,7 @@ def _ring(ring: Any, label: str, source: str) -> np.ndarray:
     bad = np.flatnonzero(np.abs(lon) > 360)
     if bad.size:
         k = bad[0]
-        raise _error(
+        raise region_error(
             source,
             label,
             f"position {k} {list(ring[k])} has longitude {lon[k]:g}, outside "
@@ -590,7 +368,7 @@ def _repair(
     polygon: shapely.Geometry, reason: str, label: str, source: str, fix_invalid: bool
 ) -> list[shapely.Polygon]:
     if not fix_invalid:
-        raise _error(
+        raise region_error(
             source,
             label,
             f"the polygon is invalid ({reason}); fix the ring so that it does not "
@@ -598,7 +376,7 @@ def _repair(
         )
     parts = _polygonal(shapely.make_valid(polygon))
     if not parts:
-        raise _error(
+        raise region_error(
             source,
             label,
             f"the polygon is invalid ({reason}) and has no area left after repair; redraw it",
@@ -636,7 +414,7 @@ def _fix_polygon(
         if fixed is None:
             fixed = candidate
     if fixed is None:
-        raise _error(
+        raise region_error(
             source,
             label,
             "the polygon crosses the antimeridian but cannot be split into valid "
@@ -657,7 +435,7 @@ def _geodesic_area_km2(geometry: shapely.Geometry) -> float:
 
 def _region(geometry: shapely.Geometry, source: str, max_area_km2: float) -> Region:
     if geometry.is_empty or geometry.geom_type not in ("Polygon", "MultiPolygon"):
-        raise RegionError(f"{source}: the region has no area; {_NOT_AREA}")
+        raise RegionError(f"{source}: the region has no area; {NOT_AREA}")
     area = _geodesic_area_km2(geometry)
     if area > max_area_km2:
         raise RegionError(

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from open_buildings.errors import ConfigError
-from open_buildings.models.owlvit import OwlViTDetector
+from open_buildings.models.owlvit_detector import OwlViTDetector
 
 __all__ = ["DetectOptions", "detect_pixels", "example_embedding", "window_size"]
 

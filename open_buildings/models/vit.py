@@ -31,6 +31,7 @@ from torch import nn
 
 from open_buildings.errors import ConfigError
 from open_buildings.models.base import InputSpec
+from open_buildings.models.dense_decoder import DenseDecoder
 from open_buildings.models.heads import CHANNELS
 from open_buildings.models.padding import pad_to_multiple
 from open_buildings.models.registry import register_family
@@ -169,7 +170,8 @@ class QuickGELU(nn.Module):
         return x * torch.sigmoid(1.702 * x)
 
 
-def _activation(name: str) -> nn.Module:
+def activation(name: str) -> nn.Module:
+    """Return the MLP activation a config names (one of :data:`ACTIVATIONS`)."""
     if name == "gelu_tanh":
         return nn.GELU(approximate="tanh")
     if name == "quick_gelu":
@@ -211,7 +213,7 @@ class Mlp(nn.Module):
     def __init__(self, width: int, hidden: int, act: str) -> None:
         super().__init__()
         self.fc1 = nn.Linear(width, hidden)
-        self.act = _activation(act)
+        self.act = activation(act)
         self.fc2 = nn.Linear(hidden, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -339,105 +341,6 @@ class ViTEncoder(nn.Module):
         if last in wanted:
             captured[last] = tokens[:, self.prefix :]
         return EncoderOutput(tokens, [captured[i] for i in self.feature_layers], grid)
-
-
-def _conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.ReLU(inplace=True),
-    )
-
-
-class _ResidualUnit(nn.Module):
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
-        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.conv2(F.relu(self.conv1(F.relu(x))))
-
-
-class _Fusion(nn.Module):
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.skip = _ResidualUnit(channels)
-        self.out = _ResidualUnit(channels)
-
-    def forward(self, coarse: torch.Tensor | None, skip: torch.Tensor) -> torch.Tensor:
-        x = self.skip(skip)
-        if coarse is not None:
-            x = x + F.interpolate(coarse, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        return self.out(x)
-
-
-class DenseDecoder(nn.Module):
-    """DPT-style fusion of four token maps, then progressive upsampling to full resolution.
-
-    Args:
-        width: Token width of the encoder.
-        channels: Fusion width.
-        detail_channels: Width of the image branch at full resolution (twice that at 1/2).
-        out_channels: Output channels (the instance heads).
-        in_chans: Input bands (the image branch reads the normalised image).
-    """
-
-    def __init__(
-        self,
-        width: int,
-        channels: int = 128,
-        detail_channels: int = 32,
-        out_channels: int = len(CHANNELS),
-        in_chans: int = 3,
-    ) -> None:
-        super().__init__()
-        c = channels
-        self.reassemble = nn.ModuleList(
-            [
-                nn.Sequential(nn.Conv2d(width, c, 1), nn.ConvTranspose2d(c, c, 4, stride=4)),
-                nn.Sequential(nn.Conv2d(width, c, 1), nn.ConvTranspose2d(c, c, 2, stride=2)),
-                nn.Conv2d(width, c, 1),
-                nn.Sequential(nn.Conv2d(width, c, 1), nn.Conv2d(c, c, 3, stride=2, padding=1)),
-            ]
-        )
-        self.fusions = nn.ModuleList(_Fusion(c) for _ in range(4))
-        d = detail_channels
-        self.detail_full = _conv_bn_relu(in_chans, d)
-        self.detail_half = _conv_bn_relu(d, 2 * d, stride=2)
-        self.up_half = _conv_bn_relu(c + 2 * d, 2 * d)
-        self.up_full = _conv_bn_relu(2 * d + d, d)
-        self.head = nn.Conv2d(d, out_channels, 1)
-
-    def forward(
-        self, features: list[torch.Tensor], grid: tuple[int, int], image: torch.Tensor
-    ) -> torch.Tensor:
-        """Decode.
-
-        Args:
-            features: Four ``(B, rows*cols, width)`` patch-token maps, shallow to deep.
-            grid: ``(rows, cols)``.
-            image: The normalised ``(B, bands, H, W)`` input.
-
-        Returns:
-            ``(B, out_channels, H, W)`` logits.
-        """
-        if len(features) != 4:
-            raise ValueError(f"DenseDecoder needs 4 feature maps, got {len(features)}")
-        maps = [
-            layer(f.transpose(1, 2).reshape(f.shape[0], f.shape[2], *grid))
-            for layer, f in zip(self.reassemble, features, strict=True)
-        ]
-        x = None
-        for fusion, skip in zip(reversed(self.fusions), reversed(maps), strict=True):
-            x = fusion(x, skip)
-        full = self.detail_full(image)
-        half = self.detail_half(full)
-        x = F.interpolate(x, size=half.shape[-2:], mode="bilinear", align_corners=False)
-        x = self.up_half(torch.cat([x, half], dim=1))
-        x = F.interpolate(x, size=full.shape[-2:], mode="bilinear", align_corners=False)
-        x = self.up_full(torch.cat([x, full], dim=1))
-        return self.head(x)
 
 
 class ViTSegmenter(nn.Module):

@@ -26,22 +26,16 @@ from dataclasses import dataclass
 from torch import nn
 
 from open_buildings.errors import ConfigError
+from open_buildings.models.dense_decoder import DenseDecoder
 from open_buildings.models.heads import CHANNELS
-from open_buildings.models.moe import (
-    DISPATCH_MODES,
-    ExpertCompute,
-    MoEMlp,
-    measure_expert_compute,
-    moe_layers,
-    set_capacity,
-)
+from open_buildings.models.moe import DISPATCH_MODES, MoEMlp, moe_layers, set_capacity
+from open_buildings.models.moe_compute import ExpertCompute, measure_expert_compute
 from open_buildings.models.registry import register_family
 from open_buildings.models.vit import (
-    DenseDecoder,
     ViTConfig,
     ViTEncoder,
     ViTSegmenter,
-    _activation,
+    activation,
     siglip_input_spec,
 )
 
@@ -151,7 +145,7 @@ class VMoEEncoder(ViTEncoder):
                 importance_weight=config.importance_weight,
                 load_weight=config.load_weight,
                 batch_priority=config.batch_priority,
-                activation=_activation(config.act),
+                activation=activation(config.act),
                 dispatch=config.dispatch,
             )
 

@@ -23,17 +23,18 @@ class CheckpointModelHandler(ModelHandler[TileInput, PredictionResult, Any]):
 
     Args:
         model: the checkpoint to load (its sha256 is checked when the worker loads it).
-        config: device, bf16, batch sizes, model sharing and backend.
+        config: device, bf16, batch sizes, model sharing and backend (the defaults if None).
         pad_multiple: tiles are padded to multiples of this (see ``runtime.run_model``).
     """
 
     def __init__(
         self,
         model: ModelRef,
-        config: RuntimeConfig,
+        config: RuntimeConfig | None = None,
         *,
         pad_multiple: int = runtime.PAD_MULTIPLE,
     ) -> None:
+        config = config or RuntimeConfig()
         super().__init__(
             min_batch_size=config.min_batch_size,
             max_batch_size=config.max_batch_size,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from evalref import METRICS
 
-from open_buildings import cli
+from open_buildings.commands import evaluate as ob_eval
 
 SAMPLE_REGION = Path(__file__).resolve().parents[2] / "geo" / "sample" / "region.geojson"
 
@@ -25,7 +25,7 @@ def test_ob_eval_on_the_spacenet_csvs(tmp_path: Path, capsys: pytest.CaptureFixt
         "--min-area",
         "20",
     ]
-    assert cli.eval_main(argv) == 0
+    assert ob_eval.main(argv) == 0
     text = capsys.readouterr().out
     assert "F1 0.5559" in text and "TP 87  FP 57  FN 82" in text
     assert len(text.splitlines()) < 30  # one screen
@@ -44,9 +44,9 @@ def test_ob_eval_on_the_spacenet_csvs(tmp_path: Path, capsys: pytest.CaptureFixt
     for png in ("pr_curve.png", "iou_hist.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # never overwrites a non-empty folder unless asked
-    assert cli.eval_main(argv) == 2
+    assert ob_eval.main(argv) == 2
     assert "not empty" in capsys.readouterr().err
-    assert cli.eval_main([*argv, "--overwrite"]) == 0
+    assert ob_eval.main([*argv, "--overwrite"]) == 0
 
 
 def test_ob_eval_geojson_and_region_errors(
@@ -61,10 +61,10 @@ def test_ob_eval_geojson_and_region_errors(
         "--out",
         str(out),
     ]
-    assert cli.eval_main(argv) == 0
+    assert ob_eval.main(argv) == 0
     assert "TP 8  FP 20  FN 20" in capsys.readouterr().out
     # a region far away (Nairobi) clips everything out: a clear result, not a crash
-    assert cli.eval_main([*argv, "--overwrite", "--region", str(SAMPLE_REGION)]) == 0
+    assert ob_eval.main([*argv, "--overwrite", "--region", str(SAMPLE_REGION)]) == 0
     assert "0 predictions vs 0 truth" in capsys.readouterr().out
     # pixel coordinates cannot be clipped to a lon/lat region
     px = [
@@ -77,10 +77,10 @@ def test_ob_eval_geojson_and_region_errors(
         "--region",
         str(SAMPLE_REGION),
     ]
-    assert cli.eval_main(px) == 2
+    assert ob_eval.main(px) == 2
     assert "--region needs georeferenced inputs" in capsys.readouterr().err
     assert (
-        cli.eval_main(["--pred", "nope.geojson", "--truth", "x", "--out", str(tmp_path / "n")]) == 2
+        ob_eval.main(["--pred", "nope.geojson", "--truth", "x", "--out", str(tmp_path / "n")]) == 2
     )
     assert "does not exist" in capsys.readouterr().err
 
@@ -110,6 +110,6 @@ def test_ob_eval_region_clip_keeps_what_is_inside(tmp_path: Path, capsys) -> Non
         "--region",
         str(region),
     ]
-    assert cli.eval_main(argv) == 0
+    assert ob_eval.main(argv) == 0
     doc = json.loads((tmp_path / "o" / "metrics.json").read_text())
     assert 0 < doc["n_truth"] < 28

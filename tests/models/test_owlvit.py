@@ -16,12 +16,11 @@ from open_buildings.models import build_model, list_models
 from open_buildings.models.owlvit import (
     CLIP_MEAN,
     OWLVIT_TINY,
-    DetectorConfig,
-    OwlViTDetector,
     OwlViTImageEncoder,
     box_bias,
     cxcywh_to_xyxy,
 )
+from open_buildings.models.owlvit_detector import DetectorConfig, OwlViTDetector
 
 TINY = DetectorConfig(vit=OWLVIT_TINY, query_dim=8)
 

@@ -19,10 +19,10 @@ import transformers  # a dev dependency: missing, it must fail, not skip
 
 from open_buildings.errors import CheckpointError
 from open_buildings.models import build_model
-from open_buildings.models.owlvit import OWLVIT_B32, OWLVIT_TINY, OwlViTDetector
-from open_buildings.models.convert.owlvit import load_detector, load_owlvit_backbone
-from open_buildings.models.pretrained import load_backbone
-from open_buildings.pipelines.detect import load_queries
+from open_buildings.models.convert.owlvit import load_detector, load_owlvit_backbone, load_queries
+from open_buildings.models.owlvit import OWLVIT_B32, OWLVIT_TINY
+from open_buildings.models.owlvit_detector import OwlViTDetector
+from open_buildings.models.registry import load_pretrained
 
 ATOL = 1e-5
 
@@ -166,7 +166,7 @@ def test_backbone_loader_fills_the_segmentation_encoder(hf: tuple[object, Path])
     model, folder = hf
     seg = build_model("owlvit_tiny").eval()
     decoder_before = {k: v.clone() for k, v in seg.net.decoder.state_dict().items()}
-    report = load_backbone(seg, folder / "model.safetensors")  # the registry's dispatcher
+    report = load_pretrained(seg, folder / "model.safetensors")  # the registry's dispatcher
     assert report["loaded"] == len(seg.net.encoder.state_dict())
     source = model.state_dict()
     encoder_keys = [k for k in source if k.startswith(("owlvit.vision_model.", "layer_norm."))]

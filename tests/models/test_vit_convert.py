@@ -18,14 +18,14 @@ from safetensors.torch import load_file, save_file
 
 from open_buildings.errors import CheckpointError
 from open_buildings.models import build_model
-from open_buildings.models.pretrained import load_backbone
-from open_buildings.models.vit import SIGLIP_TINY, ViTEncoder
 from open_buildings.models.convert.siglip import (
     default_heads,
     load_siglip,
     read_siglip_checkpoint,
     siglip_config_from_checkpoint,
 )
+from open_buildings.models.registry import load_pretrained
+from open_buildings.models.vit import SIGLIP_TINY, ViTEncoder
 
 ATOL = 1e-5
 WIDTH, HEADS, HEAD_DIM, MLP, PATCH, DEPTH, GRID = 64, 4, 16, 128, 16, 4, 4
@@ -459,7 +459,7 @@ def test_load_backbone_changes_the_encoder_not_the_decoder(hf_model) -> None:
     building = build_model("vit_siglip_tiny")
     encoder_before = {k: v.clone() for k, v in building.net.encoder.state_dict().items()}
     decoder_before = {k: v.clone() for k, v in building.net.decoder.state_dict().items()}
-    report = load_backbone(building, path)
+    report = load_pretrained(building, path)
     assert report == {"loaded": len(encoder_before), "unused": HF_HEAD_TENSORS}
     encoder_after = building.net.encoder.state_dict()
     assert all(not torch.equal(encoder_after[k], v) for k, v in encoder_before.items())

@@ -19,14 +19,14 @@ import torch
 
 from open_buildings.errors import CheckpointError
 from open_buildings.models import build_model
-from open_buildings.models.moe import moe_layers, set_capacity
-from open_buildings.models.pretrained import load_backbone
-from open_buildings.models.vit import resample_pos_embed
 from open_buildings.models.convert.vmoe import (
     load_vmoe,
     read_vmoe_checkpoint,
     vmoe_config_from_checkpoint,
 )
+from open_buildings.models.moe import moe_layers, set_capacity
+from open_buildings.models.registry import load_pretrained
+from open_buildings.models.vit import resample_pos_embed
 
 ATOL = 1e-5
 WIDTH, HEADS, HEAD_DIM, MLP, PATCH, DEPTH, GRID, EXPERTS, K = 32, 4, 8, 64, 8, 4, 4, 4, 2
@@ -402,7 +402,7 @@ def test_vmoe_checkpoint_reproduces_the_vmoe_forward(tmp_path) -> None:
     params = _vmoe_params(seed=3)
     index = _write_vmoe(tmp_path / "ckpt", {f"params/{k}": v for k, v in params.items()})
     model = build_model("vmoe_tiny", **FIT, class_token=True)
-    report = load_backbone(model, index)
+    report = load_pretrained(model, index)
     assert report == {"loaded": len(model.net.encoder.state_dict()), "unused": HEAD_ARRAYS}
     images = _images(seed=1)
     np.testing.assert_allclose(
@@ -567,7 +567,7 @@ def test_load_backbone_changes_the_encoder_not_the_decoder(tmp_path) -> None:
     torch.manual_seed(0)
     model = build_model("vmoe_tiny", **FIT, class_token=True)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    report = load_backbone(model, path)
+    report = load_pretrained(model, path)
     encoder_keys = {f"net.encoder.{k}" for k in model.net.encoder.state_dict()}
     assert report == {"loaded": len(encoder_keys), "unused": HEAD_ARRAYS}
     after = model.state_dict()

@@ -94,9 +94,9 @@ def job_config(
         "imagery": str(imagery or SAMPLE / "items.json"),
         "model": str(model),
         "output": str(output),
-        "tile_level": TEST_TILE_LEVEL,
+        "grid": {"tile_level": TEST_TILE_LEVEL},
         "shard_level": 6,
-        "max_batch_size": 4,
+        "runtime": {"max_batch_size": 4},
         "runner": "direct",
         "workers": 1,
         **extra,
@@ -111,10 +111,10 @@ def clean_run(
     tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path, small_region: Path
 ) -> dict:
     """One uninterrupted pipeline run over the small region; other tests compare against it."""
-    from open_buildings.pipelines import infer
+    from open_buildings.pipelines import job
 
     folder = tmp_path_factory.mktemp("clean")
     out = folder / "out"
     config = job_config(folder, region=small_region, model=tiny_checkpoint, output=out)
-    result = infer.run(["--config", str(config)])
-    return {"out": out, "config": config, "result": result, "counters": infer.counters(result)}
+    result = job.run(["--config", str(config)])
+    return {"out": out, "config": config, "result": result, "counters": job.counters(result)}

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from open_buildings.commands import train as ob_train
 from open_buildings.models.checkpoint import file_sha256, load_checkpoint
 from open_buildings.models.registry import build_model, list_models
-from open_buildings.pipelines import infer
-from open_buildings.training import command
+from open_buildings.pipelines import job
 from tests.pipelines.conftest import job_config
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -28,7 +28,7 @@ def test_backbone_trains_with_ob_train_and_runs_in_ob_infer(
     name: str, tmp_path: Path, small_region: Path, capsys
 ) -> None:
     run = tmp_path / "run"
-    status = command.main(
+    status = ob_train.main(
         [
             "pipelines/train/smoke.yaml",
             "--quiet",
@@ -61,7 +61,7 @@ def test_backbone_trains_with_ob_train_and_runs_in_ob_infer(
 
     out = tmp_path / "footprints"
     config = job_config(tmp_path, region=small_region, model=weights, output=out)
-    counters = infer.counters(infer.run(["--config", str(config)]))
+    counters = job.counters(job.run(["--config", str(config)]))
     assert counters["tiles_read"] == 4 and counters["tiles_failed"] == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["model"]["sha256"] == file_sha256(weights)

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from open_buildings.evaluation.command import run as evaluate_files
+from open_buildings.commands import infer as ob_infer
+from open_buildings.evaluation.evaluate import evaluate_files
 from open_buildings.evaluation.thresholds import best_f1
-from open_buildings.pipelines.infer import infer_main
 from open_buildings.resources import resource
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,7 +21,7 @@ WEIGHTS = resource("models", "default", "weights.safetensors")
 @pytest.mark.skipif(not WEIGHTS.is_file(), reason="models/default/ has no weights yet")
 def test_default_model_finds_the_sample_buildings(tmp_path: Path) -> None:
     out = tmp_path / "footprints"
-    assert infer_main(["--out", str(out)]) == 0  # no options but --out: sample + default model
+    assert ob_infer.main(["--out", str(out)]) == 0  # no options but --out: sample + default model
     result = evaluate_files(
         str(out),
         str(ROOT / "tests/data/labels/nairobi_ke.geojson"),

@@ -18,20 +18,17 @@ import shapely
 import torch
 from safetensors.torch import save_file
 
+from open_buildings.commands.detect import main as detect_main
 from open_buildings.errors import CheckpointError
+from open_buildings.evaluation.boxes import evaluate_boxes
 from open_buildings.evaluation.io import metric_crs, read_instances, to_crs
 from open_buildings.geo import grid
 from open_buildings.geo.imagery import open_imagery
-from open_buildings.models.owlvit import OWLVIT_TINY, DetectorConfig, OwlViTDetector
-from open_buildings.models.convert.owlvit import load_detector
-from open_buildings.pipelines.detect import (
-    DetectOptions,
-    detect_main,
-    detect_pixels,
-    evaluate_boxes,
-    example_query,
-    load_queries,
-)
+from open_buildings.models.convert.owlvit import load_detector, load_queries
+from open_buildings.models.owlvit import OWLVIT_TINY
+from open_buildings.models.owlvit_detector import DetectorConfig, OwlViTDetector
+from open_buildings.models.owlvit_windows import DetectOptions, detect_pixels
+from open_buildings.pipelines.detect import example_query
 from tests.pipelines.conftest import LABELS, SAMPLE, SMALL_BOX, TEST_TILE_LEVEL, write_region
 
 V = "owlvit.vision_model."

@@ -11,9 +11,9 @@ import pytest
 import shapely
 from conftest import write_region
 
-from open_buildings import cli
+from open_buildings.commands import download as ob_download
 from open_buildings.geo import cells, footprints
-from open_buildings.pipelines import download, stages
+from open_buildings.pipelines import download, sinks
 
 INSIDE = (36.9071, -1.3056, 36.9076, -1.3051)  # a part of the small test region
 
@@ -62,7 +62,7 @@ def test_ob_infer_folder_in_every_format(
     region = write_region(tmp_path / "inside.geojson", INSIDE)
     out = tmp_path / f"out.{fmt}"
     argv = [str(region), "--source", str(clean_run["out"]), "--format", fmt, "--out", str(out)]
-    assert cli.download_main([*argv, "--min-confidence", "0.5"]) == 0
+    assert ob_download.main([*argv, "--min-confidence", "0.5"]) == 0
     source = footprints.read_footprints(clean_run["out"])
     expected = _expected(source[source["confidence"] >= 0.5], INSIDE)
     if fmt == "parquet":
@@ -79,18 +79,18 @@ def test_ob_infer_folder_in_every_format(
     assert len(got) == len(expected) > 0
     assert f"{len(expected):,} buildings from 1 shard(s)" in capsys.readouterr().out
     # an existing file is never replaced silently
-    assert cli.download_main(argv) == 2
+    assert ob_download.main(argv) == 2
     assert "already exists" in capsys.readouterr().err
 
 
 def test_a_folder_that_is_not_a_dataset_is_a_clear_error(tmp_path: Path, capsys) -> None:
     region = write_region(tmp_path / "r.geojson", INSIDE)
-    assert cli.download_main([str(region), "--source", str(tmp_path)]) == 2
+    assert ob_download.main([str(region), "--source", str(tmp_path)]) == 2
     assert "polygons_s2_level_<L>_gzip" in capsys.readouterr().err
 
 
 def test_stages_shard_names_match_what_download_looks_for() -> None:
-    assert stages.shard_file_names("182f", ["csv", "parquet"]) == [
+    assert sinks.shard_file_names("182f", ["csv", "parquet"]) == [
         "182f_buildings.csv.gz",
         "182f_buildings.parquet",
     ]

@@ -8,11 +8,13 @@ from pathlib import Path
 import pytest
 from conftest import TEST_TILE_LEVEL
 
-from open_buildings import cli
+from open_buildings.commands import infer as ob_infer
+from open_buildings.config import validate_config
 from open_buildings.errors import ConfigError, InferenceError
 from open_buildings.models import moe
-from open_buildings.pipelines.config import parse_config
-from open_buildings.pipelines.inference import CheckpointModelHandler, resolve_model
+from open_buildings.pipelines.config import InferConfig
+from open_buildings.pipelines.model_handler import CheckpointModelHandler
+from open_buildings.pipelines.runtime import resolve_model
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +29,10 @@ def vmoe_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("model") / "vmoe_tiny.safetensors"
     save_checkpoint(build_model("vmoe_tiny"), path)
     return path
+
+
+def _parse(data: dict) -> InferConfig:
+    return validate_config(InferConfig, data, source="test")
 
 
 def _argv(region: Path, model: Path, out: Path, *extra: str) -> list[str]:
@@ -62,7 +68,7 @@ def test_ob_infer_runs_a_vmoe_checkpoint_at_the_given_capacity(
     monkeypatch.setattr(moe, "set_capacity", spy)
     out = tmp_path / "out"
     argv = _argv(small_region, vmoe_checkpoint, out, "--moe-capacity", "0.5")
-    assert cli.infer_main(argv) == 0, capsys.readouterr().err
+    assert ob_infer.main(argv) == 0, capsys.readouterr().err
     assert applied and all(a == ("vmoe_tiny", 0.5, [0.5, 0.5]) for a in applied)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["model"]["name"] == str(vmoe_checkpoint)
@@ -86,7 +92,7 @@ def test_moe_capacity_for_a_unet_checkpoint_is_refused_before_anything_runs(
 ) -> None:
     out = tmp_path / "out"
     argv = _argv(small_region, tiny_checkpoint, out, "--moe-capacity", "0.5")
-    assert cli.infer_main(argv) == 2
+    assert ob_infer.main(argv) == 2
     err = capsys.readouterr().err
     assert "--moe-capacity applies to V-MoE models only" in err
     assert "unet_tiny checkpoint" in err and "drop --moe-capacity" in err
@@ -104,7 +110,7 @@ def test_the_capacity_reaches_the_worker_model(vmoe_checkpoint: Path, tiny_check
 
 
 def test_a_job_config_checks_the_capacity() -> None:
-    assert parse_config({"output": "o", "moe_capacity": 0.75}).moe_capacity == 0.75
-    assert parse_config({"output": "o"}).moe_capacity is None
+    assert _parse({"output": "o", "moe_capacity": 0.75}).moe_capacity == 0.75
+    assert _parse({"output": "o"}).moe_capacity is None
     with pytest.raises(ConfigError, match="moe_capacity"):
-        parse_config({"output": "o", "moe_capacity": 0})
+        _parse({"output": "o", "moe_capacity": 0})

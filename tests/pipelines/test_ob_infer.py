@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from conftest import TEST_TILE_LEVEL, manifest_files, output_digests, write_region
 
-from open_buildings import cli
-from open_buildings.pipelines import infer, stages
+from open_buildings.commands import infer as ob_infer
+from open_buildings.pipelines import sinks
 
 
 def _argv(region: Path, model: Path, out: Path, *extra: str) -> list[str]:
@@ -36,26 +36,26 @@ def test_interrupted_run_resumes_to_identical_files(
 ) -> None:
     out = tmp_path / "out"
     # The first run dies while writing shards: every tile is finished, no shard is complete.
-    real = stages.write_shard
+    real = sinks.write_shard
 
     def crash(*args, **kwargs):
         raise RuntimeError("power cut (simulated)")
 
-    monkeypatch.setattr(stages, "write_shard", crash)
-    assert cli.infer_main(_argv(small_region, tiny_checkpoint, out)) == 1
+    monkeypatch.setattr(sinks, "write_shard", crash)
+    assert ob_infer.main(_argv(small_region, tiny_checkpoint, out)) == 1
     assert "--resume" in capsys.readouterr().err
-    partials = sorted((out / infer.WORK_DIR / "tiles").glob("*.parquet"))
+    partials = sorted((out / ob_infer.WORK_DIR / "tiles").glob("*.parquet"))
     assert len(partials) == 4 and not (out / "manifest.json").exists()
     # ... and suppose it had died earlier still: two tiles never finished.
     for partial in partials[:2]:
         partial.unlink()
-    monkeypatch.setattr(stages, "write_shard", real)
+    monkeypatch.setattr(sinks, "write_shard", real)
 
     # without --resume or --overwrite the folder is refused
-    assert cli.infer_main(_argv(small_region, tiny_checkpoint, out)) == 2
+    assert ob_infer.main(_argv(small_region, tiny_checkpoint, out)) == 2
     assert "not empty" in capsys.readouterr().err
 
-    assert cli.infer_main(_argv(small_region, tiny_checkpoint, out, "--resume")) == 0
+    assert ob_infer.main(_argv(small_region, tiny_checkpoint, out, "--resume")) == 0
     printed = capsys.readouterr().out
     assert output_digests(out) == output_digests(clean_run["out"])
     assert manifest_files(out) == manifest_files(clean_run["out"])
@@ -63,11 +63,11 @@ def test_interrupted_run_resumes_to_identical_files(
     assert f"buildings found: {rows:,}" in printed
     assert "km2" in printed and "time:" in printed and "dead letters: 0" in printed
     assert str(out.resolve()) in printed
-    assert not (out / infer.WORK_DIR).exists()  # cleaned up after success
+    assert not (out / ob_infer.WORK_DIR).exists()  # cleaned up after success
 
     # --overwrite replaces the run's own files, and only those
     (out / "notes.txt").write_text("mine")
-    assert cli.infer_main(_argv(small_region, tiny_checkpoint, out, "--overwrite")) == 0
+    assert ob_infer.main(_argv(small_region, tiny_checkpoint, out, "--overwrite")) == 0
     assert (out / "notes.txt").read_text() == "mine"
     assert output_digests(out) == {
         **output_digests(clean_run["out"]),
@@ -79,14 +79,14 @@ def test_a_region_without_imagery_says_where_the_imagery_is(
     tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     region = write_region(tmp_path / "paris.geojson", (2.34, 48.85, 2.35, 48.86))
-    assert cli.infer_main(_argv(region, tiny_checkpoint, tmp_path / "out")) == 2
+    assert ob_infer.main(_argv(region, tiny_checkpoint, tmp_path / "out")) == 2
     err = capsys.readouterr().err
     assert "does not cover the region" in err and "lon 36.89" in err and "lat -1.31" in err
     assert not (tmp_path / "out").exists()
 
 
 def test_a_missing_model_is_a_clear_error(tmp_path: Path, capsys) -> None:
-    assert cli.infer_main(["--model", str(tmp_path / "nope.safetensors"), "--out", str(tmp_path)])
+    assert ob_infer.main(["--model", str(tmp_path / "nope.safetensors"), "--out", str(tmp_path)])
     err = capsys.readouterr().err
     assert "nope.safetensors" in err and ".safetensors checkpoint" in err
 
@@ -103,7 +103,7 @@ def test_no_default_model_yet_tells_which_model_to_pass(tmp_path, capsys, monkey
         "resource",
         lambda kind, *parts: empty_zoo.joinpath(*parts) if kind == "models" else real(kind, *parts),
     )
-    assert cli.infer_main(["--out", str(tmp_path / "out")]) == 2
+    assert ob_infer.main(["--out", str(tmp_path / "out")]) == 2
     assert "--model PATH" in capsys.readouterr().err
 
 
@@ -113,7 +113,7 @@ def test_the_gpu_is_checked_before_anything_runs(tiny_checkpoint, small_region, 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     argv = _argv(small_region, tiny_checkpoint, tmp_path / "out", "--device", "cuda")
-    assert cli.infer_main(argv) == 2
+    assert ob_infer.main(argv) == 2
     assert "sees none" in capsys.readouterr().err
 
 
@@ -122,6 +122,6 @@ def test_two_worker_processes_give_the_same_files(
     clean_run: dict, small_region: Path, tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
-    assert cli.infer_main(_argv(small_region, tiny_checkpoint, out, "--workers", "2")) == 0
+    assert ob_infer.main(_argv(small_region, tiny_checkpoint, out, "--workers", "2")) == 0
     assert output_digests(out) == output_digests(clean_run["out"])
     assert json.loads((out / "manifest.json").read_text())["total_rows"] > 0

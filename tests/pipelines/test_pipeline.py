@@ -24,10 +24,11 @@ from conftest import (
     write_region,
 )
 
+from open_buildings.config import load_config
 from open_buildings.geo import grid
 from open_buildings.geo.imagery import open_imagery
-from open_buildings.pipelines import infer, stages, transforms
-from open_buildings.pipelines.config import load_config
+from open_buildings.pipelines import job, sinks, transforms
+from open_buildings.pipelines.config import InferConfig
 
 
 def test_end_to_end_rows_match_the_manifest(clean_run: dict) -> None:
@@ -41,7 +42,7 @@ def test_end_to_end_rows_match_the_manifest(clean_run: dict) -> None:
     parquet = gpd.read_parquet(out / "182f_buildings.parquet")
     assert [e["rows"] for e in entries] == [csv_rows, len(parquet)]
     assert csv_rows == len(parquet) == clean_run["counters"]["buildings"] > 0
-    assert not (out / stages.DEAD_LETTER_NAME).exists()
+    assert not (out / sinks.DEAD_LETTER_NAME).exists()
     counters = clean_run["counters"]
     assert counters["tiles_read"] == 4 and counters["tiles_failed"] == 0
     assert counters["m2_covered"] > 0
@@ -72,7 +73,7 @@ def test_a_bundle_that_fails_once_under_a_retrying_runner_gives_identical_output
     from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
 
     attempts = []
-    real = stages.write_shard
+    real = sinks.write_shard
 
     def flaky(*args, **kwargs):
         records = real(*args, **kwargs)
@@ -81,11 +82,11 @@ def test_a_bundle_that_fails_once_under_a_retrying_runner_gives_identical_output
             raise RuntimeError("worker lost after writing (simulated)")
         return records
 
-    monkeypatch.setattr(stages, "write_shard", flaky)
+    monkeypatch.setattr(sinks, "write_shard", flaky)
     out = tmp_path / "out"
-    config = load_config(clean_run["config"], output=str(out))
+    config = load_config(InferConfig, clean_run["config"], [f"output={out}"])
     p = beam.Pipeline(runner=BundleBasedDirectRunner())
-    infer.build(p, config)
+    job.build(p, config)
     p.run().wait_until_finish()
     assert len(attempts) == 2
     assert output_digests(out) == output_digests(clean_run["out"])
@@ -125,11 +126,11 @@ def test_a_corrupt_tile_goes_to_the_dead_letter_output_and_the_rest_completes(
 
     out = tmp_path / "out"
     config = job_config(tmp_path, region=region, model=tiny_checkpoint, output=out, imagery=imagery)
-    result = infer.run(["--config", str(config)])
-    dead = stages.load_dead_letters(out / stages.DEAD_LETTER_NAME)
+    result = job.run(["--config", str(config)])
+    dead = sinks.load_dead_letters(out / sinks.DEAD_LETTER_NAME)
     assert {d.tile_id for d in dead} == failing
     assert all(d.stage == "read" and "could not be read" in d.reason for d in dead)
-    counters = infer.counters(result)
+    counters = job.counters(result)
     assert counters["tiles_failed"] == len(failing) and counters["tiles_read"] == len(good)
     frame = gpd.read_parquet(out / "182f_buildings.parquet")
     owners = np.zeros(len(frame), dtype=bool)
@@ -143,7 +144,7 @@ def test_tiles_without_imagery_are_counted_and_skipped(tiny_checkpoint, tmp_path
     region = write_region(tmp_path / "r.geojson", (36.9100, -1.3058, 36.9106, -1.3052))
     out = tmp_path / "out"
     config = job_config(tmp_path, region=region, model=tiny_checkpoint, output=out)
-    counters = infer.counters(infer.run(["--config", str(config)]))
+    counters = job.counters(job.run(["--config", str(config)]))
     assert counters["tiles_empty"] == counters["tiles_read"] > 0
     assert counters["buildings"] == 0
     assert json.loads((out / "manifest.json").read_text())["files"] == []
@@ -151,10 +152,10 @@ def test_tiles_without_imagery_are_counted_and_skipped(tiny_checkpoint, tmp_path
 
 @pytest.mark.parametrize("name", ["local.yaml", "example-dataflow.yaml", "africa.yaml"])
 def test_shipped_job_configs_parse(name: str) -> None:
-    config = load_config(ROOT / "pipelines" / name)
-    assert config.shard_level <= config.tile_level
+    config = load_config(InferConfig, ROOT / "pipelines" / name)
+    assert config.shard_level <= config.grid.tile_level
     if name != "local.yaml":
-        assert config.runner == "dataflow" and config.device == "cuda"
+        assert config.runner == "dataflow" and config.runtime.device == "cuda"
         assert config.dataflow.gpu_type and config.dataflow.gpu_count >= 1
 
 
@@ -164,16 +165,16 @@ def test_a_typo_in_a_config_key_is_an_error(tmp_path: Path) -> None:
     path = tmp_path / "job.yaml"
     path.write_text("output: out\nmax_batch_sise: 8\n")
     with pytest.raises(ConfigError, match="max_batch_sise: unknown key"):
-        load_config(path)
+        load_config(InferConfig, path)
 
 
 def test_the_dataflow_graph_builds_with_the_africa_options_without_submitting(
     tiny_checkpoint: Path,
 ) -> None:
     config = load_config(
+        InferConfig,
         ROOT / "pipelines" / "africa.yaml",
-        region=str(SAMPLE / "region.geojson"),  # a local region: no network here
-        model=str(tiny_checkpoint),
+        [f"region={SAMPLE / 'region.geojson'}", f"model={tiny_checkpoint}"],  # local: no network
     )
     dataflow = config.dataflow.model_copy(
         update={
@@ -183,7 +184,7 @@ def test_the_dataflow_graph_builds_with_the_africa_options_without_submitting(
         }
     )
     config = config.model_copy(update={"dataflow": dataflow})
-    p = infer.make_pipeline(config)
+    p = job.make_pipeline(config)
     options = p.options.get_all_options()
     assert options["runner"] == "DataflowRunner"
     assert options["machine_type"] == "n1-standard-8"
@@ -193,7 +194,7 @@ def test_the_dataflow_graph_builds_with_the_africa_options_without_submitting(
     assert options["sdk_container_image"].endswith("/open-buildings/worker:0.1.0")
     assert "use_runner_v2" in options["experiments"]
     assert type(p.runner).__name__ == "DataflowRunner"
-    infer.build(p, config)
+    job.build(p, config)
     proto = p.to_runner_api()
     labels = {t.unique_name for t in proto.components.transforms.values()}
     for stage in [
@@ -209,7 +210,7 @@ def test_the_dataflow_graph_builds_with_the_africa_options_without_submitting(
     handler = next(
         t for t in p.transforms_stack[0].parts if t.full_label == "RunModel"
     ).transform._handler._unkeyed
-    assert handler._want_device == "cuda" and handler.batch_elements_kwargs() == {
+    assert handler._config.device == "cuda" and handler.batch_elements_kwargs() == {
         "min_batch_size": 4,
         "max_batch_size": 16,
     }

@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+from open_buildings.commands import infer as ob_infer
 from open_buildings.errors import ConfigError
 from open_buildings.models.checkpoint import load_checkpoint
-from open_buildings.pipelines import runtime, stages
+from open_buildings.pipelines import onnx_backend, runtime
 
 needs_ort = pytest.mark.skipif(
-    not runtime.onnxruntime_available(), reason="onnxruntime/onnx are not installed"
+    not onnx_backend.onnxruntime_available(), reason="onnxruntime/onnx are not installed"
 )
 
 
@@ -23,7 +24,7 @@ def _images() -> list[np.ndarray]:
 
 
 def _logits(model: torch.nn.Module) -> list[np.ndarray]:
-    return stages.run_model(model, _images())
+    return runtime.run_model(model, _images())
 
 
 def test_native_bf16_is_what_onednn_reports() -> None:
@@ -52,12 +53,12 @@ def test_onnxruntime_gives_the_same_logits_and_is_batch_independent(
     monkeypatch.setenv("OPEN_BUILDINGS_CACHE", str(tmp_path))
     want = _logits(load_checkpoint(tiny_checkpoint))
     model, used = runtime.prepare_model(load_checkpoint(tiny_checkpoint), backend="onnxruntime")
-    assert used == "onnxruntime" and isinstance(model.net, runtime.OrtNet)
+    assert used == "onnxruntime" and isinstance(model.net, onnx_backend.OrtNet)
     both = _logits(model)
     for got, ref in zip(both, want, strict=True):
         assert got.shape == ref.shape and got.dtype == np.float32
         np.testing.assert_allclose(got, ref, atol=1e-4)
-    alone = stages.run_model(model, _images()[1:])[0]
+    alone = runtime.run_model(model, _images()[1:])[0]
     np.testing.assert_array_equal(alone, both[1])  # a tile's logits ignore its batch neighbours
     assert len(list((tmp_path / "onnx").glob("unet_tiny-*.onnx"))) == 1
 
@@ -70,8 +71,10 @@ def test_the_conversion_is_cached_and_a_broken_cache_file_is_rebuilt(
     runtime.prepare_model(load_checkpoint(tiny_checkpoint), backend="onnxruntime")
     (cached,) = (tmp_path / "onnx").glob("*.onnx")
     exports = []
-    real_export = runtime.export_onnx
-    monkeypatch.setattr(runtime, "export_onnx", lambda m, p: exports.append(p) or real_export(m, p))
+    real_export = onnx_backend.export_onnx
+    monkeypatch.setattr(
+        onnx_backend, "export_onnx", lambda m, p: exports.append(p) or real_export(m, p)
+    )
     runtime.prepare_model(load_checkpoint(tiny_checkpoint), backend="onnxruntime")
     assert exports == []  # reused
     cached.write_bytes(b"not an onnx file")
@@ -87,7 +90,7 @@ def test_a_conversion_that_disagrees_falls_back_to_torch_or_is_refused(
     tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("OPEN_BUILDINGS_CACHE", str(tmp_path))
-    monkeypatch.setattr(runtime, "_agrees", lambda model, net: False)
+    monkeypatch.setattr(onnx_backend, "_agrees", lambda model, net: False)
     with pytest.warns(UserWarning, match="running it in PyTorch"):
         _, used = runtime.prepare_model(load_checkpoint(tiny_checkpoint))
     assert used == "torch-channels-last"
@@ -105,7 +108,7 @@ def test_bf16_and_gpus_stay_on_torch(tiny_checkpoint: Path) -> None:
 def test_without_onnxruntime_auto_is_torch(
     tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(runtime, "onnxruntime_available", lambda: False)
+    monkeypatch.setattr(onnx_backend, "onnxruntime_available", lambda: False)
     _, used = runtime.prepare_model(load_checkpoint(tiny_checkpoint))
     assert used == "torch-channels-last"
     with pytest.raises(ConfigError, match="pip install onnxruntime"):
@@ -117,11 +120,12 @@ def test_a_worker_reloads_a_sealed_conversion_without_building_the_network(
     tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from open_buildings.models import checkpoint, registry
-    from open_buildings.pipelines.inference import CheckpointModelHandler, resolve_model
+    from open_buildings.pipelines.model_handler import CheckpointModelHandler
+    from open_buildings.pipelines.runtime import resolve_model
 
     monkeypatch.setenv("OPEN_BUILDINGS_CACHE", str(tmp_path))
     ref = resolve_model(str(tiny_checkpoint))
-    assert runtime.load_cached(ref.path, ref.sha256) is None  # nothing converted yet
+    assert onnx_backend.load_cached(ref.path, ref.sha256) is None  # nothing converted yet
     first = CheckpointModelHandler(ref)
     want = _logits(first.load_model())
     assert first.backend_used == "onnxruntime"
@@ -133,22 +137,20 @@ def test_a_worker_reloads_a_sealed_conversion_without_building_the_network(
     monkeypatch.setattr(checkpoint, "build_model", no_build)
     second = CheckpointModelHandler(ref)
     model = second.load_model()
-    assert second.backend_used == "onnxruntime" and isinstance(model.net, runtime.OrtNet)
+    assert second.backend_used == "onnxruntime" and isinstance(model.net, onnx_backend.OrtNet)
     assert model.name == "unet_tiny" and model.input_spec.divisor == 32
     for got, ref_logits in zip(_logits(model), want, strict=True):
         np.testing.assert_array_equal(got, ref_logits)
     # another checkpoint hash, or a tampered conversion, is not taken from the cache
-    assert runtime.load_cached(ref.path, "0" * 64) is None
+    assert onnx_backend.load_cached(ref.path, "0" * 64) is None
     (onnx,) = (tmp_path / "onnx").glob("*.onnx")
     onnx.write_bytes(onnx.read_bytes() + b"\0")
-    assert runtime.load_cached(ref.path, ref.sha256) is None
+    assert onnx_backend.load_cached(ref.path, ref.sha256) is None
 
 
 def test_ob_infer_batches_one_tile_at_a_time_on_a_cpu(
     small_region: Path, tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from open_buildings.pipelines import infer
-
     seen = []
 
     class StopError(Exception):
@@ -158,9 +160,9 @@ def test_ob_infer_batches_one_tile_at_a_time_on_a_cpu(
         seen.append(config)
         raise StopError
 
-    monkeypatch.setattr(infer, "build", capture)
+    monkeypatch.setattr(ob_infer, "build", capture)
     base = [str(small_region), "--model", str(tiny_checkpoint), "--no-progress"]
     for extra, want in (([], 1), (["--batch-size", "3"], 3)):
         with pytest.raises(StopError):
-            infer.infer_main([*base, "--out", str(tmp_path / f"out{want}"), *extra])
-        assert seen[-1].max_batch_size == want and seen[-1].backend == "auto"
+            ob_infer.main([*base, "--out", str(tmp_path / f"out{want}"), *extra])
+        assert seen[-1].runtime.max_batch_size == want and seen[-1].runtime.backend == "auto"

@@ -17,9 +17,9 @@ from conftest import LABELS, SAMPLE, sha256_of
 from torch import nn
 
 from open_buildings.errors import InferenceError
-from open_buildings.geo import cells, grid
+from open_buildings.geo import cells, grid, polygonize
 from open_buildings.geo.regions import read_region
-from open_buildings.pipelines import stages
+from open_buildings.pipelines import postprocess, runtime, sinks
 
 # ------------------------------------------------------------------------------------- tiles
 
@@ -40,8 +40,8 @@ def test_chunked_cover_is_exactly_the_cover(bounds, level: int) -> None:
     expected = [t.id for t in grid.cover(geometry, spec)]
     chunked = [
         tile
-        for chunk in stages.tile_chunks(geometry, level)
-        for tile in stages.tiles_in_chunk(geometry, chunk, spec)
+        for chunk in grid.tile_chunks(geometry, level)
+        for tile in grid.tiles_in_chunk(geometry, chunk, spec)
     ]
     assert len(chunked) == len(set(chunked))  # each tile once
     assert set(chunked) <= set(expected)
@@ -79,14 +79,14 @@ def test_run_model_pads_each_tile_on_its_own_and_crops_back() -> None:
         for h, w in [(100, 130), (101, 129), (70, 60)]
     ]
     model = _Echo()
-    out = stages.run_model(model, images, pad_multiple=64)
+    out = runtime.run_model(model, images, pad_multiple=64)
     # (100,130) and (101,129) both pad to (128,192): one batch of two; (70,60) -> (128,64) alone
     assert sorted(model.calls) == [(1, 3, 128, 64), (2, 3, 128, 192)]
     for image, logits in zip(images, out):
         assert logits.shape == (2, *image.shape[1:]) and logits.dtype == np.float32
         np.testing.assert_array_equal(logits, 2 * (image[:2].astype(np.float32) / 255) - 1)
     # a tile's logits do not depend on its batch neighbours
-    alone = stages.run_model(_Echo(), images[1:2], pad_multiple=64)
+    alone = runtime.run_model(_Echo(), images[1:2], pad_multiple=64)
     np.testing.assert_array_equal(alone[0], out[1])
 
 
@@ -97,9 +97,9 @@ def test_run_model_with_a_real_checkpoint_is_batch_independent(tiny_checkpoint) 
     rng = np.random.default_rng(1)
     a = rng.integers(0, 256, (3, 90, 100), dtype=np.uint8)
     b = rng.integers(0, 256, (3, 95, 97), dtype=np.uint8)
-    both = stages.run_model(model, [a, b])
-    np.testing.assert_array_equal(stages.run_model(model, [b])[0], both[1])
-    bf16 = stages.run_model(model, [a], bf16=True)[0]
+    both = runtime.run_model(model, [a, b])
+    np.testing.assert_array_equal(runtime.run_model(model, [b])[0], both[1])
+    bf16 = runtime.run_model(model, [a], bf16=True)[0]
     assert bf16.shape == both[0].shape and bf16.dtype == np.float32
     assert np.abs(bf16 - both[0]).max() < 0.5  # same model, lower precision
 
@@ -107,8 +107,8 @@ def test_run_model_with_a_real_checkpoint_is_batch_independent(tiny_checkpoint) 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_a_worker_expecting_a_gpu_without_one_fails_loudly() -> None:
     with pytest.raises(InferenceError, match="not fall back to the CPU"):
-        stages.resolve_device("cuda")
-    assert stages.resolve_device("cpu").type == "cpu"
+        runtime.resolve_device("cuda")
+    assert runtime.resolve_device("cpu").type == "cpu"
 
 
 # ---------------------------------------------------------------------------- tile ownership
@@ -142,8 +142,8 @@ def test_a_building_straddling_a_tile_border_comes_out_exactly_once() -> None:
     for tile in tiles:
         labels = _rasterize(tile, buildings)
         confidence = np.linspace(0.5, 1.0, len(buildings) + 1)  # label id -> a known score
-        frame = stages.owned_footprints(tile, labels, confidence, shard_level=6)
-        unfiltered = stages.polygonize.polygonize(labels, tile.grid.transform, tile.grid.crs)
+        frame = postprocess.owned_footprints(tile, labels, confidence, shard_level=6)
+        unfiltered = polygonize.polygonize(labels, tile.grid.transform, tile.grid.crs)
         seen_by.append(set(unfiltered["instance_id"]))
         # confidence[label] identifies which OSM building each output row is
         frame["building"] = np.rint((frame["confidence"] - 0.5) / (0.5 / len(buildings))) - 1
@@ -167,10 +167,10 @@ def test_pixels_without_imagery_yield_no_buildings() -> None:
     buildings = gpd.read_file(LABELS)
     tile = grid.tile_from_id("182f13ab")
     labels = _rasterize(tile, buildings)
-    everything = stages.owned_footprints(tile, labels, None)
+    everything = postprocess.owned_footprints(tile, labels, None)
     valid = np.zeros(labels.shape, dtype=bool)
     assert len(everything) > 0
-    assert stages.owned_footprints(tile, labels, None, valid).empty
+    assert postprocess.owned_footprints(tile, labels, None, valid).empty
 
 
 # ------------------------------------------------------------------------------------ files
@@ -181,7 +181,7 @@ def footprint_frame() -> gpd.GeoDataFrame:
     buildings = gpd.read_file(LABELS)
     tile = grid.tile_from_id("182f13ab")
     labels = _rasterize(tile, buildings)
-    return stages.owned_footprints(tile, labels, np.linspace(0.3, 0.9, len(buildings) + 1))
+    return postprocess.owned_footprints(tile, labels, np.linspace(0.3, 0.9, len(buildings) + 1))
 
 
 def test_shard_files_do_not_depend_on_row_order_and_rewriting_is_identical(
@@ -191,22 +191,22 @@ def test_shard_files_do_not_depend_on_row_order_and_rewriting_is_identical(
     second = tmp_path / "b"
     first.mkdir()
     second.mkdir()
-    records = stages.write_shard("182f", [footprint_frame], str(first), ("csv", "parquet"))
+    records = sinks.write_shard("182f", [footprint_frame], str(first), ("csv", "parquet"))
     shuffled = footprint_frame.sample(frac=1.0, random_state=3)
     halves = [shuffled.iloc[: len(shuffled) // 2], shuffled.iloc[len(shuffled) // 2 :]]
-    stages.write_shard("182f", halves[::-1], str(second), ("csv", "parquet"))
+    sinks.write_shard("182f", halves[::-1], str(second), ("csv", "parquet"))
     names = [name for name, _ in records]
     assert names == ["182f_buildings.csv.gz", "182f_buildings.parquet"]
     for name in names:
         assert sha256_of(first / name) == sha256_of(second / name)
     # a retried bundle rewrites the same bytes, atomically, leaving no temp files
-    again = stages.write_shard("182f", [footprint_frame], str(first), ("csv", "parquet"))
+    again = sinks.write_shard("182f", [footprint_frame], str(first), ("csv", "parquet"))
     assert [r.sha256 for _, r in again] == [r.sha256 for _, r in records]
     assert sorted(p.name for p in first.iterdir()) == names
 
 
 def test_csv_reads_with_pandas_and_the_csv_module(footprint_frame, tmp_path) -> None:
-    stages.write_shard("182f", [footprint_frame], str(tmp_path), ("csv",))
+    sinks.write_shard("182f", [footprint_frame], str(tmp_path), ("csv",))
     path = tmp_path / "182f_buildings.csv.gz"
     table = pd.read_csv(path)
     assert list(table.columns) == [
@@ -227,7 +227,7 @@ def test_csv_reads_with_pandas_and_the_csv_module(footprint_frame, tmp_path) -> 
 
 
 def test_geoparquet_reads_with_geopandas_and_filters_by_bbox(footprint_frame, tmp_path) -> None:
-    stages.write_shard("182f", [footprint_frame], str(tmp_path), ("parquet",))
+    sinks.write_shard("182f", [footprint_frame], str(tmp_path), ("parquet",))
     path = tmp_path / "182f_buildings.parquet"
     frame = gpd.read_parquet(path)
     assert len(frame) == len(footprint_frame) and frame.crs.to_epsg() == 4326
@@ -240,8 +240,8 @@ def test_geoparquet_reads_with_geopandas_and_filters_by_bbox(footprint_frame, tm
 
 
 def test_partials_round_trip_exactly(footprint_frame, tmp_path) -> None:
-    path = stages.write_partial(footprint_frame, stages.partial_path(tmp_path, "182f13ab"))
-    back = stages.read_partial(path)
+    path = sinks.write_partial(footprint_frame, sinks.partial_path(tmp_path, "182f13ab"))
+    back = sinks.read_partial(path)
     pd.testing.assert_frame_equal(
         pd.DataFrame(back.drop(columns="geometry")),
         pd.DataFrame(footprint_frame.drop(columns="geometry")),

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from open_buildings.commands import train as ob_train
 from open_buildings.config import load_config
 from open_buildings.errors import ConfigError
 from open_buildings.models.checkpoint import load_checkpoint, save_checkpoint
 from open_buildings.models.registry import build_model
-from open_buildings.training import command, loop
+from open_buildings.training import loop
 from open_buildings.training.config import TrainConfig
 from open_buildings.training.loop import train
 
@@ -112,9 +113,9 @@ def test_ob_train_command(tmp_path: Path, capsys) -> None:
         "train: [{name: banepa, imagery: imagery/banepa, labels: labels/banepa_4tiles.geojson}]\n"
         "chip: {size: 64}\nbatch_size: 1\nsteps: 1\nbf16: false\n"
     )
-    assert command.main([str(config), "--out", str(tmp_path / "r"), "--quiet"]) == 0
+    assert ob_train.main([str(config), "--out", str(tmp_path / "r"), "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "trained unet_tiny for 1 steps" in out
     assert (tmp_path / "r" / "weights.safetensors.sha256").exists()
-    assert command.main([str(config), "-o", "bogus=1"]) == 2
+    assert ob_train.main([str(config), "-o", "bogus=1"]) == 2
     assert "bogus" in capsys.readouterr().err

@@ -45,7 +45,8 @@ from safetensors.torch import load_file
 
 from open_buildings.errors import CheckpointError
 from open_buildings.models.base import BuildingModel
-from open_buildings.models.owlvit import DetectorConfig, OwlViTDetector, OwlViTImageEncoder
+from open_buildings.models.owlvit import OwlViTImageEncoder
+from open_buildings.models.owlvit_detector import DetectorConfig, OwlViTDetector
 from open_buildings.models.vit import ViTConfig, resample_pos_embed
 
 __all__ = [

@@ -152,6 +152,7 @@ def _open_index(path: Path) -> NamedTensors:
 
 
 def open_tensors(path: Path) -> tuple[NamedTensors, str]:
+    """Open a tower's tensors by file kind; return them and the layout name."""
     if path.is_dir():
         raise CheckpointError(
             f"checkpoint {path} is a folder; pass the file in it: model.safetensors, "
@@ -173,6 +174,7 @@ def open_tensors(path: Path) -> tuple[NamedTensors, str]:
 
 
 def find_prefix(tensors: NamedTensors, anchor: str, sep: str) -> str:
+    """Return the name prefix under which the vision tower's tensors sit."""
     prefixes = sorted(
         name[: -len(anchor)]
         for name in tensors.names
@@ -213,6 +215,7 @@ def _hf_config(path: Path, width: int) -> tuple[dict[str, Any], str] | None:
 
 
 def read_hf(tensors: NamedTensors, heads: int | None) -> SiglipCheckpoint:
+    """Convert a Hugging Face SigLIP vision tower (``SiglipVisionModel`` names)."""
     prefix = find_prefix(tensors, HF_ANCHOR, ".")
     path = tensors.path
     patch_key = prefix + HF_ANCHOR
@@ -292,6 +295,7 @@ def read_hf(tensors: NamedTensors, heads: int | None) -> SiglipCheckpoint:
 
 
 def read_npz(tensors: NamedTensors, heads_arg: int | None) -> SiglipCheckpoint:
+    """Convert a big_vision SigLIP image tower (flax names, ``/``-joined)."""
     prefix = find_prefix(tensors, NPZ_ANCHOR, "/")
     path = tensors.path
     kernel_key = prefix + NPZ_ANCHOR
