@@ -23,7 +23,13 @@ from pathlib import Path
 from bench.common import ROOT, SAMPLE
 from bench.imagery import mirrored_imagery, sample_center, square_region
 
-_RUN = "import sys; from open_buildings.cli import infer_main; sys.exit(infer_main(sys.argv[1:]))"
+# ob-infer's entry point moved from open_buildings.cli to open_buildings.commands.infer.
+_RUN = (
+    "import sys\n"
+    "try:\n    from open_buildings.commands.infer import main\n"
+    "except ImportError:\n    from open_buildings.cli import infer_main as main\n"
+    "sys.exit(main(sys.argv[1:]))"
+)
 
 
 def run_tree(tree: Path, region: Path, imagery: Path, out: Path) -> dict[str, float | str]:

@@ -41,8 +41,8 @@ SIZES_KM2 = (1, 4, 16)
 _CHILD = """
 import json, resource, sys, time
 t0 = time.perf_counter()
-import open_buildings.pipelines.infer  # what ob-infer imports before it can start
-from open_buildings.cli import infer_main
+import open_buildings.commands.infer  # what ob-infer imports before it can start
+from open_buildings.commands.infer import main as infer_main
 t1 = time.perf_counter()
 u = resource.getrusage(resource.RUSAGE_SELF)
 code = infer_main(sys.argv[1:])
@@ -107,9 +107,11 @@ def run_ob_infer(region: Path, out: Path, *extra: str, imagery: Path | None = No
 
 def worker_model(backend: str = "auto") -> tuple[Any, str, float]:
     """Load the default model as an ``ob-infer`` worker does; return it, its runtime, seconds."""
-    from open_buildings.pipelines.inference import CheckpointModelHandler, resolve_model
+    from open_buildings.pipelines.config import RuntimeConfig
+    from open_buildings.pipelines.model_handler import CheckpointModelHandler
+    from open_buildings.pipelines.runtime import resolve_model
 
-    handler = CheckpointModelHandler(resolve_model("default"), backend=backend)
+    handler = CheckpointModelHandler(resolve_model("default"), RuntimeConfig(backend=backend))
     start = time.perf_counter()
     model = handler.load_model()
     return model, str(handler.backend_used), time.perf_counter() - start
@@ -131,7 +133,7 @@ def region_tiles(region: Path, imagery: str) -> list[tuple[Any, Any]]:
 
 def model_only(model: Any, images: list[np.ndarray], runs: int = 2) -> Timing:
     """Forward time of ``model`` over uint8 ``images`` one by one, as ``ob-infer`` runs them."""
-    from open_buildings.pipelines.stages import run_model
+    from open_buildings.pipelines.runtime import run_model
 
     def call() -> None:
         for image in images:
@@ -142,7 +144,8 @@ def model_only(model: Any, images: list[np.ndarray], runs: int = 2) -> Timing:
 
 def shape_costs(model: Any, tiles: list[Any], runs: int = 2) -> dict[tuple[int, int], Timing]:
     """Forward time per padded tile shape among ``tiles`` (one real tile of each shape)."""
-    from open_buildings.pipelines.stages import PAD_MULTIPLE, padded_shape
+    from open_buildings.models.padding import padded_shape
+    from open_buildings.pipelines.runtime import PAD_MULTIPLE
 
     by_shape: dict[tuple[int, int], Any] = {}
     for tile in tiles:
@@ -176,29 +179,29 @@ def stage_breakdown(
     """
     from open_buildings.geo import imagery as imagery_mod
     from open_buildings.models import heads
-    from open_buildings.pipelines import stages
+    from open_buildings.pipelines import postprocess, runtime, sinks
 
     source = imagery_mod.open_imagery(imagery)
     state: dict[str, Any] = {}
 
     def read() -> None:
-        state["images"] = [stages.read_tile(source, t) for t in tiles]
+        state["images"] = [source.read(t.grid) for t in tiles]
 
     def forward() -> None:
-        state["logits"] = [stages.run_model(model, [im.rgb])[0] for im in state["images"]]
+        state["logits"] = [runtime.run_model(model, [im.rgb])[0] for im in state["images"]]
 
     def decode() -> None:
         state["decoded"] = [heads.decode(x, from_logits=True) for x in state["logits"]]
 
     def polygonize() -> None:
         state["frames"] = [
-            stages.owned_footprints(t, labels, conf, im.valid)
+            postprocess.owned_footprints(t, labels, conf, im.valid)
             for t, (labels, conf), im in zip(tiles, state["decoded"], state["images"], strict=True)
         ]
 
     def write() -> None:
         for t, frame in zip(tiles, state["frames"], strict=True):
-            stages.write_partial(frame, stages.partial_path(work_dir, t.id))
+            sinks.write_partial(frame, sinks.partial_path(work_dir, t.id))
 
     fns = {"read": read, "model": forward, "decode": decode, "polygonize": polygonize}
     fns["write"] = write
@@ -265,7 +268,8 @@ def dense_regions(
             core = sum(abs(geod.geometry_area_perimeter(t.core)[0]) for t in tiles) / 1e6
             out["sizes"][km2] = {"run": run, "tiles": tiles, "core_km2": core}
         if not quick:
-            from open_buildings.pipelines.stages import PAD_MULTIPLE, padded_shape
+            from open_buildings.models.padding import padded_shape
+            from open_buildings.pipelines.runtime import PAD_MULTIPLE
 
             few = out["sizes"][min(sizes)]["tiles"][:4]
             out["stages"] = stage_breakdown(model, few, str(imagery), folder / "work")

@@ -81,12 +81,12 @@ def load_default() -> nn.Module:
 
 def variants(model: nn.Module) -> dict[str, nn.Module]:
     """The ways ``ob-infer`` could run ``model`` on a CPU: contiguous, channels_last, ORT."""
-    from open_buildings.pipelines import runtime
+    from open_buildings.pipelines import onnx_backend
 
     out = {"torch fp32 (contiguous)": model}
     out["torch fp32 channels_last"] = copy.deepcopy(model).to(memory_format=torch.channels_last)
-    if runtime.onnxruntime_available():
-        out["ONNX Runtime fp32"] = runtime.to_onnxruntime(copy.deepcopy(model))
+    if onnx_backend.onnxruntime_available():
+        out["ONNX Runtime fp32"] = onnx_backend.to_onnxruntime(copy.deepcopy(model))
     return out
 
 

@@ -78,7 +78,7 @@ def model_outputs() -> list[tuple[np.ndarray, grid.PixelGrid]]:
     """The default model's logits on each sample tile with imagery, and the tile's grid."""
     from bench.models import load_default
     from open_buildings.geo import imagery, regions
-    from open_buildings.pipelines import stages
+    from open_buildings.pipelines import runtime
     from open_buildings.pipelines.runtime import prepare_model
 
     model, _ = prepare_model(load_default(), "cpu")
@@ -86,9 +86,9 @@ def model_outputs() -> list[tuple[np.ndarray, grid.PixelGrid]]:
     region = regions.read_region(SAMPLE / "region.geojson").geometry
     out = []
     for tile in grid.cover(region):
-        image = stages.read_tile(source, tile)
+        image = source.read(tile.grid)
         if not image.empty:
-            out.append((stages.run_model(model, [image.rgb])[0], tile.grid))
+            out.append((runtime.run_model(model, [image.rgb])[0], tile.grid))
     return out
 
 

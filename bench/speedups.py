@@ -142,7 +142,8 @@ def margins(
     from pyproj import Geod
 
     from open_buildings.geo import grid
-    from open_buildings.pipelines.stages import PAD_MULTIPLE, padded_shape
+    from open_buildings.models.padding import padded_shape
+    from open_buildings.pipelines.runtime import PAD_MULTIPLE
 
     geod = Geod(ellps="WGS84")
     lon, lat = 36.9072, -1.3059
@@ -186,16 +187,16 @@ def margin_runs(margins_m: tuple[float, ...] = (0, 16, 32, 64)) -> dict[float, d
     import tempfile
 
     from bench.common import ROOT
-    from open_buildings.evaluation.command import run as evaluate_files
+    from open_buildings.evaluation.evaluate import evaluate_files
     from open_buildings.evaluation.thresholds import best_f1
-    from open_buildings.pipelines import infer
+    from open_buildings.pipelines import job
 
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         for m in margins_m:
             folder = Path(tmp) / f"m{m:g}"
-            argv = ["--config", str(ROOT / "pipelines" / "local.yaml"), "--output", str(folder)]
-            infer.run([*argv, "--set", f"margin_m={m}", "--set", "max_batch_size=1"])
+            argv = ["--config", str(ROOT / "pipelines" / "local.yaml"), "-o", f"output={folder}"]
+            job.run([*argv, "-o", f"grid.margin_m={m}", "-o", "runtime.max_batch_size=1"])
             result = evaluate_files(
                 str(folder), str(LABELS), region_path=str(SAMPLE / "region.geojson")
             )

@@ -6,7 +6,7 @@ Dataflow calls this with ``--config=...`` (and any optional parameters from
 
 import sys
 
-from open_buildings.pipelines.infer import run
+from open_buildings.pipelines.job import run
 
 if __name__ == "__main__":
     run([*sys.argv[1:], "--no-wait"])

@@ -26,6 +26,9 @@ from open_buildings.pipelines.config import InferConfig
 from open_buildings.pipelines.runtime import ModelRef, resolve_model
 from open_buildings.remote import local_copy
 
+#: The Flex Template's optional parameters, each a top-level key of the job config.
+TEMPLATE_PARAMETERS = ("region", "imagery", "model", "output")
+
 
 def sample_region() -> str:
     """Return the path of the embedded sample region (works from a wheel too)."""
@@ -149,7 +152,9 @@ def run(argv: Sequence[str] | None = None) -> Any:
     Flags: ``--config FILE`` (required; local or ``gs://``), ``-o KEY=VALUE`` (repeatable; nested
     keys as ``runtime.device=cuda``; the value is YAML), ``--work-dir DIR``, ``--resume``,
     ``--no-wait``; every other flag is passed to Beam (e.g. ``--job_name``) and wins over the
-    config.
+    config. ``--region``, ``--imagery``, ``--model`` and ``--output`` are the Flex Template's
+    parameters (``deploy/flex-template-metadata.json``; Dataflow passes each as ``--name=value``):
+    each is the override ``-o name=value``.
 
     Args:
         argv: the flags; None reads ``sys.argv[1:]``.
@@ -162,13 +167,19 @@ def run(argv: Sequence[str] | None = None) -> Any:
     parser.add_argument(
         "-o", "--override", action="append", default=[], metavar="KEY=VALUE", dest="overrides"
     )
+    for key in TEMPLATE_PARAMETERS:
+        parser.add_argument(f"--{key}", dest=f"template_{key}", help=f"= -o {key}=VALUE")
     parser.add_argument("--work-dir")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--no-wait", action="store_true")
     args, beam_args = parser.parse_known_args(argv)
     if args.resume and not args.work_dir:
         raise ConfigError("--resume needs the --work-dir of the run to continue")
-    config = load_config(InferConfig, local_copy(args.config, prefix="ob-config-"), args.overrides)
+    overrides = list(args.overrides)
+    for key in TEMPLATE_PARAMETERS:
+        if getattr(args, f"template_{key}"):
+            overrides.append(f"{key}={getattr(args, f'template_{key}')}")
+    config = load_config(InferConfig, local_copy(args.config, prefix="ob-config-"), overrides)
     p = make_pipeline(config, beam_args)
     work = transforms.WorkDir(args.work_dir, args.resume) if args.work_dir else None
     build(p, config, work=work)

@@ -20,7 +20,9 @@ DATA = Path(__file__).resolve().parents[1] / "data"
 
 def test_loss_falls_on_a_real_chip(config_factory) -> None:
     # The same two real chips every step (seed fixed, one scene): the model must fit them.
-    cfg = config_factory("steps=40", "chip={size: 64, empty_share: 0.0}", "lr=0.02")
+    cfg = config_factory(
+        "steps=40", "chip={size: 64, empty_share: 0.0}", "lr=0.02", "warmup_steps=0"
+    )
     steps = []
     for record in _train_fixed_batch(cfg):
         steps.append(record)
@@ -29,22 +31,69 @@ def test_loss_falls_on_a_real_chip(config_factory) -> None:
 
 
 def _train_fixed_batch(cfg: TrainConfig):
-    """Train on one fixed real batch (step 0's chips) and yield each step's loss."""
-    from open_buildings.models.losses import segmentation_loss
-    from open_buildings.training import chips, loop
+    """Train on one fixed real batch (step 0's chips) with ``train_step``; yield each loss."""
+    from open_buildings.training import chips
 
     pool = chips.ScenePool(loop.load_areas(cfg, cfg.train, labelled=True))
     batch = loop.labelled_batch(pool, cfg, 0, chips.augmenter())
     assert batch.targets[:, 0].sum() > 0, "the chips must hold buildings"
     model = loop.new_model(cfg)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    for step in range(cfg.steps):
+        yield loop.train_step(model, optimizer, batch, cfg, step)["loss"]
+
+
+def _fixed_batch(cfg: TrainConfig) -> loop.Batch:
+    from open_buildings.training import chips
+
+    pool = chips.ScenePool(loop.load_areas(cfg, cfg.train, labelled=True))
+    return loop.labelled_batch(pool, cfg, 0, chips.augmenter())
+
+
+def test_train_step_updates_the_weights_and_reports_the_loss(config_factory) -> None:
+    from open_buildings.models.losses import segmentation_loss
+
+    cfg = config_factory("chip={size: 64, empty_share: 0.0}", "warmup_steps=2")
+    batch = _fixed_batch(cfg)
+    model = loop.new_model(cfg)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.manual_seed(cfg.seed * 1_000_003 + 0)  # the seed train_step sets for step 0
     model.train()
-    for _ in range(cfg.steps):
-        loss = segmentation_loss(model(batch.images), batch.targets, batch.weights)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        yield loss.item()
+    want = segmentation_loss(model(batch.images), batch.targets, batch.weights).item()
+    model.load_state_dict(before)
+    record = loop.train_step(model, optimizer, batch, cfg, 0)
+    assert record == {"step": 1, "loss": pytest.approx(want, rel=1e-5), "mixup": False}
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(loop.lr_at(cfg, 0)) == cfg.lr / 2
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+    assert any(k.endswith("weight") for k in changed)
+
+
+def test_train_step_is_a_function_of_the_state_and_the_step(config_factory) -> None:
+    cfg = config_factory("chip={size: 64, empty_share: 0.0}", "mixup={enabled: true, prob: 1.0}")
+    batch = _fixed_batch(cfg)
+    records, weights = [], []
+    for _ in range(2):
+        model = loop.new_model(cfg)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+        records.append([loop.train_step(model, optimizer, batch, cfg, s) for s in (0, 1)])
+        weights.append(model.state_dict())
+    assert records[0] == records[1] and all(r["mixup"] for r in records[0])
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_train_step_adds_the_weighted_soft_kl_of_the_unlabelled_batch(config_factory) -> None:
+    cfg = config_factory("chip={size: 64, empty_share: 0.0}", "self_training={weight: 0.5}")
+    batch = _fixed_batch(cfg)
+    model = loop.new_model(cfg)
+    with torch.no_grad():
+        soft = torch.sigmoid(model(batch.images) / cfg.self_training.temperature)
+    unlabelled = loop.Batch(batch.images, soft, torch.ones_like(batch.weights))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    record = loop.train_step(model, optimizer, batch, cfg, 0, unlabelled=unlabelled)
+    assert "kl" in record and abs(record["kl"]) < 1e-3  # its own predictions: (almost) no KL
+    far = loop.Batch(batch.images, 1 - soft, unlabelled.weights)
+    assert loop.train_step(model, optimizer, batch, cfg, 1, unlabelled=far)["kl"] > 0.01
 
 
 class CrashError(Exception):
