@@ -150,7 +150,12 @@ def _prepare(out: Path, work: Path, args: argparse.Namespace) -> None:
             f"{out} exists; pass --overwrite to replace it, --resume to continue the run that "
             "wrote it, or another --out"
         )
-    if work.is_dir() and not args.resume:
+    if work.is_dir() and not (args.overwrite or args.resume):
+        raise OutputExistsError(
+            f"an unfinished run for {out} is in {work}; pass --resume to continue it, "
+            "--overwrite to start again, or another --out"
+        )
+    if work.is_dir() and args.overwrite:
         shutil.rmtree(work)
 
 

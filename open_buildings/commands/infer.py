@@ -19,7 +19,7 @@ from typing import Any
 
 from open_buildings.commands import run_command
 from open_buildings.commands.progress import TileProgress
-from open_buildings.config import validate_config
+from open_buildings.config import apply_overrides, validate_config
 from open_buildings.errors import ImageryError, InferenceError
 from open_buildings.geo import footprints, grid
 from open_buildings.pipelines import sinks
@@ -128,6 +128,16 @@ def infer_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--tile-level", type=int, default=14, help=argparse.SUPPRESS)
     parser.add_argument("--shard-level", type=int, default=6, help="S2 level of output shards")
+    parser.add_argument(
+        "-o",
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="overrides",
+        help="set any job-config key (pipelines/config.py), e.g. -o grid.margin_m=16 "
+        "-o postprocess.simplify_m=0.25; applied after the flags",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -149,28 +159,28 @@ def _infer(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     out = Path(args.out or f"ob-output-{dt.datetime.now():%Y%m%d-%H%M%S}")
     device = args.device
-    config = validate_config(
-        InferConfig,
-        {
-            "region": args.region,
-            "imagery": args.imagery,
-            "model": args.model,
-            "moe_capacity": args.moe_capacity,
-            "output": str(out),
-            "formats": [f.strip() for f in args.format.split(",") if f.strip()],
-            "shard_level": args.shard_level,
-            "workers": args.workers,
-            "grid": {"tile_level": args.tile_level},
-            "postprocess": {"min_confidence": args.min_confidence},
-            "runtime": {
-                "device": device,
-                "bf16": args.bf16,
-                "backend": args.backend,
-                "max_batch_size": args.batch_size or (1 if device == "cpu" else 4),
-            },
+    flags = {
+        "region": args.region,
+        "imagery": args.imagery,
+        "model": args.model,
+        "moe_capacity": args.moe_capacity,
+        "output": str(out),
+        "formats": [f.strip() for f in args.format.split(",") if f.strip()],
+        "shard_level": args.shard_level,
+        "workers": args.workers,
+        "grid": {"tile_level": args.tile_level},
+        "postprocess": {"min_confidence": args.min_confidence},
+        "runtime": {
+            "device": device,
+            "bf16": args.bf16,
+            "backend": args.backend,
+            "max_batch_size": args.batch_size or (1 if device == "cpu" else 4),
         },
-        source="ob-infer flags",
+    }
+    config = validate_config(
+        InferConfig, apply_overrides(flags, args.overrides), source="ob-infer flags"
     )
+    out = Path(config.output)
     region = read_region(config.region or sample_region(), max_area_km2=config.max_region_km2)
     imagery = config.imagery or sample_imagery()
     _check_coverage(open_imagery(imagery), region, imagery)

@@ -223,7 +223,7 @@ def resolve_device(device: str) -> Any:
     if device == "cuda":
         if not torch.cuda.is_available():
             raise InferenceError(
-                "this worker was asked to run the model on a GPU (device 'cuda'), but torch sees "
+                "this machine was asked to run the model on a GPU (device 'cuda'), but torch sees "
                 f"none (torch {torch.__version__}, built for CUDA {torch.version.cuda}). It will "
                 "not fall back to the CPU silently. Check the worker's accelerator and driver "
                 "(Dataflow: gpu_type/gpu_count and the CUDA image from deploy/), or run with "

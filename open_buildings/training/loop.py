@@ -33,6 +33,7 @@ from open_buildings.models.base import BuildingModel
 from open_buildings.models.checkpoint import load_checkpoint, save_checkpoint
 from open_buildings.models.losses import segmentation_loss
 from open_buildings.models.registry import build_model, load_pretrained
+from open_buildings.pipelines.runtime import resolve_device
 from open_buildings.training import chips as chipping
 from open_buildings.training.config import AreaConfig, TrainConfig
 from open_buildings.training.distill import soft_kl_loss, soft_targets
@@ -316,8 +317,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
     """
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' was asked for but no GPU is visible; use --device cpu")
+    device = resolve_device(cfg.device)  # fails loudly on a machine without the GPU asked for
     out = Path(cfg.out)
     ckpt = out / CHECKPOINT_DIR
     if not resume and ckpt.exists():
@@ -340,7 +340,6 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
             teacher_probs.append(soft_targets(logits, st.temperature).numpy())
         del teacher
 
-    device = torch.device(cfg.device)
     if resume:
         model, optimizer, start, history = load_state(ckpt, _optimizer(cfg))
     else:

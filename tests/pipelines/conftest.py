@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pytest
+import rasterio
 import shapely
 import yaml
+from affine import Affine
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "geo" / "sample"
@@ -118,3 +121,16 @@ def clean_run(
     config = job_config(folder, region=small_region, model=tiny_checkpoint, output=out)
     result = job.run(["--config", str(config)])
     return {"out": out, "config": config, "result": result, "counters": job.counters(result)}
+
+
+def corrupt_mosaic(folder: Path) -> Path:
+    """A folder mosaic: rasterio's corrupt.tif, moved over the south of nairobi_a, wins there."""
+    folder.mkdir()
+    corrupt = folder / "0_corrupt.tif"
+    shutil.copy(CORRUPT, corrupt)
+    with rasterio.open(SAMPLE / "nairobi_a.tif") as good:
+        t = good.transform
+    with rasterio.open(corrupt, "r+") as ds:  # only the header changes; the tiles stay corrupt
+        ds.transform = Affine(t.a, 0.0, t.c, 0.0, t.e, t.f - 512 * abs(t.e))
+    shutil.copy(SAMPLE / "nairobi_a.tif", folder / "1_nairobi_a.tif")
+    return folder

@@ -28,8 +28,16 @@ from open_buildings.models.convert.owlvit import load_detector, load_queries
 from open_buildings.models.owlvit import OWLVIT_TINY
 from open_buildings.models.owlvit_detector import DetectorConfig, OwlViTDetector
 from open_buildings.models.owlvit_windows import DetectOptions, detect_pixels
+from open_buildings.pipelines import detect
 from open_buildings.pipelines.detect import example_query
-from tests.pipelines.conftest import LABELS, SAMPLE, SMALL_BOX, TEST_TILE_LEVEL, write_region
+from tests.pipelines.conftest import (
+    LABELS,
+    SAMPLE,
+    SMALL_BOX,
+    TEST_TILE_LEVEL,
+    corrupt_mosaic,
+    write_region,
+)
 
 V = "owlvit.vision_model."
 QUERY_DIM = 16
@@ -215,3 +223,58 @@ def test_ob_detect_on_an_image_with_an_example_box(
     args = [str(image), "--model", str(folder), "--example", far, "--out", str(tmp_path / "x.json")]
     assert detect_main([*args, "--tile-level", str(TEST_TILE_LEVEL)]) == 2
     assert "no imagery covers the example box" in capsys.readouterr().err
+
+
+def test_ob_detect_sends_unreadable_tiles_to_dead_letters_and_finishes_the_rest(
+    checkpoint: tuple[Path, OwlViTDetector], queries: Path, tmp_path: Path, capsys
+) -> None:
+    folder, _ = checkpoint
+    imagery = corrupt_mosaic(tmp_path / "mosaic")
+    region = write_region(tmp_path / "r.geojson", (36.9065, -1.3065, 36.9075, -1.3055))
+    out = tmp_path / "boxes.geojson"
+    args = [str(region), "--imagery", str(imagery), "--model", str(folder), "--query", str(queries)]
+    args += ["--out", str(out), "--window", "512", "--threshold", "0.05", "--no-progress"]
+    assert detect_main([*args, "--tile-level", str(TEST_TILE_LEVEL)]) == 0
+    dead = [json.loads(line) for line in detect.dead_letter_path(out).read_text().splitlines()]
+    assert dead and all(d["stage"] == "read" and "could not be read" in d["reason"] for d in dead)
+    found = gpd.read_file(out)
+    assert len(found) > 0 and not set(found["tile"]) & {d["tile_id"] for d in dead}
+    assert f"dead letters: {len(dead)} tile(s) failed" in capsys.readouterr().out
+
+
+def test_an_interrupted_ob_detect_resumes_without_detecting_again(
+    checkpoint: tuple[Path, OwlViTDetector], queries: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    folder, _ = checkpoint
+    region = write_region(tmp_path / "small.geojson", SMALL_BOX)
+
+    def args(out: Path, *extra: str) -> list[str]:
+        return [
+            *(str(region), "--imagery", str(SAMPLE / "items.json"), "--model", str(folder)),
+            *("--query", str(queries), "--out", str(out), "--window", "512", "--no-progress"),
+            *("--threshold", "0.05", "--tile-level", str(TEST_TILE_LEVEL), *extra),
+        ]
+
+    clean = tmp_path / "clean.geojson"
+    assert detect_main(args(clean)) == 0
+    out = tmp_path / "boxes.geojson"
+    real_write = detect._write_geojson
+
+    def crash(frames: list, dead: list, out: str) -> int:
+        raise RuntimeError("worker lost before the file was written (simulated)")
+
+    monkeypatch.setattr(detect, "_write_geojson", crash)
+    assert detect_main(args(out)) == 1
+    assert "--resume" in capsys.readouterr().err and not out.exists()
+    partials = sorted((tmp_path / ".boxes.geojson.work" / "tiles").glob("*.parquet"))
+    assert len(partials) == grid.count_tiles(shapely.box(*SMALL_BOX), grid.GridSpec(16))
+    monkeypatch.setattr(detect, "_write_geojson", real_write)
+
+    def no_detect(*a: object, **k: object) -> None:
+        raise AssertionError("a finished tile was detected again")
+
+    monkeypatch.setattr(detect, "detect_tile", no_detect)
+    assert detect_main(args(out)) == 2  # the work folder is there: refused without --resume
+    assert detect_main(args(out, "--resume")) == 0
+    assert out.read_bytes() == clean.read_bytes()
+    assert not (tmp_path / ".boxes.geojson.work").exists()

@@ -125,3 +125,25 @@ def test_two_worker_processes_give_the_same_files(
     assert ob_infer.main(_argv(small_region, tiny_checkpoint, out, "--workers", "2")) == 0
     assert output_digests(out) == output_digests(clean_run["out"])
     assert json.loads((out / "manifest.json").read_text())["total_rows"] > 0
+
+
+def test_any_config_key_can_be_set_with_o(
+    small_region: Path, tiny_checkpoint: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    seen = []
+
+    class StopError(Exception):
+        pass
+
+    def capture(p: object, config: object, **kwargs: object) -> None:
+        seen.append(config)
+        raise StopError
+
+    monkeypatch.setattr(ob_infer, "build", capture)
+    argv = _argv(small_region, tiny_checkpoint, tmp_path / "out")
+    with pytest.raises(StopError):
+        ob_infer.main([*argv, "-o", "grid.margin_m=16", "-o", "postprocess.simplify_m=0.25"])
+    assert seen[-1].grid.margin_m == 16.0 and seen[-1].postprocess.simplify_m == 0.25
+    assert seen[-1].grid.tile_level == TEST_TILE_LEVEL  # the flags' values stay
+    assert ob_infer.main([*argv, "-o", "grid.margn_m=16"]) == 2
+    assert "grid.margn_m: unknown key" in capsys.readouterr().err

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import apache_beam as beam
@@ -11,12 +10,10 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 import pytest
-import rasterio
-from affine import Affine
 from conftest import (
-    CORRUPT,
     ROOT,
     SAMPLE,
+    corrupt_mosaic,
     job_config,
     manifest_files,
     output_digests,
@@ -93,23 +90,10 @@ def test_a_bundle_that_fails_once_under_a_retrying_runner_gives_identical_output
     assert manifest_files(out) == manifest_files(clean_run["out"])
 
 
-def _corrupt_mosaic(folder: Path) -> Path:
-    """A folder mosaic: rasterio's corrupt.tif, moved over the south of nairobi_a, wins there."""
-    folder.mkdir()
-    corrupt = folder / "0_corrupt.tif"
-    shutil.copy(CORRUPT, corrupt)
-    with rasterio.open(SAMPLE / "nairobi_a.tif") as good:
-        t = good.transform
-    with rasterio.open(corrupt, "r+") as ds:  # only the header changes; the tiles stay corrupt
-        ds.transform = Affine(t.a, 0.0, t.c, 0.0, t.e, t.f - 512 * abs(t.e))
-    shutil.copy(SAMPLE / "nairobi_a.tif", folder / "1_nairobi_a.tif")
-    return folder
-
-
 def test_a_corrupt_tile_goes_to_the_dead_letter_output_and_the_rest_completes(
     tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
-    imagery = _corrupt_mosaic(tmp_path / "mosaic")
+    imagery = corrupt_mosaic(tmp_path / "mosaic")
     region = write_region(tmp_path / "region.geojson", (36.9065, -1.3065, 36.9075, -1.3055))
     spec = grid.GridSpec(level=16)
     source = open_imagery(imagery)

@@ -6,10 +6,13 @@ holding its slices; each shard holds, per array (numbered in the order JAX flatt
 slices of ``[row-major bytes]`` with their global position.
 
 The msgpack is parsed by hand over a memory map instead of with the ``msgpack`` package, for a
-measured reason (``bench/msgpack_shards.py``): ``msgpack.unpackb`` copies every binary value out of
-the buffer, so decoding a shard holds the whole shard (every array, optimizer state included) in
-memory at once; this reader keeps binary and extension payloads as views into the mapped file and
-decodes only the slices of the parameters asked for.
+measured reason: ``msgpack.unpackb`` copies every binary value out of the buffer, so decoding a
+shard holds the whole shard (every array, optimizer state included) as private copies; this
+reader keeps binary and extension payloads as views into the mapped file and decodes only the
+slices of the parameters asked for. ``python -m bench.msgpack_shards`` (2026-12-01, 2-core EPYC,
+AVX2): reading one 32 MB array of a 256 MB shard held 548 MB resident with ``msgpack.unpackb``
+against 176 MB here (3.1x; mostly mapped page-cache pages, which the kernel can drop), and took
+0.32 s against 0.01 s; at 512 MB, 1092 MB against 352 MB.
 """
 
 from __future__ import annotations
