@@ -101,7 +101,6 @@ def detect_parser() -> argparse.ArgumentParser:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     mode.add_argument("--resume", action="store_true", help="continue an interrupted run")
-    parser.add_argument("--workers", type=int, default=1, metavar="N", help="local processes")
     parser.add_argument("--truth", metavar="LABELS", help="building labels to score box AP on")
     parser.add_argument("--threshold", type=float, default=0.1, help="score threshold (0.1)")
     parser.add_argument("--nms-iou", type=float, default=0.3, help="NMS IoU (0.3)")
@@ -202,8 +201,7 @@ def _detect(args: argparse.Namespace) -> int:
         f"{report['unused']} unused), {len(queries)} quer{'y' if len(queries) == 1 else 'ies'}",
         file=sys.stderr,
     )
-    config = InferConfig(output=str(out.parent), workers=args.workers)
-    p = make_pipeline(config)
+    p = make_pipeline(InferConfig(output=str(out.parent)))  # the local in-memory runner
     detect.build_detection(
         p,
         geometry,

@@ -68,6 +68,25 @@ def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
         os.environ["OPEN_BUILDINGS_CACHE"] = previous
 
 
+class StopBuildError(Exception):
+    """Raised by :func:`ob_infer_configs` in place of building the pipeline."""
+
+
+@pytest.fixture
+def ob_infer_configs(monkeypatch: pytest.MonkeyPatch) -> list:
+    """The configs ``ob-infer`` would build its pipeline from; each call then raises."""
+    from open_buildings.commands import infer as ob_infer
+
+    seen: list = []
+
+    def capture(p: object, config: object, **kwargs: object) -> None:
+        seen.append(config)
+        raise StopBuildError
+
+    monkeypatch.setattr(ob_infer, "build", capture)
+    return seen
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An untrained ``unet_tiny`` saved with ``save_checkpoint`` (fixed seed): real plumbing."""

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import TEST_TILE_LEVEL, manifest_files, output_digests, write_region
+from conftest import TEST_TILE_LEVEL, StopBuildError, manifest_files, output_digests, write_region
 
 from open_buildings.commands import infer as ob_infer
 from open_buildings.pipelines import sinks
@@ -128,20 +128,11 @@ def test_two_worker_processes_give_the_same_files(
 
 
 def test_any_config_key_can_be_set_with_o(
-    small_region: Path, tiny_checkpoint: Path, tmp_path: Path, monkeypatch, capsys
+    small_region: Path, tiny_checkpoint: Path, tmp_path: Path, ob_infer_configs: list, capsys
 ) -> None:
-    seen = []
-
-    class StopError(Exception):
-        pass
-
-    def capture(p: object, config: object, **kwargs: object) -> None:
-        seen.append(config)
-        raise StopError
-
-    monkeypatch.setattr(ob_infer, "build", capture)
+    seen = ob_infer_configs
     argv = _argv(small_region, tiny_checkpoint, tmp_path / "out")
-    with pytest.raises(StopError):
+    with pytest.raises(StopBuildError):
         ob_infer.main([*argv, "-o", "grid.margin_m=16", "-o", "postprocess.simplify_m=0.25"])
     assert seen[-1].grid.margin_m == 16.0 and seen[-1].postprocess.simplify_m == 0.25
     assert seen[-1].grid.tile_level == TEST_TILE_LEVEL  # the flags' values stay

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import StopBuildError
 
 from open_buildings.commands import infer as ob_infer
 from open_buildings.errors import ConfigError
@@ -149,20 +150,11 @@ def test_a_worker_reloads_a_sealed_conversion_without_building_the_network(
 
 
 def test_ob_infer_batches_one_tile_at_a_time_on_a_cpu(
-    small_region: Path, tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    small_region: Path, tiny_checkpoint: Path, tmp_path: Path, ob_infer_configs: list
 ) -> None:
-    seen = []
-
-    class StopError(Exception):
-        pass
-
-    def capture(p: object, config: object, **kwargs: object) -> None:
-        seen.append(config)
-        raise StopError
-
-    monkeypatch.setattr(ob_infer, "build", capture)
+    seen = ob_infer_configs
     base = [str(small_region), "--model", str(tiny_checkpoint), "--no-progress"]
     for extra, want in (([], 1), (["--batch-size", "3"], 3)):
-        with pytest.raises(StopError):
+        with pytest.raises(StopBuildError):
             ob_infer.main([*base, "--out", str(tmp_path / f"out{want}"), *extra])
         assert seen[-1].runtime.max_batch_size == want and seen[-1].runtime.backend == "auto"

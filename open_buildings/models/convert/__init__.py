@@ -1,1 +1,1 @@
-"""Readers of official checkpoint layouts (SigLIP/PaliGemma, OWL-ViT, V-MoE) for the model families."""
+"""Readers of the official checkpoint layouts (SigLIP/PaliGemma, OWL-ViT, V-MoE)."""

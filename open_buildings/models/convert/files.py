@@ -3,7 +3,7 @@
 A loader opens its file format into :class:`NamedTensors` (the names of every tensor, and a
 function reading one), then takes the tensors it converts; the rest are reported as unused.
 :func:`open_npz` reads an ``.npz`` of a flattened flax parameter tree, as both
-:mod:`.vit_convert` (big_vision) and :mod:`.vmoe_convert` (an export) accept. Messages name the
+:mod:`.siglip_layouts` (big_vision) and :mod:`.vmoe` (an export) accept. Messages name the
 model the file should hold (the ``what`` of each call), so they read as the loader's own.
 """
 

@@ -5,12 +5,8 @@ Two layouts are read, and nothing in them is ever executed or unpickled:
 - **vmoe's own partitioned checkpoint**: ``{prefix}.index`` (pass this file, or the prefix) and
   its shards ``{prefix}.data-{i:05d}-of-{n:05d}`` beside it, as
   ``vmoe.checkpoints.partitioned.save_checkpoint`` writes them: msgpack files in flax's
-  serialization format. The index maps every array of the tree (a nested dict: the parameters,
-  possibly under ``params/`` next to ``opt_state/`` and ``step``) to its global shape and dtype
-  and to the shards holding its slices; each shard holds, per array (numbered in the order JAX
-  flattens the tree), slices of ``[row-major bytes]`` with their global position. The reader
-  here parses that msgpack itself over a memory map, so a multi-GB shard is not copied and
-  only the parameters' slices are decoded; JAX, flax and msgpack are not needed.
+  serialization format, read by :mod:`.vmoe_shards` over a memory map (only the parameters'
+  slices are decoded; JAX and flax are not needed).
 - **npz export** of the flattened parameter tree, keys joined by ``/`` (or ``.``), with an
   optional ``params/`` or ``target/`` prefix. From a JAX environment::
 
@@ -25,7 +21,7 @@ The parameter names are vmoe's ``VisionTransformerMoe`` (``vmoe/nn/vit_moe.py``)
 ``Mlp/Dense_{0,1}`` or the sparse ``Moe/Mlp/Dense_{0,1}`` with a leading experts axis and the
 bias-free router ``Moe/Router/dense/kernel`` ``(width, E)``, then ``Encoder/encoder_norm``.
 ``pre_logits`` and ``head`` (the classifier) are counted as unused. The dense parts convert as
-the big_vision ViT does (:func:`~.vit_convert.flax_block_state`).
+the big_vision ViT does (:func:`~.flax_vit.flax_block_state`).
 
 The config is inferred from the shapes: width, depth, MLP width, heads, patch, the position
 grid, the class token, the number of experts and which blocks are sparse (vmoe's ``Every 2`` is
