@@ -1,10 +1,12 @@
 """``ob-detect REGION|IMAGE``: OWL-ViT building boxes as GeoJSON, and their box AP.
 
-The detector (:class:`~open_buildings.models.owlvit.OwlViTDetector`, loaded from a published
-OWL-ViT checkpoint by :func:`~open_buildings.models.convert.owlvit.load_detector`) runs as a local
-Beam job over the same 50 cm tiles as ``ob-infer`` (:mod:`open_buildings.pipelines.detect`), with
-the same progress bar, ``--resume`` and dead letters: a tile that cannot be read is listed in
-``<out>.dead_letter.jsonl`` and the rest completes.
+The detector (:class:`~open_buildings.models.owlvit_detector.OwlViTDetector`, loaded from a
+published OWL-ViT checkpoint by :func:`~open_buildings.models.convert.owlvit.load_detector`) runs
+as a local Beam job over the same 50 cm tiles as ``ob-infer``
+(:mod:`open_buildings.pipelines.detect`), with the same progress bar, ``--resume`` and dead
+letters: a tile that cannot be read is listed in ``<out>.dead_letter.jsonl`` and the rest
+completes.
+
 
 It is queried in one of two ways:
 
@@ -25,7 +27,7 @@ It is queried in one of two ways:
       np.save("building_queries.npy", text.numpy())
 
 - ``--example W,S,E,N``: the lon/lat box of one building in the imagery (image-conditioned
-  one-shot detection, :meth:`~open_buildings.models.owlvit.OwlViTDetector.embed_example`).
+  one-shot detection, :meth:`~open_buildings.models.owlvit_detector.OwlViTDetector.embed_example`).
 
 With ``--truth LABELS`` the boxes are scored against building labels with COCO box AP
 (:func:`open_buildings.evaluation.boxes.evaluate_boxes`), over the labels and boxes whose centre

@@ -1,10 +1,10 @@
 """Running an OWL-ViT detector over an image of any size: overlapping windows merged by NMS.
 
-The detector (:class:`~.owlvit.OwlViTDetector`) sees square windows the size it was trained at;
-:func:`detect_pixels` cuts an image into windows that overlap by ``options.overlap`` pixels, runs
-them in batches, moves each window's boxes into image pixels and suppresses duplicates across
-windows with per-query NMS (torchvision's ``batched_nms``). :func:`example_embedding` turns one
-building's pixel box into a query (image-conditioned one-shot detection).
+The detector (:class:`~.owlvit_detector.OwlViTDetector`) sees square windows the size it was
+trained at; :func:`detect_pixels` cuts an image into windows that overlap by ``options.overlap``
+pixels, runs them in batches, moves each window's boxes into image pixels and suppresses duplicates
+across windows with per-query NMS (torchvision's ``batched_nms``). :func:`example_embedding` turns
+one building's pixel box into a query (image-conditioned one-shot detection).
 """
 
 from __future__ import annotations
@@ -131,7 +131,7 @@ def example_embedding(
     """Turn one object's pixel box in an image into a ``(1, D)`` query embedding.
 
     A window around the box is cut from the image (the detector's pretraining size, or larger if
-    the box is), and :meth:`~.owlvit.OwlViTDetector.embed_example` picks the embedding.
+    the box is), and :meth:`~.owlvit_detector.OwlViTDetector.embed_example` picks the embedding.
 
     Args:
         detector: The detector.

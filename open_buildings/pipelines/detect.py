@@ -59,7 +59,7 @@ def detect_tile(
     """Detect in one tile and keep the boxes whose centre lies in the tile's core.
 
     Args:
-        detector: The detector (``models.owlvit.OwlViTDetector``).
+        detector: The detector (``models.owlvit_detector.OwlViTDetector``).
         tile: The tile.
         image: Its pixels (``rgb`` and ``valid`` on ``tile.grid``).
         queries: ``(Q, D)`` query embeddings (tensor).

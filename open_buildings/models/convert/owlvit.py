@@ -21,8 +21,8 @@ and ``owlvit.logit_scale`` are not part of this project: they are counted as unu
 
 Two targets:
 
-- :func:`load_detector` builds an :class:`~open_buildings.models.owlvit.OwlViTDetector` whose
-  shape is read from the tensors (and from ``config.json`` beside them, for the head count);
+- :func:`load_detector` builds an :class:`~open_buildings.models.owlvit_detector.OwlViTDetector`
+  whose shape is read from the tensors (and from ``config.json`` beside them, for the head count);
 - :func:`load_owlvit_backbone` (every ``owlvit_*`` entry's ``load_pretrained``) fills a
   segmentation model's encoder;
   its decoder keeps its random initialisation. A checkpoint made for another image size has its
