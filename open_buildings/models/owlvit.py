@@ -17,9 +17,9 @@ corner (``(i + 1) / n``, as in the original scenic code) for the box-centre bias
 
 Two uses:
 
-1. Segmentation backbones ``owlvit_b32``, ``owlvit_b16`` and ``owlvit_tiny``: the encoder feeds
-   :class:`~open_buildings.models.dense_decoder.DenseDecoder` with four token maps, the deepest of which is
-   the object embeddings the detection heads were trained on.
+1. Segmentation backbones ``owlvit_b32``, ``owlvit_b16`` and ``owlvit_tiny``: the encoder
+   feeds :class:`~open_buildings.models.dense_decoder.DenseDecoder` with four token maps, the
+   deepest of which is the object embeddings the detection heads were trained on.
 2. :class:`~.owlvit_detector.OwlViTDetector` (in :mod:`.owlvit_detector`): building boxes with
    scores, queried by embeddings (text embeddings from OWL-ViT's text tower, made offline; see
    :mod:`open_buildings.commands.detect`) or by an example box in an image (image-conditioned
