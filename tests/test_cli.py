@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from open_buildings.commands import calibrate as ob_calibrate
 from open_buildings.commands import detect as ob_detect
 from open_buildings.commands import download as ob_download
 from open_buildings.commands import evaluate as ob_eval
@@ -70,6 +71,7 @@ def test_ob_tiles_bad_region_is_a_clear_error(
         ob_download.main,
         ob_tiles.main,
         ob_detect.main,
+        ob_calibrate.main,
     ],
 )
 def test_every_command_has_help(main, capsys: pytest.CaptureFixture[str]) -> None:
@@ -91,6 +93,7 @@ def test_console_scripts_point_at_real_functions() -> None:
         "ob-tiles",
         "ob-models",
         "ob-detect",
+        "ob-calibrate",
     }
     for target in scripts.values():
         module, _, name = target.partition(":")

@@ -23,11 +23,12 @@ from open_buildings.config import apply_overrides, validate_config
 from open_buildings.errors import ImageryError, InferenceError
 from open_buildings.geo import footprints, grid
 from open_buildings.pipelines import sinks
-from open_buildings.pipelines.config import InferConfig
+from open_buildings.pipelines.config import AUTO, InferConfig
 from open_buildings.pipelines.job import (
     build,
     counters,
     make_pipeline,
+    output_settings,
     sample_imagery,
     sample_region,
 )
@@ -87,6 +88,30 @@ def _check_coverage(source: Any, region: Any, imagery: str) -> None:
         )
 
 
+def _bands(text: str) -> tuple[int, int, int]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or min(values) < 1:
+        raise argparse.ArgumentTypeError(
+            f"--bands takes three 1-based band numbers R,G,B (e.g. 1,1,1), got {text!r}"
+        )
+    return values  # type: ignore[return-value]
+
+
+def _confidence(text: str) -> float | str:
+    if text.strip().lower() == AUTO:
+        return AUTO
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"give a number in [0, 1] or 'auto', got {text!r}")
+    return value
+
+
 def infer_parser() -> argparse.ArgumentParser:
     """Return the ``ob-infer`` argument parser."""
     parser = argparse.ArgumentParser(
@@ -97,10 +122,35 @@ def infer_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("region", nargs="?", help="region GeoJSON (default: the embedded sample)")
     parser.add_argument("--imagery", metavar="SRC", help="GeoTIFF/COG, folder, XYZ or STAC JSON")
+    parser.add_argument(
+        "--bands",
+        type=_bands,
+        metavar="R,G,B",
+        help="which 1-based bands are red, green and blue (e.g. 1,1,1 for a grey image, 4,3,2 "
+        "for a 4-band file); default: from the files' colour interpretation",
+    )
+    parser.add_argument(
+        "--fix-invalid",
+        action="store_true",
+        help="repair self-intersecting region polygons (with a warning) instead of failing",
+    )
     parser.add_argument("--model", default="default", help="zoo name or .safetensors path")
     parser.add_argument("--out", metavar="DIR", help="output folder (default: a fresh one)")
     parser.add_argument("--format", default="csv,parquet", help="csv, parquet or csv,parquet")
-    parser.add_argument("--min-confidence", type=float, default=0.0, metavar="X")
+    parser.add_argument(
+        "--min-confidence",
+        type=_confidence,
+        default=AUTO,
+        metavar="X|auto",
+        help="drop buildings below this confidence; auto (default): the model's calibrated "
+        "best-F1 threshold (ob-calibrate); 0 writes everything",
+    )
+    parser.add_argument(
+        "--keep-whole-tiles",
+        action="store_true",
+        help="write every building of every tile touching the region (default: only those "
+        "whose centroid lies inside the region)",
+    )
     parser.add_argument("--workers", type=int, default=1, metavar="N", help="local processes")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--overwrite", action="store_true", help="replace a previous run's files")
@@ -162,6 +212,8 @@ def _infer(args: argparse.Namespace) -> int:
     flags = {
         "region": args.region,
         "imagery": args.imagery,
+        "bands": args.bands,
+        "fix_invalid": args.fix_invalid,
         "model": args.model,
         "moe_capacity": args.moe_capacity,
         "output": str(out),
@@ -169,7 +221,10 @@ def _infer(args: argparse.Namespace) -> int:
         "shard_level": args.shard_level,
         "workers": args.workers,
         "grid": {"tile_level": args.tile_level},
-        "postprocess": {"min_confidence": args.min_confidence},
+        "postprocess": {
+            "min_confidence": args.min_confidence,
+            "keep_whole_tiles": args.keep_whole_tiles,
+        },
         "runtime": {
             "device": device,
             "bf16": args.bf16,
@@ -181,22 +236,29 @@ def _infer(args: argparse.Namespace) -> int:
         InferConfig, apply_overrides(flags, args.overrides), source="ob-infer flags"
     )
     out = Path(config.output)
-    region = read_region(config.region or sample_region(), max_area_km2=config.max_region_km2)
+    region = read_region(
+        config.region or sample_region(),
+        max_area_km2=config.max_region_km2,
+        fix_invalid=config.fix_invalid,
+    )
     imagery = config.imagery or sample_imagery()
-    _check_coverage(open_imagery(imagery), region, imagery)
+    _check_coverage(open_imagery(imagery, bands=config.bands), region, imagery)
     model = resolve_model(config.model, moe_capacity=config.moe_capacity)
     if config.runtime.device == "cuda":
         resolve_device("cuda")
     _prepare_output(out, overwrite=args.overwrite, resume=args.resume)
     work_dir = out / WORK_DIR
     total = grid.count_tiles(region.geometry, config.grid.spec)
+    config, settings = output_settings(config, model)
     print(
         f"ob-infer: {region.area_km2:,.3f} km2, {total:,} tiles, model {model.name}, "
-        f"{config.workers} worker(s) -> {out}",
+        f"{config.workers} worker(s) -> {out}\n"
+        f"ob-infer: confidence >= {settings['min_confidence']:.3f}: "
+        f"{settings['min_confidence_source']}",
         file=sys.stderr,
     )
     p = make_pipeline(config)
-    build(p, config, model=model, work=WorkDir(str(work_dir), args.resume))
+    build(p, config, model=model, work=WorkDir(str(work_dir), args.resume), settings=settings)
     try:
         with TileProgress(work_dir, total, enabled=not args.no_progress):
             result = p.run()
@@ -216,6 +278,11 @@ def _infer(args: argparse.Namespace) -> int:
     first = {"csv": "csv.gz", "parquet": "parquet"}[config.formats[0]]
     buildings = sum(f["rows"] for f in manifest["files"] if f["format"] == first)
     print(f"buildings found: {buildings:,}")
+    if settings["clip_to_region"]:
+        print(
+            f"outside the region: {found['outside_region']:,} dropped "
+            "(--keep-whole-tiles keeps them)"
+        )
     print(
         f"area: {region.area_km2:,.3f} km2 region, {found['m2_covered'] / 1e6:,.3f} km2 of tiles "
         f"with imagery ({total:,} tiles, {found['tiles_empty']:,} without imagery)"

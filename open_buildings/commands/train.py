@@ -61,4 +61,10 @@ def _train(args: argparse.Namespace) -> int:
             f"validation: AP {f['ap']:.3f}  AP50 {f['ap50']:.3f}  F1 {f['f1']:.3f} "
             f"(precision {f['precision']:.3f}, recall {f['recall']:.3f})"
         )
+    if result["operating_points"]:
+        best = result["operating_points"]["best_f1"]
+        print(
+            f"operating point (ob-infer's default --min-confidence): {best['threshold']:.3f}, "
+            f"F1 {best['f1']:.3f} (precision {best['precision']:.3f}, recall {best['recall']:.3f})"
+        )
     return 0

@@ -364,6 +364,7 @@ def write_manifest(
     *,
     code_version: str,
     model: dict[str, Any] | None,
+    settings: dict[str, Any] | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Write ``manifest.json`` describing a finished output folder; call it last.
@@ -379,6 +380,8 @@ def write_manifest(
         code_version: the version of this code that wrote them.
         model: ``{"name": ..., "sha256": ...}`` of the model used, or None; a
             ``"moe_capacity"`` (the eval capacity factor a V-MoE model ran at) is kept too.
+        settings: what decided which footprints were written (e.g. the confidence threshold and
+            whether they were clipped to the region), stored as given; omitted when None.
         overwrite: replace an existing manifest.
 
     Returns:
@@ -408,6 +411,7 @@ def write_manifest(
         else [*boxes[:, :2].min(axis=0).tolist(), *boxes[:, 2:].max(axis=0).tolist()],
         "code_version": code_version,
         "model": None if model is None else _manifest_model(model),
+        **({} if settings is None else {"settings": dict(settings)}),
         "created_utc": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
     target = root / MANIFEST_NAME

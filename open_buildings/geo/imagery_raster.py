@@ -101,8 +101,9 @@ def map_bands(
     names = ", ".join(c.name for c in interp)
     raise ImageryError(
         f"imagery file {name} has {ds.count} band(s) of {ds.dtypes[0]} ({names}) and its colour "
-        "interpretation does not say which are red, green and blue; pass bands=(r, g, b) "
-        "(1-based, e.g. bands=(1, 1, 1) for a single grey band)"
+        "interpretation does not say which are red, green and blue; pass them, 1-based: "
+        "--bands R,G,B on the command line (e.g. --bands 1,1,1 for a single grey band), "
+        "bands=(r, g, b) in Python"
     )
 
 

@@ -372,7 +372,8 @@ def _repair(
             source,
             label,
             f"the polygon is invalid ({reason}); fix the ring so that it does not "
-            "cross itself, or pass fix_invalid=True to repair it with shapely.make_valid",
+            "cross itself, or repair it with shapely.make_valid: --fix-invalid on the command "
+            "line, fix_invalid=True in Python",
         )
     parts = _polygonal(shapely.make_valid(polygon))
     if not parts:

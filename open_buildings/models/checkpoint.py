@@ -29,11 +29,15 @@ __all__ = [
     "file_sha256",
     "load_checkpoint",
     "read_metadata",
+    "read_operating_points",
     "rebuild_model",
     "save_checkpoint",
+    "write_operating_points",
 ]
 
 FORMAT_VERSION = "1"
+#: The metadata key of a checkpoint's calibrated confidence thresholds.
+OPERATING_POINTS = "operating_points"
 _LIST_LIMIT = 10
 
 
@@ -68,7 +72,12 @@ def _atomic_write(path: Path, write: Any) -> None:
         raise
 
 
-def save_checkpoint(model: BuildingModel, path: str | os.PathLike[str]) -> str:
+def save_checkpoint(
+    model: BuildingModel,
+    path: str | os.PathLike[str],
+    *,
+    operating_points: dict[str, Any] | None = None,
+) -> str:
     """Write a model's weights and config to a safetensors file plus a ``.sha256`` sidecar.
 
     Both files are written to temporary names and renamed into place.
@@ -76,6 +85,8 @@ def save_checkpoint(model: BuildingModel, path: str | os.PathLike[str]) -> str:
     Args:
         model: The model to save.
         path: Destination ``.safetensors`` path; its folder must exist.
+        operating_points: The model's calibrated confidence thresholds (see
+            :func:`read_operating_points`), kept in the metadata.
 
     Returns:
         The file's sha256 (hex), also written to ``path + ".sha256"``.
@@ -93,6 +104,18 @@ def save_checkpoint(model: BuildingModel, path: str | os.PathLike[str]) -> str:
         "input_spec": json.dumps(model.input_spec.to_dict(), sort_keys=True),
         "output_channels": json.dumps(list(model.output_channels)),
     }
+    return _write(path, tensors, metadata, operating_points)
+
+
+def _write(
+    path: Path,
+    tensors: dict[str, torch.Tensor],
+    metadata: dict[str, str],
+    operating_points: dict[str, Any] | None,
+) -> str:
+    metadata = dict(metadata)
+    if operating_points is not None:
+        metadata[OPERATING_POINTS] = json.dumps(operating_points, sort_keys=True)
     _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
     sha = file_sha256(path)
     _atomic_write(
@@ -292,3 +315,57 @@ def load_checkpoint(
 
         set_capacity(model, moe_capacity)
     return model.to(device).eval()
+
+
+def read_operating_points(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """Return a checkpoint's calibrated confidence thresholds, or None if it carries none.
+
+    They are measured on labelled data the model never trained on
+    (``training.calibrate.operating_points``): ``best_f1`` (``threshold``, ``precision``,
+    ``recall``, ``f1``), ``precision_targets`` (one entry per target precision, its ``threshold``
+    None when unreachable) and ``measured_on``.
+
+    Raises:
+        CheckpointError: The file is not a checkpoint, or the thresholds are not valid JSON.
+    """
+    metadata = read_metadata(path)
+    if OPERATING_POINTS not in metadata:
+        return None
+    try:
+        points = json.loads(metadata[OPERATING_POINTS])
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: the operating points are not valid JSON ({exc})") from None
+    best = points.get("best_f1") if isinstance(points, dict) else None
+    if not isinstance(best, dict) or not isinstance(best.get("threshold"), int | float):
+        raise CheckpointError(f"{path}: the operating points lack best_f1.threshold")
+    return points
+
+
+def write_operating_points(
+    path: str | os.PathLike[str],
+    points: dict[str, Any],
+    *,
+    out: str | os.PathLike[str] | None = None,
+) -> str:
+    """Store calibrated thresholds in a checkpoint's metadata; the tensors are kept bit for bit.
+
+    Args:
+        path: The checkpoint (its sha256 sidecar is checked first).
+        points: From ``training.calibrate.operating_points``.
+        out: Where to write; None replaces ``path`` (atomically, with a new sidecar).
+
+    Returns:
+        The sha256 of the file written.
+    """
+    path = Path(path)
+    expected = _read_sidecar(path)
+    if file_sha256(path) != expected:
+        raise CheckpointError(f"sha256 mismatch for {path}; copy the checkpoint again")
+    metadata = read_metadata(path)
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no iter
+    metadata.pop(OPERATING_POINTS, None)
+    target = Path(out) if out is not None else path
+    if not target.parent.is_dir():
+        raise FileNotFoundError(f"folder {target.parent} does not exist; create it first")
+    return _write(target, tensors, metadata, points)

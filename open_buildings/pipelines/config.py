@@ -19,6 +19,8 @@ from open_buildings.config import BASE_DIR, ConfigPath, StrictModel, resolve_pat
 from open_buildings.geo.grid import GridSpec
 
 Format = Literal["csv", "parquet"]
+#: ``min_confidence`` value that means "the model's own best-F1 operating point".
+AUTO = "auto"
 
 
 def _resolve_model(value: str, info: ValidationInfo) -> str:
@@ -52,14 +54,26 @@ class PostprocessConfig(StrictModel):
     """From a tile's logits to the footprints written.
 
     Attributes:
-        min_confidence: drop buildings whose confidence is below this.
+        min_confidence: drop buildings whose confidence is below this; ``"auto"`` (the default)
+            takes the model's best-F1 operating point from its checkpoint (0 when it carries
+            none, with a warning). The job resolves it to a number before any worker starts.
         simplify_m: polygon simplification tolerance in metres.
         min_area_m2: drop buildings smaller than this.
+        keep_whole_tiles: write every building of every tile touching the region; by default a
+            building is written only if its centroid lies inside the region.
     """
 
-    min_confidence: float = Field(default=0.0, ge=0.0, le=1.0)
+    min_confidence: Annotated[float, Field(ge=0.0, le=1.0)] | Literal["auto"] = AUTO
     simplify_m: float = Field(default=0.5, ge=0.0)
     min_area_m2: float = Field(default=1.0, ge=0.0)
+    keep_whole_tiles: bool = False
+
+    @property
+    def threshold(self) -> float:
+        """The confidence floor as a number (``"auto"`` must have been resolved first)."""
+        if isinstance(self.min_confidence, str):
+            raise ValueError("min_confidence 'auto' was not resolved against the model")
+        return float(self.min_confidence)
 
 
 class RuntimeConfig(StrictModel):
@@ -145,6 +159,8 @@ class InferConfig(StrictModel):
         region: the region GeoJSON (local path or ``gs://``); None means the embedded sample.
         imagery: the imagery source (GeoTIFF/COG files, a folder, an XYZ template, a STAC JSON);
             None means the embedded sample.
+        bands: which 1-based bands of the imagery are red, green and blue (e.g. ``(1, 1, 1)``
+            for a grey image); None maps them from the files' colour interpretation.
         model: a zoo name (``models/<name>/``) or a path to a ``.safetensors`` checkpoint.
         model_sha256: the checkpoint's expected sha256; None computes it at launch (local files)
             or reads the ``.sha256`` sidecar (remote files).
@@ -167,6 +183,7 @@ class InferConfig(StrictModel):
 
     region: ConfigPath | None = None
     imagery: ConfigPath | None = None
+    bands: tuple[int, int, int] | None = None
     model: ModelSpec = "default"
     model_sha256: str | None = None
     moe_capacity: float | None = Field(default=None, gt=0.0)

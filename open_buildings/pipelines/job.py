@@ -23,7 +23,7 @@ from open_buildings.config import load_config
 from open_buildings.errors import ConfigError
 from open_buildings.pipelines import transforms
 from open_buildings.pipelines.config import InferConfig
-from open_buildings.pipelines.runtime import ModelRef, resolve_model
+from open_buildings.pipelines.runtime import ModelRef, resolve_min_confidence, resolve_model
 from open_buildings.remote import local_copy
 
 #: The Flex Template's optional parameters, each a top-level key of the job config.
@@ -111,12 +111,34 @@ def make_pipeline(config: InferConfig, extra: Sequence[str] = ()) -> beam.Pipeli
     return beam.Pipeline(runner=DataflowRunner(), options=options)
 
 
+def output_settings(config: InferConfig, model: ModelRef) -> tuple[InferConfig, dict[str, Any]]:
+    """Resolve what decides which footprints are written, for the workers and the manifest.
+
+    Args:
+        config: the job; ``postprocess.min_confidence`` may be ``"auto"``.
+        model: the checkpoint.
+
+    Returns:
+        The config with a numeric ``min_confidence``, and the manifest's ``settings``:
+        ``min_confidence``, ``min_confidence_source`` and ``clip_to_region``.
+    """
+    threshold, source = resolve_min_confidence(model, config.postprocess.min_confidence)
+    post = config.postprocess.model_copy(update={"min_confidence": threshold})
+    settings = {
+        "min_confidence": threshold,
+        "min_confidence_source": source,
+        "clip_to_region": not post.keep_whole_tiles,
+    }
+    return config.model_copy(update={"postprocess": post}), settings
+
+
 def build(
     p: beam.Pipeline,
     config: InferConfig,
     *,
     model: ModelRef | None = None,
     work: transforms.WorkDir | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> dict[str, beam.PCollection]:
     """Add the inference job described by ``config`` to ``p`` (nothing runs yet).
 
@@ -125,6 +147,8 @@ def build(
         config: the job.
         model: the resolved checkpoint; None resolves ``config.model``.
         work: a local folder for per-tile results (progress and resume).
+        settings: from :func:`output_settings` when the caller already resolved ``config``
+            with it; None resolves it here.
 
     Returns:
         The PCollections of :func:`transforms.build_inference`.
@@ -136,13 +160,19 @@ def build(
         fix_invalid=config.fix_invalid,
         max_area_km2=config.max_region_km2,
     )
+    model = model or resolve_model(
+        config.model, config.model_sha256, moe_capacity=config.moe_capacity
+    )
+    if settings is None:
+        config, settings = output_settings(config, model)
     return transforms.build_inference(
         p,
         region.geometry,
         config,
-        model or resolve_model(config.model, config.model_sha256, moe_capacity=config.moe_capacity),
+        model,
         imagery=config.imagery or sample_imagery(),
         work=work,
+        settings=settings,
     )
 
 

@@ -25,7 +25,8 @@ SHARD_COLUMN = "shard"
 #: Sort keys that put footprints in a total order before they are written.
 _ORDER = ["latitude", "longitude", "area_in_meters", "confidence"]
 FRAME_COLUMNS = [*footprints.SCHEMA_COLUMNS[:5], SHARD_COLUMN]
-DEFAULT_POSTPROCESS = PostprocessConfig()
+#: What the functions here apply when given no settings: no confidence floor.
+DEFAULT_POSTPROCESS = PostprocessConfig(min_confidence=0.0)
 
 
 def covered_m2(tile: grid.Tile, image: TileImage) -> int:
@@ -121,10 +122,33 @@ def owned_footprints(
     )
     lon, lat = frame["longitude"].to_numpy(), frame["latitude"].to_numpy()
     keep = tile.owns(lon, lat)
-    if post.min_confidence > 0:
-        keep &= ~(frame["confidence"].to_numpy() < post.min_confidence)
+    if post.threshold > 0:
+        keep &= ~(frame["confidence"].to_numpy() < post.threshold)
     frame = frame[keep]
     return _with_shards(frame, shard_level)
+
+
+def inside_region(
+    frame: gpd.GeoDataFrame, region: shapely.Geometry
+) -> tuple[gpd.GeoDataFrame, int]:
+    """Keep the footprints whose centroid lies in the region (on its edge counts as inside).
+
+    The same rule as tile ownership, applied to the region: a building the user's region cuts is
+    written when most of it (its centroid) is inside, and never twice.
+
+    Args:
+        frame: footprints with ``longitude`` and ``latitude`` (their centroid) columns.
+        region: the region in lon/lat, ideally ``shapely.prepare``-d.
+
+    Returns:
+        The rows kept (index reset) and how many were dropped.
+    """
+    if frame.empty:
+        return frame, 0
+    keep = shapely.intersects_xy(
+        region, frame["longitude"].to_numpy(), frame["latitude"].to_numpy()
+    )
+    return frame[keep].reset_index(drop=True), int((~keep).sum())
 
 
 def _with_shards(frame: gpd.GeoDataFrame, shard_level: int) -> gpd.GeoDataFrame:

@@ -152,6 +152,36 @@ def _check_has_experts(spec: str, path: Path) -> None:
         )
 
 
+def resolve_min_confidence(model: ModelRef, requested: float | str) -> tuple[float, str]:
+    """Turn ``min_confidence`` into the number the workers apply, and say where it came from.
+
+    Args:
+        model: the checkpoint (a remote one is copied here to read its metadata).
+        requested: a number (the user's), or ``"auto"``: the checkpoint's best-F1 operating
+            point (``models.checkpoint.read_operating_points``).
+
+    Returns:
+        ``(threshold, source)``; ``"auto"`` for a checkpoint without operating points is 0 (every
+        footprint is written), and the source says so.
+    """
+    from open_buildings.models.checkpoint import read_operating_points
+
+    if not isinstance(requested, str):
+        return float(requested), "set by the user"
+    local, _ = _localize(model.path)
+    points = read_operating_points(local)
+    if points is None:
+        return 0.0, (
+            f"none: {model.name} carries no operating points, so every footprint is written; "
+            "calibrate it with ob-calibrate, or pass --min-confidence"
+        )
+    best = points["best_f1"]
+    return float(best["threshold"]), (
+        f"the model's best-F1 operating point (F1 {best['f1']:.3f}, precision "
+        f"{best['precision']:.3f}, recall {best['recall']:.3f} on {points['measured_on']})"
+    )
+
+
 def _localize(path: str) -> tuple[str, str | None]:
     """Return a local copy of a checkpoint and the sha256 its remote ``.sha256`` sidecar gives."""
     if not is_remote(path):

@@ -145,6 +145,7 @@ def finalize(
     *,
     code_version: str,
     model: dict[str, Any] | None,
+    settings: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write the dead-letter list (when any tile failed), then the manifest, last.
 
@@ -154,6 +155,7 @@ def finalize(
         dead_letters: the tiles that failed.
         code_version: this package's version.
         model: ``{"name", "sha256"}`` of the model used.
+        settings: what decided which footprints were written, recorded as they are.
 
     Returns:
         A summary: ``files``, ``rows``, ``dead_letters`` counts and the manifest's location.
@@ -171,7 +173,7 @@ def finalize(
                 upload(base / DEAD_LETTER_NAME, f"{root.rstrip('/')}/{DEAD_LETTER_NAME}")
         rebased = [replace(record, path=base / name) for name, record in records]
         manifest = footprints.write_manifest(
-            base, rebased, code_version=code_version, model=model, overwrite=True
+            base, rebased, code_version=code_version, model=model, settings=settings, overwrite=True
         )
         if remote:
             upload(manifest, f"{root.rstrip('/')}/{footprints.MANIFEST_NAME}")

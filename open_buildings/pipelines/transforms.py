@@ -29,13 +29,22 @@ from open_buildings.geo import grid
 from open_buildings.pipelines import postprocess, sinks
 from open_buildings.pipelines.config import InferConfig, PostprocessConfig, RuntimeConfig
 from open_buildings.pipelines.model_handler import CheckpointModelHandler
+from open_buildings.pipelines.outputs import WriteManifest, WriteShards
 from open_buildings.pipelines.runtime import ModelRef, TileInput
 from open_buildings.remote import is_remote
 
 NAMESPACE = "open_buildings"
 DEAD_LETTER = "dead_letter"
 FINISHED = "finished"
-COUNTERS = ("tiles_read", "tiles_empty", "tiles_failed", "tiles_resumed", "buildings", "m2_covered")
+COUNTERS = (
+    "tiles_read",
+    "tiles_empty",
+    "tiles_failed",
+    "tiles_resumed",
+    "buildings",
+    "outside_region",
+    "m2_covered",
+)
 
 
 def _counter(name: str) -> Any:
@@ -104,6 +113,7 @@ class ReadTileFn(beam.DoFn):
         spec: the tiling grid.
         work: the per-tile work folder; None keeps none.
         empty: makes the result kept for a tile without imagery (no rows).
+        bands: the 1-based (r, g, b) bands; None maps them from colour interpretation.
     """
 
     def __init__(
@@ -112,18 +122,20 @@ class ReadTileFn(beam.DoFn):
         spec: grid.GridSpec,
         work: WorkDir | None,
         empty: Callable[[], Any] = postprocess.empty_footprints,
+        bands: tuple[int, int, int] | None = None,
     ) -> None:
         self._imagery = imagery
         self._spec = spec
         self._work = work
         self._empty = empty
+        self._bands = bands
         self._source: Any = None
 
     def setup(self) -> None:
         """Open the imagery source once per worker."""
         from open_buildings.geo.imagery import open_imagery
 
-        self._source = open_imagery(self._imagery)
+        self._source = open_imagery(self._imagery, bands=self._bands)
 
     def process(self, tile_id: str) -> Iterator[Any]:
         """Read one tile."""
@@ -175,6 +187,7 @@ class ReadImagery(beam.PTransform):
         spec: the tiling grid.
         work: the per-tile work folder; None keeps none.
         empty: makes the result kept for a tile without imagery (footprints by default).
+        bands: the 1-based (r, g, b) bands; None maps them from colour interpretation.
     """
 
     def __init__(
@@ -183,9 +196,10 @@ class ReadImagery(beam.PTransform):
         spec: grid.GridSpec,
         work: WorkDir | None = None,
         empty: Callable[[], Any] = postprocess.empty_footprints,
+        bands: tuple[int, int, int] | None = None,
     ) -> None:
         super().__init__()
-        self._fn = ReadTileFn(imagery, spec, work, empty)
+        self._fn = ReadTileFn(imagery, spec, work, empty, bands)
 
     def expand(self, tiles: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
         """Build the stage."""
@@ -216,9 +230,11 @@ class PolygonizeFn(beam.DoFn):
 
     Args:
         spec: the tiling grid.
-        post: the post-processing settings.
+        post: the post-processing settings (``min_confidence`` resolved to a number).
         shard_level: S2 level of the shard key.
         work: the per-tile work folder; None keeps none.
+        region: the region as WKB; a building whose centroid lies outside it is dropped
+            (counted as ``outside_region``). None keeps whole tiles.
     """
 
     def __init__(
@@ -227,11 +243,20 @@ class PolygonizeFn(beam.DoFn):
         post: PostprocessConfig,
         shard_level: int,
         work: WorkDir | None,
+        region: bytes | None = None,
     ) -> None:
         self._spec = spec
         self._post = post
         self._shard_level = shard_level
         self._work = work
+        self._region_wkb = region
+        self._region: shapely.Geometry | None = None
+
+    def setup(self) -> None:
+        """Parse and prepare the region once per worker."""
+        if self._region_wkb is not None:
+            self._region = shapely.from_wkb(self._region_wkb)
+            shapely.prepare(self._region)
 
     def process(self, element: tuple[str, PredictionResult]) -> Iterator[Any]:
         """Decode, polygonize and keep what the tile owns."""
@@ -248,6 +273,9 @@ class PolygonizeFn(beam.DoFn):
         except (ValueError, MemoryError) as exc:
             yield dead_letter(self._work, tile_id, "postprocess", exc)
             return
+        if self._region is not None:
+            frame, outside = postprocess.inside_region(frame, self._region)
+            _counter("outside_region").inc(outside)
         _counter("buildings").inc(len(frame))
         if self._work:
             finish_tile(self._work, tile_id, frame)
@@ -257,11 +285,7 @@ class PolygonizeFn(beam.DoFn):
 class Polygonize(beam.PTransform):
     """Predictions -> tagged outputs: main (footprint frames) and ``dead_letter``.
 
-    Args:
-        spec: the tiling grid.
-        post: the post-processing settings.
-        shard_level: S2 level of the shard key.
-        work: the per-tile work folder; None keeps none.
+    Args: as :class:`PolygonizeFn`'s.
     """
 
     def __init__(
@@ -270,110 +294,16 @@ class Polygonize(beam.PTransform):
         post: PostprocessConfig,
         shard_level: int,
         work: WorkDir | None = None,
+        region: bytes | None = None,
     ) -> None:
         super().__init__()
-        self._fn = PolygonizeFn(spec, post, shard_level, work)
+        self._fn = PolygonizeFn(spec, post, shard_level, work, region)
 
     def expand(self, predictions: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
         """Build the stage."""
         return predictions | "DecodeAndPolygonize" >> beam.ParDo(self._fn).with_outputs(
             DEAD_LETTER, main="footprints"
         )
-
-
-class WriteShardFn(beam.DoFn):
-    """``(token, frames)`` -> ``(file name, FileRecord)`` per file written."""
-
-    def __init__(self, output: str, formats: tuple[str, ...]) -> None:
-        self._output = output
-        self._formats = formats
-
-    def process(self, element: tuple[str, Any]) -> Iterator[Any]:
-        """Write one shard (idempotent: see ``sinks.write_shard``)."""
-        token, frames = element
-        yield from sinks.write_shard(token, frames, self._output, self._formats)
-
-
-class WriteShards(beam.PTransform):
-    """Footprint frames -> one file per shard and format, -> their ``(name, FileRecord)``.
-
-    All of a shard's rows meet in one GroupByKey value, are put in a canonical order and written
-    by one call. A retried bundle rewrites the same bytes through an atomic rename, so it can
-    neither duplicate rows nor leave a torn file (Beam's ``fileio.WriteToFiles`` would instead need
-    its own temp-and-finalize step to achieve the same for a single file per shard).
-
-    Args:
-        output: the output folder.
-        formats: ``"csv"`` and/or ``"parquet"``.
-    """
-
-    def __init__(self, output: str, formats: tuple[str, ...]) -> None:
-        super().__init__()
-        self._output = output
-        self._formats = formats
-
-    def expand(self, frames: beam.PCollection) -> beam.PCollection:
-        """Build the stages."""
-        return (
-            frames
-            | "KeyByShard" >> beam.FlatMap(postprocess.split_by_shard)
-            | "GroupByShard" >> beam.GroupByKey()
-            | "WriteShard" >> beam.ParDo(WriteShardFn(self._output, self._formats))
-        )
-
-
-class WriteManifest(beam.PTransform):
-    """Shard records (+ dead letters as a side input) -> dead_letter.jsonl, then manifest.json.
-
-    CombineGlobally waits for every shard write, so the manifest is written last; its presence
-    means every file it lists is complete.
-
-    Args:
-        output: the output folder.
-        dead_letters: the failed tiles.
-        code_version: this package's version.
-        model: ``{"name", "sha256"}`` for the manifest (and ``moe_capacity`` when one was set).
-    """
-
-    def __init__(
-        self,
-        output: str,
-        dead_letters: beam.PCollection,
-        *,
-        code_version: str,
-        model: dict[str, Any] | None,
-    ) -> None:
-        super().__init__()
-        self._output = output
-        self._dead = dead_letters
-        self._code_version = code_version
-        self._model = model
-
-    def expand(self, records: beam.PCollection) -> beam.PCollection:
-        """Build the stages."""
-        dead = self._dead | "CollectDeadLetters" >> beam.combiners.ToList()
-        return (
-            records
-            | "CollectRecords" >> beam.combiners.ToList()
-            | "Finalize"
-            >> beam.Map(
-                _finalize,
-                beam.pvalue.AsSingleton(dead),
-                self._output,
-                self._code_version,
-                self._model,
-            )
-        )
-
-
-def _finalize(
-    records: list[Any],
-    dead: list[sinks.DeadLetter],
-    output: str,
-    code_version: str,
-    model: dict[str, Any] | None,
-) -> dict[str, Any]:
-    return sinks.finalize(output, records, dead, code_version=code_version, model=model)
 
 
 def build_inference(
@@ -384,16 +314,19 @@ def build_inference(
     *,
     imagery: str,
     work: WorkDir | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> dict[str, beam.PCollection]:
     """Add the whole inference job to ``p``.
 
     Args:
         p: the pipeline.
         geometry: the region in lon/lat.
-        config: the job (its ``grid``, ``postprocess`` and ``runtime`` go to their stages).
+        config: the job (its ``grid``, ``postprocess`` and ``runtime`` go to their stages;
+            ``postprocess.min_confidence`` already a number, see ``job.output_settings``).
         model: the checkpoint.
         imagery: the imagery source spec (the config's, or the embedded sample's).
         work: the per-tile work folder (progress and resume); None keeps none.
+        settings: recorded in the manifest (``job.output_settings``).
 
     Returns:
         The main PCollections: ``tiles``, ``footprints``, ``dead_letters``, ``files``,
@@ -405,10 +338,11 @@ def build_inference(
         Path(config.output).mkdir(parents=True, exist_ok=True)
     spec = config.grid.spec
     tiles = p | "CoverTiles" >> CoverTiles(geometry, spec)
-    read = tiles | "ReadImagery" >> ReadImagery(imagery, spec, work)
+    read = tiles | "ReadImagery" >> ReadImagery(imagery, spec, work, bands=config.bands)
     predictions = read.images | "RunModel" >> RunModel(model, config.runtime)
+    region = None if config.postprocess.keep_whole_tiles else shapely.to_wkb(geometry)
     polygons = predictions | "Polygonize" >> Polygonize(
-        spec, config.postprocess, config.shard_level, work
+        spec, config.postprocess, config.shard_level, work, region
     )
     frames = (polygons.footprints, read[FINISHED]) | "AllFootprints" >> beam.Flatten()
     dead = (read[DEAD_LETTER], polygons[DEAD_LETTER]) | "AllDeadLetters" >> beam.Flatten()
@@ -419,6 +353,7 @@ def build_inference(
         code_version=__version__,
         model={"name": model.name, "sha256": model.sha256}
         | ({} if model.moe_capacity is None else {"moe_capacity": model.moe_capacity}),
+        settings=settings,
     )
     return {
         "tiles": tiles,

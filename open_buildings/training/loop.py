@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from open_buildings.config import dump_config
-from open_buildings.errors import ConfigError
+from open_buildings.errors import ConfigError, EvaluationError
 from open_buildings.geo import imagery
 from open_buildings.geo.grid import GridSpec
 from open_buildings.models import heads
@@ -35,6 +36,7 @@ from open_buildings.models.losses import segmentation_loss
 from open_buildings.models.registry import build_model, load_pretrained
 from open_buildings.pipelines.runtime import resolve_device
 from open_buildings.training import chips as chipping
+from open_buildings.training.calibrate import operating_points
 from open_buildings.training.config import AreaConfig, TrainConfig
 from open_buildings.training.distill import soft_kl_loss, soft_targets
 from open_buildings.training.mixup import mixup
@@ -364,11 +366,24 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
         history = trainer.fit(start)
     seconds = time.perf_counter() - began
     weights_path = out / FINAL_WEIGHTS
-    save_checkpoint(model, weights_path)
+    points = None
+    if val_scenes:  # the thresholds ob-infer applies by default, measured on held-out data
+        names = ", ".join(a.name for a in cfg.val)
+        try:
+            points = operating_points(model, val_scenes, measured_on=names, spec=_spec(cfg))
+        except EvaluationError as exc:  # the weights are still worth saving
+            warnings.warn(f"no operating points stored: {exc}", stacklevel=2)
+    save_checkpoint(model, weights_path, operating_points=points)
     (out / "history.json").write_text(json.dumps(history, indent=1))
     plot_history(history, out / "training_curve.png")
     final = next((h["val"] for h in reversed(history) if "val" in h), None)
-    return {"weights": str(weights_path), "history": history, "seconds": seconds, "final": final}
+    return {
+        "weights": str(weights_path),
+        "history": history,
+        "seconds": seconds,
+        "final": final,
+        "operating_points": points,
+    }
 
 
 def plot_history(history: list[dict[str, Any]], path: Path) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 from pyproj import CRS
 
-from open_buildings.evaluation.evaluate import evaluate
+from open_buildings.evaluation.evaluate import Evaluation, evaluate
 from open_buildings.evaluation.io import Footprints
 from open_buildings.geo.grid import GridSpec, Tile
 from open_buildings.models import heads
@@ -49,23 +49,26 @@ def _footprints(frames: list, crs: str, scored: bool, name: str) -> Footprints:
     )
 
 
-def validate(
+def score_scenes(
     model: BuildingModel,
     scenes: Sequence[Scene],
     *,
     bf16: bool = False,
     spec: GridSpec | None = None,
-) -> dict:
-    """Score the model on labelled scenes.
+) -> Evaluation:
+    """Predict labelled scenes as ``ob-infer`` would and score them with ``ob-eval``'s metrics.
 
     Args:
         model: the model to score (left in eval mode).
-        scenes: labelled scenes, all in one metric CRS or not (each is compared in its own).
+        scenes: labelled scenes (each is compared in the first scene's metric CRS).
         bf16: run the forward pass under bf16 autocast.
         spec: the grid the scenes were read on (the default grid when None).
 
     Returns:
-        ``{"ap", "ap50", "ap75", "f1", "precision", "recall", "n_pred", "n_truth"}``.
+        The evaluation: COCO mAP, SpaceNet F1, the precision/recall curve over confidence.
+
+    Raises:
+        ValueError: if no scene is labelled.
     """
     spec = spec or GridSpec()
     preds, truths, crs = [], [], None
@@ -79,9 +82,25 @@ def validate(
         crs = crs or scene.grid.crs
     if crs is None:
         raise ValueError("validation needs at least one labelled scene")
-    result = evaluate(
+    return evaluate(
         _footprints(preds, crs, True, "prediction"), _footprints(truths, crs, False, "label")
     )
+
+
+def validate(
+    model: BuildingModel,
+    scenes: Sequence[Scene],
+    *,
+    bf16: bool = False,
+    spec: GridSpec | None = None,
+) -> dict:
+    """Score the model on labelled scenes (see :func:`score_scenes`).
+
+    Returns:
+        ``{"ap", "ap50", "ap75", "f1", "precision", "recall", "n_pred", "n_truth"}``: F1,
+        precision and recall of every prediction (no confidence floor).
+    """
+    result = score_scenes(model, scenes, bf16=bf16, spec=spec)
     return {
         "ap": result.coco.ap,
         "ap50": result.coco.ap50,

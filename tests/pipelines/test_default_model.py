@@ -5,23 +5,37 @@ the sample region. An untrained model of the same architecture scores F1 ~0 here
 models/default/MODEL_CARD.md for the full held-out figures).
 """
 
+import json
 from pathlib import Path
 
 import pytest
+import shapely
 
 from open_buildings.commands import infer as ob_infer
 from open_buildings.evaluation.evaluate import evaluate_files
 from open_buildings.evaluation.thresholds import best_f1
+from open_buildings.geo.footprints import read_footprints
+from open_buildings.geo.regions import read_region
+from open_buildings.models.checkpoint import read_operating_points
 from open_buildings.resources import resource
 
 ROOT = Path(__file__).resolve().parents[2]
 WEIGHTS = resource("models", "default", "weights.safetensors")
 
 
-@pytest.mark.skipif(not WEIGHTS.is_file(), reason="models/default/ has no weights yet")
-def test_default_model_finds_the_sample_buildings(tmp_path: Path) -> None:
-    out = tmp_path / "footprints"
-    assert ob_infer.main(["--out", str(out)]) == 0  # no options but --out: sample + default model
+pytestmark = pytest.mark.skipif(not WEIGHTS.is_file(), reason="models/default/ has no weights")
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``ob-infer`` with no options but ``--out``: the sample, the default model, its defaults."""
+    out = tmp_path_factory.mktemp("default") / "footprints"
+    assert ob_infer.main(["--out", str(out), "--no-progress"]) == 0
+    return out
+
+
+def test_default_model_finds_the_sample_buildings(default_run: Path) -> None:
+    out = default_run
     result = evaluate_files(
         str(out),
         str(ROOT / "tests/data/labels/nairobi_ke.geojson"),
@@ -33,3 +47,33 @@ def test_default_model_finds_the_sample_buildings(tmp_path: Path) -> None:
     assert result.coco.ap50 > 0.5, result.coco
     assert best_f1(result.curve)["f1"] > 0.55, best_f1(result.curve)
     assert result.f1.total.recall > 0.6, result.f1.total
+
+
+def test_the_default_output_is_calibrated_and_clipped_to_the_region(
+    default_run: Path, tmp_path: Path
+) -> None:
+    points = read_operating_points(Path(str(WEIGHTS)))
+    assert points is not None and "Nairobi" in points["measured_on"]
+    threshold = points["best_f1"]["threshold"]
+    settings = json.loads((default_run / "manifest.json").read_text())["settings"]
+    assert settings["min_confidence"] == threshold and settings["clip_to_region"] is True
+    assert "best-F1 operating point" in settings["min_confidence_source"]
+    written = read_footprints(default_run)
+    assert len(written) > 20 and (written["confidence"] >= threshold).all()
+    region = read_region(ROOT / "geo/sample/region.geojson").geometry
+    lon, lat = written["longitude"].to_numpy(), written["latitude"].to_numpy()
+    assert shapely.intersects_xy(region, lon, lat).all()
+
+    everything = tmp_path / "everything"
+    argv = ["--out", str(everything), "--min-confidence", "0", "--keep-whole-tiles"]
+    assert ob_infer.main([*argv, "--no-progress"]) == 0
+    whole = read_footprints(everything)
+    assert json.loads((everything / "manifest.json").read_text())["settings"] == {
+        "min_confidence": 0.0,
+        "min_confidence_source": "set by the user",
+        "clip_to_region": False,
+    }
+    inside = shapely.intersects_xy(region, whole["longitude"], whole["latitude"])
+    kept = inside & (whole["confidence"].to_numpy() >= threshold)
+    assert (~inside).sum() > 0 and (whole["confidence"] < threshold).sum() > 0
+    assert sorted(whole.geometry[kept].to_wkt()) == sorted(written.geometry.to_wkt())

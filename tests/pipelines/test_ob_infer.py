@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import shapely
 from conftest import TEST_TILE_LEVEL, StopBuildError, manifest_files, output_digests, write_region
 
 from open_buildings.commands import infer as ob_infer
@@ -138,3 +139,110 @@ def test_any_config_key_can_be_set_with_o(
     assert seen[-1].grid.tile_level == TEST_TILE_LEVEL  # the flags' values stay
     assert ob_infer.main([*argv, "-o", "grid.margn_m=16"]) == 2
     assert "grid.margn_m: unknown key" in capsys.readouterr().err
+
+
+def _written(out: Path) -> tuple[dict, object]:
+    from open_buildings.geo.footprints import read_footprints
+
+    return json.loads((out / "manifest.json").read_text())["settings"], read_footprints(out)
+
+
+def test_min_confidence_auto_applies_the_checkpoints_operating_point(
+    small_region: Path, tiny_checkpoint: Path, tmp_path: Path, capsys
+) -> None:
+    from open_buildings.models.checkpoint import write_operating_points
+
+    plain = tmp_path / "plain"
+    assert ob_infer.main(_argv(small_region, tiny_checkpoint, plain)) == 0
+    settings, everything = _written(plain)
+    assert (
+        settings["min_confidence"] == 0.0
+        and "no operating points" in settings["min_confidence_source"]
+    )
+    assert "carries no operating points" in capsys.readouterr().err
+    assert len(everything) > 4
+
+    threshold = float(everything["confidence"].median())
+    calibrated = tmp_path / "calibrated.safetensors"
+    best = {"threshold": threshold, "precision": 0.5, "recall": 0.5, "f1": 0.5}
+    points = {"best_f1": best, "precision_targets": [], "measured_on": "a test area"}
+    write_operating_points(tiny_checkpoint, points, out=calibrated)
+    out = tmp_path / "auto"
+    assert ob_infer.main(_argv(small_region, calibrated, out)) == 0
+    settings, kept = _written(out)
+    assert (
+        settings["min_confidence"] == threshold
+        and "a test area" in settings["min_confidence_source"]
+    )
+    assert 0 < len(kept) < len(everything) and (kept["confidence"] >= threshold).all()
+    assert len(kept) == int((everything["confidence"] >= threshold).sum())
+
+    forced = tmp_path / "forced"
+    assert ob_infer.main(_argv(small_region, calibrated, forced, "--min-confidence", "0")) == 0
+    assert len(_written(forced)[1]) == len(everything)
+    with pytest.raises(SystemExit) as refused:  # argparse refuses it before anything runs
+        ob_infer.main(_argv(small_region, calibrated, tmp_path / "x", "--min-confidence", "2"))
+    assert refused.value.code == 2
+    assert "a number in [0, 1] or 'auto'" in capsys.readouterr().err
+
+
+def test_footprints_outside_the_region_are_dropped_and_counted(
+    tiny_checkpoint: Path, tmp_path: Path, capsys
+) -> None:
+    from open_buildings.geo.regions import read_region
+
+    # A region much smaller than its level-16 tiles: most of what the tiles see lies outside.
+    region_path = write_region(tmp_path / "r.geojson", (36.9071, -1.3056, 36.9075, -1.3052))
+    region = read_region(region_path).geometry
+    whole = tmp_path / "whole"
+    assert ob_infer.main(_argv(region_path, tiny_checkpoint, whole, "--keep-whole-tiles")) == 0
+    settings, everything = _written(whole)
+    assert settings["clip_to_region"] is False
+    capsys.readouterr()
+    clipped = tmp_path / "clipped"
+    assert ob_infer.main(_argv(region_path, tiny_checkpoint, clipped)) == 0
+    settings, kept = _written(clipped)
+    assert settings["clip_to_region"] is True
+    inside = shapely.intersects_xy(region, everything["longitude"], everything["latitude"])
+    assert 0 < inside.sum() < len(everything)
+    assert sorted(kept.geometry.to_wkt()) == sorted(everything.geometry[inside].to_wkt())
+    dropped = len(everything) - len(kept)
+    assert f"outside the region: {dropped:,} dropped" in capsys.readouterr().out
+
+
+def test_bands_maps_a_single_band_image(tiny_checkpoint: Path, tmp_path: Path, capsys) -> None:
+    import numpy as np
+    import rasterio
+    from conftest import SAMPLE, SMALL_BOX
+
+    # The sample's real Nairobi imagery made grey: one band, as a panchromatic file would be.
+    with rasterio.open(SAMPLE / "nairobi_a.tif") as src:
+        profile = src.profile | {"count": 1, "photometric": "MINISBLACK"}
+        grey = src.read().astype(np.float32).mean(axis=0).round().astype(np.uint8)
+    grey_tif = tmp_path / "grey.tif"
+    with rasterio.open(grey_tif, "w", **profile) as dst:
+        dst.write(grey, 1)
+    region = write_region(tmp_path / "r.geojson", SMALL_BOX)
+    argv = [*_argv(region, tiny_checkpoint, tmp_path / "unmapped"), "--imagery", str(grey_tif)]
+    assert ob_infer.main(argv) == 2  # refused before anything runs, saying what to pass
+    assert "--bands 1,1,1" in capsys.readouterr().err
+    argv = [*_argv(region, tiny_checkpoint, tmp_path / "out"), "--imagery", str(grey_tif)]
+    assert ob_infer.main([*argv, "--bands", "1,1,1"]) == 0
+    assert not (tmp_path / "out" / sinks.DEAD_LETTER_NAME).exists()
+    assert "dead letters: 0 tile(s)" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        ob_infer.main([*argv, "--bands", "1,2"])
+
+
+def test_fix_invalid_repairs_a_self_intersecting_region(
+    tiny_checkpoint: Path, tmp_path: Path, capsys
+) -> None:
+    # A bow tie over the sample: invalid as given, two triangles once repaired.
+    w, s, e, n = 36.9070, -1.3058, 36.9078, -1.3049
+    ring = [[w, s], [e, n], [e, s], [w, n], [w, s]]
+    region = tmp_path / "bowtie.geojson"
+    region.write_text(json.dumps({"type": "Polygon", "coordinates": [ring]}))
+    assert ob_infer.main(_argv(region, tiny_checkpoint, tmp_path / "a")) == 2
+    assert "--fix-invalid" in capsys.readouterr().err
+    with pytest.warns(UserWarning, match="repaired an invalid polygon"):
+        assert ob_infer.main(_argv(region, tiny_checkpoint, tmp_path / "b", "--fix-invalid")) == 0

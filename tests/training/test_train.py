@@ -146,6 +146,12 @@ def test_mixup_and_self_training_run_and_record_kl(config_factory, tmp_path: Pat
     assert all(h["kl"] > 0 for h in result["history"])
     val = result["final"]
     assert set(val) >= {"ap", "ap50", "f1", "precision", "recall"} and val["n_truth"] > 0
+    # the final checkpoint carries the operating points measured on the validation area
+    from open_buildings.models.checkpoint import read_operating_points
+
+    stored = read_operating_points(result["weights"])
+    assert stored == result["operating_points"] and stored["measured_on"] == "banepa"
+    assert 0 <= stored["best_f1"]["threshold"] <= 1
     assert (Path(cfg.out) / "training_curve.png").stat().st_size > 1000
 
 

@@ -1,0 +1,117 @@
+"""The Beam transforms that write a job's outputs: one file per shard and format, then the manifest.
+
+Thin adapters over :mod:`.sinks`: ``WriteShards`` groups every footprint frame by its shard token
+and writes each shard once (``sinks.write_shard``); ``WriteManifest`` waits for every shard and
+writes the dead-letter list and the manifest last (``sinks.finalize``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import apache_beam as beam
+
+from open_buildings.pipelines import postprocess, sinks
+
+
+class WriteShardFn(beam.DoFn):
+    """``(token, frames)`` -> ``(file name, FileRecord)`` per file written."""
+
+    def __init__(self, output: str, formats: tuple[str, ...]) -> None:
+        self._output = output
+        self._formats = formats
+
+    def process(self, element: tuple[str, Any]) -> Iterator[Any]:
+        """Write one shard (idempotent: see ``sinks.write_shard``)."""
+        token, frames = element
+        yield from sinks.write_shard(token, frames, self._output, self._formats)
+
+
+class WriteShards(beam.PTransform):
+    """Footprint frames -> one file per shard and format, -> their ``(name, FileRecord)``.
+
+    All of a shard's rows meet in one GroupByKey value, are put in a canonical order and written
+    by one call. A retried bundle rewrites the same bytes through an atomic rename, so it can
+    neither duplicate rows nor leave a torn file (Beam's ``fileio.WriteToFiles`` would instead need
+    its own temp-and-finalize step to achieve the same for a single file per shard).
+
+    Args:
+        output: the output folder.
+        formats: ``"csv"`` and/or ``"parquet"``.
+    """
+
+    def __init__(self, output: str, formats: tuple[str, ...]) -> None:
+        super().__init__()
+        self._output = output
+        self._formats = formats
+
+    def expand(self, frames: beam.PCollection) -> beam.PCollection:
+        """Build the stages."""
+        return (
+            frames
+            | "KeyByShard" >> beam.FlatMap(postprocess.split_by_shard)
+            | "GroupByShard" >> beam.GroupByKey()
+            | "WriteShard" >> beam.ParDo(WriteShardFn(self._output, self._formats))
+        )
+
+
+class WriteManifest(beam.PTransform):
+    """Shard records (+ dead letters as a side input) -> dead_letter.jsonl, then manifest.json.
+
+    CombineGlobally waits for every shard write, so the manifest is written last; its presence
+    means every file it lists is complete.
+
+    Args:
+        output: the output folder.
+        dead_letters: the failed tiles.
+        code_version: this package's version.
+        model: ``{"name", "sha256"}`` for the manifest (and ``moe_capacity`` when one was set).
+        settings: what decided which footprints were written (threshold, region clipping).
+    """
+
+    def __init__(
+        self,
+        output: str,
+        dead_letters: beam.PCollection,
+        *,
+        code_version: str,
+        model: dict[str, Any] | None,
+        settings: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self._output = output
+        self._dead = dead_letters
+        self._code_version = code_version
+        self._model = model
+        self._settings = settings
+
+    def expand(self, records: beam.PCollection) -> beam.PCollection:
+        """Build the stages."""
+        dead = self._dead | "CollectDeadLetters" >> beam.combiners.ToList()
+        return (
+            records
+            | "CollectRecords" >> beam.combiners.ToList()
+            | "Finalize"
+            >> beam.Map(
+                _finalize,
+                beam.pvalue.AsSingleton(dead),
+                self._output,
+                self._code_version,
+                self._model,
+                self._settings,
+            )
+        )
+
+
+def _finalize(
+    records: list[Any],
+    dead: list[sinks.DeadLetter],
+    output: str,
+    code_version: str,
+    model: dict[str, Any] | None,
+    settings: dict[str, Any] | None,
+) -> dict[str, Any]:
+    return sinks.finalize(
+        output, records, dead, code_version=code_version, model=model, settings=settings
+    )
