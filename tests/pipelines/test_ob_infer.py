@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 import shapely
-from conftest import TEST_TILE_LEVEL, StopBuildError, manifest_files, output_digests, write_region
+from conftest import (
+    SAMPLE,
+    SMALL_BOX,
+    TEST_TILE_LEVEL,
+    StopBuildError,
+    manifest_files,
+    output_digests,
+    write_region,
+)
 
 from open_buildings.commands import infer as ob_infer
 from open_buildings.pipelines import sinks
@@ -213,7 +221,6 @@ def test_footprints_outside_the_region_are_dropped_and_counted(
 def test_bands_maps_a_single_band_image(tiny_checkpoint: Path, tmp_path: Path, capsys) -> None:
     import numpy as np
     import rasterio
-    from conftest import SAMPLE, SMALL_BOX
 
     # The sample's real Nairobi imagery made grey: one band, as a panchromatic file would be.
     with rasterio.open(SAMPLE / "nairobi_a.tif") as src:
