@@ -1,9 +1,13 @@
-"""``ob-calibrate CHECKPOINT --imagery SRC --labels FILE``: store a model's operating points.
+"""``ob-calibrate CHECKPOINT``: store a model's operating points and its input ranges.
 
-The model is scored on labelled imagery it never trained on, as ``ob-infer`` writes footprints
-(``training.calibrate.operating_points``); the best-F1 threshold and the thresholds reaching
-80/85/90% precision go into the checkpoint's metadata, where ``ob-infer --min-confidence auto``
-(the default) finds them. The tensors are kept bit for bit; the sha256 sidecar is rewritten.
+- ``--imagery SRC --labels FILE``: the model is scored on labelled imagery it never trained on,
+  as ``ob-infer`` writes footprints (``training.calibrate.operating_points``); the best-F1
+  threshold and the thresholds reaching 80/85/90% precision go into the checkpoint's metadata,
+  where ``ob-infer --min-confidence auto`` (the default) finds them.
+- ``--training-imagery SRC`` (repeatable): the tile statistics of the imagery it was trained on
+  (``training.calibrate.input_ranges``), against which ``ob-infer`` warns about unfamiliar tiles.
+
+The tensors are kept bit for bit; the sha256 sidecar is rewritten.
 """
 
 from __future__ import annotations
@@ -26,8 +30,15 @@ def parser() -> argparse.ArgumentParser:
         "the checkpoint for ob-infer --min-confidence auto.",
     )
     p.add_argument("checkpoint", help="a .safetensors checkpoint (its .sha256 sidecar beside it)")
-    p.add_argument("--imagery", required=True, metavar="SRC", help="GeoTIFF/COG, XYZ or STAC")
-    p.add_argument("--labels", required=True, metavar="FILE", help="building polygons (GeoJSON)")
+    p.add_argument("--imagery", metavar="SRC", help="held-out imagery: GeoTIFF/COG, XYZ or STAC")
+    p.add_argument("--labels", metavar="FILE", help="its building polygons (GeoJSON)")
+    p.add_argument(
+        "--training-imagery",
+        action="append",
+        default=[],
+        metavar="SRC",
+        help="imagery the model was trained on, to record its tile statistics (repeatable)",
+    )
     p.add_argument("--name", help="what the data is, for the record (default: the labels file)")
     p.add_argument("--grid-level", type=int, default=14, help="S2 level of the tiles (14)")
     where = p.add_mutually_exclusive_group(required=True)
@@ -45,23 +56,38 @@ def _calibrate(args: argparse.Namespace) -> int:
     from open_buildings.geo.grid import GridSpec
     from open_buildings.geo.imagery import open_imagery
     from open_buildings.models.checkpoint import load_checkpoint, write_operating_points
-    from open_buildings.training.calibrate import operating_points
+    from open_buildings.training.calibrate import input_ranges, operating_points
     from open_buildings.training.scenes import load_scenes, read_labels
 
     out = None if args.in_place else Path(args.out)
     if out is not None and out.exists():
         raise OutputExistsError(f"{out} exists; choose another --out or pass --in-place")
+    if bool(args.imagery) != bool(args.labels):
+        raise ConfigError("--imagery and --labels go together: held-out imagery and its labels")
+    if not args.imagery and not args.training_imagery:
+        raise ConfigError("give --imagery and --labels, or --training-imagery, or both")
     try:
         spec = GridSpec(level=args.grid_level)
     except ValueError as exc:
         raise ConfigError(f"--grid-level: {exc}") from None
     model = load_checkpoint(args.checkpoint)
-    name = args.name or Path(args.labels).name
-    scenes = load_scenes(name, open_imagery(args.imagery), read_labels(args.labels), spec)
-    if not scenes:
-        raise ConfigError(f"no tile of the grid has imagery in {args.imagery}")
-    points = operating_points(model, scenes, measured_on=name, spec=spec)
-    sha = write_operating_points(args.checkpoint, points, out=out)
-    print(json.dumps(points, indent=2))
-    print(f"operating points written to {out or args.checkpoint} (sha256 {sha})")
+    points = ranges = None
+    if args.imagery:
+        name = args.name or Path(args.labels).name
+        scenes = load_scenes(name, open_imagery(args.imagery), read_labels(args.labels), spec)
+        if not scenes:
+            raise ConfigError(f"no tile of the grid has imagery in {args.imagery}")
+        points = operating_points(model, scenes, measured_on=name, spec=spec)
+        print(json.dumps(points, indent=2))
+    if args.training_imagery:
+        scenes = [
+            scene
+            for src in args.training_imagery
+            for scene in load_scenes(src, open_imagery(src), None, spec)
+        ]
+        names = ", ".join("/".join(Path(src).parts[-2:]) for src in args.training_imagery)
+        ranges = input_ranges(model, scenes, measured_on=names)
+        print(json.dumps(ranges, indent=2))
+    sha = write_operating_points(args.checkpoint, points, input_ranges=ranges, out=out)
+    print(f"calibration written to {out or args.checkpoint} (sha256 {sha})")
     return 0

@@ -291,4 +291,28 @@ def _infer(args: argparse.Namespace) -> int:
     print(f"footprints: {out.resolve()} ({len(manifest['files'])} files + manifest.json)")
     where = f" (see {out / sinks.DEAD_LETTER_NAME})" if dead else ""
     print(f"dead letters: {len(dead)} tile(s) failed{where}")
+    _warn_unfamiliar(manifest.get("domain") or {}, out)
     return 0
+
+
+def _warn_unfamiliar(domain: dict, out: Path) -> None:
+    """Say once which tiles looked unlike the model's training imagery (nothing was dropped)."""
+    tiles = domain.get("tiles") or {}
+    if not domain.get("checked"):
+        print(
+            "ob-infer: the model records no training-imagery ranges: no tile was checked "
+            "against them (ob-calibrate --training-imagery adds them)",
+            file=sys.stderr,
+        )
+        return
+    if not tiles:
+        return
+    shown = "; ".join(f"{t}: {', '.join(r)}" for t, r in list(tiles.items())[:10])
+    more = f" (+{len(tiles) - 10} more)" if len(tiles) > 10 else ""
+    print(
+        f"ob-infer: warning: {len(tiles)} tile(s) do not look like the imagery the model was "
+        f"trained on ({domain.get('measured_on')}), so its footprints there may be wrong: "
+        f"{shown}{more}. Check the bands (--bands) and the imagery; every footprint was "
+        f"written, and the tiles are listed in {out / footprints.MANIFEST_NAME}",
+        file=sys.stderr,
+    )

@@ -365,6 +365,7 @@ def write_manifest(
     code_version: str,
     model: dict[str, Any] | None,
     settings: dict[str, Any] | None = None,
+    domain: dict[str, Any] | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Write ``manifest.json`` describing a finished output folder; call it last.
@@ -382,6 +383,8 @@ def write_manifest(
             ``"moe_capacity"`` (the eval capacity factor a V-MoE model ran at) is kept too.
         settings: what decided which footprints were written (e.g. the confidence threshold and
             whether they were clipped to the region), stored as given; omitted when None.
+        domain: the tiles whose imagery looked unlike the model's training data, stored as
+            given; omitted when None.
         overwrite: replace an existing manifest.
 
     Returns:
@@ -412,6 +415,7 @@ def write_manifest(
         "code_version": code_version,
         "model": None if model is None else _manifest_model(model),
         **({} if settings is None else {"settings": dict(settings)}),
+        **({} if domain is None else {"domain": dict(domain)}),
         "created_utc": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
     target = root / MANIFEST_NAME

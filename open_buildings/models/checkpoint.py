@@ -29,6 +29,7 @@ __all__ = [
     "file_sha256",
     "load_checkpoint",
     "read_metadata",
+    "read_input_ranges",
     "read_operating_points",
     "rebuild_model",
     "save_checkpoint",
@@ -38,6 +39,8 @@ __all__ = [
 FORMAT_VERSION = "1"
 #: The metadata key of a checkpoint's calibrated confidence thresholds.
 OPERATING_POINTS = "operating_points"
+#: The metadata key of the ranges of the training imagery's tile statistics.
+INPUT_RANGES = "input_ranges"
 _LIST_LIMIT = 10
 
 
@@ -77,6 +80,7 @@ def save_checkpoint(
     path: str | os.PathLike[str],
     *,
     operating_points: dict[str, Any] | None = None,
+    input_ranges: dict[str, Any] | None = None,
 ) -> str:
     """Write a model's weights and config to a safetensors file plus a ``.sha256`` sidecar.
 
@@ -87,6 +91,8 @@ def save_checkpoint(
         path: Destination ``.safetensors`` path; its folder must exist.
         operating_points: The model's calibrated confidence thresholds (see
             :func:`read_operating_points`), kept in the metadata.
+        input_ranges: The ranges of its training imagery's tile statistics (see
+            :func:`read_input_ranges`), kept in the metadata.
 
     Returns:
         The file's sha256 (hex), also written to ``path + ".sha256"``.
@@ -104,18 +110,13 @@ def save_checkpoint(
         "input_spec": json.dumps(model.input_spec.to_dict(), sort_keys=True),
         "output_channels": json.dumps(list(model.output_channels)),
     }
-    return _write(path, tensors, metadata, operating_points)
+    for key, value in ((OPERATING_POINTS, operating_points), (INPUT_RANGES, input_ranges)):
+        if value is not None:
+            metadata[key] = json.dumps(value, sort_keys=True)
+    return _write(path, tensors, metadata)
 
 
-def _write(
-    path: Path,
-    tensors: dict[str, torch.Tensor],
-    metadata: dict[str, str],
-    operating_points: dict[str, Any] | None,
-) -> str:
-    metadata = dict(metadata)
-    if operating_points is not None:
-        metadata[OPERATING_POINTS] = json.dumps(operating_points, sort_keys=True)
+def _write(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
     _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
     sha = file_sha256(path)
     _atomic_write(
@@ -341,17 +342,40 @@ def read_operating_points(path: str | os.PathLike[str]) -> dict[str, Any] | None
     return points
 
 
+def read_input_ranges(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """Return the ranges of a checkpoint's training-imagery statistics, or None if it has none.
+
+    ``{"ranges": {stat: [low, high]}, "measured_on", "tiles"}``, as
+    ``training.calibrate.input_ranges`` measures them (``pipelines.domain``).
+
+    Raises:
+        CheckpointError: The file is not a checkpoint, or the ranges are not valid JSON.
+    """
+    metadata = read_metadata(path)
+    if INPUT_RANGES not in metadata:
+        return None
+    try:
+        ranges = json.loads(metadata[INPUT_RANGES])
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: the input ranges are not valid JSON ({exc})") from None
+    if not isinstance(ranges, dict) or not isinstance(ranges.get("ranges"), dict):
+        raise CheckpointError(f"{path}: the input ranges lack their 'ranges' mapping")
+    return ranges
+
+
 def write_operating_points(
     path: str | os.PathLike[str],
-    points: dict[str, Any],
+    points: dict[str, Any] | None = None,
     *,
+    input_ranges: dict[str, Any] | None = None,
     out: str | os.PathLike[str] | None = None,
 ) -> str:
-    """Store calibrated thresholds in a checkpoint's metadata; the tensors are kept bit for bit.
+    """Store calibration in a checkpoint's metadata; the tensors are kept bit for bit.
 
     Args:
         path: The checkpoint (its sha256 sidecar is checked first).
-        points: From ``training.calibrate.operating_points``.
+        points: From ``training.calibrate.operating_points``; None keeps the file's own.
+        input_ranges: From ``training.calibrate.input_ranges``; None keeps the file's own.
         out: Where to write; None replaces ``path`` (atomically, with a new sidecar).
 
     Returns:
@@ -364,8 +388,10 @@ def write_operating_points(
     metadata = read_metadata(path)
     with safe_open(str(path), framework="pt", device="cpu") as f:
         tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no iter
-    metadata.pop(OPERATING_POINTS, None)
+    for key, value in ((OPERATING_POINTS, points), (INPUT_RANGES, input_ranges)):
+        if value is not None:
+            metadata[key] = json.dumps(value, sort_keys=True)
     target = Path(out) if out is not None else path
     if not target.parent.is_dir():
         raise FileNotFoundError(f"folder {target.parent} does not exist; create it first")
-    return _write(target, tensors, metadata, points)
+    return _write(target, tensors, metadata)

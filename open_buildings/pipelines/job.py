@@ -23,7 +23,12 @@ from open_buildings.config import load_config
 from open_buildings.errors import ConfigError
 from open_buildings.pipelines import transforms
 from open_buildings.pipelines.config import InferConfig
-from open_buildings.pipelines.runtime import ModelRef, resolve_min_confidence, resolve_model
+from open_buildings.pipelines.runtime import (
+    ModelRef,
+    model_input_ranges,
+    resolve_min_confidence,
+    resolve_model,
+)
 from open_buildings.remote import local_copy
 
 #: The Flex Template's optional parameters, each a top-level key of the job config.
@@ -173,6 +178,7 @@ def build(
         imagery=config.imagery or sample_imagery(),
         work=work,
         settings=settings,
+        input_ranges=model_input_ranges(model),
     )
 
 

@@ -68,6 +68,9 @@ class WriteManifest(beam.PTransform):
         code_version: this package's version.
         model: ``{"name", "sha256"}`` for the manifest (and ``moe_capacity`` when one was set).
         settings: what decided which footprints were written (threshold, region clipping).
+        unfamiliar: ``(tile id, reasons)`` of the tiles unlike the model's training imagery.
+        domain: what the manifest says about that check (``checked``, ``measured_on``); the
+            tiles are added to it as ``tiles``.
     """
 
     def __init__(
@@ -78,6 +81,8 @@ class WriteManifest(beam.PTransform):
         code_version: str,
         model: dict[str, Any] | None,
         settings: dict[str, Any] | None = None,
+        unfamiliar: beam.PCollection | None = None,
+        domain: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self._output = output
@@ -85,10 +90,17 @@ class WriteManifest(beam.PTransform):
         self._code_version = code_version
         self._model = model
         self._settings = settings
+        self._unfamiliar = unfamiliar
+        self._domain = domain
 
     def expand(self, records: beam.PCollection) -> beam.PCollection:
         """Build the stages."""
         dead = self._dead | "CollectDeadLetters" >> beam.combiners.ToList()
+        unfamiliar = (
+            self._unfamiliar
+            if self._unfamiliar is not None
+            else records.pipeline | "NoUnfamiliar" >> beam.Create([])
+        ) | "CollectUnfamiliar" >> beam.combiners.ToList()
         return (
             records
             | "CollectRecords" >> beam.combiners.ToList()
@@ -96,10 +108,12 @@ class WriteManifest(beam.PTransform):
             >> beam.Map(
                 _finalize,
                 beam.pvalue.AsSingleton(dead),
+                beam.pvalue.AsSingleton(unfamiliar),
                 self._output,
                 self._code_version,
                 self._model,
                 self._settings,
+                self._domain,
             )
         )
 
@@ -107,11 +121,21 @@ class WriteManifest(beam.PTransform):
 def _finalize(
     records: list[Any],
     dead: list[sinks.DeadLetter],
+    unfamiliar: list[tuple[str, list[str]]],
     output: str,
     code_version: str,
     model: dict[str, Any] | None,
     settings: dict[str, Any] | None,
+    domain: dict[str, Any] | None,
 ) -> dict[str, Any]:
+    if domain is not None:
+        domain = dict(domain) | {"tiles": {t: list(r) for t, r in sorted(unfamiliar)}}
     return sinks.finalize(
-        output, records, dead, code_version=code_version, model=model, settings=settings
+        output,
+        records,
+        dead,
+        code_version=code_version,
+        model=model,
+        settings=settings,
+        domain=domain,
     )

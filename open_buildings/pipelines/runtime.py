@@ -182,6 +182,13 @@ def resolve_min_confidence(model: ModelRef, requested: float | str) -> tuple[flo
     )
 
 
+def model_input_ranges(model: ModelRef) -> dict[str, Any] | None:
+    """The checkpoint's training-imagery ranges (``models.checkpoint.read_input_ranges``)."""
+    from open_buildings.models.checkpoint import read_input_ranges
+
+    return read_input_ranges(_localize(model.path)[0])
+
+
 def _localize(path: str) -> tuple[str, str | None]:
     """Return a local copy of a checkpoint and the sha256 its remote ``.sha256`` sidecar gives."""
     if not is_remote(path):

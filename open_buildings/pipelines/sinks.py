@@ -83,6 +83,26 @@ def read_partial(path: str | os.PathLike[str]) -> gpd.GeoDataFrame:
     return gpd.read_parquet(path).reset_index(drop=True)
 
 
+def domain_path(work_dir: str | os.PathLike[str], tile_id: str) -> Path:
+    """Return where a tile's unfamiliar-imagery warning is kept during a local run."""
+    return Path(work_dir) / "domain" / f"{tile_id}.json"
+
+
+def write_domain_marker(tile_id: str, reasons: list[str], work_dir: str | os.PathLike[str]) -> Path:
+    """Keep a tile's unfamiliar-imagery warning, so that a resumed run still reports it."""
+    target = domain_path(work_dir, tile_id)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with footprints.atomic_write(target, overwrite=True, mode="w") as handle:
+        json.dump({"tile_id": tile_id, "reasons": reasons}, handle)
+    return target
+
+
+def read_domain_marker(path: str | os.PathLike[str]) -> tuple[str, list[str]]:
+    """Read a warning written by :func:`write_domain_marker` as ``(tile id, reasons)``."""
+    record = json.loads(Path(path).read_text(encoding="utf-8"))
+    return str(record["tile_id"]), [str(r) for r in record["reasons"]]
+
+
 def write_dead_letter_marker(record: DeadLetter, work_dir: str | os.PathLike[str]) -> Path:
     """Record a failed tile in the work folder (local runs count these for progress)."""
     target = failed_path(work_dir, record.tile_id)
@@ -146,6 +166,7 @@ def finalize(
     code_version: str,
     model: dict[str, Any] | None,
     settings: dict[str, Any] | None = None,
+    domain: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write the dead-letter list (when any tile failed), then the manifest, last.
 
@@ -156,6 +177,7 @@ def finalize(
         code_version: this package's version.
         model: ``{"name", "sha256"}`` of the model used.
         settings: what decided which footprints were written, recorded as they are.
+        domain: the tiles whose imagery looked unlike the model's training imagery.
 
     Returns:
         A summary: ``files``, ``rows``, ``dead_letters`` counts and the manifest's location.
@@ -173,7 +195,13 @@ def finalize(
                 upload(base / DEAD_LETTER_NAME, f"{root.rstrip('/')}/{DEAD_LETTER_NAME}")
         rebased = [replace(record, path=base / name) for name, record in records]
         manifest = footprints.write_manifest(
-            base, rebased, code_version=code_version, model=model, settings=settings, overwrite=True
+            base,
+            rebased,
+            code_version=code_version,
+            model=model,
+            settings=settings,
+            domain=domain,
+            overwrite=True,
         )
         if remote:
             upload(manifest, f"{root.rstrip('/')}/{footprints.MANIFEST_NAME}")

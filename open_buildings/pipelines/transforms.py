@@ -26,7 +26,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, R
 
 from open_buildings.errors import ImageryError
 from open_buildings.geo import grid
-from open_buildings.pipelines import postprocess, sinks
+from open_buildings.pipelines import domain, postprocess, sinks
 from open_buildings.pipelines.config import InferConfig, PostprocessConfig, RuntimeConfig
 from open_buildings.pipelines.model_handler import CheckpointModelHandler
 from open_buildings.pipelines.outputs import WriteManifest, WriteShards
@@ -36,6 +36,8 @@ from open_buildings.remote import is_remote
 NAMESPACE = "open_buildings"
 DEAD_LETTER = "dead_letter"
 FINISHED = "finished"
+#: Tagged output of ``(tile id, reasons)`` for tiles unlike the model's training imagery.
+UNFAMILIAR = "unfamiliar"
 COUNTERS = (
     "tiles_read",
     "tiles_empty",
@@ -43,6 +45,7 @@ COUNTERS = (
     "tiles_resumed",
     "buildings",
     "outside_region",
+    "tiles_unfamiliar",
     "m2_covered",
 )
 
@@ -145,6 +148,9 @@ class ReadTileFn(beam.DoFn):
             if partial.exists():
                 _counter("tiles_resumed").inc()
                 yield beam.pvalue.TaggedOutput(FINISHED, sinks.read_partial(partial))
+                marker = sinks.domain_path(work.path, tile_id)
+                if marker.exists():  # its warning, kept by the interrupted run
+                    yield beam.pvalue.TaggedOutput(UNFAMILIAR, sinks.read_domain_marker(marker))
                 return
         tile = grid.Tile(tile_id, self._spec)
         try:
@@ -204,7 +210,7 @@ class ReadImagery(beam.PTransform):
     def expand(self, tiles: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
         """Build the stage."""
         return tiles | "ReadTile" >> beam.ParDo(self._fn).with_outputs(
-            DEAD_LETTER, FINISHED, main="images"
+            DEAD_LETTER, FINISHED, UNFAMILIAR, main="images"
         )
 
 
@@ -235,6 +241,9 @@ class PolygonizeFn(beam.DoFn):
         work: the per-tile work folder; None keeps none.
         region: the region as WKB; a building whose centroid lies outside it is dropped
             (counted as ``outside_region``). None keeps whole tiles.
+        ranges: the model's training-imagery ranges (``pipelines.domain``); a tile outside
+            them goes to the ``unfamiliar`` output too (its footprints are kept). None checks
+            nothing.
     """
 
     def __init__(
@@ -244,11 +253,13 @@ class PolygonizeFn(beam.DoFn):
         shard_level: int,
         work: WorkDir | None,
         region: bytes | None = None,
+        ranges: dict[str, Any] | None = None,
     ) -> None:
         self._spec = spec
         self._post = post
         self._shard_level = shard_level
         self._work = work
+        self._ranges = ranges
         self._region_wkb = region
         self._region: shapely.Geometry | None = None
 
@@ -273,6 +284,15 @@ class PolygonizeFn(beam.DoFn):
         except (ValueError, MemoryError) as exc:
             yield dead_letter(self._work, tile_id, "postprocess", exc)
             return
+        if self._ranges is not None:
+            image = result.example
+            stats = domain.tile_stats(image.rgb, image.valid, result.inference)
+            reasons = domain.outside(stats, self._ranges)
+            if reasons:
+                _counter("tiles_unfamiliar").inc()
+                if self._work:
+                    sinks.write_domain_marker(tile_id, reasons, self._work.path)
+                yield beam.pvalue.TaggedOutput(UNFAMILIAR, (tile_id, reasons))
         if self._region is not None:
             frame, outside = postprocess.inside_region(frame, self._region)
             _counter("outside_region").inc(outside)
@@ -295,14 +315,15 @@ class Polygonize(beam.PTransform):
         shard_level: int,
         work: WorkDir | None = None,
         region: bytes | None = None,
+        ranges: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        self._fn = PolygonizeFn(spec, post, shard_level, work, region)
+        self._fn = PolygonizeFn(spec, post, shard_level, work, region, ranges)
 
     def expand(self, predictions: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
         """Build the stage."""
         return predictions | "DecodeAndPolygonize" >> beam.ParDo(self._fn).with_outputs(
-            DEAD_LETTER, main="footprints"
+            DEAD_LETTER, UNFAMILIAR, main="footprints"
         )
 
 
@@ -315,6 +336,7 @@ def build_inference(
     imagery: str,
     work: WorkDir | None = None,
     settings: dict[str, Any] | None = None,
+    input_ranges: dict[str, Any] | None = None,
 ) -> dict[str, beam.PCollection]:
     """Add the whole inference job to ``p``.
 
@@ -327,6 +349,8 @@ def build_inference(
         imagery: the imagery source spec (the config's, or the embedded sample's).
         work: the per-tile work folder (progress and resume); None keeps none.
         settings: recorded in the manifest (``job.output_settings``).
+        input_ranges: the checkpoint's training-imagery ranges
+            (``models.checkpoint.read_input_ranges``); None checks no tile.
 
     Returns:
         The main PCollections: ``tiles``, ``footprints``, ``dead_letters``, ``files``,
@@ -341,9 +365,11 @@ def build_inference(
     read = tiles | "ReadImagery" >> ReadImagery(imagery, spec, work, bands=config.bands)
     predictions = read.images | "RunModel" >> RunModel(model, config.runtime)
     region = None if config.postprocess.keep_whole_tiles else shapely.to_wkb(geometry)
+    ranges = None if input_ranges is None else input_ranges["ranges"]
     polygons = predictions | "Polygonize" >> Polygonize(
-        spec, config.postprocess, config.shard_level, work, region
+        spec, config.postprocess, config.shard_level, work, region, ranges
     )
+    unfamiliar = (read[UNFAMILIAR], polygons[UNFAMILIAR]) | "AllUnfamiliar" >> beam.Flatten()
     frames = (polygons.footprints, read[FINISHED]) | "AllFootprints" >> beam.Flatten()
     dead = (read[DEAD_LETTER], polygons[DEAD_LETTER]) | "AllDeadLetters" >> beam.Flatten()
     files = frames | "WriteShards" >> WriteShards(config.output, config.formats)
@@ -354,6 +380,9 @@ def build_inference(
         model={"name": model.name, "sha256": model.sha256}
         | ({} if model.moe_capacity is None else {"moe_capacity": model.moe_capacity}),
         settings=settings,
+        unfamiliar=unfamiliar,
+        domain={"checked": input_ranges is not None}
+        | ({} if input_ranges is None else {"measured_on": input_ranges.get("measured_on")}),
     )
     return {
         "tiles": tiles,

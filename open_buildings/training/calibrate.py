@@ -7,7 +7,8 @@ precision/recall curve the threshold with the best SpaceNet F1 and the lowest th
 reach 80, 85 and 90% precision (``evaluation.thresholds``), as Open Buildings publishes them.
 ``ob-train`` stores them in every checkpoint it writes when it has validation areas, and
 ``ob-calibrate`` adds them to any checkpoint; ``ob-infer --min-confidence auto`` (the default)
-applies the best-F1 threshold.
+applies the best-F1 threshold. :func:`input_ranges` records what the training imagery looked
+like (``pipelines.domain``), so that ``ob-infer`` can warn about tiles that look different.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from open_buildings.errors import EvaluationError
 from open_buildings.evaluation.thresholds import TARGET_PRECISIONS, best_f1, precision_thresholds
 from open_buildings.geo.grid import GridSpec
 from open_buildings.models.base import BuildingModel
+from open_buildings.pipelines.domain import input_ranges as domain_ranges
+from open_buildings.pipelines.domain import tile_stats
+from open_buildings.pipelines.runtime import run_model
 from open_buildings.training.scenes import Scene
 from open_buildings.training.validate import score_scenes
 
@@ -72,4 +76,30 @@ def operating_points(
         "n_truth": result.n_truth,
         "n_pred": result.n_pred,
         "ap50": result.coco.ap50,
+    }
+
+
+def input_ranges(
+    model: BuildingModel, scenes: Sequence[Scene], *, measured_on: str
+) -> dict[str, Any]:
+    """Measure the ranges of the tile statistics ``ob-infer`` checks, on training imagery.
+
+    Args:
+        model: the model (its building share per tile is one of the statistics).
+        scenes: the tiles it was trained on (labels are not needed).
+        measured_on: what the scenes are, for the record.
+
+    Returns:
+        ``{"ranges": {stat: [low, high]}, "measured_on", "tiles"}`` (``pipelines.domain``).
+
+    Raises:
+        ValueError: if no scene has imagery.
+    """
+    stats = [
+        tile_stats(scene.rgb, scene.valid, run_model(model, [scene.rgb])[0]) for scene in scenes
+    ]
+    return {
+        "ranges": domain_ranges(stats),
+        "measured_on": measured_on,
+        "tiles": sum(1 for s in stats if s),
     }

@@ -36,7 +36,7 @@ from open_buildings.models.losses import segmentation_loss
 from open_buildings.models.registry import build_model, load_pretrained
 from open_buildings.pipelines.runtime import resolve_device
 from open_buildings.training import chips as chipping
-from open_buildings.training.calibrate import operating_points
+from open_buildings.training.calibrate import input_ranges, operating_points
 from open_buildings.training.config import AreaConfig, TrainConfig
 from open_buildings.training.distill import soft_kl_loss, soft_targets
 from open_buildings.training.mixup import mixup
@@ -373,7 +373,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
             points = operating_points(model, val_scenes, measured_on=names, spec=_spec(cfg))
         except EvaluationError as exc:  # the weights are still worth saving
             warnings.warn(f"no operating points stored: {exc}", stacklevel=2)
-    save_checkpoint(model, weights_path, operating_points=points)
+    ranges = input_ranges(
+        model, pool.scenes, measured_on=", ".join(a.name for a in cfg.train)
+    )  # what the training imagery looked like: ob-infer warns about tiles unlike it
+    save_checkpoint(model, weights_path, operating_points=points, input_ranges=ranges)
     (out / "history.json").write_text(json.dumps(history, indent=1))
     plot_history(history, out / "training_curve.png")
     final = next((h["val"] for h in reversed(history) if "val" in h), None)

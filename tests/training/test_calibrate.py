@@ -92,7 +92,10 @@ def test_ob_calibrate_writes_a_calibrated_copy(tmp_path: Path, capsys) -> None:
     argv = [str(model), "--imagery", str(SAMPLE), "--labels", str(LABELS), "--name", "sample"]
     assert ob_calibrate.main([*argv, "--out", str(out)]) == 0  # (seed 0 finds a few)
     printed = capsys.readouterr().out
-    assert read_operating_points(out)["measured_on"] == "sample" and "written to" in printed
+    assert (
+        read_operating_points(out)["measured_on"] == "sample"
+        and "calibration written to" in printed
+    )
     assert read_operating_points(model) is None  # the input is left as it was
     assert ob_calibrate.main([*argv, "--out", str(out)]) == 2  # exists: refused
     assert "exists" in capsys.readouterr().err
