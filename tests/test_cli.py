@@ -9,6 +9,7 @@ from open_buildings.commands import calibrate as ob_calibrate
 from open_buildings.commands import detect as ob_detect
 from open_buildings.commands import download as ob_download
 from open_buildings.commands import evaluate as ob_eval
+from open_buildings.commands import evaluate_model as ob_eval_model
 from open_buildings.commands import infer as ob_infer
 from open_buildings.commands import models as ob_models
 from open_buildings.commands import tiles as ob_tiles
@@ -72,6 +73,7 @@ def test_ob_tiles_bad_region_is_a_clear_error(
         ob_tiles.main,
         ob_detect.main,
         ob_calibrate.main,
+        ob_eval_model.main,
     ],
 )
 def test_every_command_has_help(main, capsys: pytest.CaptureFixture[str]) -> None:
@@ -94,6 +96,7 @@ def test_console_scripts_point_at_real_functions() -> None:
         "ob-models",
         "ob-detect",
         "ob-calibrate",
+        "ob-eval-model",
     }
     for target in scripts.values():
         module, _, name = target.partition(":")

@@ -162,3 +162,31 @@ def best_f1(curve: PRCurve) -> dict[str, float] | None:
         "recall": float(r[i]),
         "f1": float(f1[i]),
     }
+
+
+def at_threshold(curve: PRCurve, threshold: float) -> dict[str, float]:
+    """Return precision, recall and F1 of the predictions with ``score >= threshold``.
+
+    One greedy matching gives every threshold's pairs (see the module's docstring), so this is
+    exactly what scoring only those predictions would give.
+
+    Args:
+        curve: From :func:`pr_curve`.
+        threshold: The confidence floor.
+
+    Returns:
+        ``{"threshold", "precision", "recall", "f1", "n_pred"}``; all zero when nothing is kept.
+    """
+    kept = np.flatnonzero(curve.thresholds >= threshold)
+    if len(kept) == 0:
+        return {"threshold": threshold, "precision": 0.0, "recall": 0.0, "f1": 0.0, "n_pred": 0}
+    i = int(kept[-1])
+    p, r = float(curve.precision[i]), float(curve.recall[i])
+    f1 = 2 * p * r / (p + r) if p + r > 0 else 0.0
+    return {
+        "threshold": threshold,
+        "precision": p,
+        "recall": r,
+        "f1": f1,
+        "n_pred": int(curve.n_pred[i]),
+    }

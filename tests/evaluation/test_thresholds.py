@@ -54,3 +54,26 @@ def test_best_f1_by_hand() -> None:
 
 def test_best_f1_of_nothing() -> None:
     assert best_f1(pr_curve(np.array([]), np.array([], dtype=bool), 3)) is None
+
+
+def test_at_threshold_is_the_score_of_the_predictions_kept() -> None:
+    from open_buildings.evaluation.thresholds import at_threshold
+
+    # scores 0.9 (TP), 0.8 (FP), 0.7 (TP), 0.6 (FP); 4 truth instances
+    curve = pr_curve(np.array([0.9, 0.8, 0.7, 0.6]), np.array([1, 0, 1, 0], bool), 4)
+    kept = at_threshold(curve, 0.75)  # 0.9 and 0.8: one TP of two
+    assert kept == {
+        "threshold": 0.75,
+        "precision": 0.5,
+        "recall": 0.25,
+        "f1": pytest.approx(1 / 3),
+        "n_pred": 2,
+    }
+    assert at_threshold(curve, 0.7)["n_pred"] == 3 and at_threshold(curve, 0.7)["recall"] == 0.5
+    assert at_threshold(curve, 0.95) == {
+        "threshold": 0.95,
+        "precision": 0.0,
+        "recall": 0.0,
+        "f1": 0.0,
+        "n_pred": 0,
+    }

@@ -77,3 +77,23 @@ def test_the_default_output_is_calibrated_and_clipped_to_the_region(
     kept = inside & (whole["confidence"].to_numpy() >= threshold)
     assert (~inside).sum() > 0 and (whole["confidence"] < threshold).sum() > 0
     assert sorted(whole.geometry[kept].to_wkt()) == sorted(written.geometry.to_wkt())
+
+
+def test_ob_eval_model_reports_what_the_default_output_scores(
+    default_run: Path, tmp_path: Path, capsys
+) -> None:
+    from open_buildings.commands import evaluate_model as ob_eval_model
+
+    labels = ROOT / "tests/data/labels/nairobi_ke.geojson"
+    region = ROOT / "geo/sample/region.geojson"
+    figures = tmp_path / "figures.json"
+    argv = ["default", "--imagery", str(ROOT / "geo/sample/items.json"), "--truth", str(labels)]
+    assert ob_eval_model.main([*argv, "--region", str(region), "--out", str(figures)]) == 0
+    got = json.loads(figures.read_text())
+    # the F1 it reports for the default output is that of the footprints ob-infer writes
+    written = evaluate_files(str(default_run), str(labels), region_path=str(region))
+    assert got["default_output"]["f1"] == pytest.approx(written.f1.total.f1)
+    assert got["default_output"]["n_pred"] == written.n_pred
+    assert got["best_f1"]["f1"] >= got["default_output"]["f1"]
+    assert got["threshold"] == read_operating_points(Path(str(WEIGHTS)))["best_f1"]["threshold"]
+    assert "default output (confidence >=" in capsys.readouterr().out
