@@ -18,6 +18,7 @@ a GPU that has none raises instead of quietly running on its CPU.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import warnings
@@ -189,6 +190,7 @@ def model_input_ranges(model: ModelRef) -> dict[str, Any] | None:
     return read_input_ranges(_localize(model.path)[0])
 
 
+@functools.lru_cache(maxsize=8)  # the driver reads a remote checkpoint's metadata twice
 def _localize(path: str) -> tuple[str, str | None]:
     """Return a local copy of a checkpoint and the sha256 its remote ``.sha256`` sidecar gives."""
     if not is_remote(path):

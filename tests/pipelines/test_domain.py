@@ -77,13 +77,19 @@ def test_no_warning_on_the_training_town_or_the_sample(tmp_path: Path, capsys) -
     assert "do not look like" not in capsys.readouterr().err
 
 
-def test_grey_imagery_copied_to_three_bands_is_named(tmp_path: Path, capsys) -> None:
+def _grey_copy(folder: Path) -> Path:
+    """The sample's real Nairobi imagery made grey and copied to three bands."""
     with rasterio.open(SAMPLE / "nairobi_a.tif") as src:
         profile, data = src.profile, src.read()
     grey = np.repeat(data.astype(np.float32).mean(0, keepdims=True).round(), 3, 0)
-    grey_tif = tmp_path / "grey.tif"
-    with rasterio.open(grey_tif, "w", **profile) as dst:
+    path = folder / "grey.tif"
+    with rasterio.open(path, "w", **profile) as dst:
         dst.write(grey.astype(np.uint8))
+    return path
+
+
+def test_grey_imagery_copied_to_three_bands_is_named(tmp_path: Path, capsys) -> None:
+    grey_tif = _grey_copy(tmp_path)
     out = tmp_path / "grey"
     found = _run(grey_tif, out, tmp_path)
     assert found["tiles"] and all(
@@ -101,3 +107,36 @@ def test_snow_and_forest_imagery_is_named(tmp_path: Path, capsys) -> None:
     reasons = [r for rs in found["tiles"].values() for r in rs]
     assert found["tiles"] and any(r.startswith("std_") for r in reasons)  # far more contrast
     assert "warning:" in capsys.readouterr().err
+
+
+def test_a_resumed_run_still_names_the_tiles_finished_before_the_interruption(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with rasterio.open(SAMPLE / "nairobi_a.tif") as src:
+        profile, data = src.profile, src.read()
+    grey_tif = tmp_path / "grey.tif"
+    with rasterio.open(grey_tif, "w", **profile) as dst:
+        dst.write(
+            np.repeat(data.astype(np.float32).mean(0, keepdims=True).round(), 3, 0).astype(np.uint8)
+        )
+    clean = _run(grey_tif, tmp_path / "clean", tmp_path)
+    assert clean["tiles"]
+
+    real = sinks.write_shard
+
+    def crash(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("worker lost while writing shards (simulated)")
+
+    monkeypatch.setattr(sinks, "write_shard", crash)
+    out = tmp_path / "resumed"
+    w, s, e, n = open_imagery(str(grey_tif)).bounds_lonlat()
+    mx, my = (e - w) / 4, (n - s) / 4
+    region = write_region(tmp_path / "again.geojson", (w + mx, s + my, e - mx, n - my))
+    argv = [str(region), "--imagery", str(grey_tif), "--out", str(out), "--no-progress"]
+    assert ob_infer.main(argv) == 1  # every tile finished; no shard written
+    assert sorted(p.stem for p in (out / ".work" / "domain").glob("*.json")) == sorted(
+        clean["tiles"]
+    )
+    monkeypatch.setattr(sinks, "write_shard", real)
+    assert ob_infer.main([*argv, "--resume"]) == 0
+    assert json.loads((out / "manifest.json").read_text())["domain"]["tiles"] == clean["tiles"]
