@@ -166,8 +166,7 @@ def _detect(args: argparse.Namespace) -> int:
     from open_buildings.models.convert.owlvit import load_detector, load_queries
     from open_buildings.models.owlvit_windows import DetectOptions, window_size
     from open_buildings.pipelines import detect, sinks
-    from open_buildings.pipelines.config import InferConfig
-    from open_buildings.pipelines.job import make_pipeline
+    from open_buildings.pipelines.job import local_pipeline
     from open_buildings.pipelines.runtime import resolve_device
     from open_buildings.pipelines.transforms import WorkDir
 
@@ -203,7 +202,7 @@ def _detect(args: argparse.Namespace) -> int:
         f"{report['unused']} unused), {len(queries)} quer{'y' if len(queries) == 1 else 'ies'}",
         file=sys.stderr,
     )
-    p = make_pipeline(InferConfig(output=str(out.parent)))  # the local in-memory runner
+    p = local_pipeline()
     detect.build_detection(
         p,
         geometry,

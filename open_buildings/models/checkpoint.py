@@ -110,10 +110,18 @@ def save_checkpoint(
         "input_spec": json.dumps(model.input_spec.to_dict(), sort_keys=True),
         "output_channels": json.dumps(list(model.output_channels)),
     }
-    for key, value in ((OPERATING_POINTS, operating_points), (INPUT_RANGES, input_ranges)):
+    return _write(path, tensors, _with_calibration(metadata, operating_points, input_ranges))
+
+
+def _with_calibration(
+    metadata: dict[str, str], points: dict[str, Any] | None, ranges: dict[str, Any] | None
+) -> dict[str, str]:
+    """``metadata`` with the calibration entries that are given (None keeps what is there)."""
+    out = dict(metadata)
+    for key, value in ((OPERATING_POINTS, points), (INPUT_RANGES, ranges)):
         if value is not None:
-            metadata[key] = json.dumps(value, sort_keys=True)
-    return _write(path, tensors, metadata)
+            out[key] = json.dumps(value, sort_keys=True)
+    return out
 
 
 def _write(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
@@ -318,6 +326,17 @@ def load_checkpoint(
     return model.to(device).eval()
 
 
+def _json_entry(path: str | os.PathLike[str], key: str, what: str) -> Any:
+    """One JSON metadata entry of a checkpoint, or None when it has none."""
+    metadata = read_metadata(path)
+    if key not in metadata:
+        return None
+    try:
+        return json.loads(metadata[key])
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: {what} are not valid JSON ({exc})") from None
+
+
 def read_operating_points(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     """Return a checkpoint's calibrated confidence thresholds, or None if it carries none.
 
@@ -329,13 +348,9 @@ def read_operating_points(path: str | os.PathLike[str]) -> dict[str, Any] | None
     Raises:
         CheckpointError: The file is not a checkpoint, or the thresholds are not valid JSON.
     """
-    metadata = read_metadata(path)
-    if OPERATING_POINTS not in metadata:
+    points = _json_entry(path, OPERATING_POINTS, "the operating points")
+    if points is None:
         return None
-    try:
-        points = json.loads(metadata[OPERATING_POINTS])
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: the operating points are not valid JSON ({exc})") from None
     best = points.get("best_f1") if isinstance(points, dict) else None
     if not isinstance(best, dict) or not isinstance(best.get("threshold"), int | float):
         raise CheckpointError(f"{path}: the operating points lack best_f1.threshold")
@@ -351,13 +366,9 @@ def read_input_ranges(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     Raises:
         CheckpointError: The file is not a checkpoint, or the ranges are not valid JSON.
     """
-    metadata = read_metadata(path)
-    if INPUT_RANGES not in metadata:
+    ranges = _json_entry(path, INPUT_RANGES, "the input ranges")
+    if ranges is None:
         return None
-    try:
-        ranges = json.loads(metadata[INPUT_RANGES])
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: the input ranges are not valid JSON ({exc})") from None
     if not isinstance(ranges, dict) or not isinstance(ranges.get("ranges"), dict):
         raise CheckpointError(f"{path}: the input ranges lack their 'ranges' mapping")
     return ranges
@@ -388,9 +399,7 @@ def write_operating_points(
     metadata = read_metadata(path)
     with safe_open(str(path), framework="pt", device="cpu") as f:
         tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no iter
-    for key, value in ((OPERATING_POINTS, points), (INPUT_RANGES, input_ranges)):
-        if value is not None:
-            metadata[key] = json.dumps(value, sort_keys=True)
+    metadata = _with_calibration(metadata, points, input_ranges)
     target = Path(out) if out is not None else path
     if not target.parent.is_dir():
         raise FileNotFoundError(f"folder {target.parent} does not exist; create it first")

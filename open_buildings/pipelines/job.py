@@ -62,9 +62,7 @@ def pipeline_options(config: InferConfig, extra: Sequence[str] = ()) -> Pipeline
         container image, machine type and GPUs.
     """
     if config.runner == "direct":
-        mode = "in_memory" if config.workers == 1 else "multi_processing"
-        flags = [f"--direct_running_mode={mode}", f"--direct_num_workers={config.workers}"]
-        return PipelineOptions([*flags, *extra])
+        return PipelineOptions([*_direct_flags(config.workers), *extra])
     df = config.dataflow
     if df is None:  # checked by the config too
         raise ConfigError("runner 'dataflow' needs a 'dataflow:' section")
@@ -99,6 +97,22 @@ def pipeline_options(config: InferConfig, extra: Sequence[str] = ()) -> Pipeline
     return PipelineOptions([*flags, *extra])
 
 
+def local_pipeline(workers: int = 1) -> beam.Pipeline:
+    """Return an empty pipeline on this machine (in memory for one worker), never Prism."""
+    return _direct(PipelineOptions(_direct_flags(workers)))
+
+
+def _direct_flags(workers: int) -> list[str]:
+    mode = "in_memory" if workers == 1 else "multi_processing"
+    return [f"--direct_running_mode={mode}", f"--direct_num_workers={workers}"]
+
+
+def _direct(options: PipelineOptions) -> beam.Pipeline:
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    return beam.Pipeline(runner=FnApiRunner(), options=options)
+
+
 def make_pipeline(config: InferConfig, extra: Sequence[str] = ()) -> beam.Pipeline:
     """Return an empty pipeline on the config's runner, chosen explicitly (never Prism).
 
@@ -108,9 +122,7 @@ def make_pipeline(config: InferConfig, extra: Sequence[str] = ()) -> beam.Pipeli
     """
     options = pipeline_options(config, extra)
     if config.runner == "direct":
-        from apache_beam.runners.portability.fn_api_runner import FnApiRunner
-
-        return beam.Pipeline(runner=FnApiRunner(), options=options)
+        return _direct(options)
     from apache_beam.runners.dataflow.dataflow_runner import DataflowRunner
 
     return beam.Pipeline(runner=DataflowRunner(), options=options)
