@@ -97,7 +97,7 @@ def test_training_data_paths_follow_data_root_which_follows_the_file(tmp_path: P
     (folder / "t.yaml").write_text(
         "data_root: ../data\n"
         "train: [{name: a, imagery: imagery/a, labels: labels/a.geojson}]\n"
-        "self_training: {teacher: runs/t/weights.safetensors}\n"
+        "self_training: {unlabelled: [{name: u, imagery: imagery/u, probabilities: runs/t}]}\n"
         "init_from: imagenet\n"
         "out: runs/x\n"
     )
@@ -106,7 +106,9 @@ def test_training_data_paths_follow_data_root_which_follows_the_file(tmp_path: P
     assert cfg.data_root == str(data)
     assert cfg.train[0].imagery == str(data / "imagery" / "a")
     assert cfg.train[0].labels == str(data / "labels" / "a.geojson")
-    assert cfg.self_training.teacher == str(folder / "runs" / "t" / "weights.safetensors")
+    # the teacher's ob-infer output is a run, found from the file; its imagery is data
+    assert cfg.self_training.unlabelled[0].probabilities == str(folder / "runs" / "t")
+    assert cfg.self_training.unlabelled[0].imagery == str(data / "imagery" / "u")
     assert cfg.init_from == "imagenet"
     assert cfg.out == str(folder / "runs" / "x")
 

@@ -1,7 +1,8 @@
 """``ob-eval-model MODEL --imagery SRC --truth LABELS``: a model scored as a user would get it.
 
-It runs ``ob-infer`` over the labelled area with the model's defaults (clipped to the region),
-keeping every prediction, and scores them once with ``ob-eval``'s metrics. From that one
+It runs ``ob-infer`` over each labelled area with the model's defaults (clipped to the region),
+keeping every prediction, and scores them once with ``ob-eval``'s metrics (several areas are
+pooled, each matched in its own UTM zone). From that one
 matching it reports the F1 of what ``ob-infer`` writes by default (the predictions at or above
 the model's calibrated threshold) next to the best F1 over thresholds, AP50 and AP, so the
 figure in a model card is the figure a user sees.
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from open_buildings.commands import infer as ob_infer
 from open_buildings.commands import run_command
-from open_buildings.errors import InferenceError, OutputExistsError
+from open_buildings.errors import ConfigError, InferenceError, OutputExistsError
 
 
 def parser() -> argparse.ArgumentParser:
@@ -29,9 +30,22 @@ def parser() -> argparse.ArgumentParser:
         "F1 of its default output next to the best F1 over thresholds and AP50.",
     )
     p.add_argument("model", help="zoo name (default) or .safetensors checkpoint")
-    p.add_argument("--imagery", required=True, metavar="SRC", help="GeoTIFF/COG, XYZ or STAC")
-    p.add_argument("--truth", required=True, metavar="LABELS", help="building polygons")
-    p.add_argument("--region", help="region GeoJSON (default: the imagery's footprint)")
+    p.add_argument(
+        "--imagery",
+        required=True,
+        action="append",
+        metavar="SRC",
+        help="GeoTIFF/COG, XYZ or STAC; repeat it (with --truth and --region) for more areas",
+    )
+    p.add_argument(
+        "--truth", required=True, action="append", metavar="LABELS", help="building polygons"
+    )
+    p.add_argument(
+        "--region", action="append", help="region GeoJSON (default: the imagery's footprint)"
+    )
+    p.add_argument(
+        "--tta", action="store_true", help="run ob-infer with --tta (flips and quarter turns)"
+    )
     p.add_argument("--out", metavar="FILE", help="also write the figures here as JSON")
     return p
 
@@ -42,28 +56,32 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _evaluate_model(args: argparse.Namespace) -> int:
-    from open_buildings.evaluation.evaluate import evaluate_files
+    from open_buildings.evaluation.evaluate import evaluate_areas
     from open_buildings.evaluation.thresholds import at_threshold, best_f1
-    from open_buildings.geo.imagery import open_imagery
     from open_buildings.pipelines.runtime import resolve_min_confidence, resolve_model
 
     out = Path(args.out) if args.out else None
     if out is not None and out.exists():
         raise OutputExistsError(f"{out} exists; choose another --out")
+    if len(args.truth) != len(args.imagery) or len(args.region or args.imagery) != len(
+        args.imagery
+    ):
+        raise ConfigError(
+            "give one --truth (and one --region, or none at all) per --imagery, in the same order"
+        )
     model = resolve_model(args.model)
     threshold, source = resolve_min_confidence(model, "auto")
     with tempfile.TemporaryDirectory(prefix="ob-eval-model-") as tmp:
-        region = args.region
-        if region is None:
-            west, south, east, north = open_imagery(args.imagery).bounds_lonlat()
-            region = str(Path(tmp) / "imagery_footprint.geojson")
-            ring = [[west, south], [east, south], [east, north], [west, north], [west, south]]
-            Path(region).write_text(json.dumps({"type": "Polygon", "coordinates": [ring]}))
-        footprints = Path(tmp) / "footprints"
-        argv = [region, "--imagery", args.imagery, "--model", args.model, "--out", str(footprints)]
-        if ob_infer.main([*argv, "--min-confidence", "0", "--no-progress"]) != 0:
-            raise InferenceError("ob-infer failed on this area; see its message above")
-        result = evaluate_files(str(footprints), args.truth, region_path=region)
+        areas = []
+        for i, (imagery, truth) in enumerate(zip(args.imagery, args.truth)):
+            region = args.region[i] if args.region else _footprint(imagery, Path(tmp) / f"{i}.json")
+            footprints = Path(tmp) / f"footprints{i}"
+            argv = [region, "--imagery", imagery, "--model", args.model, "--out", str(footprints)]
+            argv += ["--min-confidence", "0", "--no-progress"] + (["--tta"] if args.tta else [])
+            if ob_infer.main(argv) != 0:
+                raise InferenceError(f"ob-infer failed on {imagery}; see its message above")
+            areas.append((str(footprints), truth, region))
+        result = evaluate_areas(areas)
     default = at_threshold(result.curve, threshold)
     best = best_f1(result.curve)
     figures = {
@@ -76,6 +94,11 @@ def _evaluate_model(args: argparse.Namespace) -> int:
         "ap": result.coco.ap,
         "n_truth": result.n_truth,
         "n_pred_all": result.n_pred,
+        "tta": args.tta,
+        "areas": [
+            {"imagery": a, "truth": t, "region": r}
+            for a, t, (_, _, r) in zip(args.imagery, args.truth, areas)
+        ],
     }
     print(
         f"default output (confidence >= {threshold:.3f}): F1 {default['f1']:.3f} "
@@ -94,3 +117,13 @@ def _evaluate_model(args: argparse.Namespace) -> int:
     if out is not None:
         out.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
     return 0
+
+
+def _footprint(imagery: str, path: Path) -> str:
+    """Write the imagery's lon/lat bounding box as a region GeoJSON; return its path."""
+    from open_buildings.geo.imagery import open_imagery
+
+    west, south, east, north = open_imagery(imagery).bounds_lonlat()
+    ring = [[west, south], [east, south], [east, north], [west, north], [west, south]]
+    path.write_text(json.dumps({"type": "Polygon", "coordinates": [ring]}))
+    return str(path)

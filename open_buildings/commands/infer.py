@@ -22,7 +22,7 @@ from open_buildings.commands.progress import TileProgress
 from open_buildings.config import apply_overrides, validate_config
 from open_buildings.errors import ImageryError, InferenceError
 from open_buildings.geo import footprints, grid
-from open_buildings.pipelines import sinks
+from open_buildings.pipelines import probabilities, sinks
 from open_buildings.pipelines.config import AUTO, InferConfig
 from open_buildings.pipelines.job import (
     build,
@@ -40,7 +40,7 @@ WORK_DIR = ".work"
 
 def _owned_outputs(folder: Path) -> list[Path]:
     """The files and folders a previous run of this pipeline left in ``folder``."""
-    names = {footprints.MANIFEST_NAME, sinks.DEAD_LETTER_NAME, WORK_DIR}
+    names = {footprints.MANIFEST_NAME, sinks.DEAD_LETTER_NAME, WORK_DIR, probabilities.FOLDER}
     out = []
     for entry in folder.iterdir():
         shard = entry.name.endswith(
@@ -151,6 +151,18 @@ def infer_parser() -> argparse.ArgumentParser:
         help="write every building of every tile touching the region (default: only those "
         "whose centroid lies inside the region)",
     )
+    parser.add_argument(
+        "--tta",
+        action="store_true",
+        help="test-time augmentation: average the probabilities of the 8 flips and quarter "
+        "turns of each tile (8x the model's compute)",
+    )
+    parser.add_argument(
+        "--write-probabilities",
+        action="store_true",
+        help="also write each tile's building/interior probabilities as a COG under "
+        "OUT/probabilities/ (a teacher's soft targets for ob-train self-training)",
+    )
     parser.add_argument("--workers", type=int, default=1, metavar="N", help="local processes")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--overwrite", action="store_true", help="replace a previous run's files")
@@ -218,6 +230,7 @@ def _infer(args: argparse.Namespace) -> int:
         "moe_capacity": args.moe_capacity,
         "output": str(out),
         "formats": [f.strip() for f in args.format.split(",") if f.strip()],
+        "write_probabilities": args.write_probabilities,
         "shard_level": args.shard_level,
         "workers": args.workers,
         "grid": {"tile_level": args.tile_level},
@@ -229,6 +242,7 @@ def _infer(args: argparse.Namespace) -> int:
             "device": device,
             "bf16": args.bf16,
             "backend": args.backend,
+            "tta": args.tta,
             "max_batch_size": args.batch_size or (1 if device == "cpu" else 4),
         },
     }
@@ -289,6 +303,8 @@ def _infer(args: argparse.Namespace) -> int:
     )
     print(f"time: {elapsed:,.1f} s")
     print(f"footprints: {out.resolve()} ({len(manifest['files'])} files + manifest.json)")
+    if config.write_probabilities:
+        print(f"probabilities: {(out / probabilities.FOLDER).resolve()} (one COG per tile)")
     where = f" (see {out / sinks.DEAD_LETTER_NAME})" if dead else ""
     print(f"dead letters: {len(dead)} tile(s) failed{where}")
     _warn_unfamiliar(manifest.get("domain") or {}, out)

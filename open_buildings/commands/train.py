@@ -53,7 +53,15 @@ def _train(args: argparse.Namespace) -> int:
     from open_buildings.training.loop import train
 
     result = train(cfg, resume=args.resume, progress=not args.quiet)
-    print(f"trained {cfg.model} for {cfg.steps} steps in {result['seconds'] / 60:.1f} min")
+    precision = "bf16 autocast" if result["bf16"] else "fp32"
+    if cfg.bf16 == "auto":
+        precision += " (auto: " + (
+            "native bf16 here)" if result["bf16"] else "no native bf16 here)"
+        )
+    print(
+        f"trained {cfg.model} for {cfg.steps} steps in {result['seconds'] / 60:.1f} min, "
+        f"{precision}"
+    )
     print(f"weights: {result['weights']} (+ .sha256); curve: {cfg.out}/training_curve.png")
     if result["final"]:
         f = result["final"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import shapely
@@ -54,6 +54,7 @@ def evaluate(
     crs_name: str = "",
     targets: tuple[float, ...] = TARGET_PRECISIONS,
     min_area: float = 0.0,
+    cap_per_image: bool = True,
 ) -> Evaluation:
     """Compute COCO mAP, SpaceNet F1 and the precision thresholds for one PRED/TRUTH pair.
 
@@ -67,6 +68,8 @@ def evaluate(
         crs_name: Name of the CRS, for the report.
         targets: Precisions to find thresholds for.
         min_area: SpaceNet ``min_area`` (in the CRS's units squared).
+        cap_per_image: apply COCO's 100 detections per image when there are image ids; False
+            when each "image" is a whole area (see :func:`evaluate_areas`).
 
     Returns:
         All the metrics.
@@ -79,11 +82,12 @@ def evaluate(
     has_images = pred.image_id is not None or truth.image_id is not None
     p_img = _ids(pred)
     t_img = _ids(truth)
-    max_dets = MAX_DETS if has_images else None
+    capped = has_images and cap_per_image
+    max_dets = MAX_DETS if capped else None
     notes.append(
         f"COCO maxDets = {MAX_DETS} per image (pycocotools' default)"
-        if has_images
-        else "COCO AP over the whole area as one image: no maxDets cap"
+        if capped
+        else "COCO AP over whole areas: no maxDets cap"
     )
     pairs = polygon_ious(pred.geometry, truth.geometry, p_img, t_img)
     if len(pred) and len(truth) and len(pairs) == 0:
@@ -163,6 +167,14 @@ def evaluate_files(
     Returns:
         The evaluation.
     """
+    pred, truth, crs = _read_area(pred_path, truth_path, region_path)
+    crs_name = "pixels" if crs is None else io.crs_name(crs)
+    return evaluate(pred, truth, crs_name=crs_name, min_area=min_area)
+
+
+def _read_area(
+    pred_path: str, truth_path: str, region_path: str | None
+) -> tuple[Footprints, Footprints, object]:
     pred, truth = io.read_pair(pred_path, truth_path)
     pred, truth, crs = io.to_common_crs(pred, truth)
     if region_path:
@@ -170,5 +182,38 @@ def evaluate_files(
 
         region = io.region_in(regions.read_region(region_path).geometry, crs)
         pred, truth = io.clip(pred, region), io.clip(truth, region)
-    crs_name = "pixels" if crs is None else io.crs_name(crs)
-    return evaluate(pred, truth, crs_name=crs_name, min_area=min_area)
+    return pred, truth, crs
+
+
+def evaluate_areas(
+    areas: list[tuple[str, str, str | None]], *, min_area: float = 0.0
+) -> Evaluation:
+    """Score several areas at once, each in its own metric CRS, as one pooled evaluation.
+
+    Every area is read, aligned and clipped as :func:`evaluate_files` does; polygons are then
+    matched only within their area, and the PR curve, F1 and AP pool all matches (no COCO
+    per-image cap: an area is not a 100-object image).
+
+    Args:
+        areas: ``(pred_path, truth_path, region_path or None)`` per area.
+        min_area: SpaceNet ``min_area``.
+
+    Returns:
+        The pooled evaluation; ``f1.per_image`` holds each area's F1, in order.
+    """
+    preds, truths = [], []
+    for index, (pred_path, truth_path, region_path) in enumerate(areas):
+        pred, truth, _ = _read_area(pred_path, truth_path, region_path)
+        preds.append(_in_image(pred, index))
+        truths.append(_in_image(truth, index))
+    return evaluate(
+        io.concat(preds),
+        io.concat(truths),
+        crs_name="each area's UTM zone",
+        min_area=min_area,
+        cap_per_image=False,
+    )
+
+
+def _in_image(fp: Footprints, index: int) -> Footprints:
+    return replace(fp, image_id=np.full(len(fp), index, dtype=int))

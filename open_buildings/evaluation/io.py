@@ -73,6 +73,26 @@ class Footprints:
         )
 
 
+def concat(parts: list[Footprints]) -> Footprints:
+    """Join footprints of several areas (each keeps its image ids; the first one's CRS is kept).
+
+    Raises:
+        ValueError: scores are present in some parts and missing in others.
+    """
+    scored = {p.score is not None for p in parts}
+    if len(scored) > 1:
+        raise ValueError("some inputs have confidence scores and others do not")
+    has_ids = all(p.image_id is not None for p in parts)
+    return Footprints(
+        geometry=np.concatenate([p.geometry for p in parts]),
+        score=np.concatenate([p.score for p in parts]) if scored == {True} else None,
+        image_id=np.concatenate([p.image_id for p in parts]) if has_ids else None,
+        crs=parts[0].crs,
+        source=", ".join(p.source for p in parts),
+        names=np.concatenate([p.names for p in parts]),
+    )
+
+
 def read_instances(
     path: str | os.PathLike, *, role: str = "input", wkt_column: str = "PolygonWKT_Pix"
 ) -> Footprints:

@@ -87,6 +87,8 @@ class RuntimeConfig(StrictModel):
         share_model_across_processes: one model per machine instead of one per process.
         backend: how a CPU worker runs the model: ``"auto"`` (ONNX Runtime when installed and
             the model converts, else PyTorch in channels_last), ``"torch"`` or ``"onnxruntime"``.
+        tta: test-time augmentation (``runtime.run_model``): probabilities averaged over the 8
+            flips and quarter turns of each tile, at 8x the model's compute.
     """
 
     device: Literal["cpu", "cuda"] = "cpu"
@@ -95,6 +97,7 @@ class RuntimeConfig(StrictModel):
     max_batch_size: int = Field(default=4, ge=1)
     share_model_across_processes: bool = False
     backend: Literal["auto", "torch", "onnxruntime"] = "auto"
+    tta: bool = False
 
     @model_validator(mode="after")
     def _batches(self) -> RuntimeConfig:
@@ -169,6 +172,9 @@ class InferConfig(StrictModel):
             checkpoint's. An error for a model without expert layers.
         output: the output folder (local or ``gs://``).
         formats: which files to write per shard.
+        write_probabilities: also write each tile's model probabilities as a COG under
+            ``output/probabilities/`` (``pipelines.probabilities``): a teacher's soft targets
+            for ``ob-train``'s self-training, or a map to inspect.
         shard_level: S2 level of the output shards (Open Buildings v3 used level 4 files; 6 keeps
             an African shard at a few hundred MB).
         grid: the tiling grid.
@@ -189,6 +195,7 @@ class InferConfig(StrictModel):
     moe_capacity: float | None = Field(default=None, gt=0.0)
     output: ConfigPath
     formats: tuple[Format, ...] = ("csv", "parquet")
+    write_probabilities: bool = False
     shard_level: int = Field(default=6, ge=0, le=14)
     grid: GridConfig = GridConfig()
     postprocess: PostprocessConfig = PostprocessConfig()

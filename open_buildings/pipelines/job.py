@@ -137,7 +137,8 @@ def output_settings(config: InferConfig, model: ModelRef) -> tuple[InferConfig, 
 
     Returns:
         The config with a numeric ``min_confidence``, and the manifest's ``settings``:
-        ``min_confidence``, ``min_confidence_source`` and ``clip_to_region``.
+        ``min_confidence``, ``min_confidence_source``, ``clip_to_region``, ``tta`` and
+        ``write_probabilities``.
     """
     threshold, source = resolve_min_confidence(model, config.postprocess.min_confidence)
     post = config.postprocess.model_copy(update={"min_confidence": threshold})
@@ -145,6 +146,8 @@ def output_settings(config: InferConfig, model: ModelRef) -> tuple[InferConfig, 
         "min_confidence": threshold,
         "min_confidence_source": source,
         "clip_to_region": not post.keep_whole_tiles,
+        "tta": config.runtime.tta,
+        "write_probabilities": config.write_probabilities,
     }
     return config.model_copy(update={"postprocess": post}), settings
 

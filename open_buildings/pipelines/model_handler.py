@@ -64,6 +64,7 @@ class CheckpointModelHandler(ModelHandler[TileInput, PredictionResult, Any]):
             device=self._device or runtime.resolve_device(self._config.device),
             bf16=self._config.bf16,
             pad_multiple=self._pad_multiple,
+            tta=self._config.tta,
         )
         return [PredictionResult(x, y, self._ref.name) for x, y in zip(batch, logits)]
 

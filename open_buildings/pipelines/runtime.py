@@ -279,6 +279,7 @@ def run_model(
     device: Any = "cpu",
     bf16: bool = False,
     pad_multiple: int = PAD_MULTIPLE,
+    tta: bool = False,
 ) -> list[np.ndarray]:
     """Run the model on tiles of possibly different sizes; return each tile's logits.
 
@@ -294,6 +295,9 @@ def run_model(
         device: where the model is (``torch.device`` or ``"cpu"``/``"cuda"``).
         bf16: run under bfloat16 autocast.
         pad_multiple: the padding granularity in pixels.
+        tta: test-time augmentation: run the 8 flips and quarter turns of each padded tile,
+            undo each on its output, and average the probabilities (8x the compute); the
+            logits returned are those of the mean probability.
 
     Returns:
         float32 arrays of shape (C, H, W), one per image, in input order.
@@ -313,13 +317,28 @@ def run_model(
         for i in members:
             x = torch.from_numpy(np.ascontiguousarray(images[i])).float().div_(255.0)[None]
             batch.append(pad_to(x, height, width, mode="reflect", centre=False)[0])
+        x = torch.cat(batch).to(device)
         with torch.inference_mode(), autocast:
-            logits = model(torch.cat(batch).to(device))
-        logits = logits.float().cpu().numpy()
+            logits = _averaged_over_d4(model, x) if tta else model(x).float()
+        logits = logits.cpu().numpy()
         for k, i in enumerate(members):
             h, w = images[i].shape[1:]
             out[i] = np.ascontiguousarray(logits[k, :, :h, :w], dtype=np.float32)
     return out  # type: ignore[return-value]
+
+
+def _averaged_over_d4(model: Any, x: torch.Tensor) -> torch.Tensor:
+    """Logits of the probabilities averaged over the 8 symmetries of the square (flips, turns)."""
+    total = None
+    for flip in (False, True):
+        for turns in range(4):
+            y = torch.flip(x, dims=(-1,)) if flip else x
+            y = model(torch.rot90(y, turns, dims=(-2, -1)).contiguous()).float()
+            y = torch.rot90(y, -turns, dims=(-2, -1))
+            probs = torch.sigmoid(torch.flip(y, dims=(-1,)) if flip else y)
+            total = probs if total is None else total + probs
+    mean = (total / 8).clamp(1e-6, 1 - 1e-6)
+    return torch.log(mean) - torch.log1p(-mean)
 
 
 def native_bf16(device: str | torch.device = "cpu") -> bool:

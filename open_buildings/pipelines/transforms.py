@@ -30,6 +30,7 @@ from open_buildings.pipelines import domain, postprocess, sinks
 from open_buildings.pipelines.config import InferConfig, PostprocessConfig, RuntimeConfig
 from open_buildings.pipelines.model_handler import CheckpointModelHandler
 from open_buildings.pipelines.outputs import WriteManifest, WriteShards
+from open_buildings.pipelines.probabilities import write_probabilities
 from open_buildings.pipelines.runtime import ModelRef, TileInput
 from open_buildings.remote import is_remote
 
@@ -244,6 +245,8 @@ class PolygonizeFn(beam.DoFn):
         ranges: the model's training-imagery ranges (``pipelines.domain``); a tile outside
             them goes to the ``unfamiliar`` output too (its footprints are kept). None checks
             nothing.
+        probabilities: also write each tile's probability raster under this output folder
+            (:mod:`.probabilities`); None writes none.
     """
 
     def __init__(
@@ -254,8 +257,10 @@ class PolygonizeFn(beam.DoFn):
         work: WorkDir | None,
         region: bytes | None = None,
         ranges: dict[str, Any] | None = None,
+        probabilities: str | None = None,
     ) -> None:
         self._spec = spec
+        self._probabilities = probabilities
         self._post = post
         self._shard_level = shard_level
         self._work = work
@@ -284,6 +289,14 @@ class PolygonizeFn(beam.DoFn):
         except (ValueError, MemoryError) as exc:
             yield dead_letter(self._work, tile_id, "postprocess", exc)
             return
+        if self._probabilities is not None:
+            try:
+                write_probabilities(
+                    result.inference, result.example.valid, tile.grid, self._probabilities, tile_id
+                )
+            except OSError as exc:
+                yield dead_letter(self._work, tile_id, "probabilities", exc)
+                return
         if self._ranges is not None:
             image = result.example
             stats = domain.tile_stats(image.rgb, image.valid, result.inference)
@@ -316,9 +329,10 @@ class Polygonize(beam.PTransform):
         work: WorkDir | None = None,
         region: bytes | None = None,
         ranges: dict[str, Any] | None = None,
+        probabilities: str | None = None,
     ) -> None:
         super().__init__()
-        self._fn = PolygonizeFn(spec, post, shard_level, work, region, ranges)
+        self._fn = PolygonizeFn(spec, post, shard_level, work, region, ranges, probabilities)
 
     def expand(self, predictions: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
         """Build the stage."""
@@ -366,8 +380,9 @@ def build_inference(
     predictions = read.images | "RunModel" >> RunModel(model, config.runtime)
     region = None if config.postprocess.keep_whole_tiles else shapely.to_wkb(geometry)
     ranges = None if input_ranges is None else input_ranges["ranges"]
+    probabilities = config.output if config.write_probabilities else None
     polygons = predictions | "Polygonize" >> Polygonize(
-        spec, config.postprocess, config.shard_level, work, region, ranges
+        spec, config.postprocess, config.shard_level, work, region, ranges, probabilities
     )
     unfamiliar = (read[UNFAMILIAR], polygons[UNFAMILIAR]) | "AllUnfamiliar" >> beam.Flatten()
     frames = (polygons.footprints, read[FINISHED]) | "AllFootprints" >> beam.Flatten()

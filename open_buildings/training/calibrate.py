@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from open_buildings.errors import EvaluationError
+from open_buildings.evaluation.evaluate import Evaluation
 from open_buildings.evaluation.thresholds import TARGET_PRECISIONS, best_f1, precision_thresholds
 from open_buildings.geo.grid import GridSpec
 from open_buildings.models.base import BuildingModel
@@ -34,6 +35,7 @@ def operating_points(
     measured_on: str,
     spec: GridSpec | None = None,
     targets: Sequence[float] = TARGET_PRECISIONS,
+    scored: Evaluation | None = None,
 ) -> dict[str, Any]:
     """Measure a model's operating points on labelled scenes.
 
@@ -43,6 +45,8 @@ def operating_points(
         measured_on: what the scenes are, for the record (e.g. ``"Nairobi, 180 OSM buildings"``).
         spec: the grid the scenes were read on.
         targets: the precisions to find thresholds for.
+        scored: the model's :func:`.validate.score_scenes` result on ``scenes``, when the caller
+            already has it (the last validation of a training run).
 
     Returns:
         ``{"best_f1": {"threshold", "precision", "recall", "f1"}, "precision_targets": [{"target",
@@ -53,7 +57,7 @@ def operating_points(
         EvaluationError: the model finds no building at any threshold.
         ValueError: no scene is labelled.
     """
-    result = score_scenes(model, scenes, spec=spec)
+    result = scored or score_scenes(model, scenes, spec=spec)
     best = best_f1(result.curve)
     if best is None:
         raise EvaluationError(

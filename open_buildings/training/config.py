@@ -36,13 +36,19 @@ InitSource = Annotated[str, AfterValidator(_resolve_init)]
 
 
 class AreaConfig(StrictModel):
-    """An area of imagery, with building labels or without."""
+    """An area of imagery, with building labels or without.
+
+    ``tiles`` keeps only those grid tiles (S2 tokens) of the imagery: a validation block. Tiles a
+    validation area uses are never trained on, whatever the training areas say (see
+    :func:`open_buildings.training.loop.train`).
+    """
 
     name: str
     imagery: DataPath
     labels: DataPath | None = None
     bands: tuple[int, int, int] | None = None
     scale: tuple[float, float] | None = None
+    tiles: list[str] | None = Field(None, min_length=1)
 
 
 class ChipConfig(StrictModel):
@@ -61,16 +67,26 @@ class MixupConfig(StrictModel):
     prob: float = Field(0.5, ge=0.0, le=1.0)
 
 
+class UnlabelledAreaConfig(AreaConfig):
+    """Imagery for self-training, with the teacher's probabilities for it.
+
+    ``probabilities`` is the ``--out`` folder of an ``ob-infer --write-probabilities`` run of the
+    teacher over this imagery (its ``probabilities/<tile>.tif`` are read on the same grid).
+    """
+
+    probabilities: ConfigPath
+
+
 class SelfTrainingConfig(StrictModel):
     """Self-training with a teacher's soft targets on unlabelled imagery.
 
-    ``ratio`` unlabelled chips are added per labelled chip; their loss is
+    The teacher's soft predictions come from ``ob-infer --write-probabilities`` runs, one per
+    unlabelled area. ``ratio`` unlabelled chips are added per labelled chip; their loss is
     ``weight * T² * KL(teacher_T ‖ student_T)``.
     """
 
     enabled: bool = False
-    teacher: ConfigPath | None = None
-    unlabelled: list[AreaConfig] = []
+    unlabelled: list[UnlabelledAreaConfig] = []
     ratio: float = Field(0.5, ge=0.0)
     temperature: float = Field(2.0, gt=0.0)
     weight: float = Field(1.0, ge=0.0)
@@ -103,7 +119,9 @@ class TrainConfig(StrictModel):
     checkpoint_every: int = Field(200, ge=1)
     seed: int = 0
     device: Literal["cpu", "cuda"] = "cpu"
-    bf16: bool = False
+    #: bfloat16 autocast; ``auto`` turns it on only where the device computes bf16 natively
+    #: (AVX512-BF16 or AMX CPUs, Ampere+ GPUs): on AVX2-only CPUs it is 16-136x slower.
+    bf16: bool | Literal["auto"] = "auto"
     threads: int | None = None
     out: ConfigPath = "runs/train"
 

@@ -27,105 +27,32 @@ from tqdm import tqdm
 
 from open_buildings.config import dump_config
 from open_buildings.errors import ConfigError, EvaluationError
-from open_buildings.geo import imagery
+from open_buildings.evaluation.evaluate import Evaluation
 from open_buildings.geo.grid import GridSpec
-from open_buildings.models import heads
 from open_buildings.models.base import BuildingModel
-from open_buildings.models.checkpoint import load_checkpoint, save_checkpoint
+from open_buildings.models.checkpoint import save_checkpoint
 from open_buildings.models.losses import segmentation_loss
 from open_buildings.models.registry import build_model, load_pretrained
-from open_buildings.pipelines.runtime import resolve_device
+from open_buildings.pipelines.runtime import native_bf16, resolve_device
 from open_buildings.training import chips as chipping
+from open_buildings.training.batches import (
+    Batch,
+    held_out_tiles,
+    labelled_batch,
+    load_areas,
+    unlabelled_batch,
+    with_teacher,
+)
 from open_buildings.training.calibrate import input_ranges, operating_points
-from open_buildings.training.config import AreaConfig, TrainConfig
-from open_buildings.training.distill import soft_kl_loss, soft_targets
+from open_buildings.training.config import TrainConfig
+from open_buildings.training.distill import soft_kl_loss
 from open_buildings.training.mixup import mixup
-from open_buildings.training.scenes import Scene, load_scenes, read_labels
+from open_buildings.training.scenes import Scene
 from open_buildings.training.state import load_state, save_state
-from open_buildings.training.validate import predict, validate
+from open_buildings.training.validate import metrics, score_scenes
 
 CHECKPOINT_DIR = "checkpoint"
 FINAL_WEIGHTS = "weights.safetensors"
-
-
-@dataclass
-class Batch:
-    """One step's tensors: images in [0, 1], targets, per-pixel weights."""
-
-    images: torch.Tensor
-    targets: torch.Tensor
-    weights: torch.Tensor
-
-
-def load_areas(cfg: TrainConfig, areas: list[AreaConfig], *, labelled: bool) -> list[Scene]:
-    """Read the scenes of each area on the config's tile grid.
-
-    Raises:
-        ConfigError: if an area yields no scene with imagery.
-    """
-    spec = GridSpec(level=cfg.grid_level)
-    scenes: list[Scene] = []
-    for area in areas:
-        source = imagery.open_imagery(area.imagery, bands=area.bands, scale=area.scale)
-        labels = read_labels(area.labels) if labelled and area.labels else None
-        if labelled and labels is None:
-            raise ConfigError(f"area {area.name!r} is used for training but has no 'labels'")
-        found = load_scenes(
-            area.name, source, labels, spec, min_valid_px=int(cfg.chip.size**2 * cfg.chip.min_valid)
-        )
-        if not found:
-            raise ConfigError(f"area {area.name!r}: no grid tile has imagery; check 'imagery'")
-        scenes.extend(found)
-    return scenes
-
-
-def labelled_batch(pool: chipping.ScenePool, cfg: TrainConfig, step: int, transform) -> Batch:
-    """Return the step's labelled batch with targets from :func:`heads.make_targets`."""
-    spec = chipping.ChipSpec(cfg.chip.size, cfg.chip.empty_share, cfg.chip.min_valid)
-    images, targets, weights = [], [], []
-    for i in range(cfg.batch_size):
-        rng = chipping.rng_for(cfg.seed, step, 0, i)
-        with_buildings = bool(rng.random() >= cfg.chip.empty_share)
-        chip = pool.sample(spec, rng, with_buildings=with_buildings)
-        chip, _ = chipping.augment(transform, chip, int(rng.integers(2**31 - 1)))
-        made = heads.make_targets(chip.instances)
-        images.append(chip.rgb.astype(np.float32) / 255.0)
-        targets.append(made.target)
-        weights.append(made.weight * chip.usable)
-    return Batch(*(torch.from_numpy(np.stack(a)) for a in (images, targets, weights)))
-
-
-def unlabelled_batch(
-    pool: chipping.ScenePool,
-    teacher_probs: list[np.ndarray],
-    cfg: TrainConfig,
-    step: int,
-    transform,
-) -> Batch:
-    """Return the step's unlabelled chips with the teacher's soft targets, augmented alike."""
-    count = max(1, round(cfg.self_training.ratio * cfg.batch_size))
-    spec = chipping.ChipSpec(cfg.chip.size, 0.0, cfg.chip.min_valid)
-    images, targets, weights = [], [], []
-    for i in range(count):
-        rng = chipping.rng_for(cfg.seed, step, 1, i)
-        chip = pool.sample(spec, rng, with_buildings=False)
-        index, row, col = chip.origin
-        probs = _crop(teacher_probs[index], row, col, spec.size)
-        chip, soft = chipping.augment(transform, chip, int(rng.integers(2**31 - 1)), extra=probs)
-        images.append(chip.rgb.astype(np.float32) / 255.0)
-        targets.append(soft)
-        weights.append(chip.usable.astype(np.float32))
-    return Batch(*(torch.from_numpy(np.stack(a)) for a in (images, targets, weights)))
-
-
-def _crop(array: np.ndarray, row: int, col: int, size: int) -> np.ndarray:
-    """Cut ``(C, size, size)`` at (row, col) from ``(C, H, W)``, zero where it leaves the array."""
-    out = np.zeros((array.shape[0], size, size), dtype=np.float32)
-    r0, c0 = max(row, 0), max(col, 0)
-    r1, c1 = min(row + size, array.shape[1]), min(col + size, array.shape[2])
-    if r1 > r0 and c1 > c0:
-        out[:, r0 - row : r1 - row, c0 - col : c1 - col] = array[:, r0:r1, c0:c1]
-    return out
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
@@ -238,6 +165,7 @@ class Trainer:
         teacher_probs: the teacher's soft targets, one per unlabelled scene.
         hooks: run after each step, in order.
         history: one record per step taken (resumed runs start with the earlier ones).
+        scored: the latest validation's full result.
     """
 
     cfg: TrainConfig
@@ -248,6 +176,8 @@ class Trainer:
     teacher_probs: list[np.ndarray] = field(default_factory=list)
     hooks: Sequence[Hook] = ()
     history: list[dict[str, Any]] = field(default_factory=list)
+    #: the latest validation (``validate.score_scenes``), reused for the operating points
+    scored: Evaluation | None = None
 
     def fit(self, start: int = 0) -> list[dict[str, Any]]:
         """Take steps ``start`` to ``cfg.steps - 1``; return the history."""
@@ -272,7 +202,9 @@ def validation_hook(scenes: Sequence[Scene]) -> Hook:
     def hook(trainer: Trainer, step: int, record: dict[str, Any]) -> None:
         cfg = trainer.cfg
         if scenes and ((step + 1) % cfg.val_every == 0 or step + 1 == cfg.steps):
-            record["val"] = validate(trainer.model, scenes, bf16=cfg.bf16, spec=_spec(cfg))
+            scored = score_scenes(trainer.model, scenes, bf16=cfg.bf16, spec=_spec(cfg))
+            record["val"] = metrics(scored)
+            trainer.scored = scored
 
     return hook
 
@@ -320,6 +252,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)  # fails loudly on a machine without the GPU asked for
+    if cfg.bf16 == "auto":
+        cfg = cfg.model_copy(update={"bf16": native_bf16(cfg.device)})
     out = Path(cfg.out)
     ckpt = out / CHECKPOINT_DIR
     if not resume and ckpt.exists():
@@ -327,20 +261,16 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(dump_config(cfg))
 
-    pool = chipping.ScenePool(load_areas(cfg, cfg.train, labelled=True))
     val_scenes = load_areas(cfg, cfg.val, labelled=True) if cfg.val else []
+    held = held_out_tiles(cfg.val, val_scenes)
+    pool = chipping.ScenePool(load_areas(cfg, cfg.train, labelled=True, held_out=held))
     st = cfg.self_training
     unlabelled: chipping.ScenePool | None = None
     teacher_probs: list[np.ndarray] = []
     if st.enabled:
-        if not st.teacher or not st.unlabelled:
-            raise ConfigError("self_training needs a 'teacher' checkpoint and 'unlabelled' areas")
-        teacher = load_checkpoint(st.teacher)
-        unlabelled = chipping.ScenePool(load_areas(cfg, st.unlabelled, labelled=False))
-        for scene in unlabelled.scenes:
-            logits = torch.from_numpy(predict(teacher, scene.rgb, bf16=cfg.bf16))
-            teacher_probs.append(soft_targets(logits, st.temperature).numpy())
-        del teacher
+        if not st.unlabelled:
+            raise ConfigError("self_training needs 'unlabelled' areas with their 'probabilities'")
+        unlabelled, teacher_probs = with_teacher(cfg, st.unlabelled, held)
 
     if resume:
         model, optimizer, start, history = load_state(ckpt, _optimizer(cfg))
@@ -370,7 +300,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
     if val_scenes:  # the thresholds ob-infer applies by default, measured on held-out data
         names = ", ".join(a.name for a in cfg.val)
         try:
-            points = operating_points(model, val_scenes, measured_on=names, spec=_spec(cfg))
+            points = operating_points(
+                model, val_scenes, measured_on=names, spec=_spec(cfg), scored=trainer.scored
+            )
         except EvaluationError as exc:  # the weights are still worth saving
             warnings.warn(f"no operating points stored: {exc}", stacklevel=2)
     ranges = input_ranges(
@@ -386,6 +318,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
         "seconds": seconds,
         "final": final,
         "operating_points": points,
+        "bf16": cfg.bf16,
     }
 
 

@@ -9,6 +9,7 @@ split by whole tiles cannot leak a building from one side to the other.
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,6 +72,8 @@ def load_scenes(
     spec: GridSpec,
     *,
     min_valid_px: int = 1,
+    only: Collection[str] | None = None,
+    held_out: Collection[str] = (),
 ) -> list[Scene]:
     """Read every grid tile that the source covers into a scene.
 
@@ -80,24 +83,44 @@ def load_scenes(
         labels: building polygons in EPSG:4326, or None for unlabelled imagery.
         spec: the tile grid (the same one inference uses).
         min_valid_px: skip tiles with fewer pixels of imagery than this (e.g. one chip's worth).
+        only: read only these tiles (a validation block).
+        held_out: tiles never to train on: they are skipped, and their cores are blanked (no
+            imagery) in the margins of neighbouring scenes, so not even their pixels are seen.
     """
     west, south, east, north = source.bounds_lonlat()
     scenes = []
+    held = [geogrid.tile_from_id(t, spec).core for t in held_out]
     for tile in geogrid.cover(shapely.box(west, south, east, north), spec):
+        if (only is not None and tile.id not in only) or tile.id in held_out:
+            continue
         image = source.read(tile.grid)
         if image.valid.sum() < min_valid_px:
             continue
         g = tile.grid
-        shape = (g.height, g.width)
         core_local = gpd.GeoSeries([tile.core], crs="EPSG:4326").to_crs(g.crs).iloc[0]
-        core = rasterio.features.rasterize(
-            [(core_local, 1)], out_shape=shape, transform=g.transform, dtype="uint8"
-        ).astype(bool)
+        core = _burn([core_local], g)
+        rgb, valid = image.rgb, image.valid
+        reach = tile.core.buffer(0.001)  # about 100 m: more than any margin
+        near = [c for c in held if shapely.intersects(c, reach)]
+        if near:
+            blank = _burn(gpd.GeoSeries(near, crs="EPSG:4326").to_crs(g.crs).values, g)
+            rgb, valid = np.where(blank, 0, rgb).astype(rgb.dtype), valid & ~blank
+            if valid.sum() < min_valid_px:
+                continue
         instances = None
         if labels is not None:
             instances = rasterize_instances(labels, g)
-        scenes.append(Scene(name, tile.id, g, image.rgb, image.valid, core, instances))
+        scenes.append(Scene(name, tile.id, g, rgb, valid, core, instances))
     return scenes
+
+
+def _burn(shapes, grid: PixelGrid) -> np.ndarray:
+    return rasterio.features.rasterize(
+        [(s, 1) for s in shapes],
+        out_shape=(grid.height, grid.width),
+        transform=grid.transform,
+        dtype="uint8",
+    ).astype(bool)
 
 
 def rasterize_instances(labels: gpd.GeoDataFrame, grid: PixelGrid) -> np.ndarray:

