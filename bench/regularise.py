@@ -1,8 +1,10 @@
-"""Does polygon regularisation make better footprints? F1 and IoU on held-out Nairobi, both ways.
+"""Does polygon regularisation make better footprints? F1 and IoU on the validation blocks.
 
-``python -m bench.regularise [--data ../shared/data]`` runs the default model over the Nairobi
-tiles it never trained on (the pipeline's own functions, at the model's calibrated threshold),
-then scores its footprints against the OSM labels as they are and after
+``python -m bench.regularise [--model W.safetensors] [-o data_root=...]`` runs a model (the
+default one unless given) over the validation blocks of ``pipelines/train/default/base.yaml``
+(whole tiles of Banepa, Zanzibar and Nairobi it never trained on; the pipeline's own functions,
+at the model's calibrated threshold), then scores its footprints against the OSM labels as they
+are and after
 ``buildingregulariser.regularize_geodataframe`` (orthogonal edges; in the tiles' UTM zone).
 It prints SpaceNet F1 (IoU >= 0.5), precision, recall, the mean IoU of the matched pairs, AP50
 and the median vertex count, for each variant, and the time regularisation took.
@@ -18,13 +20,17 @@ import numpy as np
 
 from bench.common import DEFAULT_WEIGHTS, ROOT, machine
 
+BLOCKS = ROOT / "pipelines" / "train" / "default" / "base.yaml"
 
-def _score(preds, truths, crs):
+
+def _score(preds, truths, crss):
     from open_buildings.evaluation.evaluate import evaluate
     from open_buildings.training.validate import _footprints
 
     result = evaluate(
-        _footprints(preds, crs, True, "prediction"), _footprints(truths, crs, False, "label")
+        _footprints(preds, crss, True, "prediction"),
+        _footprints(truths, crss, False, "label"),
+        cap_per_image=False,
     )
     _, _, ious = result.f1.matches
     vertices = [
@@ -42,40 +48,44 @@ def _score(preds, truths, crs):
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Score the default model's Nairobi footprints raw and regularised; print the table."""
+    """Score a model's validation-block footprints raw and regularised; print the table."""
+    from open_buildings.config import load_config
     from open_buildings.geo.grid import GridSpec, Tile
-    from open_buildings.geo.imagery import open_imagery
     from open_buildings.models import heads
     from open_buildings.models.checkpoint import load_checkpoint, read_operating_points
     from open_buildings.pipelines.config import PostprocessConfig
     from open_buildings.pipelines.postprocess import owned_footprints
     from open_buildings.pipelines.runtime import run_model
-    from open_buildings.training.scenes import load_scenes, read_labels
+    from open_buildings.training.batches import load_areas
+    from open_buildings.training.config import TrainConfig
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
+    parser.add_argument("--model", default=str(DEFAULT_WEIGHTS))
+    parser.add_argument("-o", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--tta", action="store_true", help="predict with test-time augmentation")
     args = parser.parse_args(argv)
-    area = Path(args.data) / "xyz_tiles" / "nairobi_ke"
-    spec = GridSpec(level=14)
-    scenes = load_scenes(
-        "nairobi", open_imagery(str(area)), read_labels(area / "labels.geojson"), spec
-    )
-    model = load_checkpoint(DEFAULT_WEIGHTS)
-    threshold = read_operating_points(DEFAULT_WEIGHTS)["best_f1"]["threshold"]
+    cfg = load_config(TrainConfig, BLOCKS, args.o)
+    spec = GridSpec(level=cfg.grid_level)
+    scenes = load_areas(cfg, cfg.val, labelled=True)
+    model = load_checkpoint(args.model)
+    threshold = read_operating_points(Path(args.model))["best_f1"]["threshold"]
     post = PostprocessConfig(min_confidence=threshold)
     preds, truths = [], []
     for scene in scenes:
         tile = Tile(scene.tile_id, spec)
-        instances, confidence = heads.decode(run_model(model, [scene.rgb])[0])
+        instances, confidence = heads.decode(run_model(model, [scene.rgb], tta=args.tta)[0])
         preds.append(
             owned_footprints(tile, instances, confidence, scene.valid, post).to_crs(scene.grid.crs)
         )
         truths.append(
             owned_footprints(tile, scene.instances, None, scene.valid).to_crs(scene.grid.crs)
         )
-    crs = scenes[0].grid.crs
+    crss = [scene.grid.crs for scene in scenes]
     print(machine())
-    print(f"Nairobi (held out): {len(scenes)} tiles, threshold {threshold:.3f}")
+    print(
+        f"{args.model}: validation blocks ({', '.join(a.name for a in cfg.val)}): "
+        f"{len(scenes)} tiles, threshold {threshold:.3f}{', TTA' if args.tta else ''}"
+    )
     variants = {
         "as polygonized": None,
         "library defaults": {},
@@ -91,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
         started = time.perf_counter()
         frames = preds if options is None else [_regularised(f, options) for f in preds]
         seconds = time.perf_counter() - started
-        r = _score(frames, truths, crs)
+        r = _score(frames, truths, crss)
         print(
             f"  {name:18} F1 {r['f1']:.3f} (P {r['precision']:.3f} R {r['recall']:.3f})  "
             f"mean IoU of matches {r['mean_iou']:.3f}  AP50 {r['ap50']:.3f}  "

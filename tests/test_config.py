@@ -122,7 +122,7 @@ def test_without_data_root_areas_are_relative_to_the_file(tmp_path: Path) -> Non
 
 def test_no_default_points_at_a_developer_folder() -> None:
     assert TrainConfig.model_fields["data_root"].default is None
-    assert TrainConfig.model_fields["bf16"].default is False
+    assert TrainConfig.model_fields["bf16"].default == "auto"  # on only where bf16 is native
     assert InferConfig.model_fields["runtime"].default.bf16 is False
 
 

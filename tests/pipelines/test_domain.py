@@ -66,7 +66,8 @@ def _run(imagery: Path, out: Path, tmp_path: Path) -> dict:
 
 def test_the_default_model_carries_the_ranges_of_its_training_towns() -> None:
     ranges = read_input_ranges(DEFAULT)
-    assert ranges is not None and "banepa" in ranges["measured_on"] and ranges["tiles"] >= 10
+    # the 9 training tiles with imagery in Banepa, Zanzibar and Nairobi (validation tiles excluded)
+    assert ranges is not None and "banepa" in ranges["measured_on"] and ranges["tiles"] >= 9
     assert set(ranges["ranges"]) == set(domain.STATS)
 
 

@@ -169,3 +169,14 @@ def test_ob_train_command(tmp_path: Path, capsys) -> None:
     assert (tmp_path / "r" / "weights.safetensors.sha256").exists()
     assert ob_train.main([str(config), "-o", "bogus=1"]) == 2
     assert "bogus" in capsys.readouterr().err
+
+
+def test_bf16_auto_follows_the_cpu_and_is_recorded(config_factory) -> None:
+    import yaml
+
+    from open_buildings.pipelines.runtime import native_bf16
+
+    cfg = config_factory("steps=1", "bf16=auto")
+    result = train(cfg, progress=False)
+    assert result["bf16"] is native_bf16("cpu")
+    assert yaml.safe_load((Path(cfg.out) / "config.yaml").read_text())["bf16"] is result["bf16"]
