@@ -17,7 +17,16 @@ MAX_LINES = 450
 
 #: Modules of ``pipelines`` that hold plain stage functions (no Beam at import time); training
 #: may import these and no other part of ``pipelines``.
-STAGES = {"config", "runtime", "onnx_backend", "postprocess", "domain", "sinks", "download"}
+STAGES = {
+    "config",
+    "runtime",
+    "onnx_backend",
+    "postprocess",
+    "domain",
+    "probabilities",
+    "sinks",
+    "download",
+}
 BASE = {"errors", "config", "remote", "resources", "__init__", "__version__"}
 #: What each layer may import (besides itself and the base modules).
 ALLOWED = {

@@ -155,7 +155,9 @@ def infer_parser() -> argparse.ArgumentParser:
         "--tta",
         action="store_true",
         help="test-time augmentation: average the probabilities of the 8 flips and quarter "
-        "turns of each tile (8x the model's compute)",
+        "turns of each tile (about 9x the CPU time). Averaging lowers the confidences, and the "
+        "model's stored threshold was measured without TTA, so give --min-confidence too "
+        "(models/default/MODEL_CARD.md has the measured threshold)",
     )
     parser.add_argument(
         "--write-probabilities",

@@ -79,7 +79,12 @@ def input_ranges(stats: Iterable[Mapping[str, float]], widen: float = WIDEN) -> 
         low, high = float(values.min()), float(values.max())
         kind = name.split("_")[0] if name[-1].isdigit() else name  # mean_1 -> mean
         margin = max(widen * (high - low), MIN_MARGIN[kind])
-        out[name] = [low - margin, high + margin]
+        floor = low - margin
+        if kind in ("std", "colourfulness"):
+            # These are never negative: an additive margin below a small minimum would accept
+            # 0 (a grey image copied to three bands, or a flat one), so go at most halfway to 0.
+            floor = max(floor, 0.5 * low)
+        out[name] = [floor, high + margin]
     return out
 
 

@@ -43,7 +43,8 @@ def test_ranges_are_widened_and_outside_names_what_is_out() -> None:
     inside = dict.fromkeys(domain.STATS, 0.5)
     assert domain.outside(inside, ranges) == []
     grey = inside | {"colourfulness": -0.5, "std_2": 0.9}
-    assert domain.outside(grey, ranges) == ["std_2 0.900 > 0.800", "colourfulness -0.500 < 0.000"]
+    # the floor of a never-negative statistic stops halfway to 0 (0.2 -> 0.1)
+    assert domain.outside(grey, ranges) == ["std_2 0.900 > 0.800", "colourfulness -0.500 < 0.100"]
     with pytest.raises(ValueError, match="no tile"):
         domain.input_ranges([{}])
 
@@ -141,3 +142,12 @@ def test_a_resumed_run_still_names_the_tiles_finished_before_the_interruption(
     monkeypatch.setattr(sinks, "write_shard", real)
     assert ob_infer.main([*argv, "--resume"]) == 0
     assert json.loads((out / "manifest.json").read_text())["domain"]["tiles"] == clean["tiles"]
+
+
+def test_a_spread_never_reaches_zero_so_a_grey_image_is_always_outside() -> None:
+    rows = [dict.fromkeys(domain.STATS, 0.3), dict.fromkeys(domain.STATS, 0.3)]
+    rows[0]["colourfulness"], rows[1]["colourfulness"] = 0.03, 0.25  # one greyish training tile
+    ranges = domain.input_ranges(rows)
+    assert ranges["colourfulness"][0] == 0.015  # halfway to 0, not 0.03 - 0.11
+    grey = dict(rows[0], colourfulness=0.0)
+    assert any(r.startswith("colourfulness 0.000 <") for r in domain.outside(grey, ranges))
