@@ -41,12 +41,13 @@ def test_default_model_finds_the_sample_buildings(default_run: Path) -> None:
         str(ROOT / "tests/data/labels/nairobi_ke.geojson"),
         region_path=str(ROOT / "geo/sample/region.geojson"),
     )
-    # Measured when the model was committed: AP50 0.652, best F1 0.691 (at confidence >= 0.79),
-    # recall 0.79 over all predictions; an untrained model scores 0 on all three.
+    # Measured when the model was committed (what ob-infer writes by default, 58 footprints):
+    # AP50 0.622, F1 0.710 (precision 0.759, recall 0.667), best F1 0.748 at >= 0.884; an
+    # untrained model scores 0 on all of them.
     assert result.n_truth > 40
     assert result.coco.ap50 > 0.5, result.coco
     assert best_f1(result.curve)["f1"] > 0.55, best_f1(result.curve)
-    assert result.f1.total.recall > 0.6, result.f1.total
+    assert result.f1.total.f1 > 0.6 and result.f1.total.recall > 0.55, result.f1.total
 
 
 def test_the_default_output_is_calibrated_and_clipped_to_the_region(
