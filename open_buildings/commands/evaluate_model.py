@@ -58,6 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _evaluate_model(args: argparse.Namespace) -> int:
     from open_buildings.evaluation.evaluate import evaluate_areas
     from open_buildings.evaluation.thresholds import at_threshold, best_f1
+    from open_buildings.geo.imagery import open_imagery
     from open_buildings.pipelines.runtime import resolve_min_confidence, resolve_model
 
     out = Path(args.out) if args.out else None
@@ -72,15 +73,19 @@ def _evaluate_model(args: argparse.Namespace) -> int:
     model = resolve_model(args.model)
     threshold, source = resolve_min_confidence(model, "auto")
     with tempfile.TemporaryDirectory(prefix="ob-eval-model-") as tmp:
-        areas = []
+        areas, regions = [], []
         for i, (imagery, truth) in enumerate(zip(args.imagery, args.truth)):
-            region = args.region[i] if args.region else _footprint(imagery, Path(tmp) / f"{i}.json")
+            given = args.region[i] if args.region else None
+            region = given or write_bbox_region(
+                open_imagery(imagery).bounds_lonlat(), Path(tmp) / f"{i}.json"
+            )
             footprints = Path(tmp) / f"footprints{i}"
             argv = [region, "--imagery", imagery, "--model", args.model, "--out", str(footprints)]
             argv += ["--min-confidence", "0", "--no-progress"] + (["--tta"] if args.tta else [])
             if ob_infer.main(argv) != 0:
                 raise InferenceError(f"ob-infer failed on {imagery}; see its message above")
             areas.append((str(footprints), truth, region))
+            regions.append(given)
         result = evaluate_areas(areas)
     default = at_threshold(result.curve, threshold)
     best = best_f1(result.curve)
@@ -96,8 +101,8 @@ def _evaluate_model(args: argparse.Namespace) -> int:
         "n_pred_all": result.n_pred,
         "tta": args.tta,
         "areas": [
-            {"imagery": a, "truth": t, "region": r}
-            for a, t, (_, _, r) in zip(args.imagery, args.truth, areas)
+            {"imagery": a, "truth": t, "region": r}  # None: the imagery's bounding box
+            for a, t, r in zip(args.imagery, args.truth, regions)
         ],
     }
     print(
@@ -119,11 +124,19 @@ def _evaluate_model(args: argparse.Namespace) -> int:
     return 0
 
 
-def _footprint(imagery: str, path: Path) -> str:
-    """Write the imagery's lon/lat bounding box as a region GeoJSON; return its path."""
-    from open_buildings.geo.imagery import open_imagery
+def write_bbox_region(bounds: tuple[float, float, float, float], path: str | Path) -> str:
+    """Write a lon/lat bounding box (e.g. an imagery source's ``bounds_lonlat()``) as a region.
 
-    west, south, east, north = open_imagery(imagery).bounds_lonlat()
-    ring = [[west, south], [east, south], [east, north], [west, north], [west, south]]
-    path.write_text(json.dumps({"type": "Polygon", "coordinates": [ring]}))
+    The box goes through ``geo.regions.region_from_bbox``, so it is checked the same way.
+
+    Returns:
+        The path written, for ``ob-infer REGION``.
+    """
+    import shapely
+
+    from open_buildings.geo.regions import region_from_bbox
+
+    region = region_from_bbox(*bounds)
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(shapely.geometry.mapping(region.geometry), handle)
     return str(path)

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import os
 import tempfile
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import rasterio
+from rasterio.io import MemoryFile
+from scipy.special import expit
 
 from open_buildings.errors import ConfigError
+from open_buildings.geo.footprints import atomic_write
 from open_buildings.geo.grid import PixelGrid
 from open_buildings.remote import is_remote, local_copy, upload
 
@@ -39,7 +41,7 @@ def write_probabilities(
     tile_id: str,
     channels: tuple[str, ...] = ("building", "interior"),
 ) -> str:
-    """Write one tile's probabilities as a COG; the file appears whole (temp file, then rename).
+    """Write one tile's probabilities as a COG; the file appears whole (``atomic_write``).
 
     Args:
         logits: float ``(C, H, W)`` on ``grid``.
@@ -52,36 +54,35 @@ def write_probabilities(
     Returns:
         The path written.
     """
-    probs = 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float32)))
-    data = np.rint(probs * SCALE).astype(np.uint8)
+    data = np.rint(expit(np.asarray(logits, dtype=np.float32)) * SCALE).astype(np.uint8)
     data[:, ~valid] = NODATA
-    target = probability_path(output, tile_id)
-    remote = is_remote(output)
-    if not remote:
-        Path(target).parent.mkdir(parents=True, exist_ok=True)
-    where = tempfile.TemporaryDirectory(prefix="ob-prob-") if remote else nullcontext(None)
-    with where as folder:
-        tmp = Path(folder or Path(target).parent) / f".{tile_id}.{os.getpid()}.tmp.tif"
-        with rasterio.open(
-            tmp,
-            "w",
-            driver="COG",
-            width=grid.width,
-            height=grid.height,
-            count=data.shape[0],
-            dtype="uint8",
-            crs=grid.crs,
-            transform=grid.transform,
-            nodata=NODATA,
-            compress="deflate",
-        ) as dst:
+    profile = {
+        "driver": "COG",
+        "width": grid.width,
+        "height": grid.height,
+        "count": data.shape[0],
+        "dtype": "uint8",
+        "crs": grid.crs,
+        "transform": grid.transform,
+        "nodata": NODATA,
+        "compress": "deflate",
+    }
+    with MemoryFile() as memory:
+        with memory.open(**profile) as dst:
             dst.write(data)
             dst.descriptions = channels[: data.shape[0]]
             dst.scales = [1.0 / SCALE] * data.shape[0]
-        if remote:
-            upload(tmp, target)
-        else:
-            os.replace(tmp, target)
+        blob = memory.read()
+    target = probability_path(output, tile_id)
+    if is_remote(output):
+        with tempfile.TemporaryDirectory(prefix="ob-prob-") as folder:
+            local = Path(folder) / f"{tile_id}.tif"
+            local.write_bytes(blob)
+            upload(local, target)
+    else:
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(target, overwrite=True) as handle:
+            handle.write(blob)
     return target
 
 
@@ -103,8 +104,7 @@ def read_probabilities(path: str, grid: PixelGrid) -> tuple[np.ndarray, np.ndarr
         )
     with rasterio.open(local) as src:
         same = (
-            src.crs is not None
-            and src.crs.to_string() == rasterio.crs.CRS.from_user_input(grid.crs).to_string()
+            src.crs == grid.crs
             and (src.width, src.height) == (grid.width, grid.height)
             and src.transform.almost_equals(grid.transform)
         )

@@ -1,6 +1,5 @@
 """Validation tiles are never trained on; self-training reads an ob-infer run's probability COGs."""
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +9,7 @@ import torch
 from conftest import DATA
 
 from open_buildings.commands import infer as ob_infer
+from open_buildings.commands.evaluate_model import write_bbox_region
 from open_buildings.errors import ConfigError
 from open_buildings.geo import grid as geogrid
 from open_buildings.geo.imagery import open_imagery
@@ -68,12 +68,10 @@ def _teacher_run(tmp_path: Path) -> tuple[Path, Path]:
     teacher = tmp_path / "teacher.safetensors"
     torch.manual_seed(3)
     save_checkpoint(build_model("unet_tiny"), teacher)
-    west, south, east, north = open_imagery(str(DATA / "imagery" / "banepa")).bounds_lonlat()
-    region = tmp_path / "region.geojson"
-    ring = [[west, south], [east, south], [east, north], [west, north], [west, south]]
-    region.write_text(json.dumps({"type": "Polygon", "coordinates": [ring]}))
+    bounds = open_imagery(str(DATA / "imagery" / "banepa")).bounds_lonlat()
+    region = write_bbox_region(bounds, tmp_path / "region.geojson")
     out = tmp_path / "teacher_out"
-    args = [str(region), "--imagery", str(DATA / "imagery" / "banepa"), "--model", str(teacher)]
+    args = [region, "--imagery", str(DATA / "imagery" / "banepa"), "--model", str(teacher)]
     args += ["--write-probabilities", "--min-confidence", "0", "--out", str(out), "--no-progress"]
     assert ob_infer.main(args) == 0
     return teacher, out
