@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -25,6 +26,7 @@ from open_buildings.geo.raster_open import (
     REMOTE_ENV,
     ReadLimits,
     check_georeference,
+    gdal_message,
     gdal_path,
     on_network,
     open_raster,
@@ -158,7 +160,9 @@ class RasterSource:
 
     Every file is opened once at construction to check it (allowed driver, caps, georeference,
     band mapping) and to index its footprint, so a tile opens only the files it touches. Where
-    files overlap, the first file with valid data at a pixel wins.
+    files overlap, the first file with valid data at a pixel wins. In a mosaic of several files,
+    one that cannot be opened is skipped with a warning (:attr:`skipped`); a tile then fails
+    (a dead letter) wherever it has pixels without imagery, since they may be that file's.
 
     Attributes:
         paths: local paths or gs://, s3://, https:// URLs, in priority order.
@@ -174,18 +178,41 @@ class RasterSource:
     scale: tuple[float, float] | None = None
     limits: ReadLimits = field(default_factory=ReadLimits)
     _files: list[_FileInfo] = field(init=False, repr=False)
+    #: ``(path, reason)`` of each file that could not be opened (a mosaic goes on without them).
+    skipped: list[tuple[str, str]] = field(init=False, repr=False)
     _boxes: np.ndarray = field(init=False, repr=False)
     _stats: dict[str, tuple[np.ndarray, np.ndarray]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        """Check and index every file."""
+        """Check and index every file; skip (with a warning) those that cannot be opened."""
         if isinstance(self.paths, str | os.PathLike):
             self.paths = [self.paths]
         if not self.paths:
             raise ImageryError("no imagery files given; pass at least one GeoTIFF/COG path")
         if self.scale is not None and not (len(self.scale) == 2 and self.scale[1] > self.scale[0]):
             raise ImageryError(f"scale={self.scale!r} is not valid; pass (low, high), low < high")
-        self._files = [self._inspect(os.fspath(p)) for p in self.paths]
+        self._files, self.skipped = [], []
+        for p in self.paths:
+            try:
+                self._files.append(self._inspect(os.fspath(p)))
+            except ImageryError as exc:
+                if len(self.paths) == 1:
+                    raise
+                self.skipped.append((os.fspath(p), str(exc)))
+        if not self._files:
+            raise ImageryError(
+                f"none of the {len(self.paths)} imagery files could be opened; the first: "
+                f"{self.skipped[0][1]}"
+            )
+        if self.skipped:
+            warnings.warn(
+                f"skipped {len(self.skipped)} of {len(self.paths)} imagery files that cannot be "
+                "opened; tiles that may need them will be dead-lettered: "
+                + "; ".join(reason for _, reason in self.skipped[:5])
+                + (" ..." if len(self.skipped) > 5 else ""),
+                UserWarning,
+                stacklevel=2,
+            )
         self._boxes = np.array([f.bounds for f in self._files], dtype=np.float64)
         self._stats = {}
 
@@ -245,6 +272,17 @@ class RasterSource:
             valid |= take
             if valid.all():
                 break
+        if self.skipped and not valid.all():
+            # An unopenable file's footprint is unknown, so any pixel left without imagery may be
+            # one of its pixels: the tile is not finished silently with a hole in it.
+            names = ", ".join(os.path.basename(p) for p, _ in self.skipped[:5])
+            raise ImageryError(
+                f"{int((~valid).sum())} pixels of this tile have no imagery, and "
+                f"{len(self.skipped)} file(s) of the mosaic could not be opened ({names}"
+                f"{' ...' if len(self.skipped) > 5 else ''}), so they may lie there: "
+                f"{self.skipped[0][1]}. Replace or remove those files, then run again "
+                "with --resume"
+            )
         return TileImage(rgb=rgb, valid=valid, grid=grid)
 
     def _read_file(self, info: _FileInfo, grid: PixelGrid) -> tuple[np.ndarray, np.ndarray]:
@@ -270,7 +308,7 @@ class RasterSource:
         except GDAL_ERRORS as exc:
             raise ImageryError(
                 f"imagery file {info.name} could not be read: "
-                f"{str(exc).rstrip('.')}. The file "
+                f"{gdal_message(exc)}. The file "
                 "may be corrupt or truncated; check it with gdalinfo -checksum"
             ) from exc
         return data, ok

@@ -24,6 +24,7 @@ from open_buildings.geo.imagery_raster import TileImage, map_bands
 from open_buildings.geo.raster_open import (
     GDAL_ERRORS,
     ReadLimits,
+    gdal_message,
     gdal_path,
     on_network,
     open_raster,
@@ -244,5 +245,8 @@ class XYZSource:
                 return None
             raise
         except GDAL_ERRORS as exc:
-            raise ImageryError(f"XYZ tile {name} could not be read: {exc}") from exc
+            raise ImageryError(
+                f"XYZ tile {name} could not be read: {gdal_message(exc)}; the file may be "
+                "truncated or damaged"
+            ) from exc
         return np.concatenate([data, alpha[None]])

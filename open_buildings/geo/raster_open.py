@@ -9,8 +9,10 @@ driver only (so a VRT named ``.tif`` is refused) and checks what the file *decla
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import rasterio
 from affine import Affine
+from PIL import Image
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 
 from open_buildings.errors import ImageryError
@@ -40,6 +43,14 @@ REMOTE_ENV = {
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
     "GDAL_HTTP_TIMEOUT": "60",
     "GDAL_HTTP_MAX_RETRY": "3",
+}
+#: Set for every read: libjpeg's "Corrupt JPEG data" becomes an error instead of a log line.
+READ_ENV = {"GDAL_ERROR_ON_LIBJPEG_WARNING": "TRUE"}
+#: The first bytes of the formats in ALLOWED_DRIVERS, to tell a damaged file from a foreign one.
+_MAGIC = {
+    "TIFF": (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"),
+    "JPEG": (b"\xff\xd8\xff",),
+    "PNG": (b"\x89PNG\r\n\x1a\n",),
 }
 
 
@@ -121,9 +132,85 @@ def on_network(path: str) -> bool:
     return path.startswith(tuple(_REMOTE.values()))
 
 
+class _GdalWarnings(logging.Handler):
+    """Collects the GDAL warnings rasterio logs (``rasterio._err``) in one thread."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.thread = threading.get_ident()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread == self.thread:
+            self.messages.append(record.getMessage())
+
+
+@contextmanager
+def _gdal_warnings() -> Iterator[_GdalWarnings]:
+    logger = logging.getLogger("rasterio._err")
+    handler = _GdalWarnings()
+    level = logger.level
+    if not logger.isEnabledFor(logging.WARNING):  # a quieted logger would hide them from us
+        logger.setLevel(logging.WARNING)
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def gdal_message(exc: BaseException) -> str:
+    """Return what GDAL said, following rasterio's "See previous exception" to its cause."""
+    parts = [str(exc).rstrip(".")]
+    cause = exc.__cause__ or exc.__context__
+    while cause is not None and "previous exception" in parts[-1] and len(parts) < 4:
+        parts[-1] = parts[-1].replace(" See previous exception for details", "").rstrip(".")
+        parts.append(str(cause).rstrip("."))
+        cause = cause.__cause__ or cause.__context__
+    return ": ".join(p for p in parts if p)
+
+
+def sniff_format(path: str) -> str | None:
+    """Return ``"TIFF"``, ``"JPEG"`` or ``"PNG"`` from a local file's first bytes, else None."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError:
+        return None
+    return next((kind for kind, magics in _MAGIC.items() if head.startswith(magics)), None)
+
+
+def check_png(name: str, path: str) -> None:
+    """Decode a local PNG fully with Pillow, which checks what GDAL's PNG driver does not.
+
+    GDAL decodes a truncated PNG (or one whose compressed data is damaged) without an error or a
+    warning and returns garbage pixels; Pillow refuses it ("image file is truncated", a bad
+    chunk CRC, a broken zlib stream).
+
+    Raises:
+        ImageryError: naming the file and what Pillow found.
+    """
+    try:
+        with Image.open(path) as image:
+            image.verify()
+        with Image.open(path) as image:
+            image.load()
+    except (OSError, SyntaxError, ValueError) as exc:  # Pillow's ways of saying "damaged"
+        raise ImageryError(
+            f"imagery file {name} is a damaged PNG ({exc}); the pixels cannot be trusted. "
+            "Download or export the file again"
+        ) from exc
+
+
 @contextmanager
 def open_raster(name: str, path: str, limits: ReadLimits) -> Iterator[rasterio.DatasetReader]:
     """Open a raster with an allowed driver and check its declared size against ``limits``.
+
+    Reads made inside the block are strict: libjpeg warnings are errors, a local PNG is decoded
+    once by Pillow first (:func:`check_png`), and any warning GDAL logs while the file is open
+    fails the block with an :class:`ImageryError` when it ends, so pixels GDAL complained about
+    are never used.
 
     Args:
         name: the path as the user gave it, for messages.
@@ -134,11 +221,12 @@ def open_raster(name: str, path: str, limits: ReadLimits) -> Iterator[rasterio.D
         The open dataset; it is closed on exit.
 
     Raises:
-        ImageryError: if the file is missing, not an allowed format, or over a cap.
+        ImageryError: if the file is missing, damaged, not an allowed format, over a cap, or
+            GDAL warned while it was read.
     """
     if not on_network(path) and not os.path.isfile(path):
         raise ImageryError(f"imagery file {name} does not exist or is not a file")
-    env = REMOTE_ENV if on_network(path) else {}
+    env = {**READ_ENV, **(REMOTE_ENV if on_network(path) else {})}
     ds = None
     errors = []
     with rasterio.Env(**env), warnings.catch_warnings():
@@ -152,17 +240,39 @@ def open_raster(name: str, path: str, limits: ReadLimits) -> Iterator[rasterio.D
             except IndexError as exc:  # rasterio's answer for a dataset with no bands
                 errors.append(str(exc))
         if ds is None:
-            detail = f" (GDAL said: {errors[0]})" if on_network(path) and errors else ""
-            raise ImageryError(
-                f"imagery file {name} is not in an allowed raster format "
-                f"({', '.join(ALLOWED_DRIVERS)}); VRT, HDF5, NetCDF and other formats are refused. "
-                f"Convert it to a Cloud-Optimized GeoTIFF (gdal_translate -of COG){detail}"
-            )
+            raise _not_opened(name, path, errors)
         try:
             check_limits(name, ds, limits)
-            yield ds
+            if ds.driver == "PNG" and not on_network(path):
+                check_png(name, path)
+            with _gdal_warnings() as warned:
+                yield ds
+            if warned.messages:
+                raise ImageryError(
+                    f"imagery file {name}: GDAL warned while reading it "
+                    f"({'; '.join(dict.fromkeys(warned.messages))[:300]}), so its pixels "
+                    "cannot be trusted; check it with gdalinfo -checksum and replace it"
+                )
         finally:
             ds.close()
+
+
+def _not_opened(name: str, path: str, errors: list[str]) -> ImageryError:
+    """The error for a file no allowed driver opened: damaged if it looks like one, else foreign."""
+    kind = None if on_network(path) else sniff_format(path)
+    detail = next((e for e in errors if "not recognized" not in e), errors[0] if errors else "")
+    if kind is not None:
+        return ImageryError(
+            f"imagery file {name} looks like a {kind} file but GDAL cannot open it "
+            f"({detail.rstrip('.')}); it is probably truncated or damaged. Download or "
+            "export it again, and check it with gdalinfo"
+        )
+    suffix = f" (GDAL said: {detail})" if on_network(path) and detail else ""
+    return ImageryError(
+        f"imagery file {name} is not in an allowed raster format "
+        f"({', '.join(ALLOWED_DRIVERS)}); VRT, HDF5, NetCDF and other formats are refused. "
+        f"Convert it to a Cloud-Optimized GeoTIFF (gdal_translate -of COG){suffix}"
+    )
 
 
 def check_limits(name: str, ds: rasterio.DatasetReader, limits: ReadLimits) -> None:
