@@ -88,6 +88,16 @@ def _check_coverage(source: Any, region: Any, imagery: str) -> None:
         )
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a fraction between 0 and 1 (e.g. 0.05)")
+    return value
+
+
 def _bands(text: str) -> tuple[int, int, int]:
     try:
         values = tuple(int(v) for v in text.split(","))
@@ -166,6 +176,14 @@ def infer_parser() -> argparse.ArgumentParser:
         "OUT/probabilities/ (a teacher's soft targets for ob-train self-training)",
     )
     parser.add_argument("--workers", type=int, default=1, metavar="N", help="local processes")
+    parser.add_argument(
+        "--max-failed-fraction",
+        type=_fraction,
+        default=1.0,
+        metavar="F",
+        help="exit with status 2 when more than this share of the tiles failed (default 1: "
+        "only when every tile failed; failed tiles are always listed in dead_letter.jsonl)",
+    )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--overwrite", action="store_true", help="replace a previous run's files")
     mode.add_argument("--resume", action="store_true", help="continue an interrupted run")
@@ -210,8 +228,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``ob-infer``: run inference over a region on this machine.
 
     Returns:
-        The exit status: 0 on success (even if some tiles went to the dead-letter list), 2 when
-        the input or the output folder is refused, 1 when the run itself failed.
+        The exit status: 0 on success (even if some tiles went to the dead-letter list, which
+        is then warned about), 2 when the input or the output folder is refused, when every
+        tile failed, or when more than ``--max-failed-fraction`` of them did; 1 when the run
+        itself failed.
     """
     return run_command("ob-infer", _infer, infer_parser().parse_args(argv))
 
@@ -286,10 +306,11 @@ def _infer(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    found = counters(result)
+    found = {**counters(result), **sinks.job_stats(work_dir)}  # the whole job, resumed or not
     manifest = json.loads((out / footprints.MANIFEST_NAME).read_text(encoding="utf-8"))
     dead = sinks.load_dead_letters(out / sinks.DEAD_LETTER_NAME)
-    shutil.rmtree(work_dir, ignore_errors=True)
+    if not dead:  # kept otherwise, so that --resume retries only the failed tiles
+        shutil.rmtree(work_dir, ignore_errors=True)
     elapsed = time.perf_counter() - start
     first = {"csv": "csv.gz", "parquet": "parquet"}[config.formats[0]]
     buildings = sum(f["rows"] for f in manifest["files"] if f["format"] == first)
@@ -310,6 +331,40 @@ def _infer(args: argparse.Namespace) -> int:
     where = f" (see {out / sinks.DEAD_LETTER_NAME})" if dead else ""
     print(f"dead letters: {len(dead)} tile(s) failed{where}")
     _warn_unfamiliar(manifest.get("domain") or {}, out)
+    return _failed_tiles_status(dead, total, args.max_failed_fraction, out)
+
+
+def _failed_tiles_status(dead: list, total: int, max_fraction: float, out: Path) -> int:
+    """Exit 2 when no tile could be processed or too many failed; else 0 (with a warning)."""
+    failed = len({d.tile_id for d in dead})
+    if not failed:
+        return 0
+    retry = (
+        f"fix the cause, then run the same command with --resume --out {out} to retry only the "
+        "failed tiles"
+    )
+    first = dead[0].reason[:300]
+    if failed >= total:
+        print(
+            f"ob-infer: error: no tile could be processed: all {total:,} failed (the first: "
+            f"{first}). Nothing was found; {retry}",
+            file=sys.stderr,
+        )
+        return 2
+    share = failed / total
+    if share > max_fraction:
+        print(
+            f"ob-infer: error: {failed:,} of {total:,} tiles failed ({share:.1%}), more than "
+            f"--max-failed-fraction {max_fraction:g}; the first: {first}. {retry[0].upper()}"
+            f"{retry[1:]}",
+            file=sys.stderr,
+        )
+        return 2
+    print(
+        f"ob-infer: warning: {failed:,} of {total:,} tiles failed ({share:.1%}), so their "
+        f"buildings are missing (the first: {first}); {retry}",
+        file=sys.stderr,
+    )
     return 0
 
 

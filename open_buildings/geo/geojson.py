@@ -91,8 +91,48 @@ def _text_depth(data: bytes) -> int:
     return int(np.cumsum(steps[steps != 0], dtype=np.int64).max(initial=0))
 
 
+#: What a file that is not GeoJSON looks like from its first bytes, and what to do about it.
+_CONVERT = "convert it to GeoJSON with ogr2ogr -f GeoJSON region.geojson {kind_file}"
+_FOREIGN: tuple[tuple[tuple[bytes, ...], str, str], ...] = (
+    ((b"PK\x03\x04",), "a ZIP archive (KMZ or a zipped shapefile?)", "unzip it, then " + _CONVERT),
+    ((b"SQLite format 3\x00",), "a GeoPackage/SQLite file", _CONVERT),
+    ((b"fgb\x03",), "FlatGeobuf", _CONVERT),
+    ((b"PAR1",), "Parquet (GeoParquet?)", _CONVERT),
+    ((b"\x00\x00\x27\x0a",), "a shapefile (.shp)", _CONVERT),
+)
+_XML = ((b"<kml", "KML"), (b"<gpx", "GPX"), (b"<gml", "GML"), (b"<html", "an HTML page"))
+
+
+def describe_foreign(data: bytes, source: str = "FILE") -> str | None:
+    """Say what non-GeoJSON bytes look like and how to convert them, or None if unrecognised."""
+    head = data[:4096]
+    wide = len(head) > 3 and head[1:4:2] == b"\x00\x00"  # ASCII text with NUL bytes between
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")) or wide:
+        return (
+            "this is UTF-16 (or another wide encoding), and GeoJSON must be UTF-8: save it "
+            f"as UTF-8 (in an editor, or iconv -f UTF-16 -t UTF-8 {source} > region.geojson)"
+        )
+    for magics, kind, advice in _FOREIGN:
+        if head.startswith(magics):
+            return f"this looks like {kind}, not GeoJSON; " + advice.format(kind_file=source)
+    lowered = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if lowered.startswith(b"<"):
+        kind = next((name for tag, name in _XML if tag in lowered), "XML")
+        if kind == "an HTML page":
+            return "this looks like an HTML page (did a download return a web page?), not GeoJSON"
+        return f"this looks like {kind}, not GeoJSON; " + _CONVERT.format(kind_file=source)
+    return None
+
+
 def load_json(data: bytes, source: str, max_depth: int) -> Any:
-    """Parse GeoJSON bytes: UTF-8 (a BOM is skipped), depth-capped, duplicate keys refused."""
+    """Parse GeoJSON bytes: UTF-8 (a BOM is skipped), depth-capped, duplicate keys refused.
+
+    Bytes that are not JSON at all (KML, UTF-16, a GeoPackage, ...) get a message that says
+    what the file looks like and how to convert it (:func:`describe_foreign`).
+    """
+    foreign = describe_foreign(data, source)
+    if foreign is not None:
+        raise RegionError(f"{source}: {foreign}")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -17,6 +17,7 @@ import numpy as np
 import rasterio
 from rasterio.enums import ColorInterp, Resampling
 from rasterio.vrt import WarpedVRT
+from pyproj import Geod
 from rasterio.warp import transform_bounds
 
 from open_buildings.errors import ImageryError
@@ -33,6 +34,11 @@ from open_buildings.geo.raster_open import (
 )
 
 _STATS_SIZE = 1024  # the longest side of the decimated read used for scaling statistics
+#: Source pixels outside this range (metres) are warned about: the model sees 50 cm pixels, and
+#: imagery much finer or coarser than that (or a georeference with absurd pixel sizes) gives
+#: few or no buildings.
+PLAUSIBLE_RESOLUTION_M = (0.5 / 4, 0.5 * 2)
+_GEOD = Geod(ellps="WGS84")
 
 
 @dataclass
@@ -134,12 +140,30 @@ class _FileInfo:
     dtype: str
     add_alpha: bool
     bounds: tuple[float, float, float, float]  # lon/lat
+    resolution_m: float  # the ground size of one pixel, the geometric mean of its two sides
 
 
 def _footprint_lonlat(ds: rasterio.DatasetReader) -> tuple[float, float, float, float]:
     corners = [ds.transform @ (c, r) for c in (0, ds.width) for r in (0, ds.height)]
     xs, ys = zip(*corners)
     return transform_bounds(ds.crs, "EPSG:4326", min(xs), min(ys), max(xs), max(ys), densify_pts=21)
+
+
+def ground_resolution_m(
+    bounds: tuple[float, float, float, float], width: int, height: int
+) -> float:
+    """Return the geometric mean pixel size in metres of a ``width x height`` image over ``bounds``.
+
+    Args:
+        bounds: the image's footprint ``(west, south, east, north)`` in degrees.
+        width: its width in pixels.
+        height: its height in pixels.
+    """
+    west, south, east, north = bounds
+    mid_lat, mid_lon = (south + north) / 2, (west + east) / 2
+    across = _GEOD.inv(west, mid_lat, east, mid_lat)[2] / max(width, 1)
+    down = _GEOD.inv(mid_lon, south, mid_lon, north)[2] / max(height, 1)
+    return math.sqrt(max(across, 0.0) * max(down, 0.0))
 
 
 def grid_bounds_lonlat(grid: PixelGrid) -> tuple[float, float, float, float]:
@@ -213,8 +237,23 @@ class RasterSource:
                 UserWarning,
                 stacklevel=2,
             )
+        self._warn_resolution()
         self._boxes = np.array([f.bounds for f in self._files], dtype=np.float64)
         self._stats = {}
+
+    def _warn_resolution(self) -> None:
+        low, high = PLAUSIBLE_RESOLUTION_M
+        odd = [f for f in self._files if not low <= f.resolution_m <= high]
+        if odd:
+            shown = "; ".join(f"{f.name}: {f.resolution_m:.3g} m" for f in odd[:5])
+            warnings.warn(
+                f"{len(odd)} imagery file(s) have pixels far from the 50 cm the model was trained "
+                f"on (outside {low:g}-{high:g} m), so expect few or wrong buildings there: "
+                f"{shown}{' ...' if len(odd) > 5 else ''}. Check the georeference (gdalinfo), "
+                "or resample the imagery to about 50 cm",
+                UserWarning,
+                stacklevel=3,
+            )
 
     def _inspect(self, name: str) -> _FileInfo:
         path = gdal_path(name)
@@ -236,6 +275,7 @@ class RasterSource:
                 ds.dtypes[bands[0] - 1],
                 add_alpha=ds.nodata is None and not has_alpha,
                 bounds=bounds,
+                resolution_m=ground_resolution_m(bounds, ds.width, ds.height),
             )
 
     def bounds_lonlat(self) -> tuple[float, float, float, float]:

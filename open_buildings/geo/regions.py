@@ -25,8 +25,10 @@ Rules (RFC 7946 unless noted):
   each one, so a map export with a few labels or roads in it still loads (geojsonhint's "good"
   ``good-featurecollection.geojson``), and the user is told exactly what was left out.
 - Rings must be closed (first position identical to the last, height included) and hold at least
-  4 positions. Polygons must be valid (no self-intersection); ``fix_invalid=True`` repairs them
-  with ``shapely.make_valid``, keeps the polygonal part and warns.
+  4 positions. Polygons must be valid (no self-intersection), and so must a MultiPolygon as a
+  whole (no overlapping, repeated or nested members); ``fix_invalid=True`` repairs a polygon
+  with ``shapely.make_valid`` (keeping the polygonal part) and a MultiPolygon by the union of its
+  members, and warns.
 - A polygon that crosses the antimeridian (a jump of more than 180 degrees between consecutive
   longitudes, or a longitude beyond +-180) is split with the ``antimeridian`` package, reading
   edges as straight lines in lon/lat as RFC 7946 does; rings around a pole are closed over it.
@@ -56,6 +58,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -143,7 +146,13 @@ def read_region(
     """
     source = os.fspath(path)
     try:
-        size = os.stat(path).st_size
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):  # a FIFO or device would block the read forever
+            raise RegionError(
+                f"{source}: not a regular file (a directory, pipe or device); save the region "
+                "to a GeoJSON file and pass its path"
+            )
+        size = info.st_size
         if size > max_bytes:
             raise too_big(source, size, max_bytes)
         with open(path, "rb") as f:
@@ -276,6 +285,27 @@ def _polygons(geometry: Any, label: str, source: str, fix_invalid: bool) -> list
             raise region_error(source, where, "a polygon must be a non-empty array of rings")
         arrays = [_ring(ring, f"{where}, ring {k}", source) for k, ring in enumerate(rings)]
         out.extend(_fix_polygon(arrays, where, source, fix_invalid))
+    if len(out) > 1:
+        # Valid parts can still make an invalid whole (overlapping, repeated or nested shells),
+        # which the union would merge silently: the whole is checked, as a Polygon is.
+        whole = shapely.MultiPolygon(out)
+        if not whole.is_valid:
+            reason = shapely.is_valid_reason(whole)
+            if not fix_invalid:
+                raise region_error(
+                    source,
+                    label,
+                    f"the MultiPolygon is invalid ({reason}): its polygons overlap, repeat or "
+                    "nest inside each other. Give each area once, or merge them into their "
+                    "union: --fix-invalid on the command line, fix_invalid=True in Python",
+                )
+            warnings.warn(
+                f"{source}: {label}: the MultiPolygon's polygons overlap, repeat or nest "
+                f"({reason}); merged them into their union",
+                UserWarning,
+                stacklevel=2,
+            )
+            return _polygonal(shapely.union_all(out))
     return out
 
 

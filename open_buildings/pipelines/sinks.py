@@ -103,6 +103,43 @@ def read_domain_marker(path: str | os.PathLike[str]) -> tuple[str, list[str]]:
     return str(record["tile_id"]), [str(r) for r in record["reasons"]]
 
 
+def stats_path(work_dir: str | os.PathLike[str], tile_id: str) -> Path:
+    """Return where a tile's figures for the run summary are kept during a local run."""
+    return Path(work_dir) / "stats" / f"{tile_id}.json"
+
+
+def write_tile_stats(work_dir: str | os.PathLike[str], tile_id: str, **figures: int) -> Path:
+    """Keep (or add to) a tile's summary figures, so that a resumed run reports the whole job.
+
+    Args:
+        work_dir: the run's work folder.
+        tile_id: the tile.
+        figures: e.g. ``m2_covered``, ``tiles_empty``, ``outside_region``; each replaces the
+            value an earlier attempt at the same tile wrote.
+    """
+    target = stats_path(work_dir, tile_id)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    kept = json.loads(target.read_text(encoding="utf-8")) if target.exists() else {}
+    with footprints.atomic_write(target, overwrite=True, mode="w") as handle:
+        json.dump({**kept, **figures}, handle, sort_keys=True)
+    return target
+
+
+def job_stats(work_dir: str | os.PathLike[str]) -> dict[str, int]:
+    """Sum the figures of every finished tile of the job, this run's and earlier runs' alike.
+
+    Only tiles with a partial (:func:`partial_path`) count: a tile read but never finished was
+    not part of the output.
+    """
+    totals: dict[str, int] = {}
+    for path in sorted((Path(work_dir) / "stats").glob("*.json")):
+        if not partial_path(work_dir, path.stem).exists():
+            continue
+        for key, value in json.loads(path.read_text(encoding="utf-8")).items():
+            totals[key] = totals.get(key, 0) + int(value)
+    return totals
+
+
 def write_dead_letter_marker(record: DeadLetter, work_dir: str | os.PathLike[str]) -> Path:
     """Record a failed tile in the work folder (local runs count these for progress)."""
     target = failed_path(work_dir, record.tile_id)

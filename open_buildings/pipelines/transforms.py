@@ -163,9 +163,13 @@ class ReadTileFn(beam.DoFn):
         if image.empty:
             _counter("tiles_empty").inc()
             if work:
+                sinks.write_tile_stats(work.path, tile_id, tiles_empty=1, m2_covered=0)
                 finish_tile(work, tile_id, self._empty())
             return
-        _counter("m2_covered").inc(postprocess.covered_m2(tile, image))
+        covered = postprocess.covered_m2(tile, image)
+        _counter("m2_covered").inc(covered)
+        if work:
+            sinks.write_tile_stats(work.path, tile_id, tiles_empty=0, m2_covered=covered)
         yield tile_id, TileInput(image.rgb, image.valid)
 
 
@@ -306,11 +310,13 @@ class PolygonizeFn(beam.DoFn):
                 if self._work:
                     sinks.write_domain_marker(tile_id, reasons, self._work.path)
                 yield beam.pvalue.TaggedOutput(UNFAMILIAR, (tile_id, reasons))
+        outside = 0
         if self._region is not None:
             frame, outside = postprocess.inside_region(frame, self._region)
             _counter("outside_region").inc(outside)
         _counter("buildings").inc(len(frame))
         if self._work:
+            sinks.write_tile_stats(self._work.path, tile_id, outside_region=outside)
             finish_tile(self._work, tile_id, frame)
         yield frame
 

@@ -65,7 +65,9 @@ def test_corrupt_jpeg_data_is_an_error_not_a_log_line(tmp_path: Path) -> None:
         _read_all(XYZSource(folder))
 
 
-@pytest.mark.parametrize(("fixture", "name"), [(BANEPA, "OAM-386690-220241-19.tif"), (NAIROBI, f"{TILE}.png")])
+@pytest.mark.parametrize(
+    ("fixture", "name"), [(BANEPA, "OAM-386690-220241-19.tif"), (NAIROBI, f"{TILE}.png")]
+)
 def test_truncation_anywhere_is_an_error(tmp_path: Path, fixture: Path, name: str) -> None:
     for k, at in enumerate(offsets(fixture / name, count=8, seed=7)):
         folder = copy_folder(fixture, tmp_path / f"cut{k}")
