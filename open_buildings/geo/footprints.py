@@ -33,9 +33,11 @@ from typing import IO, Any
 import geopandas as gpd
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import shapely
 
 from open_buildings.errors import OutputExistsError
+from open_buildings.geo.parquet_crs import with_fixed_crs
 
 SCHEMA_COLUMNS = [
     "latitude",
@@ -275,14 +277,11 @@ def write_geoparquet(
         raise ValueError(f"row_group_size must be positive, got {row_group_size}")
     rows = _prepare(frame)
     target = Path(path)
+    staged = io.BytesIO()
+    rows.to_parquet(staged, index=False, schema_version="1.1.0", write_covering_bbox=True)
+    table = with_fixed_crs(pq.read_table(io.BytesIO(staged.getvalue())))
     with atomic_write(target, overwrite=overwrite) as handle:
-        rows.to_parquet(
-            handle,
-            index=False,
-            schema_version="1.1.0",
-            write_covering_bbox=True,
-            row_group_size=row_group_size,
-        )
+        pq.write_table(table, handle, row_group_size=row_group_size, compression="snappy")
     return _record(target, "parquet", rows)
 
 

@@ -24,6 +24,8 @@ from open_buildings.geo import cells
 # Region edges are straight lines in lon/lat (RFC 7946) but S2 edges are geodesics; the region is
 # densified to this spacing first, so the two agree to well under a metre.
 _DENSIFY_DEG = 0.01
+# Polygons wider than this (degrees of longitude) go to S2 in bands of at most this width.
+_MAX_BAND_DEG = 90.0
 #: Tiles are enumerated in chunks: the S2 cells this many levels above the tile level.
 CHUNK_LEVELS = 5
 
@@ -196,16 +198,42 @@ def _walk(polygon: s2.S2Polygon, level: int, count_only: bool = False) -> Iterat
 
 
 def _to_s2(geometry: shapely.Geometry) -> s2.S2Polygon:
-    """Convert a lon/lat (multi)polygon into one S2Polygon (exteriors and holes as nested loops)."""
-    geometry = shapely.orient_polygons(shapely.segmentize(geometry, _DENSIFY_DEG))
-    polygons = shapely.get_parts(geometry)
-    if len(polygons) == 0 or not all(isinstance(p, shapely.Polygon) for p in polygons):
+    """Convert a lon/lat (multi)polygon into one S2Polygon (exteriors and holes as nested loops).
+
+    S2 edges are geodesics and an S2 loop is read as the smaller of the two areas it bounds, so
+    a polygon wider than :data:`_MAX_BAND_DEG` of longitude (up to the whole world, or a polar
+    cap) is cut into bands of at most that width, each well under a hemisphere, whose
+    S2Polygons are united; edges are densified so that they follow their parallels.
+    """
+    parts = shapely.get_parts(geometry)
+    if len(parts) == 0 or not all(isinstance(p, shapely.Polygon) for p in parts):
         raise ValueError("cover() needs a Polygon or MultiPolygon in lon/lat")
+    west, _, east, _ = shapely.total_bounds(parts)
+    if east - west <= _MAX_BAND_DEG:
+        return _s2_polygon(geometry)
+    result = s2.S2Polygon()
+    edges = np.linspace(west, east, math.ceil((east - west) / _MAX_BAND_DEG) + 1)
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        band = shapely.intersection(geometry, shapely.box(lo, -90.0, hi, 90.0))
+        pieces = [p for p in shapely.get_parts(band) if isinstance(p, shapely.Polygon) and p.area]
+        if pieces:
+            united = s2.S2Polygon()
+            united.InitToUnion(result, _s2_polygon(shapely.MultiPolygon(pieces)))
+            result = united
+    return result
+
+
+def _s2_polygon(geometry: shapely.Geometry) -> s2.S2Polygon:
+    geometry = shapely.orient_polygons(shapely.segmentize(geometry, _DENSIFY_DEG))
     loops = []
-    for polygon in polygons:
+    for polygon in shapely.get_parts(geometry):
         for ring in [polygon.exterior, *polygon.interiors]:
             coords = np.asarray(ring.coords)[:-1]
-            points = [s2.S2LatLng.FromDegrees(y, x).ToPoint() for x, y in coords.tolist()]
+            # A pole written as several positions (lat 90 at many longitudes) is one point.
+            at_pole = np.abs(coords[:, 1]) == 90.0
+            coords[at_pole, 0] = 0.0
+            keep = np.any(coords != np.roll(coords, 1, axis=0), axis=1)
+            points = [s2.S2LatLng.FromDegrees(y, x).ToPoint() for x, y in coords[keep].tolist()]
             loop = s2.S2Loop(points)
             loop.Normalize()  # every loop as the smaller side; InitNested works out the holes
             loops.append(loop)

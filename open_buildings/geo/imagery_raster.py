@@ -15,9 +15,9 @@ from typing import Protocol
 
 import numpy as np
 import rasterio
+from pyproj import Geod
 from rasterio.enums import ColorInterp, Resampling
 from rasterio.vrt import WarpedVRT
-from pyproj import Geod
 from rasterio.warp import transform_bounds
 
 from open_buildings.errors import ImageryError

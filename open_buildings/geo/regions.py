@@ -25,10 +25,10 @@ Rules (RFC 7946 unless noted):
   each one, so a map export with a few labels or roads in it still loads (geojsonhint's "good"
   ``good-featurecollection.geojson``), and the user is told exactly what was left out.
 - Rings must be closed (first position identical to the last, height included) and hold at least
-  4 positions. Polygons must be valid (no self-intersection), and so must a MultiPolygon as a
-  whole (no overlapping, repeated or nested members); ``fix_invalid=True`` repairs a polygon
-  with ``shapely.make_valid`` (keeping the polygonal part) and a MultiPolygon by the union of its
-  members, and warns.
+  4 positions. Polygons must be valid (no self-intersection), and a MultiPolygon's members must
+  not overlap, repeat or nest (sharing an edge is fine: they are unioned). ``fix_invalid=True``
+  repairs a polygon with ``shapely.make_valid`` (keeping the polygonal part) and a MultiPolygon
+  by the union of its members, and warns.
 - A polygon that crosses the antimeridian (a jump of more than 180 degrees between consecutive
   longitudes, or a longitude beyond +-180) is split with the ``antimeridian`` package, reading
   edges as straight lines in lon/lat as RFC 7946 does; rings around a pole are closed over it.
@@ -66,7 +66,7 @@ from typing import Any
 import antimeridian
 import numpy as np
 import shapely
-from pyproj import Geod
+from pyproj import Transformer
 
 from open_buildings.errors import RegionError
 from open_buildings.geo.geojson import (
@@ -87,7 +87,9 @@ from open_buildings.geo.geojson import (
 
 __all__ = ["Region", "parse_region", "read_region", "region_from_bbox"]
 
-_GEOD = Geod(ellps="WGS84")
+_EQUAL_AREA = Transformer.from_crs(
+    "EPSG:4326", "+proj=cea +ellps=WGS84 +lat_ts=0 +units=m", always_xy=True
+).transform
 # Edges are straight in lon/lat (RFC 7946); the geodesic area is taken after densifying to this.
 _DENSIFY_DEG = 0.1
 
@@ -286,11 +288,12 @@ def _polygons(geometry: Any, label: str, source: str, fix_invalid: bool) -> list
         arrays = [_ring(ring, f"{where}, ring {k}", source) for k, ring in enumerate(rings)]
         out.extend(_fix_polygon(arrays, where, source, fix_invalid))
     if len(out) > 1:
-        # Valid parts can still make an invalid whole (overlapping, repeated or nested shells),
-        # which the union would merge silently: the whole is checked, as a Polygon is.
-        whole = shapely.MultiPolygon(out)
-        if not whole.is_valid:
-            reason = shapely.is_valid_reason(whole)
+        # Valid members can still overlap, repeat or nest, which the union would merge silently:
+        # the whole is checked, as a Polygon is. Members that only share an edge are fine.
+        union = shapely.union_all(out)
+        total = float(shapely.area(out).sum())
+        if total - union.area > 1e-9 * total:
+            reason = shapely.is_valid_reason(shapely.MultiPolygon(out))
             if not fix_invalid:
                 raise region_error(
                     source,
@@ -430,6 +433,18 @@ def _fix_polygon(
         if not polygon.is_valid:
             return _repair(polygon, shapely.is_valid_reason(polygon), label, source, fix_invalid)
         return [polygon]
+    if all((np.abs(xy[:, 0]) <= 180).all() for xy in rings):
+        # Only a jump of more than 180 degrees says "across the antimeridian"; read literally
+        # (RFC 7946: straight edges in lon/lat), the same ring goes the long way round.
+        warnings.warn(
+            f"{source}: {label}: a ring jumps more than 180 degrees of longitude between two "
+            "positions, so it is read as crossing the antimeridian (the short way). If you "
+            "meant the long way round (a box nearly as wide as the world), split it at 0 "
+            "degrees into two polygons; to cross the antimeridian without this warning, write "
+            "the longitudes continuously (e.g. 179.5 to 180.5)",
+            UserWarning,
+            stacklevel=2,
+        )
     # Try the plain split first, then closing the ring over either pole (as the antimeridian
     # package's docs advise for rings with few points near a pole).
     fixed = None
@@ -456,12 +471,15 @@ def _fix_polygon(
 
 
 def _geodesic_area_km2(geometry: shapely.Geometry) -> float:
-    total = 0.0
-    for part in shapely.get_parts(shapely.segmentize(geometry, _DENSIFY_DEG)):
-        for ring in (part.exterior, *part.interiors):  # signed: CCW exterior, CW holes
-            xy = shapely.get_coordinates(ring)
-            total += _GEOD.polygon_area_perimeter(xy[:, 0], xy[:, 1])[0]
-    return abs(total) / 1e6
+    """Area on the WGS84 ellipsoid of a lon/lat geometry whose edges are straight in lon/lat.
+
+    Densified, then measured in the cylindrical equal-area projection (exact on the ellipsoid),
+    where longitude is linear: a box as wide as the world, or reaching a pole, keeps its area
+    (geodesic ring formulas read its -180 and 180 edges as one line, and a world box as 0 km2).
+    """
+    dense = shapely.segmentize(geometry, _DENSIFY_DEG)
+    projected = shapely.transform(dense, _EQUAL_AREA, interleaved=False)
+    return float(shapely.area(projected)) / 1e6
 
 
 def _region(geometry: shapely.Geometry, source: str, max_area_km2: float) -> Region:

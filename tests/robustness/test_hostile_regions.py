@@ -57,7 +57,11 @@ def test_a_valid_multipolygon_loads_without_a_warning() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         region = parse_region(multipolygon(square(0, 0), square(2, 0), square(1, 1)))
-    assert len(region.parts) == 3  # apart, and touching only at corners: valid
+        assert len(region.parts) == 3  # apart, and touching only at corners: valid
+        # Members that share an edge (neighbouring districts) are unioned, as before.
+        region = parse_region(multipolygon(square(0, 0), square(1, 0), square(3, 0)))
+    assert len(region.parts) == 2
+    assert region.area_km2 == pytest.approx(3 * KM2_PER_SQUARE_DEGREE_AT_EQUATOR, 0.01)
 
 
 @pytest.mark.timeout(20)

@@ -6,7 +6,6 @@ tiles it recomputed) and 13 (absurd pixel sizes gave 0 buildings without a warni
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
