@@ -63,10 +63,8 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
-import antimeridian
 import numpy as np
 import shapely
-from pyproj import Transformer
 
 from open_buildings.errors import RegionError
 from open_buildings.geo.geojson import (
@@ -84,14 +82,9 @@ from open_buildings.geo.geojson import (
     too_big,
     too_deep,
 )
+from open_buildings.geo.region_geometry import check_members, fix_polygon, geodesic_area_km2
 
 __all__ = ["Region", "parse_region", "read_region", "region_from_bbox"]
-
-_EQUAL_AREA = Transformer.from_crs(
-    "EPSG:4326", "+proj=cea +ellps=WGS84 +lat_ts=0 +units=m", always_xy=True
-).transform
-# Edges are straight in lon/lat (RFC 7946); the geodesic area is taken after densifying to this.
-_DENSIFY_DEG = 0.1
 
 
 @dataclass(frozen=True)
@@ -286,29 +279,9 @@ def _polygons(geometry: Any, label: str, source: str, fix_invalid: bool) -> list
         if not isinstance(rings, ARRAY) or not rings:
             raise region_error(source, where, "a polygon must be a non-empty array of rings")
         arrays = [_ring(ring, f"{where}, ring {k}", source) for k, ring in enumerate(rings)]
-        out.extend(_fix_polygon(arrays, where, source, fix_invalid))
+        out.extend(fix_polygon(arrays, where, source, fix_invalid))
     if len(out) > 1:
-        # Valid members can still overlap, repeat or nest, which the union would merge silently:
-        # the whole is checked, as a Polygon is. Members that only share an edge are fine.
-        union = shapely.union_all(out)
-        total = float(shapely.area(out).sum())
-        if total - union.area > 1e-9 * total:
-            reason = shapely.is_valid_reason(shapely.MultiPolygon(out))
-            if not fix_invalid:
-                raise region_error(
-                    source,
-                    label,
-                    f"the MultiPolygon is invalid ({reason}): its polygons overlap, repeat or "
-                    "nest inside each other. Give each area once, or merge them into their "
-                    "union: --fix-invalid on the command line, fix_invalid=True in Python",
-                )
-            warnings.warn(
-                f"{source}: {label}: the MultiPolygon's polygons overlap, repeat or nest "
-                f"({reason}); merged them into their union",
-                UserWarning,
-                stacklevel=2,
-            )
-            return _polygonal(shapely.union_all(out))
+        return check_members(out, label, source, fix_invalid)
     return out
 
 
@@ -381,111 +354,10 @@ def _ring(ring: Any, label: str, source: str) -> np.ndarray:
     return xy
 
 
-# -- geometry --------------------------------------------------------------------------------------
-
-
-def _crosses_antimeridian(rings: list[np.ndarray]) -> bool:
-    for xy in rings:
-        jumps = np.abs(np.diff(xy[:, 0]))
-        if (np.abs(xy[:, 0]) > 180).any() or ((jumps > 180) & (jumps != 360)).any():
-            return True
-    return False
-
-
-def _polygonal(geometry: shapely.Geometry) -> list[shapely.Polygon]:
-    parts = shapely.get_parts(shapely.get_parts(geometry))
-    return list(parts[shapely.get_type_id(parts) == 3])
-
-
-def _repair(
-    polygon: shapely.Geometry, reason: str, label: str, source: str, fix_invalid: bool
-) -> list[shapely.Polygon]:
-    if not fix_invalid:
-        raise region_error(
-            source,
-            label,
-            f"the polygon is invalid ({reason}); fix the ring so that it does not "
-            "cross itself, or repair it with shapely.make_valid: --fix-invalid on the command "
-            "line, fix_invalid=True in Python",
-        )
-    parts = _polygonal(shapely.make_valid(polygon))
-    if not parts:
-        raise region_error(
-            source,
-            label,
-            f"the polygon is invalid ({reason}) and has no area left after repair; redraw it",
-        )
-    warnings.warn(
-        f"{source}: {label}: repaired an invalid polygon ({reason}) with shapely.make_valid; "
-        f"kept {len(parts)} polygon part(s), dropped any lines or points",
-        UserWarning,
-        stacklevel=2,
-    )
-    return parts
-
-
-def _fix_polygon(
-    rings: list[np.ndarray], label: str, source: str, fix_invalid: bool
-) -> list[shapely.Polygon]:
-    """Make one polygon valid, split at the antimeridian, oriented; return its parts."""
-    polygon = shapely.Polygon(rings[0], rings[1:])
-    if not _crosses_antimeridian(rings):
-        if not polygon.is_valid:
-            return _repair(polygon, shapely.is_valid_reason(polygon), label, source, fix_invalid)
-        return [polygon]
-    if all((np.abs(xy[:, 0]) <= 180).all() for xy in rings):
-        # Only a jump of more than 180 degrees says "across the antimeridian"; read literally
-        # (RFC 7946: straight edges in lon/lat), the same ring goes the long way round.
-        warnings.warn(
-            f"{source}: {label}: a ring jumps more than 180 degrees of longitude between two "
-            "positions, so it is read as crossing the antimeridian (the short way). If you "
-            "meant the long way round (a box nearly as wide as the world), split it at 0 "
-            "degrees into two polygons; to cross the antimeridian without this warning, write "
-            "the longitudes continuously (e.g. 179.5 to 180.5)",
-            UserWarning,
-            stacklevel=2,
-        )
-    # Try the plain split first, then closing the ring over either pole (as the antimeridian
-    # package's docs advise for rings with few points near a pole).
-    fixed = None
-    for pole in ({}, {"force_north_pole": True}, {"force_south_pole": True}):
-        try:
-            candidate = antimeridian.fix_polygon(
-                polygon, fix_winding=True, great_circle=False, **pole
-            )
-        except Exception:  # noqa: BLE001 - any failure of the library means "cannot split"
-            continue
-        if candidate.is_valid:
-            return _polygonal(candidate)
-        if fixed is None:
-            fixed = candidate
-    if fixed is None:
-        raise region_error(
-            source,
-            label,
-            "the polygon crosses the antimeridian but cannot be split into valid "
-            "parts; check that its rings do not cross themselves",
-        )
-    reason = f"after splitting at the antimeridian: {shapely.is_valid_reason(fixed)}"
-    return _repair(fixed, reason, label, source, fix_invalid)
-
-
-def _geodesic_area_km2(geometry: shapely.Geometry) -> float:
-    """Area on the WGS84 ellipsoid of a lon/lat geometry whose edges are straight in lon/lat.
-
-    Densified, then measured in the cylindrical equal-area projection (exact on the ellipsoid),
-    where longitude is linear: a box as wide as the world, or reaching a pole, keeps its area
-    (geodesic ring formulas read its -180 and 180 edges as one line, and a world box as 0 km2).
-    """
-    dense = shapely.segmentize(geometry, _DENSIFY_DEG)
-    projected = shapely.transform(dense, _EQUAL_AREA, interleaved=False)
-    return float(shapely.area(projected)) / 1e6
-
-
 def _region(geometry: shapely.Geometry, source: str, max_area_km2: float) -> Region:
     if geometry.is_empty or geometry.geom_type not in ("Polygon", "MultiPolygon"):
         raise RegionError(f"{source}: the region has no area; {NOT_AREA}")
-    area = _geodesic_area_km2(geometry)
+    area = geodesic_area_km2(geometry)
     if area > max_area_km2:
         raise RegionError(
             f"{source}: the region's area is {area:,.0f} km2, over the cap of "

@@ -1,0 +1,163 @@
+"""The geometry of a region's polygons: antimeridian split, repair, overlapping members, area.
+
+Import from :mod:`open_buildings.geo.regions`; these are its geometric steps, after the GeoJSON
+has been checked.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import antimeridian
+import numpy as np
+import shapely
+from pyproj import Transformer
+
+from open_buildings.geo.geojson import region_error
+
+__all__ = ["check_members", "fix_polygon", "geodesic_area_km2"]
+
+_EQUAL_AREA = Transformer.from_crs(
+    "EPSG:4326", "+proj=cea +ellps=WGS84 +lat_ts=0 +units=m", always_xy=True
+).transform
+# Edges are straight in lon/lat (RFC 7946); the area is taken after densifying to this.
+_DENSIFY_DEG = 0.1
+
+
+def check_members(
+    out: list[shapely.Polygon], label: str, source: str, fix_invalid: bool
+) -> list[shapely.Polygon]:
+    """Refuse (or, with ``fix_invalid``, union) a MultiPolygon whose valid members overlap.
+
+    Args:
+        out: the members, each valid and within +-180.
+        label: names the feature in messages.
+        source: names the file in messages.
+        fix_invalid: merge overlapping members into their union, with a warning.
+
+    Returns:
+        The members, or the polygons of their union.
+
+    Raises:
+        RegionError: if members overlap, repeat or nest and ``fix_invalid`` is False.
+    """
+    # Valid members can still overlap, repeat or nest, which the union would merge silently:
+    # the whole is checked, as a Polygon is. Members that only share an edge are fine.
+    union = shapely.union_all(out)
+    total = float(shapely.area(out).sum())
+    if total - union.area > 1e-9 * total:
+        reason = shapely.is_valid_reason(shapely.MultiPolygon(out))
+        if not fix_invalid:
+            raise region_error(
+                source,
+                label,
+                f"the MultiPolygon is invalid ({reason}): its polygons overlap, repeat or "
+                "nest inside each other. Give each area once, or merge them into their "
+                "union: --fix-invalid on the command line, fix_invalid=True in Python",
+            )
+        warnings.warn(
+            f"{source}: {label}: the MultiPolygon's polygons overlap, repeat or nest "
+            f"({reason}); merged them into their union",
+            UserWarning,
+            stacklevel=2,
+        )
+        return _polygonal(shapely.union_all(out))
+    return out
+
+
+def _crosses_antimeridian(rings: list[np.ndarray]) -> bool:
+    for xy in rings:
+        jumps = np.abs(np.diff(xy[:, 0]))
+        if (np.abs(xy[:, 0]) > 180).any() or ((jumps > 180) & (jumps != 360)).any():
+            return True
+    return False
+
+
+def _polygonal(geometry: shapely.Geometry) -> list[shapely.Polygon]:
+    parts = shapely.get_parts(shapely.get_parts(geometry))
+    return list(parts[shapely.get_type_id(parts) == 3])
+
+
+def _repair(
+    polygon: shapely.Geometry, reason: str, label: str, source: str, fix_invalid: bool
+) -> list[shapely.Polygon]:
+    if not fix_invalid:
+        raise region_error(
+            source,
+            label,
+            f"the polygon is invalid ({reason}); fix the ring so that it does not "
+            "cross itself, or repair it with shapely.make_valid: --fix-invalid on the command "
+            "line, fix_invalid=True in Python",
+        )
+    parts = _polygonal(shapely.make_valid(polygon))
+    if not parts:
+        raise region_error(
+            source,
+            label,
+            f"the polygon is invalid ({reason}) and has no area left after repair; redraw it",
+        )
+    warnings.warn(
+        f"{source}: {label}: repaired an invalid polygon ({reason}) with shapely.make_valid; "
+        f"kept {len(parts)} polygon part(s), dropped any lines or points",
+        UserWarning,
+        stacklevel=2,
+    )
+    return parts
+
+
+def fix_polygon(
+    rings: list[np.ndarray], label: str, source: str, fix_invalid: bool
+) -> list[shapely.Polygon]:
+    """Make one polygon valid, split at the antimeridian, oriented; return its parts."""
+    polygon = shapely.Polygon(rings[0], rings[1:])
+    if not _crosses_antimeridian(rings):
+        if not polygon.is_valid:
+            return _repair(polygon, shapely.is_valid_reason(polygon), label, source, fix_invalid)
+        return [polygon]
+    if all((np.abs(xy[:, 0]) <= 180).all() for xy in rings):
+        # Only a jump of more than 180 degrees says "across the antimeridian"; read literally
+        # (RFC 7946: straight edges in lon/lat), the same ring goes the long way round.
+        warnings.warn(
+            f"{source}: {label}: a ring jumps more than 180 degrees of longitude between two "
+            "positions, so it is read as crossing the antimeridian (the short way). If you "
+            "meant the long way round (a box nearly as wide as the world), split it at 0 "
+            "degrees into two polygons; to cross the antimeridian without this warning, write "
+            "the longitudes continuously (e.g. 179.5 to 180.5)",
+            UserWarning,
+            stacklevel=2,
+        )
+    # Try the plain split first, then closing the ring over either pole (as the antimeridian
+    # package's docs advise for rings with few points near a pole).
+    fixed = None
+    for pole in ({}, {"force_north_pole": True}, {"force_south_pole": True}):
+        try:
+            candidate = antimeridian.fix_polygon(
+                polygon, fix_winding=True, great_circle=False, **pole
+            )
+        except Exception:  # noqa: BLE001 - any failure of the library means "cannot split"
+            continue
+        if candidate.is_valid:
+            return _polygonal(candidate)
+        if fixed is None:
+            fixed = candidate
+    if fixed is None:
+        raise region_error(
+            source,
+            label,
+            "the polygon crosses the antimeridian but cannot be split into valid "
+            "parts; check that its rings do not cross themselves",
+        )
+    reason = f"after splitting at the antimeridian: {shapely.is_valid_reason(fixed)}"
+    return _repair(fixed, reason, label, source, fix_invalid)
+
+
+def geodesic_area_km2(geometry: shapely.Geometry) -> float:
+    """Area on the WGS84 ellipsoid of a lon/lat geometry whose edges are straight in lon/lat.
+
+    Densified, then measured in the cylindrical equal-area projection (exact on the ellipsoid),
+    where longitude is linear: a box as wide as the world, or reaching a pole, keeps its area
+    (geodesic ring formulas read its -180 and 180 edges as one line, and a world box as 0 km2).
+    """
+    dense = shapely.segmentize(geometry, _DENSIFY_DEG)
+    projected = shapely.transform(dense, _EQUAL_AREA, interleaved=False)
+    return float(shapely.area(projected)) / 1e6
