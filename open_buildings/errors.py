@@ -29,6 +29,11 @@ class EvaluationError(OpenBuildingsError, ValueError):
     """Predictions or ground truth cannot be evaluated (unreadable, wrong geometry, no CRS...)."""
 
 
+class ShardError(OpenBuildingsError, ValueError):
+    """A footprint shard (``.csv.gz`` / ``.parquet``) is damaged: truncated, not the format its
+    name says, missing a column, or holding a row whose geometry cannot be read."""
+
+
 class CheckpointError(OpenBuildingsError, ValueError):
     """A checkpoint is corrupt, not safetensors, fails its sha256, or does not fit its model."""
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,6 +31,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--min-confidence", type=float, default=0.0, metavar="X")
     parser.add_argument("--out", metavar="FILE", help="default: <region>_buildings.<ext>")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    parser.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="leave out damaged rows and shards with a warning that counts them (default: stop "
+        "at the first, naming the file and row; nothing is written then)",
+    )
     return run_command("ob-download", _download, parser.parse_args(argv))
 
 
@@ -37,13 +45,18 @@ def _download(args: argparse.Namespace) -> int:
 
     region = read_region(args.region)
     out = args.out or f"{Path(args.region).stem}_buildings{EXTENSIONS[args.format]}"
-    result = download(
-        region.geometry,
-        args.source,
-        out,
-        fmt=args.format,
-        min_confidence=args.min_confidence,
-        overwrite=args.overwrite,
-    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = download(
+            region.geometry,
+            args.source,
+            out,
+            fmt=args.format,
+            min_confidence=args.min_confidence,
+            overwrite=args.overwrite,
+            skip_bad=args.skip_bad,
+        )
+    for w in caught:
+        print(f"ob-download: warning: {w.message}", file=sys.stderr)
     print(f"{result['rows']:,} buildings from {len(result['shards'])} shard(s) -> {result['out']}")
     return 0

@@ -38,6 +38,12 @@ def parser() -> argparse.ArgumentParser:
         default=0.0,
         help="SpaceNet min_area, in the compared units squared (SpaceNet 2 used 20 px)",
     )
+    p.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="leave out damaged shard rows and files, and polygons with NaN vertices, with a "
+        "warning that counts them (default: stop at the first, naming it)",
+    )
     return p
 
 
@@ -59,7 +65,13 @@ def _evaluate(args: argparse.Namespace) -> int:
         report.prepare_out_dir(out, overwrite=args.overwrite)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", io.EvaluationWarning)
-        ev = evaluate_files(args.pred, args.truth, region_path=args.region, min_area=args.min_area)
+        ev = evaluate_files(
+            args.pred,
+            args.truth,
+            region_path=args.region,
+            min_area=args.min_area,
+            skip_bad=args.skip_bad,
+        )
     for w in caught:
         print(f"ob-eval: warning: {w.message}", file=sys.stderr)
     paths = report.write_report(ev, out, pred=args.pred, truth=args.truth, overwrite=args.overwrite)

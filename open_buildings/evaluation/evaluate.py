@@ -155,6 +155,7 @@ def evaluate_files(
     *,
     region_path: str | None = None,
     min_area: float = 0.0,
+    skip_bad: bool = False,
 ) -> Evaluation:
     """Read, align, clip and score PRED against TRUTH.
 
@@ -163,19 +164,21 @@ def evaluate_files(
         truth_path: Ground truth.
         region_path: Optional region GeoJSON to clip both to.
         min_area: SpaceNet ``min_area``.
+        skip_bad: skip damaged shard rows/files and polygons with NaN vertices, with a warning,
+            instead of raising.
 
     Returns:
         The evaluation.
     """
-    pred, truth, crs = _read_area(pred_path, truth_path, region_path)
+    pred, truth, crs = _read_area(pred_path, truth_path, region_path, skip_bad)
     crs_name = "pixels" if crs is None else io.crs_name(crs)
     return evaluate(pred, truth, crs_name=crs_name, min_area=min_area)
 
 
 def _read_area(
-    pred_path: str, truth_path: str, region_path: str | None
+    pred_path: str, truth_path: str, region_path: str | None, skip_bad: bool = False
 ) -> tuple[Footprints, Footprints, object]:
-    pred, truth = io.read_pair(pred_path, truth_path)
+    pred, truth = io.read_pair(pred_path, truth_path, skip_bad=skip_bad)
     pred, truth, crs = io.to_common_crs(pred, truth)
     if region_path:
         from open_buildings.geo import regions

@@ -24,8 +24,8 @@ from pyproj import CRS
 
 from open_buildings.errors import EvaluationError
 from open_buildings.evaluation.spacenet import read_spacenet_csv
-from open_buildings.geo import footprints as geo_footprints
 from open_buildings.geo import grid
+from open_buildings.geo.shard_read import SkipLog, non_finite, read_footprints
 
 #: Property names read as a prediction's confidence, in order of preference.
 SCORE_FIELDS = ("confidence", "Confidence", "score", "conf")
@@ -94,7 +94,11 @@ def concat(parts: list[Footprints]) -> Footprints:
 
 
 def read_instances(
-    path: str | os.PathLike, *, role: str = "input", wkt_column: str = "PolygonWKT_Pix"
+    path: str | os.PathLike,
+    *,
+    role: str = "input",
+    wkt_column: str = "PolygonWKT_Pix",
+    skip_bad: bool = False,
 ) -> Footprints:
     """Read footprints from a footprint folder or file, a GeoJSON file, or a SpaceNet CSV.
 
@@ -103,6 +107,8 @@ def read_instances(
             ``.geojson`` / ``.json`` file, or a SpaceNet ``.csv``.
         role: "PRED" or "TRUTH", used in messages.
         wkt_column: For a SpaceNet CSV, the WKT column to read (``PolygonWKT_Geo`` for lon/lat).
+        skip_bad: Skip damaged shard rows/files and polygons with NaN or infinite vertices
+            (with a warning) instead of raising.
 
     Returns:
         The footprints, repaired where invalid.
@@ -118,7 +124,7 @@ def read_instances(
         )
     name = src.name.lower()
     if src.is_dir() or name.endswith((".csv.gz", ".parquet")):
-        out = _read_folder(src)
+        out = _read_folder(src, role, skip_bad)
     elif name.endswith((".geojson", ".json")):
         out = _read_geojson(src, role)
     elif name.endswith(".csv"):
@@ -128,14 +134,52 @@ def read_instances(
             f"{role} {src}: unknown format; give a footprint folder (.csv.gz / .parquet shards), "
             "a .geojson file or a SpaceNet .csv"
         )
-    return repair(out, role=role)
+    return repair(drop_unreadable(out, role=role, skip_bad=skip_bad), role=role)
 
 
-def _read_folder(src: Path) -> Footprints:
+def drop_unreadable(fp: Footprints, *, role: str = "input", skip_bad: bool = False) -> Footprints:
+    """Refuse (or, with ``skip_bad``, drop with a warning) geometries missing or not finite.
+
+    ``shapely.make_valid`` cannot repair them (GEOS raises), and no metric can use them.
+
+    Raises:
+        EvaluationError: naming the first such feature, unless ``skip_bad``.
+    """
+    bad = non_finite(fp.geometry) if len(fp) else np.zeros(0, bool)
+    if not bad.any():
+        return fp
+    where = np.flatnonzero(bad)
+    listed = ", ".join(fp.names[where[:5]]) + (
+        f" and {len(where) - 5} more" if len(where) > 5 else ""
+    )
+    if not skip_bad:
+        raise EvaluationError(
+            f"{role} {fp.source}: {len(where)} footprint(s) have no usable polygon (none, or a "
+            f"NaN or infinite vertex): {listed}; fix them, or pass --skip-bad to "
+            "leave them out with a warning"
+        )
+    warnings.warn(
+        f"--skip-bad: {role} {fp.source}: left out {len(where)} footprint(s) with no usable "
+        f"polygon: {listed}",
+        EvaluationWarning,
+        stacklevel=2,
+    )
+    return fp.take(~bad)
+
+
+def _read_folder(src: Path, role: str = "input", skip_bad: bool = False) -> Footprints:
+    skipped = SkipLog()
     try:
-        frame = geo_footprints.read_footprints(src)
+        frame = read_footprints(src, skip_bad=skip_bad, skipped=skipped)
     except (OSError, ValueError) as e:
-        raise EvaluationError(f"{src}: cannot read footprints ({e})") from e
+        raise EvaluationError(f"{role} {src}: cannot read footprints ({e})") from e
+    if skipped.rows or skipped.files:
+        warnings.warn(
+            f"--skip-bad: {role} {src}: left out {skipped.rows:,} damaged row(s) and "
+            f"{len(skipped.files)} damaged file(s): " + "; ".join(skipped.reasons),
+            EvaluationWarning,
+            stacklevel=2,
+        )
     geoms = np.asarray(frame.geometry.values, dtype=object)
     return Footprints(
         geoms,
@@ -243,7 +287,7 @@ def _polygonal(geom: shapely.Geometry) -> shapely.Geometry:
 
 
 def read_pair(
-    pred_path: str | os.PathLike, truth_path: str | os.PathLike
+    pred_path: str | os.PathLike, truth_path: str | os.PathLike, *, skip_bad: bool = False
 ) -> tuple[Footprints, Footprints]:
     """Read PRED and TRUTH so that they can be compared.
 
@@ -253,6 +297,7 @@ def read_pair(
     Args:
         pred_path: Predictions.
         truth_path: Ground truth.
+        skip_bad: Skip damaged rows, files and polygons with a warning (:func:`read_instances`).
 
     Returns:
         ``(pred, truth)``, not yet in a common CRS (see :func:`to_common_crs`).
@@ -260,12 +305,14 @@ def read_pair(
     Raises:
         EvaluationError: If either cannot be read, or pixels meet lon/lat with no way across.
     """
-    pred = read_instances(pred_path, role="PRED")
-    truth = read_instances(truth_path, role="TRUTH")
+    pred = read_instances(pred_path, role="PRED", skip_bad=skip_bad)
+    truth = read_instances(truth_path, role="TRUTH", skip_bad=skip_bad)
     if (pred.crs is None) != (truth.crs is None):
         pix_path, role = (pred_path, "PRED") if pred.crs is None else (truth_path, "TRUTH")
         try:
-            geo = read_instances(pix_path, role=role, wkt_column="PolygonWKT_Geo")
+            geo = read_instances(
+                pix_path, role=role, wkt_column="PolygonWKT_Geo", skip_bad=skip_bad
+            )
         except EvaluationError as e:
             raise EvaluationError(
                 f"{role} {pix_path} is in pixel coordinates and the other input is "

@@ -294,69 +294,6 @@ def _record(path: Path, fmt: str, rows: gpd.GeoDataFrame) -> FileRecord:
     return FileRecord(path, fmt, len(rows), path.stat().st_size, digest.hexdigest(), bbox)
 
 
-def read_footprints(
-    path: str | os.PathLike, *, bbox: tuple[float, float, float, float] | None = None
-) -> gpd.GeoDataFrame:
-    """Read footprints from a ``.csv.gz``, a ``.parquet``, or a folder of them.
-
-    In a folder, a shard written in both formats (``x.csv.gz`` and ``x.parquet``) is read once,
-    from the Parquet file. Files are concatenated in name order.
-
-    Args:
-        path: a file or a folder.
-        bbox: ``(min_lon, min_lat, max_lon, max_lat)``; keep only rows whose geometry's bounding
-            box intersects it (Parquet row groups outside it are not read).
-
-    Returns:
-        A GeoDataFrame in EPSG:4326 with the ``SCHEMA_COLUMNS``.
-
-    Raises:
-        FileNotFoundError: if ``path`` does not exist or a folder holds no footprint files.
-        ValueError: for a file that is neither ``.csv.gz`` nor ``.parquet``.
-    """
-    source = Path(path)
-    if not source.exists():
-        raise FileNotFoundError(f"no footprints at {source}")
-    files = _footprint_files(source) if source.is_dir() else [source]
-    if not files:
-        raise FileNotFoundError(f"{source} holds no *{CSV_SUFFIX} or *{PARQUET_SUFFIX} files")
-    frames = [_read_one(f, bbox) for f in files]
-    out = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-    return gpd.GeoDataFrame(out, geometry="geometry", crs="EPSG:4326")
-
-
-def _footprint_files(folder: Path) -> list[Path]:
-    chosen: dict[str, Path] = {}
-    for file in sorted(folder.iterdir()):
-        name = file.name
-        if name.startswith(".") or not file.is_file():
-            continue
-        for suffix in (PARQUET_SUFFIX, CSV_SUFFIX):
-            if name.endswith(suffix):
-                stem = name[: -len(suffix)]
-                if suffix == PARQUET_SUFFIX or stem not in chosen:
-                    chosen[stem] = file
-    return [chosen[stem] for stem in sorted(chosen)]
-
-
-def _read_one(path: Path, bbox: tuple[float, float, float, float] | None) -> gpd.GeoDataFrame:
-    if path.name.endswith(PARQUET_SUFFIX):
-        frame = gpd.read_parquet(path, bbox=bbox)
-        return frame[SCHEMA_COLUMNS]
-    if not path.name.endswith(CSV_SUFFIX):
-        raise ValueError(f"{path} is not a footprint file (*{CSV_SUFFIX} or *{PARQUET_SUFFIX})")
-    table = pd.read_csv(path, compression="gzip", dtype={"full_plus_code": str, "geometry": str})
-    missing = [c for c in SCHEMA_COLUMNS if c not in table.columns]
-    if missing:
-        raise ValueError(f"{path} lacks the column(s) {missing}; is it an Open Buildings file?")
-    geometry = shapely.from_wkt(table["geometry"].to_numpy())
-    frame = gpd.GeoDataFrame(table, geometry=gpd.GeoSeries(geometry, crs="EPSG:4326"))
-    if bbox is not None:
-        minx, miny, maxx, maxy = shapely.bounds(geometry).T
-        frame = frame[(minx <= bbox[2]) & (maxx >= bbox[0]) & (miny <= bbox[3]) & (maxy >= bbox[1])]
-    return frame[SCHEMA_COLUMNS].reset_index(drop=True)
-
-
 def write_manifest(
     folder: str | os.PathLike,
     records: Sequence[FileRecord],

@@ -28,6 +28,7 @@ import shapely
 
 from open_buildings.errors import ConfigError
 from open_buildings.geo import cells, footprints, grid
+from open_buildings.geo.shard_read import SkipLog, shard_chunks
 
 CHUNK_ROWS = 100_000
 _V3_FOLDER = re.compile(r"^polygons_s2_level_(\d+)_gzip$")
@@ -127,26 +128,25 @@ def shards_for(region: shapely.Geometry, layout: Layout) -> list[str]:
     return [layout.shard(t) for t in tokens if _exists(layout.shard(t))]
 
 
-def read_chunks(path: str, chunk_rows: int = CHUNK_ROWS) -> Iterator[pd.DataFrame]:
+def read_chunks(
+    path: str,
+    chunk_rows: int = CHUNK_ROWS,
+    *,
+    skip_bad: bool = False,
+    skipped: SkipLog | None = None,
+) -> Iterator[pd.DataFrame]:
     """Yield a shard's rows in chunks, geometry as shapely objects, with the schema columns.
 
     Args:
         path: a ``.csv.gz`` or ``.parquet`` shard (local or URL).
         chunk_rows: rows per chunk.
+        skip_bad: skip damaged rows and files (counted in ``skipped``) instead of raising.
+        skipped: where skipped rows and files are counted.
+
+    Raises:
+        ShardError: a damaged file or row, naming it (:mod:`open_buildings.geo.shard_read`).
     """
-    if path.endswith(footprints.PARQUET_SUFFIX):
-        with _open(path) as handle:
-            reader = pq.ParquetFile(handle)
-            for batch in reader.iter_batches(batch_size=chunk_rows):
-                frame = batch.to_pandas()
-                frame["geometry"] = shapely.from_wkb(frame["geometry"].to_numpy())
-                yield frame[footprints.SCHEMA_COLUMNS]
-        return
-    with _open(path) as raw, gzip.open(raw, "rt", encoding="utf-8", newline="") as text:
-        kinds = {"full_plus_code": str, "geometry": str}
-        for frame in pd.read_csv(text, dtype=kinds, chunksize=chunk_rows):
-            frame["geometry"] = shapely.from_wkt(frame["geometry"].to_numpy())
-            yield frame[footprints.SCHEMA_COLUMNS]
+    yield from shard_chunks(path, _open, chunk_rows, skip_bad=skip_bad, skipped=skipped)
 
 
 def select(frame: pd.DataFrame, region: Any, min_confidence: float) -> pd.DataFrame:
@@ -307,6 +307,7 @@ def download(
     min_confidence: float = 0.0,
     overwrite: bool = False,
     chunk_rows: int = CHUNK_ROWS,
+    skip_bad: bool = False,
 ) -> dict[str, Any]:
     """Write the buildings of ``source`` that intersect ``region`` to one file, streaming.
 
@@ -319,9 +320,11 @@ def download(
         min_confidence: drop buildings below this confidence.
         overwrite: replace an existing ``out``.
         chunk_rows: rows read at a time.
+        skip_bad: skip damaged rows and files with one warning instead of stopping at the first
+            (nothing is written then: the output appears only when complete).
 
     Returns:
-        ``{"rows", "shards", "out"}``.
+        ``{"rows", "shards", "out", "skipped"}`` (``skipped``: a :class:`SkipLog`).
 
     Raises:
         ConfigError: for an unknown format.
@@ -334,8 +337,10 @@ def download(
     shapely.prepare(region)
     with footprints.atomic_write(out, overwrite=overwrite) as handle:
         writer = _Writer(handle, fmt, gzip_csv=str(out).endswith(".gz"))
+        skipped = SkipLog()
         for shard in shards:
-            for chunk in read_chunks(shard, chunk_rows):
+            for chunk in read_chunks(shard, chunk_rows, skip_bad=skip_bad, skipped=skipped):
                 writer.write(select(chunk, region, min_confidence))
         writer.close()
-    return {"rows": writer.rows, "shards": shards, "out": str(out)}
+    skipped.warn(f"the shards in {source}")
+    return {"rows": writer.rows, "shards": shards, "out": str(out), "skipped": skipped}

@@ -22,13 +22,13 @@ from open_buildings.geo.footprints import (
     SCHEMA_COLUMNS,
     FileRecord,
     atomic_write,
-    read_footprints,
     to_schema,
     write_csv_gz,
     write_geoparquet,
     write_manifest,
 )
 from open_buildings.geo.polygonize import polygonize
+from open_buildings.geo.shard_read import read_footprints
 
 # The published Open Buildings v3 row this format follows.
 PUBLISHED_LAT, PUBLISHED_LON = 10.26189342, 11.20633394
@@ -205,7 +205,7 @@ def test_folder_reads_each_shard_once(tmp_path: Path, buildings: gpd.GeoDataFram
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="holds no"):
         read_footprints(tmp_path / "empty")
-    with pytest.raises(ValueError, match="not a footprint file"):
+    with pytest.raises(ValueError, match="not a footprint shard"):
         read_footprints(tmp_path / "notes.txt")
 
 

@@ -14,8 +14,8 @@ import shapely
 from open_buildings.commands import infer as ob_infer
 from open_buildings.evaluation.evaluate import evaluate_files
 from open_buildings.evaluation.thresholds import best_f1
-from open_buildings.geo.footprints import read_footprints
 from open_buildings.geo.regions import read_region
+from open_buildings.geo.shard_read import read_footprints
 from open_buildings.models.checkpoint import read_operating_points
 from open_buildings.resources import resource
 

@@ -10,8 +10,8 @@ import pytest
 import rasterio
 
 from open_buildings.commands import infer as ob_infer
-from open_buildings.geo.footprints import read_footprints
 from open_buildings.geo.imagery import open_imagery
+from open_buildings.geo.shard_read import read_footprints
 from open_buildings.models.checkpoint import read_input_ranges
 from open_buildings.pipelines import domain, sinks
 from open_buildings.resources import resource

@@ -13,6 +13,7 @@ from conftest import write_region
 
 from open_buildings.commands import download as ob_download
 from open_buildings.geo import cells, footprints
+from open_buildings.geo.shard_read import read_footprints
 from open_buildings.pipelines import download, sinks
 
 INSIDE = (36.9071, -1.3056, 36.9076, -1.3051)  # a part of the small test region
@@ -24,7 +25,7 @@ def v3_root(clean_run: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("v3")
     folder = root / "polygons_s2_level_4_gzip"
     folder.mkdir()
-    frame = footprints.read_footprints(clean_run["out"] / "182f_buildings.parquet")
+    frame = read_footprints(clean_run["out"] / "182f_buildings.parquet")
     token = cells.cell_token(36.9, -1.3, 4)
     footprints.write_csv_gz(frame, folder / f"{token}_buildings.csv.gz")
     # A shard on another continent: it must never be opened (it is not even valid gzip).
@@ -47,7 +48,7 @@ def test_v3_layout_reads_only_the_shards_touching_the_region(
         shapely.box(*INSIDE), str(v3_root), out, fmt="csv", chunk_rows=7
     )  # tiny chunks: the streaming path
     assert [Path(s).parent.name for s in result["shards"]] == ["polygons_s2_level_4_gzip"]
-    source = footprints.read_footprints(clean_run["out"] / "182f_buildings.csv.gz")
+    source = read_footprints(clean_run["out"] / "182f_buildings.csv.gz")
     expected = _expected(source, INSIDE)
     got = pd.read_csv(out)
     assert 0 < len(got) == len(expected) == result["rows"] < len(source)
@@ -63,7 +64,7 @@ def test_ob_infer_folder_in_every_format(
     out = tmp_path / f"out.{fmt}"
     argv = [str(region), "--source", str(clean_run["out"]), "--format", fmt, "--out", str(out)]
     assert ob_download.main([*argv, "--min-confidence", "0.5"]) == 0
-    source = footprints.read_footprints(clean_run["out"])
+    source = read_footprints(clean_run["out"])
     expected = _expected(source[source["confidence"] >= 0.5], INSIDE)
     if fmt == "parquet":
         got = gpd.read_parquet(out)

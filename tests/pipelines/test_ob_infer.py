@@ -150,7 +150,7 @@ def test_any_config_key_can_be_set_with_o(
 
 
 def _written(out: Path) -> tuple[dict, object]:
-    from open_buildings.geo.footprints import read_footprints
+    from open_buildings.geo.shard_read import read_footprints
 
     return json.loads((out / "manifest.json").read_text())["settings"], read_footprints(out)
 
