@@ -138,25 +138,20 @@ def read_instances(
 
 
 def drop_unreadable(fp: Footprints, *, role: str = "input", skip_bad: bool = False) -> Footprints:
-    """Refuse (or, with ``skip_bad``, drop with a warning) geometries missing or not finite.
+    """Refuse (or, ``skip_bad``, drop with a warning) geometries that are missing or not finite.
 
     ``shapely.make_valid`` cannot repair them (GEOS raises), and no metric can use them.
-
-    Raises:
-        EvaluationError: naming the first such feature, unless ``skip_bad``.
     """
     bad = non_finite(fp.geometry) if len(fp) else np.zeros(0, bool)
     if not bad.any():
         return fp
     where = np.flatnonzero(bad)
-    listed = ", ".join(fp.names[where[:5]]) + (
-        f" and {len(where) - 5} more" if len(where) > 5 else ""
-    )
+    listed = ", ".join(fp.names[where[:5]]) + (" ..." if len(where) > 5 else "")
+    what = f"{role} {fp.source}: {len(where)} footprint(s) have no usable polygon"
     if not skip_bad:
         raise EvaluationError(
-            f"{role} {fp.source}: {len(where)} footprint(s) have no usable polygon (none, or a "
-            f"NaN or infinite vertex): {listed}; fix them, or pass --skip-bad to "
-            "leave them out with a warning"
+            f"{what} (none, or a NaN or infinite vertex): {listed}; fix them, or pass "
+            "--skip-bad to leave them out with a warning"
         )
     warnings.warn(
         f"--skip-bad: {role} {fp.source}: left out {len(where)} footprint(s) with no usable "

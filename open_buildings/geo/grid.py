@@ -26,6 +26,8 @@ from open_buildings.geo import cells
 _DENSIFY_DEG = 0.01
 # Polygons wider than this (degrees of longitude) go to S2 in bands of at most this width.
 _MAX_BAND_DEG = 90.0
+#: Regions of more parts than this go to S2 in batches of this many nearby parts.
+_BATCH_PARTS = 128
 #: Tiles are enumerated in chunks: the S2 cells this many levels above the tile level.
 CHUNK_LEVELS = 5
 
@@ -159,21 +161,52 @@ def tile_for_point(lon: float, lat: float, spec: GridSpec | None = None) -> Tile
 def cover(geometry: shapely.Geometry, spec: GridSpec | None = None) -> Iterator[Tile]:
     """Yield exactly the tiles whose core touches ``geometry``, in S2 (Hilbert) order.
 
-    It streams: the S2 hierarchy is walked depth first, so a continent never becomes a list.
+    It streams: the S2 hierarchy is walked depth first, so a continent never becomes a list. A
+    region of many parts (over :data:`_BATCH_PARTS`, e.g. 100,000 building-sized squares) is
+    walked batch by batch instead, and its tiles (a few per part at most) are listed and sorted.
 
     Args:
         geometry: a (multi)polygon in lon/lat within ±180, e.g. ``Region.geometry``.
         spec: the grid spec; defaults to ``GridSpec()``.
     """
     spec = spec or GridSpec()
-    for cell_id in _walk(_to_s2(geometry), spec.level):
-        yield Tile(cell_id.ToToken(), spec)
+    batches = _s2_batches(geometry)
+    if len(batches) == 1:
+        for cell_id in _walk(batches[0], spec.level):
+            yield Tile(cell_id.ToToken(), spec)
+        return
+    for cell_id in sorted(_batched_ids(batches, spec.level)):
+        yield Tile(s2.S2CellId(cell_id).ToToken(), spec)
 
 
 def count_tiles(geometry: shapely.Geometry, spec: GridSpec | None = None) -> int:
     """Return how many tiles ``cover`` would yield, without enumerating the interior ones."""
     spec = spec or GridSpec()
-    return sum(_walk(_to_s2(geometry), spec.level, count_only=True))
+    batches = _s2_batches(geometry)
+    if len(batches) == 1:
+        return sum(_walk(batches[0], spec.level, count_only=True))
+    return len(_batched_ids(batches, spec.level))
+
+
+def _s2_batches(geometry: shapely.Geometry) -> list[s2.S2Polygon]:
+    """One S2Polygon, or one per batch of nearby parts for a region of very many parts.
+
+    S2Polygon.InitNested works out which loop lies in which, a cost that grows with the square
+    of the loops; batches of parts in Hilbert order keep each small and compact.
+    """
+    parts = shapely.get_parts(geometry)
+    if len(parts) <= _BATCH_PARTS:
+        return [_to_s2(geometry)]
+    centres = shapely.get_coordinates(shapely.point_on_surface(parts))
+    order = np.argsort(cells.cell_ids(centres[:, 0], centres[:, 1]), kind="stable")
+    return [
+        _to_s2(shapely.MultiPolygon(list(parts[order[i : i + _BATCH_PARTS]])))
+        for i in range(0, len(parts), _BATCH_PARTS)
+    ]
+
+
+def _batched_ids(batches: list[s2.S2Polygon], level: int) -> set[int]:
+    return {cell_id.id() for polygon in batches for cell_id in _walk(polygon, level)}
 
 
 def _walk(polygon: s2.S2Polygon, level: int, count_only: bool = False) -> Iterator:

@@ -15,7 +15,7 @@ from pyproj import Transformer
 
 from open_buildings.geo.geojson import region_error
 
-__all__ = ["check_members", "fix_polygon", "geodesic_area_km2"]
+__all__ = ["check_members", "fix_polygon", "geodesic_area_km2", "union"]
 
 _EQUAL_AREA = Transformer.from_crs(
     "EPSG:4326", "+proj=cea +ellps=WGS84 +lat_ts=0 +units=m", always_xy=True
@@ -67,8 +67,11 @@ def check_members(
 
 def _crosses_antimeridian(rings: list[np.ndarray]) -> bool:
     for xy in rings:
-        jumps = np.abs(np.diff(xy[:, 0]))
-        if (np.abs(xy[:, 0]) > 180).any() or ((jumps > 180) & (jumps != 360)).any():
+        lon = xy[:, 0]
+        if np.abs(lon).max() > 180:
+            return True
+        jumps = np.abs(np.diff(lon))
+        if jumps.max(initial=0.0) > 180 and ((jumps > 180) & (jumps != 360)).any():
             return True
     return False
 
@@ -161,3 +164,33 @@ def geodesic_area_km2(geometry: shapely.Geometry) -> float:
     dense = shapely.segmentize(geometry, _DENSIFY_DEG)
     projected = shapely.transform(dense, _EQUAL_AREA, interleaved=False)
     return float(shapely.area(projected)) / 1e6
+
+
+def union(polygons: list[shapely.Polygon]) -> shapely.Geometry:
+    """Union valid polygons: only those that touch or overlap are merged, with one another.
+
+    GEOS's unary union of 100,000 building-sized squares takes tens of seconds, though most of
+    them touch nothing; the touching groups are found with an STRtree (one vectorised query) and
+    their connected components, and only groups of two or more are unioned.
+
+    Returns:
+        A valid (Multi)Polygon covering the same area as ``shapely.union_all(polygons)``.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    parts = np.asarray(polygons, dtype=object)
+    if len(parts) < 3:
+        return shapely.union_all(parts)
+    left, right = shapely.STRtree(parts).query(parts, predicate="intersects")
+    pairs = left < right
+    graph = coo_matrix(
+        (np.ones(pairs.sum(), dtype=np.int8), (left[pairs], right[pairs])),
+        shape=(len(parts), len(parts)),
+    )
+    _, labels = connected_components(graph, directed=False)
+    sizes = np.bincount(labels)
+    merged = list(parts[sizes[labels] == 1])
+    for label in np.flatnonzero(sizes > 1):
+        merged.extend(shapely.get_parts(shapely.union_all(parts[labels == label])))
+    return merged[0] if len(merged) == 1 else shapely.MultiPolygon(merged)

@@ -82,7 +82,12 @@ from open_buildings.geo.geojson import (
     too_big,
     too_deep,
 )
-from open_buildings.geo.region_geometry import check_members, fix_polygon, geodesic_area_km2
+from open_buildings.geo.region_geometry import (
+    check_members,
+    fix_polygon,
+    geodesic_area_km2,
+    union,
+)
 
 __all__ = ["Region", "parse_region", "read_region", "region_from_bbox"]
 
@@ -207,7 +212,7 @@ def _build(obj: Any, source: str, max_area_km2: float, fix_invalid: bool) -> Reg
             + (" ..." if len(skipped) > 10 else ""),
             stacklevel=3,
         )
-    geometry = shapely.orient_polygons(shapely.union_all(polygons))
+    geometry = shapely.orient_polygons(union(polygons))
     return _region(geometry, source, max_area_km2)
 
 
@@ -317,7 +322,9 @@ def _ring(ring: Any, label: str, source: str) -> np.ndarray:
         xy = np.array(ring if len(lengths) == 1 else [p[:2] for p in ring], dtype=float)[:, :2]
     except OverflowError:
         raise region_error(source, label, "a coordinate is too large to be a degree") from None
-    bad = np.flatnonzero(~np.isfinite(xy).all(axis=1))
+    bad = (
+        np.zeros(0, int) if np.isfinite(xy).all() else np.flatnonzero(~np.isfinite(xy).all(axis=1))
+    )
     if bad.size:
         raise region_error(
             source, label, f"position {bad[0]} is NaN or infinite; fix the coordinates"
@@ -330,8 +337,8 @@ def _ring(ring: Any, label: str, source: str) -> np.ndarray:
             f"the last {list(ring[-1])}; repeat the first position at the end",
         )
     lon, lat = xy[:, 0], xy[:, 1]
-    bad = np.flatnonzero(np.abs(lat) > 90)
-    if bad.size:
+    bad = np.flatnonzero(np.abs(lat) > 90) if np.abs(lat).max() > 90 else ()
+    if len(bad):
         k = bad[0]
         if abs(lon[k]) <= 90:
             hint = "coordinates look like [lat, lon]; GeoJSON is [lon, lat]: swap them"
@@ -342,8 +349,8 @@ def _ring(ring: Any, label: str, source: str) -> np.ndarray:
             label,
             f"position {k} {list(ring[k])} has latitude {lat[k]:g}, outside [-90, 90]; {hint}",
         )
-    bad = np.flatnonzero(np.abs(lon) > 360)
-    if bad.size:
+    bad = np.flatnonzero(np.abs(lon) > 360) if np.abs(lon).max() > 360 else ()
+    if len(bad):
         k = bad[0]
         raise region_error(
             source,
