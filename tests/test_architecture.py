@@ -25,6 +25,7 @@ STAGES = {
     "domain",
     "probabilities",
     "sinks",
+    "faults",
     "download",
 }
 BASE = {"errors", "config", "remote", "resources", "__init__", "__version__"}

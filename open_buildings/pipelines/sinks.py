@@ -21,6 +21,7 @@ import geopandas as gpd
 import pandas as pd
 
 from open_buildings.geo import footprints
+from open_buildings.pipelines import faults
 from open_buildings.pipelines.postprocess import canonical_order
 from open_buildings.remote import is_remote, upload
 
@@ -75,6 +76,7 @@ def write_partial(frame: gpd.GeoDataFrame, path: str | os.PathLike[str]) -> Path
     target.parent.mkdir(parents=True, exist_ok=True)
     with footprints.atomic_write(target, overwrite=True) as handle:
         frame.to_parquet(handle, index=False)
+    faults.point("partial")
     return target
 
 
@@ -192,6 +194,7 @@ def write_shard(
             if remote:
                 upload(record.path, f"{root.rstrip('/')}/{name}")
             records.append((name, record))
+            faults.point("shard")
     return records
 
 
@@ -231,6 +234,7 @@ def finalize(
             if remote:
                 upload(base / DEAD_LETTER_NAME, f"{root.rstrip('/')}/{DEAD_LETTER_NAME}")
         rebased = [replace(record, path=base / name) for name, record in records]
+        faults.point("manifest")
         manifest = footprints.write_manifest(
             base,
             rebased,
