@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from damage import BANEPA, NAIROBI, as_real_png, copy_folder, garble, offsets, truncate
+from damage import BANEPA, DATA, NAIROBI, as_real_png, copy_folder, garble, offsets, truncate
 
 from open_buildings.errors import ImageryError
 from open_buildings.geo.grid import GridSpec, cover
@@ -76,6 +76,25 @@ def test_truncation_anywhere_is_an_error(tmp_path: Path, fixture: Path, name: st
             warnings.simplefilter("ignore")  # a mosaic's "skipped a file" warning
             with pytest.raises(ImageryError, match=name.replace(".", r"\.")):
                 _read_all(open_imagery(str(folder)))
+
+
+SINGLE_FILES = [
+    DATA / "spacenet2_vegas_400px_uint16.tif",  # uint16, tiled deflate GeoTIFF
+    DATA / "rasterio_cogeo_0.6m_no_buildings.tif",  # JPEG-compressed COG with overviews
+    Path(__file__).resolve().parents[2] / "geo" / "sample" / "nairobi_a.tif",  # the demo's COG
+]
+
+
+@pytest.mark.parametrize("original", SINGLE_FILES, ids=lambda p: p.name)
+def test_a_truncated_geotiff_is_an_error_never_garbage(tmp_path: Path, original: Path) -> None:
+    tiles = _tiles(open_imagery(str(original)))
+    for k, at in enumerate(offsets(original, count=6, seed=11)):
+        path = tmp_path / f"cut{k}_{original.name}"
+        path.write_bytes(original.read_bytes()[:at])
+        with pytest.raises(ImageryError, match=path.name):
+            source = open_imagery(str(path))
+            for tile in tiles:
+                source.read(tile.grid)
 
 
 def test_a_damaged_file_is_not_blamed_on_its_format(tmp_path: Path) -> None:
