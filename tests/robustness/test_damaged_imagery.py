@@ -144,20 +144,6 @@ def test_a_mosaic_where_no_file_opens_is_a_clear_error(tmp_path: Path) -> None:
         open_imagery(str(folder))
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An untrained ``unet_tiny`` checkpoint (fixed seed): the plumbing, not the quality."""
-    import torch
-
-    from open_buildings.models.checkpoint import save_checkpoint
-    from open_buildings.models.registry import build_model
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "unet_tiny.safetensors"
-    save_checkpoint(build_model("unet_tiny"), path)
-    return path
-
-
 def test_ob_infer_dead_letters_the_damaged_tile_and_finishes_the_rest(
     tmp_path: Path, tiny_model: Path, capsys
 ) -> None:

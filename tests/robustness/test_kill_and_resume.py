@@ -24,17 +24,11 @@ REGION_BOX = (36.9070, -1.3058, 36.9078, -1.3049)  # a few level-16 tiles of the
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    import torch
-
+def setup(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> dict:
     from open_buildings.commands.evaluate_model import write_bbox_region
-    from open_buildings.models.checkpoint import save_checkpoint
-    from open_buildings.models.registry import build_model
 
     folder = tmp_path_factory.mktemp("kill")
-    torch.manual_seed(0)
-    model = folder / "unet_tiny.safetensors"
-    save_checkpoint(build_model("unet_tiny"), model)
+    model = tiny_model
     region = folder / "region.geojson"
     write_bbox_region(REGION_BOX, region)
     env = {**os.environ, "OPEN_BUILDINGS_CACHE": str(folder / "cache")}

@@ -23,20 +23,6 @@ ROOT = Path(__file__).resolve().parents[2]
 SAMPLE_A = ROOT / "geo" / "sample" / "nairobi_a.tif"
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An untrained ``unet_tiny`` checkpoint (fixed seed): the plumbing, not the quality."""
-    import torch
-
-    from open_buildings.models.checkpoint import save_checkpoint
-    from open_buildings.models.registry import build_model
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "unet_tiny.safetensors"
-    save_checkpoint(build_model("unet_tiny"), path)
-    return path
-
-
 @pytest.fixture
 def png_tiles(tmp_path: Path) -> Path:
     """The four real Nairobi tiles re-encoded as real PNGs, with a region over them."""
