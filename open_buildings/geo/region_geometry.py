@@ -7,6 +7,7 @@ has been checked.
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import antimeridian
 import numpy as np
@@ -15,13 +16,69 @@ from pyproj import Transformer
 
 from open_buildings.geo.geojson import region_error
 
-__all__ = ["check_members", "fix_polygon", "geodesic_area_km2", "union"]
+__all__ = ["Pending", "check_members", "fix_all", "fix_polygon", "geodesic_area_km2", "union"]
 
 _EQUAL_AREA = Transformer.from_crs(
     "EPSG:4326", "+proj=cea +ellps=WGS84 +lat_ts=0 +units=m", always_xy=True
 ).transform
 # Edges are straight in lon/lat (RFC 7946); the area is taken after densifying to this.
 _DENSIFY_DEG = 0.1
+
+
+@dataclass(frozen=True)
+class Pending:
+    """One polygon's checked rings, before it is made valid.
+
+    Attributes:
+        rings: the exterior, then the holes, each an ``(n, 2)`` lon/lat array, closed.
+        where: names the polygon in messages.
+        group: the geometry object it belongs to (its members are checked together).
+        multi: it is a member of a MultiPolygon.
+    """
+
+    rings: list[np.ndarray]
+    where: str
+    group: str
+    multi: bool
+
+
+def fix_all(pending: list[Pending], source: str, fix_invalid: bool) -> list[shapely.Polygon]:
+    """Make every polygon valid and within +-180, then check each MultiPolygon's members.
+
+    The common case (valid, not crossing the antimeridian) is decided for all polygons at once
+    with vectorised shapely and numpy; only the others go through :func:`fix_polygon` one by
+    one. Raises as :func:`fix_polygon` and :func:`check_members` do.
+    """
+    if not pending:
+        return []
+    rings = [ring for p in pending for ring in p.rings]
+    lengths = np.array([len(r) for r in rings])
+    counts = np.array([len(p.rings) for p in pending])
+    coords = np.concatenate(rings)
+    ring_offsets = np.concatenate([[0], np.cumsum(lengths)])
+    polygon_offsets = np.concatenate([[0], np.cumsum(counts)])
+    polygons = shapely.from_ragged_array(
+        shapely.GeometryType.POLYGON, coords, (ring_offsets, polygon_offsets)
+    )
+    # A ring crosses the antimeridian where |lon| > 180 or consecutive longitudes jump by more
+    # than 180 degrees (a jump of exactly 360 joins -180 to 180 and is not a crossing).
+    lon = coords[:, 0]
+    jump = np.abs(np.diff(lon, append=lon[-1]))
+    jump[ring_offsets[1:] - 1] = 0.0  # no jump from a ring's last position to the next ring
+    odd = (np.abs(lon) > 180) | ((jump > 180) & (jump != 360))
+    ring_odd = np.add.reduceat(odd, ring_offsets[:-1]) > 0
+    crossing = np.add.reduceat(ring_odd, polygon_offsets[:-1]) > 0
+    simple = ~crossing & shapely.is_valid(polygons)
+    groups: dict[tuple[str, bool], list[shapely.Polygon]] = {}
+    for i, p in enumerate(pending):
+        parts = [polygons[i]] if simple[i] else fix_polygon(p.rings, p.where, source, fix_invalid)
+        groups.setdefault((p.group, p.multi), []).extend(parts)
+    out: list[shapely.Polygon] = []
+    for (group, multi), parts in groups.items():
+        out.extend(
+            check_members(parts, group, source, fix_invalid) if multi and len(parts) > 1 else parts
+        )
+    return out
 
 
 def check_members(

@@ -82,12 +82,7 @@ from open_buildings.geo.geojson import (
     too_big,
     too_deep,
 )
-from open_buildings.geo.region_geometry import (
-    check_members,
-    fix_polygon,
-    geodesic_area_km2,
-    union,
-)
+from open_buildings.geo.region_geometry import Pending, fix_all, geodesic_area_km2, union
 
 __all__ = ["Region", "parse_region", "read_region", "region_from_bbox"]
 
@@ -196,13 +191,14 @@ def parse_region(
 
 
 def _build(obj: Any, source: str, max_area_km2: float, fix_invalid: bool) -> Region:
-    polygons: list[shapely.Polygon] = []
+    pending: list[Pending] = []
     skipped: list[NotAreaError] = []
     for label, geometry in geometries(obj, source):
         try:
-            polygons.extend(_polygons(geometry, label, source, fix_invalid))
+            pending.extend(_polygons(geometry, label, source))
         except NotAreaError as exc:
             skipped.append(exc)
+    polygons = fix_all(pending, source, fix_invalid)
     if skipped and not polygons:
         raise skipped[0]
     if skipped:
@@ -252,8 +248,8 @@ def region_from_bbox(
     return _region(geometry, source, max_area_km2)
 
 
-def _polygons(geometry: Any, label: str, source: str, fix_invalid: bool) -> list[shapely.Polygon]:
-    """Validate one geometry object; return its valid polygons within +-180, ready to union."""
+def _polygons(geometry: Any, label: str, source: str) -> list[Pending]:
+    """Check one geometry object's structure and rings; return its polygons, to be made valid."""
     if geometry is None:
         raise NotAreaError(source, label, f"the geometry is null; {NOT_AREA}")
     kind = check_object(geometry, label, source)
@@ -266,7 +262,7 @@ def _polygons(geometry: Any, label: str, source: str, fix_invalid: bool) -> list
         return [
             poly
             for j, member in enumerate(members)
-            for poly in _polygons(member, f"{label}, geometries[{j}]", source, fix_invalid)
+            for poly in _polygons(member, f"{label}, geometries[{j}]", source)
         ]
     if kind not in GEOMETRY_TYPES:
         raise region_error(source, label, f"expected a geometry, got a {kind}")
@@ -284,9 +280,7 @@ def _polygons(geometry: Any, label: str, source: str, fix_invalid: bool) -> list
         if not isinstance(rings, ARRAY) or not rings:
             raise region_error(source, where, "a polygon must be a non-empty array of rings")
         arrays = [_ring(ring, f"{where}, ring {k}", source) for k, ring in enumerate(rings)]
-        out.extend(fix_polygon(arrays, where, source, fix_invalid))
-    if len(out) > 1:
-        return check_members(out, label, source, fix_invalid)
+        out.append(Pending(arrays, where, label, kind == "MultiPolygon"))
     return out
 
 
