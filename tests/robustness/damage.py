@@ -1,6 +1,9 @@
-"""Damaged copies of the real test imagery: truncated files and garbled bytes, made at test time.
+"""Damaged copies of the real test imagery (truncated files, garbled bytes, made at test time),
+and the tiny checkpoint the ob-infer runs use.
 
-Every damage is seeded, so a failure names an offset that reproduces it.
+Every damage is seeded, so a failure names an offset that reproduces it. (A module of its own,
+not a conftest.py: tests/pipelines imports names from its conftest, and two conftest modules
+would clash.)
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "imagery"
 BANEPA = DATA / "banepa"  # 4 georeferenced .tif files holding JPEG bytes, .aux.xml sidecars
@@ -49,3 +53,17 @@ def as_real_png(src: Path, dst: Path) -> Path:
     with Image.open(src) as image:
         image.convert("RGB").save(dst, format="PNG")
     return dst
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained ``unet_tiny`` checkpoint (fixed seed): the plumbing, not the quality."""
+    import torch
+
+    from open_buildings.models.checkpoint import save_checkpoint
+    from open_buildings.models.registry import build_model
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "unet_tiny.safetensors"
+    save_checkpoint(build_model("unet_tiny"), path)
+    return path

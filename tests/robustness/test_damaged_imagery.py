@@ -12,7 +12,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from damage import BANEPA, DATA, NAIROBI, as_real_png, copy_folder, garble, offsets, truncate
+from damage import (  # noqa: F401 - tiny_model: a fixture
+    BANEPA,
+    DATA,
+    NAIROBI,
+    as_real_png,
+    copy_folder,
+    garble,
+    offsets,
+    tiny_model,
+    truncate,
+)
 
 from open_buildings.errors import ImageryError
 from open_buildings.geo.grid import GridSpec, cover

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from damage import tiny_model  # noqa: F401 - tiny_model: a fixture
 
 from open_buildings.pipelines.faults import ENV
 

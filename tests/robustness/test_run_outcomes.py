@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import rasterio
 from affine import Affine
-from damage import NAIROBI, as_real_png, truncate
+from damage import NAIROBI, as_real_png, tiny_model, truncate  # noqa: F401 - tiny_model: a fixture
 
 from open_buildings.commands import infer as ob_infer
 from open_buildings.commands.evaluate_model import write_bbox_region
