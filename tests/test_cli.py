@@ -80,7 +80,44 @@ def test_every_command_has_help(main, capsys: pytest.CaptureFixture[str]) -> Non
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])
     assert exit_info.value.code == 0
-    assert "usage: ob-" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "usage: ob-" in out and "%%" not in out
+
+
+@pytest.mark.parametrize(
+    "main",
+    [
+        ob_infer.main,
+        ob_train.main,
+        ob_eval.main,
+        ob_download.main,
+        ob_tiles.main,
+        ob_detect.main,
+        ob_calibrate.main,
+        ob_eval_model.main,
+        ob_models.main,
+    ],
+)
+def test_every_command_has_version(main, capsys: pytest.CaptureFixture[str]) -> None:
+    from open_buildings import __version__
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("ob-") and __version__ in out
+    if main is ob_infer.main:  # and the model ob-infer uses when none is given
+        digest = (ROOT / "models" / "default" / "weights.safetensors.sha256").read_text().split()[0]
+        assert f"default model sha256 {digest}" in " ".join(out.split())
+
+
+def test_ob_infer_format_is_checked_with_a_plain_message(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        ob_infer.main(["--format", "geojson"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "geojson is not a shard format ob-infer writes; choose csv, parquet" in err
+    assert "postprocess" not in err and "validation error" not in err
 
 
 def test_console_scripts_point_at_real_functions() -> None:

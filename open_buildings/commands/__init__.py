@@ -8,6 +8,7 @@ else is a bug: it stays a traceback, and Python exits with status 1.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from collections.abc import Callable
@@ -47,3 +48,23 @@ def run_command(prog: str, body: Callable[[A], int], args: A) -> int:
     except (OpenBuildingsError, OSError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_REFUSED
+
+
+def add_version(parser: argparse.ArgumentParser, *, default_model: bool = False) -> None:
+    """Give a command ``--version``: the code's version and, for ob-infer, the default model's.
+
+    Args:
+        parser: the command's parser.
+        default_model: also name the sha256 of the shipped default model (the one used when no
+            ``--model`` is given).
+    """
+    from open_buildings import __version__
+
+    text = f"{parser.prog} {__version__}"
+    if default_model:
+        from open_buildings.resources import resource
+
+        sidecar = resource("models", "default", "weights.safetensors.sha256")
+        digest = sidecar.read_text().split()[0] if sidecar.is_file() else "not installed"
+        text += f" (default model sha256 {digest})"
+    parser.add_argument("--version", action="version", version=text)

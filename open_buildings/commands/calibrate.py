@@ -17,7 +17,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from open_buildings.commands import run_command
+from open_buildings.commands import add_version, run_command
 from open_buildings.errors import ConfigError, OutputExistsError
 
 
@@ -26,9 +26,10 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ob-calibrate",
         description="Measure a checkpoint's operating points (best-F1 threshold; thresholds "
-        "for 80/85/90%% precision) on labelled imagery it never trained on, and store them in "
+        "for 80/85/90% precision) on labelled imagery it never trained on, and store them in "
         "the checkpoint for ob-infer --min-confidence auto.",
     )
+    add_version(p)
     p.add_argument("checkpoint", help="a .safetensors checkpoint (its .sha256 sidecar beside it)")
     p.add_argument("--imagery", metavar="SRC", help="held-out imagery: GeoTIFF/COG, XYZ or STAC")
     p.add_argument("--labels", metavar="FILE", help="its building polygons (GeoJSON)")

@@ -47,7 +47,7 @@ import geopandas as gpd
 import numpy as np
 import shapely
 
-from open_buildings.commands import run_command
+from open_buildings.commands import add_version, run_command
 from open_buildings.commands.progress import TileProgress
 from open_buildings.errors import ConfigError, InferenceError, OutputExistsError
 from open_buildings.geo import grid
@@ -77,6 +77,7 @@ def detect_parser() -> argparse.ArgumentParser:
         "embeddings or by one example building; write GeoJSON, and score it with box AP "
         "against labels. With no REGION it runs on the embedded Nairobi sample.",
     )
+    add_version(parser)
     parser.add_argument(
         "target",
         nargs="?",

@@ -8,7 +8,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from open_buildings.commands import run_command
+from open_buildings.commands import add_version, run_command
 from open_buildings.pipelines.download import EXTENSIONS, FORMATS, download
 
 
@@ -25,6 +25,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "(polygons_s2_level_4_gzip/{token}_buildings.csv.gz). Only the shards touching the region "
         "are read, one chunk at a time.",
     )
+    add_version(parser)
     parser.add_argument("region", help="region GeoJSON")
     parser.add_argument("--source", required=True, metavar="ROOT", help="dataset folder or gs://")
     parser.add_argument("--format", choices=FORMATS, default="csv")

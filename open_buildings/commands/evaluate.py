@@ -9,7 +9,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from open_buildings.commands import run_command
+from open_buildings.commands import add_version, run_command
 from open_buildings.evaluation import io, report
 from open_buildings.evaluation.evaluate import evaluate_files
 
@@ -19,8 +19,9 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ob-eval",
         description="Score building footprints against ground truth: COCO instance mAP, "
-        "SpaceNet F1, and the confidence thresholds reaching 80/85/90%% precision.",
+        "SpaceNet F1, and the confidence thresholds reaching 80/85/90% precision.",
     )
+    add_version(p)
     p.add_argument(
         "--pred",
         required=True,

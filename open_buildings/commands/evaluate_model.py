@@ -17,8 +17,8 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from open_buildings.commands import add_version, run_command
 from open_buildings.commands import infer as ob_infer
-from open_buildings.commands import run_command
 from open_buildings.errors import ConfigError, InferenceError, OutputExistsError
 
 
@@ -29,6 +29,7 @@ def parser() -> argparse.ArgumentParser:
         description="Run ob-infer with a model's defaults over labelled imagery and report the "
         "F1 of its default output next to the best F1 over thresholds and AP50.",
     )
+    add_version(p)
     p.add_argument("model", help="zoo name (default) or .safetensors checkpoint")
     p.add_argument(
         "--imagery",

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from open_buildings.commands import run_command
+from open_buildings.commands import add_version, run_command
 from open_buildings.commands.progress import TileProgress
 from open_buildings.config import apply_overrides, validate_config
 from open_buildings.errors import ImageryError, InferenceError
@@ -88,6 +88,18 @@ def _check_coverage(source: Any, region: Any, imagery: str) -> None:
         )
 
 
+def _formats(text: str) -> str:
+    chosen = [f.strip() for f in text.split(",") if f.strip()]
+    wrong = [f for f in chosen if f not in ("csv", "parquet")]
+    if not chosen or wrong:
+        raise argparse.ArgumentTypeError(
+            f"{', '.join(wrong) or repr(text)} is not a shard format ob-infer writes; choose "
+            "csv, parquet or csv,parquet (ob-download --format geojson converts a region's "
+            "buildings to GeoJSON)"
+        )
+    return ",".join(dict.fromkeys(chosen))
+
+
 def _fraction(text: str) -> float:
     try:
         value = float(text)
@@ -130,6 +142,7 @@ def infer_parser() -> argparse.ArgumentParser:
         "S2-sharded CSV.gz / GeoParquet files. With no arguments it runs on the embedded "
         "Nairobi sample with the default model.",
     )
+    add_version(parser, default_model=True)
     parser.add_argument("region", nargs="?", help="region GeoJSON (default: the embedded sample)")
     parser.add_argument("--imagery", metavar="SRC", help="GeoTIFF/COG, folder, XYZ or STAC JSON")
     parser.add_argument(
@@ -146,7 +159,13 @@ def infer_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--model", default="default", help="zoo name or .safetensors path")
     parser.add_argument("--out", metavar="DIR", help="output folder (default: a fresh one)")
-    parser.add_argument("--format", default="csv,parquet", help="csv, parquet or csv,parquet")
+    parser.add_argument(
+        "--format",
+        type=_formats,
+        default="csv,parquet",
+        help="csv, parquet or csv,parquet (the shard formats; ob-download converts a region's "
+        "buildings to GeoJSON)",
+    )
     parser.add_argument(
         "--min-confidence",
         type=_confidence,

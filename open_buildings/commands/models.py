@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from open_buildings.commands import run_command
+from open_buildings.commands import add_version, run_command
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -13,6 +13,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="ob-models", description="List the registered models with their parameter counts."
     )
+    add_version(parser)
     return run_command("ob-models", _models, parser.parse_args(argv))
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from open_buildings.commands import run_command
+from open_buildings.commands import add_version, run_command
 from open_buildings.errors import ConfigError
 
 
@@ -19,6 +19,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Count (or list) the S2 tiles that cover a region, and optionally check how "
         "much of each tile an imagery source covers.",
     )
+    add_version(parser)
     parser.add_argument("region", help="region GeoJSON (FeatureCollection, Feature or Polygon)")
     parser.add_argument("--level", type=int, default=14, help="S2 level of the tiles (default 14)")
     parser.add_argument("--margin-m", type=float, default=32.0, help="read margin in metres")

@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from open_buildings.commands import run_command
+from open_buildings.commands import add_version, run_command
 from open_buildings.config import load_config
 from open_buildings.training.config import TrainConfig
 
@@ -17,6 +17,7 @@ def parser() -> argparse.ArgumentParser:
         prog="ob-train",
         description="Train a building model from a YAML config (unknown keys are errors).",
     )
+    add_version(p)
     p.add_argument("config", help="training config YAML, e.g. models/default/config.yaml")
     p.add_argument(
         "--override",
