@@ -9,6 +9,7 @@ nothing damaged is ever used, and nothing is dropped without a word.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import os
 import warnings
@@ -84,6 +85,7 @@ def shard_chunks(
     skip_bad: bool = False,
     skipped: SkipLog | None = None,
     bbox: tuple[float, float, float, float] | None = None,
+    header: bool = True,
 ) -> Iterator[pd.DataFrame]:
     """Yield a shard's rows in chunks with the v3 columns, geometry as shapely polygons.
 
@@ -95,18 +97,24 @@ def shard_chunks(
         skipped: where skipped rows and files are counted (required with ``skip_bad``).
         bbox: ``(min_lon, min_lat, max_lon, max_lat)``: Parquet row groups whose ``bbox``
             covering column lies outside it are not read (rows are not filtered here).
+        header: a CSV shard starts with a header row; False reads it with the v3 column names
+            (the published ``..._gzip_no_header`` layout). A headerless shard whose first row is
+            a header, or the reverse, is an error naming the file.
 
     Raises:
         ShardError: a damaged file or row, naming it, unless ``skip_bad``.
     """
     log = skipped if skipped is not None else SkipLog()
-    read = _parquet_frames if path.endswith(PARQUET_SUFFIX) else _csv_frames
+    if path.endswith(PARQUET_SUFFIX):
+        read = functools.partial(_parquet_frames, bbox=bbox)
+    else:
+        read = functools.partial(_csv_frames, header=header)
     if not path.endswith((PARQUET_SUFFIX, CSV_SUFFIX)):
         raise ShardError(f"{path} is not a footprint shard (*{CSV_SUFFIX} or *{PARQUET_SUFFIX})")
     first_row = 0
     try:
         with opener(path) as handle:
-            for frame, geoms in read(path, handle, chunk_rows, bbox):
+            for frame, geoms in read(path, handle, chunk_rows):
                 bad = bad_geometries(geoms)
                 if bad.any():
                     row = first_row + int(np.flatnonzero(bad)[0])
@@ -134,20 +142,37 @@ def _damaged(path: str, exc: BaseException, rows: int) -> ShardError:
 
 
 def _csv_frames(
-    path: str, handle: IO[bytes], chunk_rows: int, bbox: object = None
+    path: str, handle: IO[bytes], chunk_rows: int, header: bool = True
 ) -> Iterator[tuple[pd.DataFrame, np.ndarray]]:
     rows = 0
+    names = {} if header else {"header": None, "names": list(SCHEMA_COLUMNS)}
     with gzip.open(handle, "rt", encoding="utf-8", newline="") as text:
         try:
             chunks = pd.read_csv(
-                text, dtype={"full_plus_code": str, "geometry": str}, chunksize=chunk_rows
+                text,
+                dtype={"full_plus_code": str, "geometry": str},
+                chunksize=chunk_rows,
+                **names,
             )
             for frame in chunks:
                 missing = [c for c in SCHEMA_COLUMNS if c not in frame.columns]
                 if missing:
+                    looks_headerless = len(frame.columns) == len(SCHEMA_COLUMNS)
                     raise ShardError(
                         f"{path} lacks the column(s) {missing}; an Open Buildings v3 shard has "
-                        f"{list(SCHEMA_COLUMNS)}" + _HINT
+                        f"{list(SCHEMA_COLUMNS)}"
+                        + (
+                            " (its first row looks like data: a headerless shard belongs in a "
+                            "polygons_s2_level_<L>_gzip_no_header/ folder)"
+                            if looks_headerless
+                            else ""
+                        )
+                        + _HINT
+                    )
+                if not header and rows == 0 and frame["geometry"].iloc[:1].eq("geometry").any():
+                    raise ShardError(
+                        f"{path} starts with a header row, but its folder's name says the "
+                        "shards have none (..._gzip_no_header); move it to a ..._gzip/ folder"
                     )
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", RuntimeWarning)  # GEOS on a bad WKT

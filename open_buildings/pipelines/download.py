@@ -31,7 +31,7 @@ from open_buildings.geo import cells, footprints, grid
 from open_buildings.geo.shard_read import SkipLog, shard_chunks
 
 CHUNK_ROWS = 100_000
-_V3_FOLDER = re.compile(r"^polygons_s2_level_(\d+)_gzip$")
+_V3_FOLDER = re.compile(r"^polygons_s2_level_(\d+)_gzip(_no_header)?$")
 _SHARD_FILE = re.compile(r"^([0-9a-f]+)_buildings\.(csv\.gz|parquet)$")
 FORMATS = ("csv", "parquet", "geojson")
 EXTENSIONS = {"csv": ".csv.gz", "parquet": ".parquet", "geojson": ".geojson"}
@@ -46,12 +46,15 @@ class Layout:
         folder: the folder holding the shard files (``root`` or its v3 subfolder).
         level: the S2 level of the shard tokens.
         suffix: ``".parquet"`` or ``".csv.gz"``: the format read.
+        header: the CSV shards start with a header row (False for the published
+            ``polygons_s2_level_6_gzip_no_header/`` layout, read with the v3 column names).
     """
 
     root: str
     folder: str
     level: int
     suffix: str
+    header: bool = True
 
     def shard(self, token: str) -> str:
         """Return the path or URL of one shard's file."""
@@ -104,13 +107,15 @@ def detect_layout(root: str) -> Layout:
         if len(levels) != 1:
             raise FileNotFoundError(f"{root} mixes shards of S2 levels {sorted(levels)}")
         return Layout(root, root, levels.pop(), suffix)
-    for name in names:
+    for name in sorted(names, key=lambda n: "_no_header" in n):  # with a header first
         match = _V3_FOLDER.match(name.rstrip("/"))
         if match:
-            return Layout(root, _join(root, name.rstrip("/")), int(match.group(1)), ".csv.gz")
+            folder = _join(root, name.rstrip("/"))
+            return Layout(root, folder, int(match.group(1)), ".csv.gz", header=not match.group(2))
     raise FileNotFoundError(
         f"{root} holds neither {{token}}_buildings.csv.gz/.parquet files (as ob-infer writes) nor "
-        "a polygons_s2_level_<L>_gzip/ folder (as the published Open Buildings v3 data)"
+        "a polygons_s2_level_<L>_gzip/ or polygons_s2_level_<L>_gzip_no_header/ folder (as the "
+        "published Open Buildings v3 data)"
     )
 
 
@@ -134,19 +139,23 @@ def read_chunks(
     *,
     skip_bad: bool = False,
     skipped: SkipLog | None = None,
+    header: bool = True,
 ) -> Iterator[pd.DataFrame]:
     """Yield a shard's rows in chunks, geometry as shapely objects, with the schema columns.
 
     Args:
         path: a ``.csv.gz`` or ``.parquet`` shard (local or URL).
         chunk_rows: rows per chunk.
+        header: a CSV shard starts with a header row (else it is read with the v3 names).
         skip_bad: skip damaged rows and files (counted in ``skipped``) instead of raising.
         skipped: where skipped rows and files are counted.
 
     Raises:
         ShardError: a damaged file or row, naming it (:mod:`open_buildings.geo.shard_read`).
     """
-    yield from shard_chunks(path, _open, chunk_rows, skip_bad=skip_bad, skipped=skipped)
+    yield from shard_chunks(
+        path, _open, chunk_rows, skip_bad=skip_bad, skipped=skipped, header=header
+    )
 
 
 def select(frame: pd.DataFrame, region: Any, min_confidence: float) -> pd.DataFrame:
@@ -339,7 +348,10 @@ def download(
         writer = _Writer(handle, fmt, gzip_csv=str(out).endswith(".gz"))
         skipped = SkipLog()
         for shard in shards:
-            for chunk in read_chunks(shard, chunk_rows, skip_bad=skip_bad, skipped=skipped):
+            chunks = read_chunks(
+                shard, chunk_rows, skip_bad=skip_bad, skipped=skipped, header=layout.header
+            )
+            for chunk in chunks:
                 writer.write(select(chunk, region, min_confidence))
         writer.close()
     skipped.warn(f"the shards in {source}")

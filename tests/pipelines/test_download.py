@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -95,3 +96,32 @@ def test_stages_shard_names_match_what_download_looks_for() -> None:
         "182f_buildings.csv.gz",
         "182f_buildings.parquet",
     ]
+
+
+def test_the_headerless_v3_layout_is_read_with_the_v3_names(
+    clean_run: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # polygons_s2_level_6_gzip_no_header/ (what Google's own notebook reads): the same rows,
+    # no header line. It used to fail with KeyError: 'geometry'.
+    source = read_footprints(clean_run["out"] / "182f_buildings.csv.gz")
+    folder = tmp_path / "v3" / "polygons_s2_level_6_gzip_no_header"
+    folder.mkdir(parents=True)
+    with_header = tmp_path / "with_header.csv.gz"
+    footprints.write_csv_gz(source, with_header)
+    lines = gzip.decompress(with_header.read_bytes()).split(b"\n", 1)[1]
+    shard = folder / f"{cells.cell_token(36.9, -1.3, 6)}_buildings.csv.gz"
+    shard.write_bytes(gzip.compress(lines, mtime=0))
+    layout = download.detect_layout(str(tmp_path / "v3"))
+    assert (layout.level, layout.header) == (6, False)
+    region = write_region(tmp_path / "inside.geojson", INSIDE)
+    out = tmp_path / "out.csv.gz"
+    argv = [str(region), "--source", str(tmp_path / "v3"), "--out", str(out)]
+    assert ob_download.main(argv) == 0
+    got = pd.read_csv(out)
+    expected = _expected(read_footprints(with_header), INSIDE)  # the rows as the shard has them
+    assert 0 < len(got) == len(expected)
+    assert sorted(got["full_plus_code"]) == sorted(expected["full_plus_code"])
+    # A shard with a header in a no-header folder is named, not misread.
+    shard.write_bytes(with_header.read_bytes())
+    assert ob_download.main([*argv, "--overwrite"]) == 2
+    assert "starts with a header row" in capsys.readouterr().err
