@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from open_buildings.commands import add_version, run_command
+from open_buildings.errors import ConfigError
 from open_buildings.pipelines.download import EXTENSIONS, FORMATS, download
 
 
@@ -28,7 +29,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_version(parser)
     parser.add_argument("region", help="region GeoJSON")
     parser.add_argument("--source", required=True, metavar="ROOT", help="dataset folder or gs://")
-    parser.add_argument("--format", choices=FORMATS, default="csv")
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        help="default: from --out's suffix (.csv.gz/.csv, .parquet, .geojson), else csv",
+    )
     parser.add_argument("--min-confidence", type=float, default=0.0, metavar="X")
     parser.add_argument("--out", metavar="FILE", help="default: <region>_buildings.<ext>")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
@@ -45,14 +50,15 @@ def _download(args: argparse.Namespace) -> int:
     from open_buildings.geo.regions import read_region
 
     region = read_region(args.region)
-    out = args.out or f"{Path(args.region).stem}_buildings{EXTENSIONS[args.format]}"
+    fmt = _format(args.out, args.format)
+    out = args.out or f"{Path(args.region).stem}_buildings{EXTENSIONS[fmt]}"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = download(
             region.geometry,
             args.source,
             out,
-            fmt=args.format,
+            fmt=fmt,
             min_confidence=args.min_confidence,
             overwrite=args.overwrite,
             skip_bad=args.skip_bad,
@@ -61,3 +67,23 @@ def _download(args: argparse.Namespace) -> int:
         print(f"ob-download: warning: {w.message}", file=sys.stderr)
     print(f"{result['rows']:,} buildings from {len(result['shards'])} shard(s) -> {result['out']}")
     return 0
+
+
+#: What an --out suffix means; anything else is refused rather than written as CSV text.
+_SUFFIXES = {".csv.gz": "csv", ".csv": "csv", ".parquet": "parquet", ".geojson": "geojson"}
+
+
+def _format(out: str | None, asked: str | None) -> str:
+    """The output format: ``--format``, else ``--out``'s suffix; a mismatch is an error."""
+    if out is None:
+        return asked or "csv"
+    name = out.lower()
+    implied = next((f for suffix, f in _SUFFIXES.items() if name.endswith(suffix)), None)
+    if implied is None:
+        raise ConfigError(
+            f"--out {out}: ob-download writes {', '.join(_SUFFIXES)} files; give one of those "
+            "suffixes (for .gpkg or .fgb, write .parquet and convert it with ogr2ogr)"
+        )
+    if asked is not None and asked != implied:
+        raise ConfigError(f"--out {out} is a {implied} file name but --format is {asked}")
+    return implied

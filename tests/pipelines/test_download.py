@@ -125,3 +125,26 @@ def test_the_headerless_v3_layout_is_read_with_the_v3_names(
     shard.write_bytes(with_header.read_bytes())
     assert ob_download.main([*argv, "--overwrite"]) == 2
     assert "starts with a header row" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("name", "fmt", "status"),
+    [("k.fgb", None, 2), ("k.gpkg", None, 2), ("k.parquet", None, 0), ("k.geojson", None, 0),
+     ("k.csv", None, 0), ("k.parquet", "csv", 2)],
+)  # fmt: skip
+def test_the_output_format_follows_the_suffix_and_a_foreign_one_is_refused(
+    clean_run: dict, tmp_path: Path, name: str, fmt: str | None, status: int, capsys
+) -> None:
+    # --out k.fgb used to write CSV text into k.fgb without a word.
+    region = write_region(tmp_path / "inside.geojson", INSIDE)
+    out = tmp_path / name
+    argv = [str(region), "--source", str(clean_run["out"]), "--out", str(out)]
+    assert ob_download.main(argv + (["--format", fmt] if fmt else [])) == status
+    if status:
+        assert "ob-download: error: --out" in capsys.readouterr().err and not out.exists()
+    elif name.endswith(".parquet"):
+        assert len(gpd.read_parquet(out)) > 0
+    elif name.endswith(".geojson"):
+        assert len(gpd.read_file(out)) > 0
+    else:
+        assert list(pd.read_csv(out).columns) == footprints.SCHEMA_COLUMNS
