@@ -17,7 +17,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``ob-download REGION --source ROOT``: the footprints of a region, streamed to one file.
 
     Returns:
-        The exit status: 0 on success, 2 on bad input.
+        The exit status: 0 on success, 1 when no shard covers the region (no data there), 2 on
+        bad input.
     """
     parser = argparse.ArgumentParser(
         prog="ob-download",
@@ -66,6 +67,13 @@ def _download(args: argparse.Namespace) -> int:
     for w in caught:
         print(f"ob-download: warning: {w.message}", file=sys.stderr)
     print(f"{result['rows']:,} buildings from {len(result['shards'])} shard(s) -> {result['out']}")
+    if not result["shards"]:
+        print(
+            f"ob-download: warning: {args.source} has no shard covering the region, so there "
+            "is no data for it (not: no buildings); check the region and --source",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

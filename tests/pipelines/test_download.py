@@ -148,3 +148,11 @@ def test_the_output_format_follows_the_suffix_and_a_foreign_one_is_refused(
         assert len(gpd.read_file(out)) > 0
     else:
         assert list(pd.read_csv(out).columns) == footprints.SCHEMA_COLUMNS
+
+
+def test_a_region_without_data_is_exit_1_with_a_warning(clean_run: dict, tmp_path: Path, capsys):
+    region = write_region(tmp_path / "paris.geojson", (2.34, 48.85, 2.35, 48.86))
+    out = tmp_path / "paris.csv.gz"
+    argv = [str(region), "--source", str(clean_run["out"]), "--out", str(out)]
+    assert ob_download.main(argv) == 1
+    assert "no shard covering the region" in capsys.readouterr().err
