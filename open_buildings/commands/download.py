@@ -28,7 +28,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "are read, one chunk at a time.",
     )
     add_version(parser)
-    parser.add_argument("region", help="region GeoJSON")
+    parser.add_argument("region", nargs="?", help="region GeoJSON (or give --bbox)")
+    parser.add_argument(
+        "--bbox",
+        type=_bbox,
+        metavar="W,S,E,N",
+        help="a lon/lat box instead of a region file (W > E crosses the antimeridian)",
+    )
     parser.add_argument("--source", required=True, metavar="ROOT", help="dataset folder or gs://")
     parser.add_argument(
         "--format",
@@ -48,11 +54,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _download(args: argparse.Namespace) -> int:
-    from open_buildings.geo.regions import read_region
+    from open_buildings.geo.regions import read_region, region_from_bbox
 
-    region = read_region(args.region)
+    if (args.region is None) == (args.bbox is None):
+        raise ConfigError("give a region file or --bbox W,S,E,N (one of the two)")
+    region = read_region(args.region) if args.region else region_from_bbox(*args.bbox)
     fmt = _format(args.out, args.format)
-    out = args.out or f"{Path(args.region).stem}_buildings{EXTENSIONS[fmt]}"
+    stem = Path(args.region).stem if args.region else "bbox"
+    out = args.out or f"{stem}_buildings{EXTENSIONS[fmt]}"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = download(
@@ -75,6 +84,16 @@ def _download(args: argparse.Namespace) -> int:
         )
         return 1
     return 0
+
+
+def _bbox(text: str) -> tuple[float, float, float, float]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 4:
+        raise argparse.ArgumentTypeError(f"{text!r} is not W,S,E,N: four numbers in degrees")
+    return values  # type: ignore[return-value]
 
 
 #: What an --out suffix means; anything else is refused rather than written as CSV text.

@@ -156,3 +156,17 @@ def test_a_region_without_data_is_exit_1_with_a_warning(clean_run: dict, tmp_pat
     argv = [str(region), "--source", str(clean_run["out"]), "--out", str(out)]
     assert ob_download.main(argv) == 1
     assert "no shard covering the region" in capsys.readouterr().err
+
+
+def test_bbox_selects_like_a_region_file(clean_run: dict, tmp_path: Path, capsys) -> None:
+    region = write_region(tmp_path / "inside.geojson", INSIDE)
+    by_file, by_box = tmp_path / "file.csv.gz", tmp_path / "box.csv.gz"
+    source = ["--source", str(clean_run["out"])]
+    assert ob_download.main([str(region), *source, "--out", str(by_file)]) == 0
+    box = ",".join(str(v) for v in INSIDE)
+    assert ob_download.main([*source, "--bbox", box, "--out", str(by_box)]) == 0
+    assert by_file.read_bytes() == by_box.read_bytes()
+    assert ob_download.main([*source, "--out", str(tmp_path / "x.csv.gz")]) == 2
+    assert "give a region file or --bbox" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        ob_download.main([*source, "--bbox", "1,2,3"])
