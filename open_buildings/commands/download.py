@@ -39,7 +39,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--format",
         choices=FORMATS,
-        help="default: from --out's suffix (.csv.gz/.csv, .parquet, .geojson), else csv",
+        help="default: from --out's suffix (.csv.gz/.csv, .parquet, .geojson, .geojsonl, .gpkg, "
+        ".fgb), else csv",
     )
     parser.add_argument("--min-confidence", type=float, default=0.0, metavar="X")
     parser.add_argument("--out", metavar="FILE", help="default: <region>_buildings.<ext>")
@@ -97,7 +98,15 @@ def _bbox(text: str) -> tuple[float, float, float, float]:
 
 
 #: What an --out suffix means; anything else is refused rather than written as CSV text.
-_SUFFIXES = {".csv.gz": "csv", ".csv": "csv", ".parquet": "parquet", ".geojson": "geojson"}
+_SUFFIXES = {
+    ".csv.gz": "csv",
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".geojson": "geojson",
+    ".geojsonl": "geojsonl",
+    ".gpkg": "gpkg",
+    ".fgb": "fgb",
+}
 
 
 def _format(out: str | None, asked: str | None) -> str:
@@ -109,7 +118,7 @@ def _format(out: str | None, asked: str | None) -> str:
     if implied is None:
         raise ConfigError(
             f"--out {out}: ob-download writes {', '.join(_SUFFIXES)} files; give one of those "
-            "suffixes (for .gpkg or .fgb, write .parquet and convert it with ogr2ogr)"
+            "suffixes (or write .parquet and convert it with ogr2ogr)"
         )
     if asked is not None and asked != implied:
         raise ConfigError(f"--out {out} is a {implied} file name but --format is {asked}")

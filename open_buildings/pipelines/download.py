@@ -29,12 +29,20 @@ import shapely
 from open_buildings.errors import ConfigError
 from open_buildings.geo import cells, footprints, grid
 from open_buildings.geo.shard_read import SkipLog, shard_chunks
+from open_buildings.geo.vector_out import DRIVERS, VectorWriter
 
 CHUNK_ROWS = 100_000
 _V3_FOLDER = re.compile(r"^polygons_s2_level_(\d+)_gzip(_no_header)?$")
 _SHARD_FILE = re.compile(r"^([0-9a-f]+)_buildings\.(csv\.gz|parquet)$")
-FORMATS = ("csv", "parquet", "geojson")
-EXTENSIONS = {"csv": ".csv.gz", "parquet": ".parquet", "geojson": ".geojson"}
+FORMATS = ("csv", "parquet", "geojson", "geojsonl", "gpkg", "fgb")
+EXTENSIONS = {
+    "csv": ".csv.gz",
+    "parquet": ".parquet",
+    "geojson": ".geojson",
+    "geojsonl": ".geojsonl",
+    "gpkg": ".gpkg",
+    "fgb": ".fgb",
+}
 
 
 @dataclass(frozen=True)
@@ -194,7 +202,7 @@ class _Writer:
         self.rows += len(frame)
         if self._fmt == "csv":
             self._write_csv(frame)
-        elif self._fmt == "geojson":
+        elif self._fmt in ("geojson", "geojsonl"):
             self._write_geojson(frame)
         else:
             self._write_parquet(frame)
@@ -226,7 +234,8 @@ class _Writer:
         self._gzip.write(out.getvalue().encode("utf-8"))
 
     def _write_geojson(self, frame: pd.DataFrame) -> None:
-        if not self._started:
+        lines = self._fmt == "geojsonl"  # one Feature per line (GeoJSONSeq), no collection
+        if not self._started and not lines:
             self._handle.write(b'{"type":"FeatureCollection","features":[\n')
         geometries = shapely.to_geojson(frame["geometry"].to_numpy())
         for row, geometry in zip(frame.itertuples(index=False), geometries):
@@ -238,6 +247,9 @@ class _Writer:
                 "full_plus_code": row.full_plus_code,
             }
             feature = {"type": "Feature", "properties": props, "geometry": json.loads(geometry)}
+            if lines:
+                self._handle.write(json.dumps(feature).encode("utf-8") + b"\n")
+                continue
             prefix = b",\n" if self._features else b""
             self._handle.write(prefix + json.dumps(feature).encode("utf-8"))
             self._features += 1
@@ -277,6 +289,8 @@ class _Writer:
             if not self._started:
                 self._handle.write(b'{"type":"FeatureCollection","features":[\n')
             self._handle.write(b"\n]}\n")
+        elif self._fmt == "geojsonl":
+            pass
         else:
             if self._parquet is None:
                 self._write_parquet(_empty_frame())
@@ -344,15 +358,27 @@ def download(
     layout = detect_layout(source)
     shards = shards_for(region, layout)
     shapely.prepare(region)
-    with footprints.atomic_write(out, overwrite=overwrite) as handle:
-        writer = _Writer(handle, fmt, gzip_csv=str(out).endswith(".gz"))
-        skipped = SkipLog()
+    skipped = SkipLog()
+
+    def selected() -> Iterator[pd.DataFrame]:
         for shard in shards:
             chunks = read_chunks(
                 shard, chunk_rows, skip_bad=skip_bad, skipped=skipped, header=layout.header
             )
             for chunk in chunks:
-                writer.write(select(chunk, region, min_confidence))
-        writer.close()
+                yield select(chunk, region, min_confidence)
+
+    if fmt in DRIVERS:  # written by GDAL, which needs a path rather than a stream
+        with VectorWriter(out, fmt, overwrite=overwrite) as writer:
+            for frame in selected():
+                writer.write(frame)
+            if not writer.rows:
+                writer.write(_empty_frame())
+    else:
+        with footprints.atomic_write(out, overwrite=overwrite) as handle:
+            writer = _Writer(handle, fmt, gzip_csv=str(out).endswith(".gz"))
+            for frame in selected():
+                writer.write(frame)
+            writer.close()
     skipped.warn(f"the shards in {source}")
     return {"rows": writer.rows, "shards": shards, "out": str(out), "skipped": skipped}

@@ -129,8 +129,8 @@ def test_the_headerless_v3_layout_is_read_with_the_v3_names(
 
 @pytest.mark.parametrize(
     ("name", "fmt", "status"),
-    [("k.fgb", None, 2), ("k.gpkg", None, 2), ("k.parquet", None, 0), ("k.geojson", None, 0),
-     ("k.csv", None, 0), ("k.parquet", "csv", 2)],
+    [("k.fgb", None, 0), ("k.gpkg", None, 0), ("k.geojsonl", None, 0), ("k.parquet", None, 0),
+     ("k.geojson", None, 0), ("k.csv", None, 0), ("k.shp", None, 2), ("k.parquet", "csv", 2)],
 )  # fmt: skip
 def test_the_output_format_follows_the_suffix_and_a_foreign_one_is_refused(
     clean_run: dict, tmp_path: Path, name: str, fmt: str | None, status: int, capsys
@@ -142,12 +142,15 @@ def test_the_output_format_follows_the_suffix_and_a_foreign_one_is_refused(
     assert ob_download.main(argv + (["--format", fmt] if fmt else [])) == status
     if status:
         assert "ob-download: error: --out" in capsys.readouterr().err and not out.exists()
-    elif name.endswith(".parquet"):
-        assert len(gpd.read_parquet(out)) > 0
-    elif name.endswith(".geojson"):
-        assert len(gpd.read_file(out)) > 0
+        return
+    expected = _expected(read_footprints(clean_run["out"]), INSIDE)
+    if name.endswith((".csv", ".parquet")):
+        got = pd.read_csv(out) if name.endswith(".csv") else gpd.read_parquet(out)
     else:
-        assert list(pd.read_csv(out).columns) == footprints.SCHEMA_COLUMNS
+        got = gpd.read_file(out)
+    assert len(got) == len(expected) > 0
+    assert sorted(got["full_plus_code"]) == sorted(expected["full_plus_code"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["inside.geojson", name])
 
 
 def test_a_region_without_data_is_exit_1_with_a_warning(clean_run: dict, tmp_path: Path, capsys):
