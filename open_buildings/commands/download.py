@@ -45,6 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--min-confidence", type=float, default=0.0, metavar="X")
     parser.add_argument("--out", metavar="FILE", help="default: <region>_buildings.<ext>")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(
         "--skip-bad",
         action="store_true",
@@ -73,6 +74,7 @@ def _download(args: argparse.Namespace) -> int:
             min_confidence=args.min_confidence,
             overwrite=args.overwrite,
             skip_bad=args.skip_bad,
+            progress=not args.no_progress and sys.stderr.isatty(),
         )
     for w in caught:
         print(f"ob-download: warning: {w.message}", file=sys.stderr)

@@ -331,6 +331,7 @@ def download(
     overwrite: bool = False,
     chunk_rows: int = CHUNK_ROWS,
     skip_bad: bool = False,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Write the buildings of ``source`` that intersect ``region`` to one file, streaming.
 
@@ -345,6 +346,7 @@ def download(
         chunk_rows: rows read at a time.
         skip_bad: skip damaged rows and files with one warning instead of stopping at the first
             (nothing is written then: the output appears only when complete).
+        progress: show a progress bar of shards read and buildings kept (on stderr).
 
     Returns:
         ``{"rows", "shards", "out", "skipped"}`` (``skipped``: a :class:`SkipLog`).
@@ -361,12 +363,19 @@ def download(
     skipped = SkipLog()
 
     def selected() -> Iterator[pd.DataFrame]:
-        for shard in shards:
+        from tqdm import tqdm
+
+        kept = 0
+        bar = tqdm(shards, unit="shard", disable=not progress, desc="ob-download")
+        for shard in bar:
             chunks = read_chunks(
                 shard, chunk_rows, skip_bad=skip_bad, skipped=skipped, header=layout.header
             )
             for chunk in chunks:
-                yield select(chunk, region, min_confidence)
+                frame = select(chunk, region, min_confidence)
+                kept += len(frame)
+                bar.set_postfix(buildings=f"{kept:,}")
+                yield frame
 
     if fmt in DRIVERS:  # written by GDAL, which needs a path rather than a stream
         with VectorWriter(out, fmt, overwrite=overwrite) as writer:

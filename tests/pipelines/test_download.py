@@ -173,3 +173,10 @@ def test_bbox_selects_like_a_region_file(clean_run: dict, tmp_path: Path, capsys
     assert "give a region file or --bbox" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         ob_download.main([*source, "--bbox", "1,2,3"])
+
+
+def test_the_progress_bar_counts_shards_and_buildings(clean_run: dict, tmp_path: Path, capsys):
+    out = tmp_path / "x.csv.gz"
+    result = download.download(shapely.box(*INSIDE), str(clean_run["out"]), out, progress=True)
+    err = capsys.readouterr().err
+    assert "1/1" in err and f"buildings={result['rows']:,}" in err
