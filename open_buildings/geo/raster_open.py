@@ -182,11 +182,13 @@ def sniff_format(path: str) -> str | None:
 
 
 def check_png(name: str, path: str) -> None:
-    """Decode a local PNG fully with Pillow, which checks what GDAL's PNG driver does not.
+    """Check a local PNG's structure with Pillow, which sees what GDAL's PNG driver does not.
 
     GDAL decodes a truncated PNG (or one whose compressed data is damaged) without an error or a
-    warning and returns garbage pixels; Pillow refuses it ("image file is truncated", a bad
-    chunk CRC, a broken zlib stream).
+    warning and returns garbage pixels. Pillow's ``verify`` walks every chunk and checks its
+    CRC-32 and the closing IEND chunk, without decompressing: a truncated file, or damaged bytes
+    anywhere in it, fail (a corruption that keeps every CRC intact would need to be made on
+    purpose).
 
     Raises:
         ImageryError: naming the file and what Pillow found.
@@ -194,8 +196,6 @@ def check_png(name: str, path: str) -> None:
     try:
         with Image.open(path) as image:
             image.verify()
-        with Image.open(path) as image:
-            image.load()
     except (OSError, SyntaxError, ValueError) as exc:  # Pillow's ways of saying "damaged"
         raise ImageryError(
             f"imagery file {name} is a damaged PNG ({exc}); the pixels cannot be trusted. "
