@@ -26,9 +26,10 @@ RegionLike = str | os.PathLike | Mapping[str, Any] | Sequence[float]
 
 
 @contextmanager
-def _region_file(region: RegionLike, folder: Path) -> Iterator[str]:
-    if isinstance(region, str | os.PathLike):
-        yield os.fspath(region)
+def _region_file(region: RegionLike | None, folder: Path) -> Iterator[str | None]:
+    """The region as a GeoJSON file path (written into ``folder`` when it is not one already)."""
+    if region is None or isinstance(region, str | os.PathLike):
+        yield None if region is None else os.fspath(region)
         return
     path = folder / "region.geojson"
     if isinstance(region, Mapping):
@@ -73,7 +74,7 @@ def detect(
 
     with tempfile.TemporaryDirectory(prefix="ob-detect-") as tmp:
         folder = Path(out) if out is not None else Path(tmp) / "out"
-        with _region_file(region, Path(tmp)) if region is not None else _none() as path:
+        with _region_file(region, Path(tmp)) as path:
             argv = [*([path] if path else []), "--out", str(folder), "--no-progress"]
             argv += ["--min-confidence", str(min_confidence)]
             argv += [*(["--imagery", os.fspath(imagery)] if imagery else [])]
@@ -86,11 +87,6 @@ def detect(
                 f"failed are listed in {folder / 'dead_letter.jsonl'}"
             )
         return read_footprints(folder)
-
-
-@contextmanager
-def _none() -> Iterator[None]:
-    yield None
 
 
 def download(

@@ -63,19 +63,20 @@ def test_ob_tiles_bad_region_is_a_clear_error(
     assert err.startswith("ob-tiles: error: ") and message in err and name in err
 
 
-@pytest.mark.parametrize(
-    "main",
-    [
-        ob_infer.main,
-        ob_train.main,
-        ob_eval.main,
-        ob_download.main,
-        ob_tiles.main,
-        ob_detect.main,
-        ob_calibrate.main,
-        ob_eval_model.main,
-    ],
-)
+COMMANDS = [
+    ob_infer.main,
+    ob_train.main,
+    ob_eval.main,
+    ob_download.main,
+    ob_tiles.main,
+    ob_detect.main,
+    ob_calibrate.main,
+    ob_eval_model.main,
+    ob_models.main,
+]
+
+
+@pytest.mark.parametrize("main", COMMANDS)
 def test_every_command_has_help(main, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])
@@ -84,20 +85,7 @@ def test_every_command_has_help(main, capsys: pytest.CaptureFixture[str]) -> Non
     assert "usage: ob-" in out and "%%" not in out
 
 
-@pytest.mark.parametrize(
-    "main",
-    [
-        ob_infer.main,
-        ob_train.main,
-        ob_eval.main,
-        ob_download.main,
-        ob_tiles.main,
-        ob_detect.main,
-        ob_calibrate.main,
-        ob_eval_model.main,
-        ob_models.main,
-    ],
-)
+@pytest.mark.parametrize("main", COMMANDS)
 def test_every_command_has_version(main, capsys: pytest.CaptureFixture[str]) -> None:
     from open_buildings import __version__
 

@@ -363,28 +363,23 @@ def _failed_tiles_status(dead: list, total: int, max_fraction: float, out: Path)
         "failed tiles"
     )
     first = dead[0].reason[:300]
-    if failed >= total:
-        print(
-            f"ob-infer: error: no tile could be processed: all {total:,} failed (the first: "
-            f"{first}). Nothing was found; {retry}",
-            file=sys.stderr,
-        )
-        return 2
     share = failed / total
-    if share > max_fraction:
+    if failed >= total:
+        what = f"no tile could be processed: all {total:,} failed. Nothing was found"
+    elif share > max_fraction:
+        what = (
+            f"{failed:,} of {total:,} tiles failed ({share:.1%}), more than "
+            f"--max-failed-fraction {max_fraction:g}"
+        )
+    else:
         print(
-            f"ob-infer: error: {failed:,} of {total:,} tiles failed ({share:.1%}), more than "
-            f"--max-failed-fraction {max_fraction:g}; the first: {first}. {retry[0].upper()}"
-            f"{retry[1:]}",
+            f"ob-infer: warning: {failed:,} of {total:,} tiles failed ({share:.1%}), so their "
+            f"buildings are missing (the first: {first}); {retry}",
             file=sys.stderr,
         )
-        return 2
-    print(
-        f"ob-infer: warning: {failed:,} of {total:,} tiles failed ({share:.1%}), so their "
-        f"buildings are missing (the first: {first}); {retry}",
-        file=sys.stderr,
-    )
-    return 0
+        return 0
+    print(f"ob-infer: error: {what} (the first: {first}); {retry}", file=sys.stderr)
+    return 2
 
 
 def _warn_unfamiliar(domain: dict, out: Path) -> None:

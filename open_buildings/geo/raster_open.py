@@ -207,8 +207,8 @@ def check_png(name: str, path: str) -> None:
 def open_raster(name: str, path: str, limits: ReadLimits) -> Iterator[rasterio.DatasetReader]:
     """Open a raster with an allowed driver and check its declared size against ``limits``.
 
-    Reads made inside the block are strict: libjpeg warnings are errors, a local PNG is decoded
-    once by Pillow first (:func:`check_png`), and any warning GDAL logs while the file is open
+    Reads made inside the block are strict: libjpeg warnings are errors, a local PNG's chunks are
+    checked by Pillow first (:func:`check_png`), and any warning GDAL logs while the file is open
     fails the block with an :class:`ImageryError` when it ends, so pixels GDAL complained about
     are never used.
 

@@ -71,7 +71,10 @@ def fix_all(pending: list[Pending], source: str, fix_invalid: bool) -> list[shap
     simple = ~crossing & shapely.is_valid(polygons)
     groups: dict[tuple[str, bool], list[shapely.Polygon]] = {}
     for i, p in enumerate(pending):
-        parts = [polygons[i]] if simple[i] else fix_polygon(p.rings, p.where, source, fix_invalid)
+        if simple[i]:
+            parts = [polygons[i]]
+        else:
+            parts = fix_polygon(polygons[i], p.where, source, fix_invalid, crosses=crossing[i])
         groups.setdefault((p.group, p.multi), []).extend(parts)
     out: list[shapely.Polygon] = []
     for (group, multi), parts in groups.items():
@@ -100,9 +103,9 @@ def check_members(
     """
     # Valid members can still overlap, repeat or nest, which the union would merge silently:
     # the whole is checked, as a Polygon is. Members that only share an edge are fine.
-    union = shapely.union_all(out)
+    merged = shapely.union_all(out)
     total = float(shapely.area(out).sum())
-    if total - union.area > 1e-9 * total:
+    if total - merged.area > 1e-9 * total:
         reason = shapely.is_valid_reason(shapely.MultiPolygon(out))
         if not fix_invalid:
             raise region_error(
@@ -118,19 +121,8 @@ def check_members(
             UserWarning,
             stacklevel=2,
         )
-        return _polygonal(shapely.union_all(out))
+        return _polygonal(merged)
     return out
-
-
-def _crosses_antimeridian(rings: list[np.ndarray]) -> bool:
-    for xy in rings:
-        lon = xy[:, 0]
-        if np.abs(lon).max() > 180:
-            return True
-        jumps = np.abs(np.diff(lon))
-        if jumps.max(initial=0.0) > 180 and ((jumps > 180) & (jumps != 360)).any():
-            return True
-    return False
 
 
 def _polygonal(geometry: shapely.Geometry) -> list[shapely.Polygon]:
@@ -166,15 +158,22 @@ def _repair(
 
 
 def fix_polygon(
-    rings: list[np.ndarray], label: str, source: str, fix_invalid: bool
+    polygon: shapely.Polygon, label: str, source: str, fix_invalid: bool, *, crosses: bool
 ) -> list[shapely.Polygon]:
-    """Make one polygon valid, split at the antimeridian, oriented; return its parts."""
-    polygon = shapely.Polygon(rings[0], rings[1:])
-    if not _crosses_antimeridian(rings):
+    """Make one polygon valid, split at the antimeridian, oriented; return its parts.
+
+    Args:
+        polygon: the polygon as written, longitudes up to +-360.
+        label: names the polygon in messages.
+        source: names the file in messages.
+        fix_invalid: repair an invalid polygon (with a warning) instead of raising.
+        crosses: it crosses the antimeridian (as :func:`fix_all` decides).
+    """
+    if not crosses:
         if not polygon.is_valid:
             return _repair(polygon, shapely.is_valid_reason(polygon), label, source, fix_invalid)
         return [polygon]
-    if all((np.abs(xy[:, 0]) <= 180).all() for xy in rings):
+    if np.abs(shapely.get_coordinates(polygon)[:, 0]).max() <= 180:
         # Only a jump of more than 180 degrees says "across the antimeridian"; read literally
         # (RFC 7946: straight edges in lon/lat), the same ring goes the long way round.
         warnings.warn(

@@ -316,12 +316,10 @@ def _ring(ring: Any, label: str, source: str) -> np.ndarray:
         xy = np.array(ring if len(lengths) == 1 else [p[:2] for p in ring], dtype=float)[:, :2]
     except OverflowError:
         raise region_error(source, label, "a coordinate is too large to be a degree") from None
-    bad = (
-        np.zeros(0, int) if np.isfinite(xy).all() else np.flatnonzero(~np.isfinite(xy).all(axis=1))
-    )
-    if bad.size:
+    finite = np.isfinite(xy).all(axis=1)
+    if not finite.all():
         raise region_error(
-            source, label, f"position {bad[0]} is NaN or infinite; fix the coordinates"
+            source, label, f"position {np.argmin(finite)} is NaN or infinite; fix the coordinates"
         )
     if list(ring[0]) != list(ring[-1]):
         raise region_error(
@@ -331,9 +329,8 @@ def _ring(ring: Any, label: str, source: str) -> np.ndarray:
             f"the last {list(ring[-1])}; repeat the first position at the end",
         )
     lon, lat = xy[:, 0], xy[:, 1]
-    bad = np.flatnonzero(np.abs(lat) > 90) if np.abs(lat).max() > 90 else ()
-    if len(bad):
-        k = bad[0]
+    if np.abs(lat).max() > 90:
+        k = int(np.argmax(np.abs(lat) > 90))
         if abs(lon[k]) <= 90:
             hint = "coordinates look like [lat, lon]; GeoJSON is [lon, lat]: swap them"
         else:
@@ -343,9 +340,8 @@ def _ring(ring: Any, label: str, source: str) -> np.ndarray:
             label,
             f"position {k} {list(ring[k])} has latitude {lat[k]:g}, outside [-90, 90]; {hint}",
         )
-    bad = np.flatnonzero(np.abs(lon) > 360) if np.abs(lon).max() > 360 else ()
-    if len(bad):
-        k = bad[0]
+    if np.abs(lon).max() > 360:
+        k = int(np.argmax(np.abs(lon) > 360))
         raise region_error(
             source,
             label,

@@ -289,9 +289,7 @@ class _Writer:
             if not self._started:
                 self._handle.write(b'{"type":"FeatureCollection","features":[\n')
             self._handle.write(b"\n]}\n")
-        elif self._fmt == "geojsonl":
-            pass
-        else:
+        elif self._fmt == "parquet":
             if self._parquet is None:
                 self._write_parquet(_empty_frame())
             self._parquet.close()

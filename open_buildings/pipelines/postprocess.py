@@ -18,7 +18,6 @@ import pandas as pd
 import shapely
 
 from open_buildings.geo import cells, footprints, grid, polygonize
-from open_buildings.geo.imagery import TileImage
 from open_buildings.pipelines.config import PostprocessConfig
 
 SHARD_COLUMN = "shard"
@@ -29,17 +28,17 @@ FRAME_COLUMNS = [*footprints.SCHEMA_COLUMNS[:5], SHARD_COLUMN]
 DEFAULT_POSTPROCESS = PostprocessConfig(min_confidence=0.0)
 
 
-def covered_m2(tile: grid.Tile, image: TileImage) -> int:
+def covered_m2(tile: grid.Tile, valid: np.ndarray) -> int:
     """Return the ground area of the tile's core that has imagery, in whole square metres.
 
     Args:
         tile: the tile.
-        image: its pixels.
+        valid: its pixels' mask, True where there is imagery.
     """
-    if image.empty:
+    if not valid.any():
         return 0
     core_m2 = float(gpd.GeoSeries([tile.core], crs="EPSG:4326").to_crs(tile.crs).area.iloc[0])
-    return round(core_m2 * float(image.valid.mean()))
+    return round(core_m2 * float(valid.mean()))
 
 
 def footprints_for_tile(

@@ -111,19 +111,18 @@ def stats_path(work_dir: str | os.PathLike[str], tile_id: str) -> Path:
 
 
 def write_tile_stats(work_dir: str | os.PathLike[str], tile_id: str, **figures: int) -> Path:
-    """Keep (or add to) a tile's summary figures, so that a resumed run reports the whole job.
+    """Keep a finished tile's summary figures, so that a resumed run reports the whole job.
 
     Args:
         work_dir: the run's work folder.
         tile_id: the tile.
-        figures: e.g. ``m2_covered``, ``tiles_empty``, ``outside_region``; each replaces the
-            value an earlier attempt at the same tile wrote.
+        figures: e.g. ``m2_covered``, ``tiles_empty``, ``outside_region``; they replace what an
+            earlier attempt at the same tile wrote.
     """
     target = stats_path(work_dir, tile_id)
     target.parent.mkdir(parents=True, exist_ok=True)
-    kept = json.loads(target.read_text(encoding="utf-8")) if target.exists() else {}
     with footprints.atomic_write(target, overwrite=True, mode="w") as handle:
-        json.dump({**kept, **figures}, handle, sort_keys=True)
+        json.dump(figures, handle, sort_keys=True)
     return target
 
 

@@ -163,13 +163,8 @@ class ReadTileFn(beam.DoFn):
         if image.empty:
             _counter("tiles_empty").inc()
             if work:
-                sinks.write_tile_stats(work.path, tile_id, tiles_empty=1, m2_covered=0)
-                finish_tile(work, tile_id, self._empty())
+                finish_tile(work, tile_id, self._empty(), tiles_empty=1, m2_covered=0)
             return
-        covered = postprocess.covered_m2(tile, image)
-        _counter("m2_covered").inc(covered)
-        if work:
-            sinks.write_tile_stats(work.path, tile_id, tiles_empty=0, m2_covered=covered)
         yield tile_id, TileInput(image.rgb, image.valid)
 
 
@@ -184,8 +179,14 @@ def dead_letter(
     return beam.pvalue.TaggedOutput(DEAD_LETTER, record)
 
 
-def finish_tile(work: WorkDir, tile_id: str, frame: Any) -> None:
-    """Keep a finished tile's result (any picklable frame) and clear its failure marker."""
+def finish_tile(work: WorkDir, tile_id: str, frame: Any, **figures: int) -> None:
+    """Keep a finished tile's result (any picklable frame) and clear its failure marker.
+
+    ``figures`` (e.g. ``m2_covered``) are kept for the run summary (:func:`sinks.job_stats`),
+    before the result, so that a finished tile always has them.
+    """
+    if figures:
+        sinks.write_tile_stats(work.path, tile_id, **figures)
     sinks.write_partial(frame, sinks.partial_path(work.path, tile_id))
     sinks.failed_path(work.path, tile_id).unlink(missing_ok=True)
 
@@ -314,10 +315,12 @@ class PolygonizeFn(beam.DoFn):
         if self._region is not None:
             frame, outside = postprocess.inside_region(frame, self._region)
             _counter("outside_region").inc(outside)
+        covered = postprocess.covered_m2(tile, result.example.valid)
+        _counter("m2_covered").inc(covered)
         _counter("buildings").inc(len(frame))
         if self._work:
-            sinks.write_tile_stats(self._work.path, tile_id, outside_region=outside)
-            finish_tile(self._work, tile_id, frame)
+            figures = {"tiles_empty": 0, "m2_covered": covered, "outside_region": outside}
+            finish_tile(self._work, tile_id, frame, **figures)
         yield frame
 
 
