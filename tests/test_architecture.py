@@ -21,6 +21,8 @@ STAGES = {
     "config",
     "runtime",
     "onnx_backend",
+    "onnx_model",
+    "forward",
     "postprocess",
     "domain",
     "probabilities",

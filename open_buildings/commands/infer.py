@@ -32,7 +32,7 @@ from open_buildings.pipelines.job import (
     sample_imagery,
     sample_region,
 )
-from open_buildings.pipelines.runtime import resolve_device, resolve_model
+from open_buildings.pipelines.runtime import check_runnable, resolve_device, resolve_model
 from open_buildings.pipelines.transforms import WorkDir
 
 WORK_DIR = ".work"
@@ -299,6 +299,7 @@ def _infer(args: argparse.Namespace) -> int:
     imagery = config.imagery or sample_imagery()
     _check_coverage(open_imagery(imagery, bands=config.bands), region, imagery)
     model = resolve_model(config.model, moe_capacity=config.moe_capacity)
+    check_runnable(model, config.runtime)
     if config.runtime.device == "cuda":
         resolve_device("cuda")
     _prepare_output(out, overwrite=args.overwrite, resume=args.resume)

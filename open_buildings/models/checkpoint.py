@@ -8,7 +8,6 @@ safetensors holds tensors only, and the architecture comes from the registry.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -22,6 +21,17 @@ from torch import nn
 
 from open_buildings.errors import CheckpointError, ConfigError
 from open_buildings.models.base import BuildingModel, InputSpec
+from open_buildings.models.checkpoint_meta import (
+    FORMAT_VERSION,
+    INPUT_RANGES,
+    OPERATING_POINTS,
+    file_sha256,
+    read_input_ranges,
+    read_metadata,
+    read_operating_points,
+    read_sidecar,
+    sidecar_path,
+)
 from open_buildings.models.registry import build_model
 
 __all__ = [
@@ -36,32 +46,8 @@ __all__ = [
     "write_operating_points",
 ]
 
-FORMAT_VERSION = "1"
-#: The metadata key of a checkpoint's calibrated confidence thresholds.
-OPERATING_POINTS = "operating_points"
-#: The metadata key of the ranges of the training imagery's tile statistics.
-INPUT_RANGES = "input_ranges"
+
 _LIST_LIMIT = 10
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """Return the hex sha256 of a file, read in 1 MiB chunks.
-
-    Args:
-        path: The file.
-
-    Returns:
-        64 lowercase hex digits.
-    """
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _sidecar(path: Path) -> Path:
-    return path.with_name(path.name + ".sha256")
 
 
 def _atomic_write(path: Path, write: Any) -> None:
@@ -128,61 +114,10 @@ def _write(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str
     _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
     sha = file_sha256(path)
     _atomic_write(
-        _sidecar(path), lambda tmp: Path(tmp).write_text(f"{sha}  {path.name}\n", encoding="utf-8")
+        sidecar_path(path),
+        lambda tmp: Path(tmp).write_text(f"{sha}  {path.name}\n", encoding="utf-8"),
     )
     return sha
-
-
-def _read_sidecar(path: Path) -> str:
-    sidecar = _sidecar(path)
-    if not sidecar.is_file():
-        raise CheckpointError(
-            f"no sha256 sidecar {sidecar} next to {path}; pass expected_sha256=<hex> from the "
-            "model's manifest, or verify_sidecar=False if you trust the file"
-        )
-    fields = sidecar.read_text(encoding="utf-8").split()
-    if not fields or len(fields[0]) != 64:
-        raise CheckpointError(f"{sidecar} is not in sha256sum format ('<64 hex>  <filename>')")
-    if len(fields) > 1 and fields[-1].lstrip("*") != path.name:
-        raise CheckpointError(
-            f"{sidecar} describes {fields[-1]!r}, not {path.name!r}; it belongs to another file"
-        )
-    return fields[0].lower()
-
-
-def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
-    """Read a checkpoint's safetensors metadata without loading tensors.
-
-    Args:
-        path: The ``.safetensors`` file.
-
-    Returns:
-        The string metadata.
-
-    Raises:
-        CheckpointError: The file is not a safetensors file or lacks the required fields.
-    """
-    path = Path(path)
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-    except Exception as exc:
-        raise CheckpointError(
-            f"{path} is not a readable safetensors file ({exc}); checkpoints must be written "
-            "by save_checkpoint (pickled .pt/.pth files are not accepted)"
-        ) from exc
-    missing = [k for k in ("format_version", "name", "config") if k not in metadata]
-    if missing:
-        raise CheckpointError(
-            f"{path} is safetensors but lacks the metadata {missing}; it was not written by "
-            "save_checkpoint, so the model cannot be rebuilt from it"
-        )
-    if metadata["format_version"] != FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path} has checkpoint format_version {metadata['format_version']!r}; this "
-            f"version of open_buildings reads {FORMAT_VERSION!r}"
-        )
-    return metadata
 
 
 def rebuild_model(
@@ -282,7 +217,7 @@ def load_checkpoint(
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     if expected_sha256 is not None or verify_sidecar:
-        expected = (expected_sha256 or _read_sidecar(path)).strip().lower()
+        expected = (expected_sha256 or read_sidecar(path)).strip().lower()
         actual = file_sha256(path)
         if actual != expected:
             raise CheckpointError(
@@ -326,54 +261,6 @@ def load_checkpoint(
     return model.to(device).eval()
 
 
-def _json_entry(path: str | os.PathLike[str], key: str, what: str) -> Any:
-    """One JSON metadata entry of a checkpoint, or None when it has none."""
-    metadata = read_metadata(path)
-    if key not in metadata:
-        return None
-    try:
-        return json.loads(metadata[key])
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: {what} are not valid JSON ({exc})") from None
-
-
-def read_operating_points(path: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """Return a checkpoint's calibrated confidence thresholds, or None if it carries none.
-
-    They are measured on labelled data the model never trained on
-    (``training.calibrate.operating_points``): ``best_f1`` (``threshold``, ``precision``,
-    ``recall``, ``f1``), ``precision_targets`` (one entry per target precision, its ``threshold``
-    None when unreachable) and ``measured_on``.
-
-    Raises:
-        CheckpointError: The file is not a checkpoint, or the thresholds are not valid JSON.
-    """
-    points = _json_entry(path, OPERATING_POINTS, "the operating points")
-    if points is None:
-        return None
-    best = points.get("best_f1") if isinstance(points, dict) else None
-    if not isinstance(best, dict) or not isinstance(best.get("threshold"), int | float):
-        raise CheckpointError(f"{path}: the operating points lack best_f1.threshold")
-    return points
-
-
-def read_input_ranges(path: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """Return the ranges of a checkpoint's training-imagery statistics, or None if it has none.
-
-    ``{"ranges": {stat: [low, high]}, "measured_on", "tiles"}``, as
-    ``training.calibrate.input_ranges`` measures them (``pipelines.domain``).
-
-    Raises:
-        CheckpointError: The file is not a checkpoint, or the ranges are not valid JSON.
-    """
-    ranges = _json_entry(path, INPUT_RANGES, "the input ranges")
-    if ranges is None:
-        return None
-    if not isinstance(ranges, dict) or not isinstance(ranges.get("ranges"), dict):
-        raise CheckpointError(f"{path}: the input ranges lack their 'ranges' mapping")
-    return ranges
-
-
 def write_operating_points(
     path: str | os.PathLike[str],
     points: dict[str, Any] | None = None,
@@ -393,7 +280,7 @@ def write_operating_points(
         The sha256 of the file written.
     """
     path = Path(path)
-    expected = _read_sidecar(path)
+    expected = read_sidecar(path)
     if file_sha256(path) != expected:
         raise CheckpointError(f"sha256 mismatch for {path}; copy the checkpoint again")
     metadata = read_metadata(path)

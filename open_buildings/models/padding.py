@@ -13,10 +13,12 @@ Two choices make a policy, and each caller states both:
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
-import torch.nn.functional as F  # noqa: N812
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 PadMode = Literal["reflect", "replicate", "constant"]
 
@@ -41,19 +43,47 @@ def pad_to(
     Returns:
         The padded batch and ``(top, left)``: where the original image starts in it.
     """
-    h, w = x.shape[-2:]
+    import torch.nn.functional as F  # noqa: N812 - torch only where a torch batch is padded
+
+    pads, fill = _plan(x.shape[-2:], height, width, mode=mode, centre=centre)
+    if pads is None:
+        return x, (0, 0)
+    (top, bottom), (left, right) = pads
+    if fill == "constant":
+        return F.pad(x, (left, right, top, bottom), mode="constant", value=0.0), (top, left)
+    return F.pad(x, (left, right, top, bottom), mode=fill), (top, left)
+
+
+def pad_array(
+    x: np.ndarray, height: int, width: int, *, mode: PadMode, centre: bool
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """:func:`pad_to` for a numpy ``(..., H, W)`` array: the same pixels, without torch.
+
+    numpy's ``reflect`` and ``edge`` are torch's ``reflect`` and ``replicate``.
+    """
+    pads, fill = _plan(x.shape[-2:], height, width, mode=mode, centre=centre)
+    if pads is None:
+        return x, (0, 0)
+    widths = [(0, 0)] * (x.ndim - 2) + list(pads)
+    numpy_mode = {"constant": "constant", "reflect": "reflect", "replicate": "edge"}[fill]
+    return np.pad(x, widths, mode=numpy_mode), (pads[0][0], pads[1][0])
+
+
+def _plan(
+    shape: tuple[int, ...], height: int, width: int, *, mode: PadMode, centre: bool
+) -> tuple[tuple[tuple[int, int], tuple[int, int]] | None, str]:
+    """The ``((top, bottom), (left, right))`` pads and the fill that pads a side to the size."""
+    h, w = int(shape[0]), int(shape[1])
     pad_h, pad_w = height - h, width - w
     if pad_h < 0 or pad_w < 0:
         raise ValueError(f"cannot pad a {h}x{w} image to {height}x{width}")
     if not (pad_h or pad_w):
-        return x, (0, 0)
+        return None, mode
     top, left = (pad_h // 2, pad_w // 2) if centre else (0, 0)
-    pads = (left, pad_w - left, top, pad_h - top)
-    if mode == "constant":
-        return F.pad(x, pads, mode="constant", value=0.0), (top, left)
-    if mode == "reflect" and max(pads[0], pads[1]) < w and max(pads[2], pads[3]) < h:
-        return F.pad(x, pads, mode="reflect"), (top, left)
-    return F.pad(x, pads, mode="replicate"), (top, left)
+    pads = ((top, pad_h - top), (left, pad_w - left))
+    if mode == "reflect" and (max(pads[0]) >= h or max(pads[1]) >= w):
+        return pads, "replicate"
+    return pads, mode
 
 
 def pad_to_multiple(

@@ -1,4 +1,4 @@
-"""ONNX Runtime for a CPU worker: export once, check against PyTorch, cache, reload sealed.
+"""Exporting a PyTorch model to ONNX: export once, check against PyTorch, cache, reload sealed.
 
 ONNX Runtime runs the default U-Net about 2x faster than PyTorch in channels_last on an AVX2 CPU
 (``bench/README.md``; it folds batch norms into convolutions and fuses activations). A converted
@@ -6,9 +6,11 @@ network is checked against PyTorch on a random batch whose size differs from the
 it is used; if they disagree it is not used. The ONNX file is cached (``$OPEN_BUILDINGS_CACHE`` or
 ``~/.cache/open_buildings``) under a key made of the checkpoint's sha256 (or the weights), the
 config and the library versions, and sealed with its own sha256 once checked, so a worker pays the
-export once. :func:`load_cached` then rebuilds the model from the checkpoint's metadata and the
-sealed file alone (``models.checkpoint.rebuild_model``): it never builds the PyTorch network, so a
-worker does not import timm and segmentation_models_pytorch (seconds of start-up).
+export once. :func:`load_cached` then opens the sealed file alone as an
+:class:`~.onnx_model.OnnxModel` (the export records the model's contract): it never builds the
+PyTorch network, so a worker does not import timm and segmentation_models_pytorch (seconds of
+start-up). :func:`export_beside` writes the export a checkpoint ships with (``weights.onnx``),
+which the light install runs without PyTorch.
 """
 
 from __future__ import annotations
@@ -26,15 +28,18 @@ import numpy as np
 import torch
 from torch import nn
 
+from open_buildings.models.checkpoint_meta import file_sha256, sidecar_path
+from open_buildings.pipelines.onnx_model import META_KEY, OnnxModel, export_path
+
 #: Bump to invalidate every cached ONNX file (e.g. when the export recipe changes).
-_EXPORT_VERSION = 1
+_EXPORT_VERSION = 2
 _OPSET = 17
 _CHECK_ATOL = 1e-3
 _CHECK_RTOL = 1e-4
 
 
 def onnxruntime_available() -> bool:
-    """Return True when ``onnxruntime`` (and ``onnx``, which the exporter needs) can be imported."""
+    """Return True when ``onnxruntime`` and ``onnx`` (which the exporter needs) can be imported."""
     return all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "onnx"))
 
 
@@ -43,36 +48,6 @@ def cache_dir() -> Path:
     root = os.environ.get("OPEN_BUILDINGS_CACHE")
     base = Path(root) if root else Path.home() / ".cache" / "open_buildings"
     return base / "onnx"
-
-
-class OrtNet(nn.Module):
-    """A network run by an ONNX Runtime session, callable like the ``nn.Module`` it came from.
-
-    Args:
-        path: the ``.onnx`` file.
-        threads: intra-op threads (torch's count by default).
-    """
-
-    def __init__(self, path: str | os.PathLike[str], threads: int | None = None) -> None:
-        super().__init__()
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(threads or torch.get_num_threads())
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.path = str(path)
-        self.session = ort.InferenceSession(self.path, options, providers=["CPUExecutionProvider"])
-        self._input = self.session.get_inputs()[0].name
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Run the session on a float32 CPU batch; return its first output as a tensor."""
-        array = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
-        return torch.from_numpy(self.session.run(None, {self._input: array})[0])
-
-    def extra_repr(self) -> str:
-        """Name the ONNX file."""
-        return f"path={self.path!r}"
 
 
 def checkpoint_key(sha256: str, moe_capacity: float | None = None) -> str:
@@ -90,27 +65,21 @@ def checkpoint_key(sha256: str, moe_capacity: float | None = None) -> str:
     return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def _seal(path: Path) -> Path:
-    return path.with_name(path.name + ".sha256")
-
-
 def _sealed(path: Path) -> bool:
     """True when ``path`` exists and matches the sha256 written when it was checked."""
-    from open_buildings.models.checkpoint import file_sha256
-
-    seal = _seal(path)
+    seal = sidecar_path(path)
     if not (path.is_file() and seal.is_file()):
         return False
-    return seal.read_text(encoding="ascii").strip() == file_sha256(path)
+    fields = seal.read_text(encoding="ascii").split()
+    return bool(fields) and fields[0] == file_sha256(path)
 
 
 def _write_seal(path: Path) -> None:
-    from open_buildings.models.checkpoint import file_sha256
-
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".sha256.tmp")
     with os.fdopen(fd, "w", encoding="ascii") as handle:
-        handle.write(file_sha256(path) + "\n")
-    os.replace(tmp, _seal(path))
+        handle.write(f"{file_sha256(path)}  {path.name}\n")
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, sidecar_path(path))
 
 
 def load_cached(
@@ -121,8 +90,8 @@ def load_cached(
     device: str | torch.device = "cpu",
     bf16: bool = False,
     backend: str = "auto",
-) -> nn.Module | None:
-    """Return the model with its sealed ONNX conversion, without building the PyTorch network.
+) -> OnnxModel | None:
+    """Return the model's sealed ONNX conversion, without building the PyTorch network.
 
     Args:
         checkpoint: the local ``.safetensors`` file.
@@ -133,7 +102,7 @@ def load_cached(
         backend: as for :func:`prepare_model`.
 
     Returns:
-        A ``BuildingModel`` whose ``net`` is an :class:`OrtNet`, or None when this path does not
+        The :class:`~.onnx_model.OnnxModel`, or None when this path does not
         apply (no conversion cached yet, another backend or device, a checkpoint that does not
         match ``sha256``: the caller then loads it the full way, which reports the problem).
     """
@@ -143,15 +112,13 @@ def load_cached(
         return None
     if not onnxruntime_available():
         return None
-    from open_buildings.models.checkpoint import file_sha256, read_metadata, rebuild_model
+    from open_buildings.models.checkpoint_meta import read_metadata
 
     meta = read_metadata(checkpoint)
-    if "input_spec" not in meta or "output_channels" not in meta:
-        return None
     path = cache_dir() / f"{meta['name']}-{checkpoint_key(sha256, moe_capacity)}.onnx"
     if not _sealed(path) or file_sha256(checkpoint) != sha256.lower():
         return None
-    return rebuild_model(meta, source=checkpoint, net=OrtNet(path)).eval()
+    return OnnxModel(path)
 
 
 def _model_key(model: nn.Module) -> str:
@@ -176,16 +143,25 @@ def _sizes(model: nn.Module) -> tuple[int, int]:
     return int(getattr(spec, "bands", 3)), math.lcm(64, divisor)
 
 
-def export_onnx(model: nn.Module, path: str | os.PathLike[str]) -> Path:
+def export_onnx(
+    model: nn.Module, path: str | os.PathLike[str], *, checkpoint_sha256: str | None = None
+) -> Path:
     """Export ``model.net`` to ONNX with a dynamic batch, height and width (written atomically).
+
+    The file's metadata (key ``open_buildings``) records the wrapper's contract, so
+    :class:`~.onnx_model.OnnxModel` runs it without the checkpoint or PyTorch.
 
     Args:
         model: a ``BuildingModel`` in eval mode, on the CPU.
         path: where to write the ``.onnx`` file.
+        checkpoint_sha256: the sha256 of the checkpoint the model was loaded from, recorded so
+            that an export shipped beside a checkpoint is only used with those weights.
 
     Returns:
         The path.
     """
+    import onnx
+
     bands, step = _sizes(model)
     example = torch.rand(1, bands, 2 * step, 2 * step)
     target = Path(path)
@@ -205,6 +181,12 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str]) -> Path:
                 dynamic_axes={"x": {0: "batch", 2: "height", 3: "width"}},
                 opset_version=_OPSET,
             )
+        proto = onnx.load(tmp)
+        onnx.helper.set_model_props(
+            proto, {META_KEY: json.dumps(_contract(model, checkpoint_sha256))}
+        )
+        onnx.save(proto, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide a shipped export from other users
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
@@ -212,37 +194,75 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str]) -> Path:
     return target
 
 
-def _agrees(model: nn.Module, net: nn.Module) -> bool:
-    """Compare ``net`` with ``model.net`` on a random batch of another size than the export's."""
+def _contract(model: nn.Module, checkpoint_sha256: str | None) -> dict[str, object]:
+    """What :class:`~.onnx_model.OnnxModel` needs to stand in for the ``BuildingModel``."""
+    return {
+        "name": model.name,
+        "config": model.config,
+        "input_spec": model.input_spec.to_dict(),
+        "output_channels": list(model.output_channels),
+        "pad_mode": model.pad_mode,
+        "checkpoint_sha256": checkpoint_sha256.lower() if checkpoint_sha256 else None,
+    }
+
+
+def _agrees(model: nn.Module, converted: OnnxModel) -> bool:
+    """Compare the export with the model on a random batch of another size than the export's."""
     bands, step = _sizes(model)
     x = torch.rand(2, bands, 3 * step, 2 * step, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
-        want = model.net(x)
-        got = net(x)
-    return got.shape == want.shape and torch.allclose(got, want, atol=_CHECK_ATOL, rtol=_CHECK_RTOL)
+        want = model(x).float().numpy()
+    got = converted(x.numpy())
+    return got.shape == want.shape and np.allclose(got, want, atol=_CHECK_ATOL, rtol=_CHECK_RTOL)
 
 
-def to_onnxruntime(model: nn.Module, key: str | None = None) -> nn.Module:
-    """Return ``model`` with its network running in ONNX Runtime (the export is cached).
+def to_onnxruntime(model: nn.Module, key: str | None = None) -> OnnxModel:
+    """Return ``model`` converted to run in ONNX Runtime (the export is cached).
 
     Args:
         model: a ``BuildingModel`` in eval mode, on the CPU.
         key: the cache key (:func:`checkpoint_key`); None hashes the weights and config.
 
     Returns:
-        The same wrapper object, whose ``net`` is now an :class:`OrtNet`.
+        The :class:`~.onnx_model.OnnxModel`.
 
     Raises:
         RuntimeError: if the export fails or the converted network disagrees with PyTorch.
     """
     path = cache_dir() / f"{getattr(model, 'name', 'model')}-{key or _model_key(model)}.onnx"
     if _sealed(path):
-        model.net = OrtNet(path)
-        return model
+        return OnnxModel(path)
     export_onnx(model, path)
-    net = OrtNet(path)
-    if not _agrees(model, net):
+    converted = OnnxModel(path)
+    if not _agrees(model, converted):
         raise RuntimeError(f"the ONNX export of {getattr(model, 'name', 'the model')} differs")
     _write_seal(path)
-    model.net = net
-    return model
+    return converted
+
+
+def export_beside(checkpoint: str | os.PathLike[str]) -> Path:
+    """Write the ONNX export a checkpoint ships with: ``<stem>.onnx`` and its sha256 sidecar.
+
+    The checkpoint is loaded (its sidecar checked), exported, and the export is checked against
+    PyTorch before the sidecar that makes it usable is written.
+
+    Args:
+        checkpoint: the ``.safetensors`` file.
+
+    Returns:
+        The ``.onnx`` path.
+
+    Raises:
+        RuntimeError: if the export disagrees with PyTorch (nothing usable is left behind).
+    """
+    from open_buildings.models.checkpoint import load_checkpoint
+
+    model = load_checkpoint(checkpoint)
+    target = export_path(checkpoint)
+    sidecar_path(target).unlink(missing_ok=True)
+    export_onnx(model, target, checkpoint_sha256=file_sha256(checkpoint))
+    if not _agrees(model, OnnxModel(target)):
+        target.unlink()
+        raise RuntimeError(f"the ONNX export of {checkpoint} differs from PyTorch; not kept")
+    _write_seal(target)
+    return target

@@ -19,30 +19,44 @@ a GPU that has none raises instead of quietly running on its CPU.
 from __future__ import annotations
 
 import functools
-import math
+import importlib.util
 import os
 import warnings
-from collections.abc import Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
-from open_buildings.errors import ConfigError, InferenceError
-from open_buildings.models.padding import pad_to, padded_shape
-from open_buildings.pipelines import onnx_backend
+from open_buildings.errors import CheckpointError, ConfigError, InferenceError
+from open_buildings.pipelines import onnx_model
 from open_buildings.pipelines.config import RuntimeConfig
+from open_buildings.pipelines.forward import PAD_MULTIPLE, run_model
 from open_buildings.remote import is_remote, local_copy, read_remote_text
+
+if TYPE_CHECKING:
+    from torch import nn
+
+__all__ = [
+    "BACKENDS",
+    "PAD_MULTIPLE",
+    "ModelRef",
+    "TileInput",
+    "check_runnable",
+    "load_model",
+    "native_bf16",
+    "prepare_model",
+    "resolve_device",
+    "resolve_min_confidence",
+    "resolve_model",
+    "run_model",
+    "torch_available",
+    "zoo_models",
+]
 
 BACKENDS = ("auto", "torch", "onnxruntime")
 WEIGHTS_NAME = "weights.safetensors"
 DEFAULT_MODEL = "default"
-#: Each tile is padded (bottom/right) to a multiple of this before the model sees it.
-PAD_MULTIPLE = 64
 
 
 @dataclass(frozen=True)
@@ -104,7 +118,7 @@ def resolve_model(
         InferenceError: if nothing matches (the message lists the zoo and how to pass a path),
             or ``moe_capacity`` is given for a local checkpoint without expert layers.
     """
-    from open_buildings.models.checkpoint import file_sha256
+    from open_buildings.models.checkpoint_meta import file_sha256
     from open_buildings.resources import resource
 
     if is_remote(spec):
@@ -136,6 +150,8 @@ def resolve_model(
 
 def _check_has_experts(spec: str, path: Path) -> None:
     """Refuse a MoE capacity for a checkpoint whose model has no expert layers."""
+    import torch
+
     from open_buildings.models.checkpoint import read_metadata, rebuild_model
     from open_buildings.models.moe import moe_layers
 
@@ -165,7 +181,7 @@ def resolve_min_confidence(model: ModelRef, requested: float | str) -> tuple[flo
         ``(threshold, source)``; ``"auto"`` for a checkpoint without operating points is 0 (every
         footprint is written), and the source says so.
     """
-    from open_buildings.models.checkpoint import read_operating_points
+    from open_buildings.models.checkpoint_meta import read_operating_points
 
     if not isinstance(requested, str):
         return float(requested), "set by the user"
@@ -185,7 +201,7 @@ def resolve_min_confidence(model: ModelRef, requested: float | str) -> tuple[flo
 
 def model_input_ranges(model: ModelRef) -> dict[str, Any] | None:
     """The checkpoint's training-imagery ranges (``models.checkpoint.read_input_ranges``)."""
-    from open_buildings.models.checkpoint import read_input_ranges
+    from open_buildings.models.checkpoint_meta import read_input_ranges
 
     return read_input_ranges(_localize(model.path)[0])
 
@@ -199,26 +215,98 @@ def _localize(path: str) -> tuple[str, str | None]:
     return local_copy(path, prefix="ob-model-"), sidecar.split()[0] if sidecar else None
 
 
-def load_model(model: ModelRef, runtime: RuntimeConfig) -> tuple[nn.Module, str, torch.device]:
+def torch_available() -> bool:
+    """Return True when PyTorch is installed (the ``[train]`` extra; the light install has none)."""
+    return importlib.util.find_spec("torch") is not None
+
+
+def load_model(model: ModelRef, runtime: RuntimeConfig) -> tuple[Any, str, Any]:
     """Load a checkpoint on this worker, ready to run: the one loading path of every job.
+
+    On a CPU in fp32 (backend ``auto`` or ``onnxruntime``), an ONNX export shipped beside the
+    checkpoint for these weights runs without PyTorch (:func:`.onnx_model.open_beside`); next a
+    sealed conversion in the cache; otherwise PyTorch loads the checkpoint and converts it.
 
     Args:
         model: the checkpoint (its sha256 is checked here).
         runtime: device, bf16 and backend.
 
     Returns:
-        The model, the backend it runs on (see :func:`prepare_model`) and its device.
+        The model (an :class:`~.onnx_model.OnnxModel` or a ``BuildingModel``), the backend it
+        runs on (see :func:`prepare_model`) and its device.
 
     Raises:
-        InferenceError: if the device is ``"cuda"`` and this worker has no GPU.
+        InferenceError: if the device is ``"cuda"`` and this worker has no GPU, or the model
+            needs PyTorch and it is not installed.
         CheckpointError: if the file is not the expected checkpoint.
     """
-    from open_buildings.models.checkpoint import load_checkpoint
+    from open_buildings.models.checkpoint_meta import file_sha256
 
     device = resolve_device(runtime.device)
     local, sidecar = _localize(model.path)
     expected = model.sha256 or sidecar
     capacity = model.moe_capacity
+    if _onnx_fits(runtime, capacity) and onnx_model.export_path(local).is_file():
+        actual = file_sha256(local)
+        if expected and actual != expected.lower():
+            raise CheckpointError(
+                f"sha256 mismatch for {local}: expected {expected.lower()}, got {actual}; the "
+                "checkpoint is damaged or was replaced: copy it again"
+            )
+        shipped = onnx_model.open_beside(local, actual)
+        if shipped is not None:
+            return shipped, "onnxruntime", device
+    check_runnable(model, runtime, local)
+    return _load_with_torch(local, expected, capacity, runtime, device)
+
+
+def _onnx_fits(runtime: RuntimeConfig, moe_capacity: float | None) -> bool:
+    """Whether ONNX Runtime may run the model: a CPU, fp32, no MoE capacity, not ``torch``."""
+    return (
+        runtime.backend != "torch"
+        and runtime.device == "cpu"
+        and not runtime.bf16
+        and moe_capacity is None  # only V-MoE takes a capacity, and it does not export
+        and onnx_model.onnxruntime_available()
+    )
+
+
+def check_runnable(model: ModelRef, runtime: RuntimeConfig, local: str | None = None) -> None:
+    """Refuse, before any work, a model this install cannot run.
+
+    Without PyTorch (the light install) only an ONNX export shipped beside a local checkpoint
+    runs, on a CPU in fp32.
+
+    Args:
+        model: the checkpoint.
+        runtime: device, bf16 and backend.
+        local: the checkpoint's local copy, when already made.
+
+    Raises:
+        InferenceError: PyTorch is needed and not installed (the message says what to install).
+    """
+    if torch_available():
+        return
+    path = local or (None if is_remote(model.path) else model.path)
+    export = onnx_model.export_path(path) if path else None
+    if not (export is not None and export.is_file() and _onnx_fits(runtime, model.moe_capacity)):
+        where = export.name if export else "<checkpoint>.onnx"
+        raise InferenceError(
+            f"model {model.name} needs PyTorch here, which is not installed: it has no ONNX "
+            f"export beside it ({where}) to run on a CPU in fp32"
+            + ("" if onnx_model.onnxruntime_available() else " (and onnxruntime is missing)")
+            + ". Install the full package (pip install 'open-buildings-pipeline[train]'), or "
+            "export the model where PyTorch is installed: ob-models export-onnx CHECKPOINT"
+        )
+
+
+def _load_with_torch(
+    local: str, expected: str | None, capacity: float | None, runtime: RuntimeConfig, device: Any
+) -> tuple[Any, str, Any]:
+    """:func:`load_model`'s path through PyTorch: the cache, or load, convert and cache."""
+    from open_buildings.models.checkpoint import load_checkpoint
+    from open_buildings.pipelines import onnx_backend
+
     cached = onnx_backend.load_cached(
         local,
         expected,
@@ -235,7 +323,7 @@ def load_model(model: ModelRef, runtime: RuntimeConfig) -> tuple[nn.Module, str,
     net, used = prepare_model(
         net, device, bf16=runtime.bf16, backend=runtime.backend, cache_key=key
     )
-    if runtime.bf16 and device.type == "cpu" and not native_bf16(device):
+    if runtime.bf16 and runtime.device == "cpu" and not native_bf16(device):
         warnings.warn(
             "bf16 was asked for, but this CPU has no native bfloat16 (no AVX512-BF16 or AMX): "
             "convolutions fall back to a slow reference kernel, 16-136x slower than fp32 "
@@ -246,102 +334,43 @@ def load_model(model: ModelRef, runtime: RuntimeConfig) -> tuple[nn.Module, str,
 
 
 def resolve_device(device: str) -> Any:
-    """Return the torch device to run on, failing loudly when a GPU was expected but is missing.
+    """Return the device to run on, failing loudly when a GPU was expected but is missing.
 
     Args:
         device: ``"cpu"`` or ``"cuda"``.
 
     Returns:
-        The ``torch.device``.
+        The ``torch.device``; without PyTorch (the light install) the string ``"cpu"``.
 
     Raises:
         InferenceError: if ``device`` is ``"cuda"`` and torch sees no GPU, or is unknown.
     """
+    if device not in ("cpu", "cuda"):
+        raise InferenceError(f"unknown device {device!r}; use 'cpu' or 'cuda'")
+    if not torch_available():
+        if device == "cpu":
+            return "cpu"
+        raise InferenceError(
+            "this machine was asked to run the model on a GPU (device 'cuda'), but PyTorch is "
+            "not installed (the light install runs on the CPU only). Install "
+            "'open-buildings-pipeline[train]' with a CUDA build of torch, or run with --device cpu"
+        )
+    import torch
+
     if device == "cpu":
         return torch.device("cpu")
-    if device == "cuda":
-        if not torch.cuda.is_available():
-            raise InferenceError(
-                "this machine was asked to run the model on a GPU (device 'cuda'), but torch sees "
-                f"none (torch {torch.__version__}, built for CUDA {torch.version.cuda}). It will "
-                "not fall back to the CPU silently. Check the worker's accelerator and driver "
-                "(Dataflow: gpu_type/gpu_count and the CUDA image from deploy/), or run with "
-                "--device cpu"
-            )
-        return torch.device("cuda")
-    raise InferenceError(f"unknown device {device!r}; use 'cpu' or 'cuda'")
+    if not torch.cuda.is_available():
+        raise InferenceError(
+            "this machine was asked to run the model on a GPU (device 'cuda'), but torch sees "
+            f"none (torch {torch.__version__}, built for CUDA {torch.version.cuda}). It will "
+            "not fall back to the CPU silently. Check the worker's accelerator and driver "
+            "(Dataflow: gpu_type/gpu_count and the CUDA image from deploy/), or run with "
+            "--device cpu"
+        )
+    return torch.device("cuda")
 
 
-def run_model(
-    model: Any,
-    images: Sequence[np.ndarray],
-    *,
-    device: Any = "cpu",
-    bf16: bool = False,
-    pad_multiple: int = PAD_MULTIPLE,
-    tta: bool = False,
-) -> list[np.ndarray]:
-    """Run the model on tiles of possibly different sizes; return each tile's logits.
-
-    Each tile is padded at its bottom and right (reflecting its own pixels) to a size that depends
-    only on the tile: its height and width rounded up to ``pad_multiple`` (and to the model's size
-    divisor). Tiles whose padded sizes agree run as one batch; the logits are cropped back to the
-    tile. So a tile's result never depends on which tiles it was batched with, and a retried or
-    resumed tile gives the same footprints.
-
-    Args:
-        model: a ``BuildingModel`` (``forward`` takes floats in [0, 1], returns logits).
-        images: uint8 arrays of shape (3, H, W).
-        device: where the model is (``torch.device`` or ``"cpu"``/``"cuda"``).
-        bf16: run under bfloat16 autocast.
-        pad_multiple: the padding granularity in pixels.
-        tta: test-time augmentation: run the 8 flips and quarter turns of each padded tile,
-            undo each on its output, and average the probabilities (8x the compute); the
-            logits returned are those of the mean probability.
-
-    Returns:
-        float32 arrays of shape (C, H, W), one per image, in input order.
-    """
-    device = torch.device(device)
-    divisor = int(getattr(getattr(model, "input_spec", None), "divisor", 1))
-    multiple = math.lcm(int(pad_multiple), max(1, divisor))
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i, image in enumerate(images):
-        if image.ndim != 3 or image.dtype != np.uint8:
-            raise ValueError(f"images must be uint8 (bands, H, W), got {image.dtype} {image.shape}")
-        groups.setdefault(padded_shape(*image.shape[1:], multiple), []).append(i)
-    out: list[np.ndarray | None] = [None] * len(images)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
-    for (height, width), members in sorted(groups.items()):
-        batch = []
-        for i in members:
-            x = torch.from_numpy(np.ascontiguousarray(images[i])).float().div_(255.0)[None]
-            batch.append(pad_to(x, height, width, mode="reflect", centre=False)[0])
-        x = torch.cat(batch).to(device)
-        with torch.inference_mode(), autocast:
-            logits = _averaged_over_d4(model, x) if tta else model(x).float()
-        logits = logits.cpu().numpy()
-        for k, i in enumerate(members):
-            h, w = images[i].shape[1:]
-            out[i] = np.ascontiguousarray(logits[k, :, :h, :w], dtype=np.float32)
-    return out  # type: ignore[return-value]
-
-
-def _averaged_over_d4(model: Any, x: torch.Tensor) -> torch.Tensor:
-    """Logits of the probabilities averaged over the 8 symmetries of the square (flips, turns)."""
-    total = None
-    for flip in (False, True):
-        for turns in range(4):
-            y = torch.flip(x, dims=(-1,)) if flip else x
-            y = model(torch.rot90(y, turns, dims=(-2, -1)).contiguous()).float()
-            y = torch.rot90(y, -turns, dims=(-2, -1))
-            probs = torch.sigmoid(torch.flip(y, dims=(-1,)) if flip else y)
-            total = probs if total is None else total + probs
-    mean = (total / 8).clamp(1e-6, 1 - 1e-6)
-    return torch.log(mean) - torch.log1p(-mean)
-
-
-def native_bf16(device: str | torch.device = "cpu") -> bool:
+def native_bf16(device: Any = "cpu") -> bool:
     """Return True when ``device`` computes bfloat16 natively.
 
     Args:
@@ -349,8 +378,12 @@ def native_bf16(device: str | torch.device = "cpu") -> bool:
 
     Returns:
         For a CPU: whether oneDNN has bf16 kernels here (AVX512-BF16 or AMX). For a GPU: whether
-        torch reports bf16 support (Ampere and later).
+        torch reports bf16 support (Ampere and later). False without PyTorch.
     """
+    if not torch_available():
+        return False
+    import torch
+
     kind = torch.device(device).type
     if kind == "cuda":
         return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
@@ -359,12 +392,12 @@ def native_bf16(device: str | torch.device = "cpu") -> bool:
 
 def prepare_model(
     model: nn.Module,
-    device: str | torch.device = "cpu",
+    device: Any = "cpu",
     *,
     bf16: bool = False,
     backend: str = "auto",
     cache_key: str | None = None,
-) -> tuple[nn.Module, str]:
+) -> tuple[Any, str]:
     """Make a loaded model fast for inference on ``device`` without changing what it computes.
 
     Args:
@@ -376,13 +409,18 @@ def prepare_model(
         cache_key: the conversion's cache key (:func:`checkpoint_key`); None hashes the weights.
 
     Returns:
-        The model and the backend it now runs on: ``"onnxruntime"``, ``"torch"`` or
-        ``"torch-channels-last"``.
+        The model (an :class:`~.onnx_model.OnnxModel` for ONNX Runtime) and the backend it now
+        runs on: ``"onnxruntime"``, ``"torch"`` or ``"torch-channels-last"``.
 
     Raises:
         ConfigError: for an unknown backend, or ``"onnxruntime"`` where it cannot run
             (not installed, a GPU, bf16, or a network that does not convert).
     """
+    import torch
+    from torch import nn
+
+    from open_buildings.pipelines import onnx_backend
+
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
     on_cpu = torch.device(device).type == "cpu"

@@ -13,6 +13,7 @@ from open_buildings.commands import infer as ob_infer
 from open_buildings.errors import ConfigError
 from open_buildings.models.checkpoint import load_checkpoint
 from open_buildings.pipelines import onnx_backend, runtime
+from open_buildings.pipelines.onnx_model import OnnxModel
 
 needs_ort = pytest.mark.skipif(
     not onnx_backend.onnxruntime_available(), reason="onnxruntime/onnx are not installed"
@@ -54,7 +55,7 @@ def test_onnxruntime_gives_the_same_logits_and_is_batch_independent(
     monkeypatch.setenv("OPEN_BUILDINGS_CACHE", str(tmp_path))
     want = _logits(load_checkpoint(tiny_checkpoint))
     model, used = runtime.prepare_model(load_checkpoint(tiny_checkpoint), backend="onnxruntime")
-    assert used == "onnxruntime" and isinstance(model.net, onnx_backend.OrtNet)
+    assert used == "onnxruntime" and isinstance(model, OnnxModel)
     both = _logits(model)
     for got, ref in zip(both, want, strict=True):
         assert got.shape == ref.shape and got.dtype == np.float32
@@ -138,7 +139,7 @@ def test_a_worker_reloads_a_sealed_conversion_without_building_the_network(
     monkeypatch.setattr(checkpoint, "build_model", no_build)
     second = CheckpointModelHandler(ref)
     model = second.load_model()
-    assert second.backend_used == "onnxruntime" and isinstance(model.net, onnx_backend.OrtNet)
+    assert second.backend_used == "onnxruntime" and isinstance(model, OnnxModel)
     assert model.name == "unet_tiny" and model.input_spec.divisor == 32
     for got, ref_logits in zip(_logits(model), want, strict=True):
         np.testing.assert_array_equal(got, ref_logits)

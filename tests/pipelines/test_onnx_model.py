@@ -1,0 +1,172 @@
+"""The ONNX export a checkpoint ships with, and ob-infer without PyTorch (the light install)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+
+from open_buildings.errors import CheckpointError
+from open_buildings.models.checkpoint import file_sha256, load_checkpoint
+from open_buildings.models.padding import pad_array, pad_to
+from open_buildings.pipelines import onnx_backend, onnx_model, runtime
+from open_buildings.pipelines.config import RuntimeConfig
+from open_buildings.pipelines.onnx_model import OnnxModel
+from open_buildings.resources import resource
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT = Path(str(resource("models", "default", "weights.safetensors")))
+#: What the light install lacks (pyproject's [train] extra); None in sys.modules fails the import.
+TRAIN_ONLY = ("torch", "torchvision", "timm", "segmentation_models_pytorch", "albumentations")
+
+
+def _sample_crop() -> np.ndarray:
+    path = next((ROOT / "geo" / "sample").glob("*.tif"))
+    with rasterio.open(path) as src:
+        return src.read((1, 2, 3), window=((0, 300), (0, 260)))
+
+
+def test_the_shipped_export_is_of_the_shipped_weights_and_agrees_with_pytorch() -> None:
+    export = onnx_model.export_path(DEFAULT)
+    model = onnx_model.open_beside(DEFAULT, file_sha256(DEFAULT))
+    assert model is not None, f"{export} is missing or was exported from other weights"
+    assert model.checkpoint_sha256 == file_sha256(DEFAULT)
+    torch_model = load_checkpoint(DEFAULT)
+    assert model.input_spec == torch_model.input_spec
+    assert model.output_channels == torch_model.output_channels
+    rgb = _sample_crop()
+    (got,) = runtime.run_model(model, [rgb])
+    (want,) = runtime.run_model(torch_model, [rgb])
+    assert got.shape == want.shape == (len(model.output_channels), *rgb.shape[1:])
+    np.testing.assert_allclose(got, want, atol=1e-3, rtol=1e-4)
+
+
+def test_test_time_augmentation_is_the_same_through_onnx_and_pytorch() -> None:
+    rgb = _sample_crop()[:, :130, :150]
+    model = onnx_model.open_beside(DEFAULT, file_sha256(DEFAULT))
+    (got,) = runtime.run_model(model, [rgb], tta=True)
+    (want,) = runtime.run_model(load_checkpoint(DEFAULT), [rgb], tta=True)
+    (plain,) = runtime.run_model(model, [rgb])
+    np.testing.assert_allclose(got, want, atol=2e-3)
+    assert not np.allclose(got, plain, atol=1e-2)  # the 8 views really were averaged
+
+
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "constant"])
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (1, 3, 90, 100), (1, 3, 64, 64)])
+def test_numpy_padding_is_torch_padding(shape: tuple[int, ...], mode: str) -> None:
+    x = np.random.default_rng(0).random(shape, dtype=np.float32)
+    for centre in (True, False):
+        want, offset = pad_to(torch.from_numpy(x), 128, 128, mode=mode, centre=centre)
+        got, got_offset = pad_array(x, 128, 128, mode=mode, centre=centre)
+        assert got_offset == offset
+        np.testing.assert_array_equal(got, want.numpy())
+
+
+@pytest.fixture
+def exported(tiny_checkpoint: Path, tmp_path: Path) -> Path:
+    """A copy of the tiny checkpoint with its ONNX export beside it."""
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    for path in tiny_checkpoint.parent.glob(tiny_checkpoint.name + "*"):
+        shutil.copy(path, folder / path.name)
+    checkpoint = folder / tiny_checkpoint.name
+    onnx_backend.export_beside(checkpoint)
+    return checkpoint
+
+
+def test_a_worker_runs_the_export_beside_a_checkpoint_without_building_the_network(
+    exported: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from open_buildings.models import checkpoint, registry
+
+    def no_build(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the PyTorch network was built")
+
+    want = runtime.run_model(load_checkpoint(exported), [_sample_crop()])[0]
+    monkeypatch.setattr(registry, "build_model", no_build)
+    monkeypatch.setattr(checkpoint, "build_model", no_build)
+    ref = runtime.resolve_model(str(exported))
+    model, used, _ = runtime.load_model(ref, RuntimeConfig())
+    assert used == "onnxruntime" and isinstance(model, OnnxModel)
+    assert model.path == str(exported.with_suffix(".onnx"))
+    np.testing.assert_allclose(runtime.run_model(model, [_sample_crop()])[0], want, atol=1e-3)
+
+
+def test_a_damaged_export_is_refused_and_another_checkpoints_is_not_used(
+    exported: Path, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    export = exported.with_suffix(".onnx")
+    data = bytearray(export.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    export.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="damaged"):
+        onnx_model.open_beside(exported, file_sha256(exported))
+    Path(str(export) + ".sha256").unlink()
+    with pytest.raises(CheckpointError, match="no sha256 sidecar"):
+        onnx_model.open_beside(exported, file_sha256(exported))
+    # an export from other weights (here: the default model's) beside this checkpoint
+    shutil.copy(onnx_model.export_path(DEFAULT), export)
+    shutil.copy(str(onnx_model.export_path(DEFAULT)) + ".sha256", str(export) + ".sha256")
+    sidecar = Path(str(export) + ".sha256")
+    sidecar.write_text(sidecar.read_text().replace("weights.onnx", export.name))
+    with pytest.warns(UserWarning, match="exported from another checkpoint"):
+        assert onnx_model.open_beside(exported, file_sha256(exported)) is None
+    with pytest.raises(CheckpointError, match="not a readable ONNX model"):
+        OnnxModel(exported)  # the safetensors file itself
+
+
+def _without_torch(tmp_path: Path) -> dict[str, str]:
+    """An environment whose Python cannot import torch and the other [train] packages."""
+    site = tmp_path / "no_torch"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import sys\n" + "".join(f"sys.modules[{name!r}] = None\n" for name in TRAIN_ONLY)
+    )
+    env = dict(os.environ, PYTHONPATH=str(site), OPEN_BUILDINGS_CACHE=str(tmp_path / "cache"))
+    check = [
+        sys.executable,
+        "-c",
+        "import importlib.util as u; assert u.find_spec('torch') is None",
+    ]
+    subprocess.run(check, env=env, check=True)
+    return env
+
+
+def _ob(command: str, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    code = f"import sys; from open_buildings.commands.{command} import main; sys.exit(main())"
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_ob_infer_runs_the_default_model_without_pytorch(tmp_path: Path) -> None:
+    env = _without_torch(tmp_path)
+    light = _ob("infer", "--out", str(tmp_path / "light"), "--no-progress", env=env)
+    assert light.returncode == 0, light.stderr[-3000:]
+    full = _ob("infer", "--out", str(tmp_path / "full"), "--no-progress", env=dict(os.environ))
+    assert full.returncode == 0, full.stderr[-3000:]
+    found = [line for line in light.stdout.splitlines() if line.startswith("buildings found")]
+    assert found and int(found[0].split(":")[1]) > 0
+    for shard in (tmp_path / "full").glob("*_buildings.*"):
+        assert (tmp_path / "light" / shard.name).read_bytes() == shard.read_bytes(), shard.name
+    for command in ("evaluate", "download", "models"):
+        assert _ob(command, "--help", env=env).returncode == 0, command
+
+
+def test_without_pytorch_a_model_with_no_export_says_what_to_install(
+    tiny_checkpoint: Path, small_region: Path, tmp_path: Path
+) -> None:
+    env = _without_torch(tmp_path)
+    args = [str(small_region), "--model", str(tiny_checkpoint), "--out", str(tmp_path / "o")]
+    result = _ob("infer", *args, "--no-progress", env=env)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "open-buildings-pipeline[train]" in result.stderr
+    assert "ob-models export-onnx" in result.stderr
+    assert "Traceback" not in result.stderr
