@@ -40,3 +40,7 @@ class CheckpointError(OpenBuildingsError, ValueError):
 
 class InferenceError(OpenBuildingsError, RuntimeError):
     """Inference cannot run as asked: no usable model, or no GPU where one was expected."""
+
+
+class MissingExtraError(OpenBuildingsError, ImportError):
+    """A command needs packages of an extra that is not installed (PyTorch: ``[train]``)."""

@@ -10,6 +10,7 @@ from open_buildings.commands import detect as ob_detect
 from open_buildings.commands import download as ob_download
 from open_buildings.commands import evaluate as ob_eval
 from open_buildings.commands import evaluate_model as ob_eval_model
+from open_buildings.commands import map as ob_map
 from open_buildings.commands import infer as ob_infer
 from open_buildings.commands import models as ob_models
 from open_buildings.commands import tiles as ob_tiles
@@ -73,6 +74,7 @@ COMMANDS = [
     ob_calibrate.main,
     ob_eval_model.main,
     ob_models.main,
+    ob_map.main,
 ]
 
 
@@ -122,6 +124,7 @@ def test_console_scripts_point_at_real_functions() -> None:
         "ob-detect",
         "ob-calibrate",
         "ob-eval-model",
+        "ob-map",
     }
     for target in scripts.values():
         module, _, name = target.partition(":")

@@ -48,6 +48,13 @@ def test_wheel_ships_the_sample_region_and_imagery(wheel_names: list[str]) -> No
 def test_wheel_ships_the_default_model(wheel_names: list[str]) -> None:
     for name in ("weights.safetensors", "weights.safetensors.sha256", "MODEL_CARD.md"):
         assert f"open_buildings/resources/models/default/{name}" in wheel_names
+    for name in ("weights.onnx", "weights.onnx.sha256"):  # what the light install runs
+        assert f"open_buildings/resources/models/default/{name}" in wheel_names
+
+
+def test_wheel_ships_the_maps_leaflet_with_its_licence(wheel_names: list[str]) -> None:
+    for name in ("leaflet.js", "leaflet.css", "LICENSE"):
+        assert f"open_buildings/resources/web/leaflet/{name}" in wheel_names
 
 
 def test_wheel_has_no_test_data(wheel_names: list[str]) -> None:

@@ -68,3 +68,24 @@ def add_version(parser: argparse.ArgumentParser, *, default_model: bool = False)
         digest = sidecar.read_text().split()[0] if sidecar.is_file() else "not installed"
         text += f" (default model sha256 {digest})"
     parser.add_argument("--version", action="version", version=text)
+
+
+def require_train_extra(prog: str) -> None:
+    """Refuse a command that needs PyTorch on the light install, saying what to install.
+
+    Args:
+        prog: the command's name, for the message.
+
+    Raises:
+        MissingExtraError: torch is not installed.
+    """
+    import importlib.util
+
+    from open_buildings.errors import MissingExtraError
+
+    if importlib.util.find_spec("torch") is None:
+        raise MissingExtraError(
+            f"{prog} needs PyTorch, which this install leaves out (the light install runs "
+            "ob-infer, ob-eval, ob-eval-model, ob-download, ob-map and ob-tiles): pip install "
+            "'open-buildings-pipeline[train]'"
+        )

@@ -17,7 +17,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from open_buildings.commands import add_version, run_command
+from open_buildings.commands import add_version, require_train_extra, run_command
 from open_buildings.errors import ConfigError, OutputExistsError
 
 
@@ -54,6 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
+    require_train_extra("ob-calibrate")
     from open_buildings.geo.grid import GridSpec
     from open_buildings.geo.imagery import open_imagery
     from open_buildings.models.checkpoint import load_checkpoint, write_operating_points

@@ -47,7 +47,7 @@ import geopandas as gpd
 import numpy as np
 import shapely
 
-from open_buildings.commands import add_version, run_command
+from open_buildings.commands import add_version, require_train_extra, run_command
 from open_buildings.commands.progress import TileProgress
 from open_buildings.errors import ConfigError, InferenceError, OutputExistsError
 from open_buildings.geo import grid
@@ -162,6 +162,7 @@ def _prepare(out: Path, work: Path, args: argparse.Namespace) -> None:
 
 
 def _detect(args: argparse.Namespace) -> int:
+    require_train_extra("ob-detect")
     from open_buildings.evaluation.boxes import evaluate_boxes
     from open_buildings.evaluation.io import read_instances
     from open_buildings.models.convert.owlvit import load_detector, load_queries

@@ -240,6 +240,11 @@ def infer_parser() -> argparse.ArgumentParser:
         "-o postprocess.simplify_m=0.25; applied after the flags",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--map",
+        action="store_true",
+        help="also write map.html beside the footprints: one self-contained page (ob-map)",
+    )
     return parser
 
 
@@ -351,7 +356,13 @@ def _infer(args: argparse.Namespace) -> int:
     where = f" (see {out / sinks.DEAD_LETTER_NAME})" if dead else ""
     print(f"dead letters: {len(dead)} tile(s) failed{where}")
     _warn_unfamiliar(manifest.get("domain") or {}, out)
-    return _failed_tiles_status(dead, total, args.max_failed_fraction, out)
+    status = _failed_tiles_status(dead, total, args.max_failed_fraction, out)
+    if args.map:
+        from open_buildings.commands.map import write_map
+
+        page = write_map(out)
+        print(f"map: open {page.resolve().as_uri()} in a browser (it needs no network)")
+    return status
 
 
 def _failed_tiles_status(dead: list, total: int, max_fraction: float, out: Path) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from open_buildings.commands import add_version, run_command
+from open_buildings.commands import add_version, require_train_extra, run_command
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -27,6 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _models(args: argparse.Namespace) -> int:
+    require_train_extra("ob-models")
     if args.command == "export-onnx":
         return _export(args.checkpoint)
     from open_buildings.models.registry import format_models_table
@@ -36,15 +37,8 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _export(spec: str) -> int:
-    from open_buildings.errors import InferenceError
-    from open_buildings.pipelines.runtime import resolve_model, torch_available
-
-    if not torch_available():
-        raise InferenceError(
-            "exporting a checkpoint needs PyTorch and onnx: pip install "
-            "'open-buildings-pipeline[train]'"
-        )
     from open_buildings.pipelines.onnx_backend import export_beside
+    from open_buildings.pipelines.runtime import resolve_model
 
     path = export_beside(resolve_model(spec).path)
     print(f"wrote {path} and {path.name}.sha256 (checked against PyTorch)")

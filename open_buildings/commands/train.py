@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from open_buildings.commands import add_version, run_command
+from open_buildings.commands import add_version, require_train_extra, run_command
 from open_buildings.config import load_config
 from open_buildings.training.config import TrainConfig
 
@@ -45,6 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    require_train_extra("ob-train")
     overrides = list(args.override)
     if args.device:
         overrides.append(f"device={args.device}")

@@ -12,6 +12,7 @@ for several: the DirectRunner's default first tries to download and start the Pr
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,7 +30,7 @@ from open_buildings.pipelines.runtime import (
     resolve_min_confidence,
     resolve_model,
 )
-from open_buildings.remote import local_copy
+from open_buildings.remote import is_remote, local_copy
 
 #: The Flex Template's optional parameters, each a top-level key of the job config.
 TEMPLATE_PARAMETERS = ("region", "imagery", "model", "output")
@@ -137,8 +138,8 @@ def output_settings(config: InferConfig, model: ModelRef) -> tuple[InferConfig, 
 
     Returns:
         The config with a numeric ``min_confidence``, and the manifest's ``settings``:
-        ``min_confidence``, ``min_confidence_source``, ``clip_to_region``, ``tta`` and
-        ``write_probabilities``.
+        ``min_confidence``, ``min_confidence_source``, ``clip_to_region``, ``tta``,
+        ``write_probabilities``, and the ``region`` and ``imagery`` it ran on (for ``ob-map``).
     """
     threshold, source = resolve_min_confidence(model, config.postprocess.min_confidence)
     post = config.postprocess.model_copy(update={"min_confidence": threshold})
@@ -148,8 +149,16 @@ def output_settings(config: InferConfig, model: ModelRef) -> tuple[InferConfig, 
         "clip_to_region": not post.keep_whole_tiles,
         "tta": config.runtime.tta,
         "write_probabilities": config.write_probabilities,
+        "region": _absolute(config.region) if config.region else sample_region(),
+        "imagery": _absolute(config.imagery) if config.imagery else sample_imagery(),
     }
     return config.model_copy(update={"postprocess": post}), settings
+
+
+def _absolute(spec: object) -> str:
+    """A local path made absolute (the manifest outlives the working directory); URLs as given."""
+    text = str(spec)
+    return text if is_remote(text) or "{" in text else os.path.abspath(text)
 
 
 def build(

@@ -1,4 +1,4 @@
-"""Shipped reference data: the sample region and imagery (``geo/``) and the model zoo (``models/``).
+"""Shipped data: the sample (``geo/``), the model zoo (``models/``) and the map's assets (``web/``).
 
 In a clone these are the top-level ``geo/`` and ``models/`` folders; an installed wheel carries them
 inside this package, so the same call works in both.
@@ -15,14 +15,15 @@ def resource(kind: str, *parts: str) -> Traversable:
     """Return a shipped file or folder.
 
     Args:
-        kind: ``"geo"`` (reference geodata) or ``"models"`` (the model zoo).
+        kind: ``"geo"`` (reference geodata), ``"models"`` (the model zoo) or ``"web"`` (the
+            map's script and style).
         *parts: path components below that folder, e.g. ``("sample", "region.geojson")``.
 
     Raises:
-        ValueError: if ``kind`` is not one of the two shipped folders.
+        ValueError: if ``kind`` is not one of the shipped folders.
     """
-    if kind not in ("geo", "models"):
-        raise ValueError(f"unknown resource kind {kind!r}; use 'geo' or 'models'")
+    if kind not in ("geo", "models", "web"):
+        raise ValueError(f"unknown resource kind {kind!r}; use 'geo', 'models' or 'web'")
     try:
         node: Traversable = files(f"open_buildings.resources.{kind}")
     except ModuleNotFoundError:

@@ -158,6 +158,8 @@ def test_ob_infer_runs_the_default_model_without_pytorch(tmp_path: Path) -> None
         assert (tmp_path / "light" / shard.name).read_bytes() == shard.read_bytes(), shard.name
     for command in ("evaluate", "download", "models"):
         assert _ob(command, "--help", env=env).returncode == 0, command
+    training = _ob("models", "export-onnx", str(DEFAULT), env=env)
+    assert training.returncode == 2 and "open-buildings-pipeline[train]" in training.stderr
 
 
 def test_without_pytorch_a_model_with_no_export_says_what_to_install(
