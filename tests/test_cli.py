@@ -10,8 +10,8 @@ from open_buildings.commands import detect as ob_detect
 from open_buildings.commands import download as ob_download
 from open_buildings.commands import evaluate as ob_eval
 from open_buildings.commands import evaluate_model as ob_eval_model
-from open_buildings.commands import map as ob_map
 from open_buildings.commands import infer as ob_infer
+from open_buildings.commands import map as ob_map
 from open_buildings.commands import models as ob_models
 from open_buildings.commands import tiles as ob_tiles
 from open_buildings.commands import train as ob_train
