@@ -10,6 +10,7 @@ from pathlib import Path
 
 from open_buildings.commands import add_version, run_command
 from open_buildings.errors import ConfigError
+from open_buildings.geo.shard_source import LAYOUTS
 from open_buildings.pipelines.download import EXTENSIONS, FORMATS, download
 
 
@@ -35,7 +36,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="W,S,E,N",
         help="a lon/lat box instead of a region file (W > E crosses the antimeridian)",
     )
-    parser.add_argument("--source", required=True, metavar="ROOT", help="dataset folder or gs://")
+    parser.add_argument(
+        "--source",
+        required=True,
+        metavar="ROOT",
+        help="the dataset: a folder, an https:// URL or a gs:// bucket path (read anonymously; "
+        "OPEN_BUILDINGS_GCS_TOKEN=google_default uses your credentials)",
+    )
+    parser.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default="auto",
+        help="auto (default: from the folder's name, its manifest or listing, and a CSV shard's "
+        "first row); ob-infer; v3 (polygons_s2_level_4_gzip/, with header); v3-no-header "
+        "(polygons_s2_level_6_gzip_no_header/)",
+    )
     parser.add_argument(
         "--format",
         choices=FORMATS,
@@ -74,6 +89,7 @@ def _download(args: argparse.Namespace) -> int:
             min_confidence=args.min_confidence,
             overwrite=args.overwrite,
             skip_bad=args.skip_bad,
+            layout=args.layout,
             progress=not args.no_progress and sys.stderr.isatty(),
         )
     for w in caught:

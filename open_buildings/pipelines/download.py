@@ -1,11 +1,11 @@
 """``ob-download``: the footprints inside a region, from a sharded dataset, streamed.
 
-The source is a folder (or bucket) written by ``ob-infer`` (``{token}_buildings.csv.gz`` /
-``.parquet`` next to ``manifest.json``) or laid out like the published Open Buildings v3 data
-(``polygons_s2_level_4_gzip/{token}_buildings.csv.gz``). Only the shards whose S2 cell touches
-the region are opened: the region is covered at the shard level and each candidate file is looked
-up by name, so the rest of a continent is never listed or read. Each shard is read in chunks of
-rows, filtered, and appended to the output, so memory stays flat however large the dataset is.
+The source is a folder, an ``https://`` URL or a ``gs://`` bucket written by ``ob-infer`` or laid
+out like the published Open Buildings v3 data (:mod:`open_buildings.geo.shard_source`). Only the
+shards whose S2 cell touches the region are opened: the region is covered at the shard level and
+each candidate file is looked up by name, so the rest of a continent is never listed or read.
+Each shard is read in chunks of rows, filtered, and appended to the output, so memory stays flat
+however large the dataset is.
 """
 
 from __future__ import annotations
@@ -14,9 +14,7 @@ import csv
 import gzip
 import io
 import json
-import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -27,13 +25,12 @@ import pyarrow.parquet as pq
 import shapely
 
 from open_buildings.errors import ConfigError
-from open_buildings.geo import cells, footprints, grid
+from open_buildings.geo import footprints
 from open_buildings.geo.shard_read import SkipLog, shard_chunks
+from open_buildings.geo.shard_source import detect_layout, open_binary, shards_for, with_header_of
 from open_buildings.geo.vector_out import DRIVERS, VectorWriter
 
 CHUNK_ROWS = 100_000
-_V3_FOLDER = re.compile(r"^polygons_s2_level_(\d+)_gzip(_no_header)?$")
-_SHARD_FILE = re.compile(r"^([0-9a-f]+)_buildings\.(csv\.gz|parquet)$")
 FORMATS = ("csv", "parquet", "geojson", "geojsonl", "gpkg", "fgb")
 EXTENSIONS = {
     "csv": ".csv.gz",
@@ -45,102 +42,6 @@ EXTENSIONS = {
 }
 
 
-@dataclass(frozen=True)
-class Layout:
-    """Where a dataset's shard files are and at which S2 level.
-
-    Attributes:
-        root: the dataset root as given.
-        folder: the folder holding the shard files (``root`` or its v3 subfolder).
-        level: the S2 level of the shard tokens.
-        suffix: ``".parquet"`` or ``".csv.gz"``: the format read.
-        header: the CSV shards start with a header row (False for the published
-            ``polygons_s2_level_6_gzip_no_header/`` layout, read with the v3 column names).
-    """
-
-    root: str
-    folder: str
-    level: int
-    suffix: str
-    header: bool = True
-
-    def shard(self, token: str) -> str:
-        """Return the path or URL of one shard's file."""
-        return _join(self.folder, f"{token}_buildings{self.suffix}")
-
-
-def _join(base: str, name: str) -> str:
-    return f"{base.rstrip('/')}/{name}" if "://" in base else str(Path(base) / name)
-
-
-def _fs() -> Any:
-    from apache_beam.io.filesystems import FileSystems
-
-    return FileSystems
-
-
-def _list(folder: str) -> list[str]:
-    if "://" in folder:
-        result = _fs().match([_join(folder, "*")])[0]
-        return [m.path.rstrip("/").rsplit("/", 1)[-1] for m in result.metadata_list]
-    path = Path(folder)
-    return sorted(p.name for p in path.iterdir()) if path.is_dir() else []
-
-
-def _exists(path: str) -> bool:
-    return _fs().exists(path) if "://" in path else Path(path).is_file()
-
-
-def _open(path: str) -> IO[bytes]:
-    return _fs().open(path) if "://" in path else open(path, "rb")  # noqa: SIM115
-
-
-def detect_layout(root: str) -> Layout:
-    """Work out a dataset's layout: an ``ob-infer`` folder or the published v3 layout.
-
-    Args:
-        root: a local folder or a ``gs://`` URL.
-
-    Returns:
-        The layout.
-
-    Raises:
-        FileNotFoundError: if ``root`` holds neither layout.
-    """
-    names = _list(root)
-    shards = [m for m in map(_SHARD_FILE.match, names) if m]
-    if shards:
-        suffix = ".parquet" if any(m.group(2) == "parquet" for m in shards) else ".csv.gz"
-        levels = {cells.token_level(m.group(1)) for m in shards}
-        if len(levels) != 1:
-            raise FileNotFoundError(f"{root} mixes shards of S2 levels {sorted(levels)}")
-        return Layout(root, root, levels.pop(), suffix)
-    for name in sorted(names, key=lambda n: "_no_header" in n):  # with a header first
-        match = _V3_FOLDER.match(name.rstrip("/"))
-        if match:
-            folder = _join(root, name.rstrip("/"))
-            return Layout(root, folder, int(match.group(1)), ".csv.gz", header=not match.group(2))
-    raise FileNotFoundError(
-        f"{root} holds neither {{token}}_buildings.csv.gz/.parquet files (as ob-infer writes) nor "
-        "a polygons_s2_level_<L>_gzip/ or polygons_s2_level_<L>_gzip_no_header/ folder (as the "
-        "published Open Buildings v3 data)"
-    )
-
-
-def shards_for(region: shapely.Geometry, layout: Layout) -> list[str]:
-    """Return the existing shard files whose S2 cell touches ``region``, in token order.
-
-    Args:
-        region: the region in lon/lat.
-        layout: the dataset's layout.
-    """
-    if layout.level < 1:
-        raise FileNotFoundError(f"{layout.root}: shards of S2 level 0 are not supported")
-    spec = grid.GridSpec(level=layout.level, margin_m=0.0)
-    tokens = sorted(tile.id for tile in grid.cover(region, spec))
-    return [layout.shard(t) for t in tokens if _exists(layout.shard(t))]
-
-
 def read_chunks(
     path: str,
     chunk_rows: int = CHUNK_ROWS,
@@ -148,6 +49,7 @@ def read_chunks(
     skip_bad: bool = False,
     skipped: SkipLog | None = None,
     header: bool = True,
+    bbox: tuple[float, float, float, float] | None = None,
 ) -> Iterator[pd.DataFrame]:
     """Yield a shard's rows in chunks, geometry as shapely objects, with the schema columns.
 
@@ -157,12 +59,14 @@ def read_chunks(
         header: a CSV shard starts with a header row (else it is read with the v3 names).
         skip_bad: skip damaged rows and files (counted in ``skipped``) instead of raising.
         skipped: where skipped rows and files are counted.
+        bbox: a GeoParquet shard's row groups outside this lon/lat box are not read (over
+            HTTP or gs://, not fetched).
 
     Raises:
         ShardError: a damaged file or row, naming it (:mod:`open_buildings.geo.shard_read`).
     """
     yield from shard_chunks(
-        path, _open, chunk_rows, skip_bad=skip_bad, skipped=skipped, header=header
+        path, open_binary, chunk_rows, skip_bad=skip_bad, skipped=skipped, header=header, bbox=bbox
     )
 
 
@@ -330,6 +234,7 @@ def download(
     chunk_rows: int = CHUNK_ROWS,
     skip_bad: bool = False,
     progress: bool = False,
+    layout: str = "auto",
 ) -> dict[str, Any]:
     """Write the buildings of ``source`` that intersect ``region`` to one file, streaming.
 
@@ -345,6 +250,7 @@ def download(
         skip_bad: skip damaged rows and files with one warning instead of stopping at the first
             (nothing is written then: the output appears only when complete).
         progress: show a progress bar of shards read and buildings kept (on stderr).
+        layout: ``"auto"`` or the layout ``source`` has (``geo.shard_source.LAYOUTS``).
 
     Returns:
         ``{"rows", "shards", "out", "skipped"}`` (``skipped``: a :class:`SkipLog`).
@@ -355,8 +261,11 @@ def download(
     """
     if fmt not in FORMATS:
         raise ConfigError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
-    layout = detect_layout(source)
-    shards = shards_for(region, layout)
+    found = detect_layout(source, layout)
+    shards = shards_for(region, found)
+    if shards and layout == "auto":
+        found = with_header_of(found, shards[0])
+    bbox = tuple(shapely.bounds(region))
     shapely.prepare(region)
     skipped = SkipLog()
 
@@ -367,7 +276,12 @@ def download(
         bar = tqdm(shards, unit="shard", disable=not progress, desc="ob-download")
         for shard in bar:
             chunks = read_chunks(
-                shard, chunk_rows, skip_bad=skip_bad, skipped=skipped, header=layout.header
+                shard,
+                chunk_rows,
+                skip_bad=skip_bad,
+                skipped=skipped,
+                header=found.header,
+                bbox=bbox,  # type: ignore[arg-type]
             )
             for chunk in chunks:
                 frame = select(chunk, region, min_confidence)

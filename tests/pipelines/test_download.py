@@ -121,9 +121,12 @@ def test_the_headerless_v3_layout_is_read_with_the_v3_names(
     expected = _expected(read_footprints(with_header), INSIDE)  # the rows as the shard has them
     assert 0 < len(got) == len(expected)
     assert sorted(got["full_plus_code"]) == sorted(expected["full_plus_code"])
-    # A shard with a header in a no-header folder is named, not misread.
+    # A shard with a header in a no-header folder: its first row says so, and it is read right;
+    # told the layout with --layout, the header row is named, not read as a building.
     shard.write_bytes(with_header.read_bytes())
-    assert ob_download.main([*argv, "--overwrite"]) == 2
+    assert ob_download.main([*argv, "--overwrite"]) == 0
+    assert sorted(pd.read_csv(out)["full_plus_code"]) == sorted(expected["full_plus_code"])
+    assert ob_download.main([*argv, "--overwrite", "--layout", "v3-no-header"]) == 2
     assert "starts with a header row" in capsys.readouterr().err
 
 
