@@ -96,24 +96,29 @@ def download(
     min_confidence: float = 0.0,
     skip_bad: bool = False,
 ) -> gpd.GeoDataFrame:
-    """Read the buildings of a region from a sharded dataset, as ``ob-download`` does.
+    """Read the buildings of a region or country from a sharded dataset, as ``ob-download`` does.
 
     Args:
-        region: a GeoJSON file, a GeoJSON object, or a ``(west, south, east, north)`` box.
-        source: an ``ob-infer`` output folder or a folder laid out like the published Open
-            Buildings v3 data.
+        region: a GeoJSON file, a GeoJSON object, a ``(west, south, east, north)`` box, or a
+            country (ISO code or English name, e.g. ``"KEN"``) when no such file exists.
+        source: an ``ob-infer`` output folder or a dataset laid out like the published Open
+            Buildings v3 data: a folder, an ``https://`` URL or a ``gs://`` path.
         min_confidence: drop buildings below this confidence.
         skip_bad: leave out damaged rows and shards (with a warning) instead of raising.
 
     Returns:
         The footprints that intersect the region, with the v3 columns.
     """
+    from open_buildings.geo.countries import country_region
     from open_buildings.geo.regions import read_region
     from open_buildings.pipelines.download import download as download_file
 
     with tempfile.TemporaryDirectory(prefix="ob-download-") as tmp:
-        with _region_file(region, Path(tmp)) as path:
-            geometry = read_region(path).geometry
+        if isinstance(region, str) and not Path(region).exists() and "." not in region:
+            geometry = country_region(region).geometry
+        else:
+            with _region_file(region, Path(tmp)) as path:
+                geometry = read_region(path).geometry
         out = Path(tmp) / "buildings.parquet"
         download_file(
             geometry,

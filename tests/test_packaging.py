@@ -52,6 +52,11 @@ def test_wheel_ships_the_default_model(wheel_names: list[str]) -> None:
         assert f"open_buildings/resources/models/default/{name}" in wheel_names
 
 
+def test_wheel_ships_the_country_outlines(wheel_names: list[str]) -> None:
+    for name in ("countries.parquet", "README.md"):
+        assert f"open_buildings/resources/geo/countries/{name}" in wheel_names
+
+
 def test_wheel_ships_the_maps_leaflet_with_its_licence(wheel_names: list[str]) -> None:
     for name in ("leaflet.js", "leaflet.css", "LICENSE"):
         assert f"open_buildings/resources/web/leaflet/{name}" in wheel_names

@@ -29,7 +29,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "are read, one chunk at a time.",
     )
     add_version(parser)
-    parser.add_argument("region", nargs="?", help="region GeoJSON (or give --bbox)")
+    parser.add_argument("region", nargs="?", help="region GeoJSON (or give --bbox or --country)")
     parser.add_argument(
         "--bbox",
         type=_bbox,
@@ -37,8 +37,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="a lon/lat box instead of a region file (W > E crosses the antimeridian)",
     )
     parser.add_argument(
+        "--country",
+        metavar="NAME|ISO",
+        help="a country's outline instead of a region file: ISO code (KEN, KE) or English name, "
+        "from the shipped Natural Earth 1:10m outlines (simplified, ~1 km at borders)",
+    )
+    parser.add_argument(
+        "--list-countries", action="store_true", help="print the countries --country knows"
+    )
+    parser.add_argument(
         "--source",
-        required=True,
         metavar="ROOT",
         help="the dataset: a folder, an https:// URL or a gs:// bucket path (read anonymously; "
         "OPEN_BUILDINGS_GCS_TOKEN=google_default uses your credentials)",
@@ -71,13 +79,26 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _download(args: argparse.Namespace) -> int:
+    from open_buildings.geo.countries import country_region, country_table, find_country
     from open_buildings.geo.regions import read_region, region_from_bbox
 
-    if (args.region is None) == (args.bbox is None):
-        raise ConfigError("give a region file or --bbox W,S,E,N (one of the two)")
-    region = read_region(args.region) if args.region else region_from_bbox(*args.bbox)
+    if args.list_countries:
+        for iso3, iso2, name in country_table():
+            print(f"{iso3}  {iso2}  {name}")
+        return 0
+    if args.source is None:
+        raise ConfigError("give --source: the dataset folder, https:// URL or gs:// path")
+    given = [x is not None for x in (args.region, args.bbox, args.country)]
+    if sum(given) != 1:
+        raise ConfigError("give one of: a region file, --bbox W,S,E,N, or --country NAME|ISO")
+    if args.region:
+        region, stem = read_region(args.region), Path(args.region).stem
+    elif args.bbox:
+        region, stem = region_from_bbox(*args.bbox), "bbox"
+    else:
+        region, stem = country_region(args.country), find_country(args.country)["iso_a3"]
+        print(f"region: {region.source}, {region.area_km2:,.0f} km2")
     fmt = _format(args.out, args.format)
-    stem = Path(args.region).stem if args.region else "bbox"
     out = args.out or f"{stem}_buildings{EXTENSIONS[fmt]}"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

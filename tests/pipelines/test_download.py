@@ -183,3 +183,36 @@ def test_the_progress_bar_counts_shards_and_buildings(clean_run: dict, tmp_path:
     result = download.download(shapely.box(*INSIDE), str(clean_run["out"]), out, progress=True)
     err = capsys.readouterr().err
     assert "1/1" in err and f"buildings={result['rows']:,}" in err
+
+
+def test_a_country_by_iso_code_or_name_selects_its_buildings(
+    clean_run: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from open_buildings import download as api_download
+
+    source = read_footprints(clean_run["out"])  # all of it in Nairobi, Kenya
+    out = tmp_path / "kenya.parquet"
+    argv = ["--country", "KEN", "--source", str(clean_run["out"]), "--out", str(out)]
+    assert ob_download.main([*argv, "--no-progress"]) == 0
+    assert "country KEN (Kenya)" in capsys.readouterr().out
+    assert sorted(read_footprints(out)["full_plus_code"]) == sorted(source["full_plus_code"])
+    frame = api_download("Kenya", clean_run["out"])
+    assert len(frame) == len(source)
+    # France has no shard here: no data, exit 1; a misspelt name is an error with a suggestion
+    far = ["--country", "fr", "--source", str(clean_run["out"]), "--out", str(tmp_path / "f.csv")]
+    assert ob_download.main(far) == 1
+    bad = ["--country", "Kenia", "--source", str(clean_run["out"])]
+    assert ob_download.main(bad) == 2
+    assert "did you mean Kenya" in capsys.readouterr().err
+    assert ob_download.main(["--list-countries"]) == 0
+    assert "KEN  KE  Kenya" in capsys.readouterr().out
+
+
+def test_the_shipped_country_outlines_are_whole_and_the_right_size() -> None:
+    from open_buildings.geo.countries import countries, country_region
+
+    table = countries()
+    assert len(table) == 250 and not table["iso_a3"].duplicated().any()
+    assert table.geometry.is_valid.all() and not table.geometry.is_empty.any()
+    # Kenya is 580,367 km2 (land and water); the simplified outline stays within 2%
+    assert abs(country_region("KEN").area_km2 / 580_367 - 1) < 0.02
