@@ -75,6 +75,8 @@ def test_the_default_output_is_calibrated_and_clipped_to_the_region(
         "clip_to_region": False,
         "tta": False,
         "write_probabilities": False,
+        "region": str(resource("geo", "sample", "region.geojson")),
+        "imagery": str(resource("geo", "sample", "items.json")),
     }
     inside = shapely.intersects_xy(region, whole["longitude"], whole["latitude"])
     kept = inside & (whole["confidence"].to_numpy() >= threshold)

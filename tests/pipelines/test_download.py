@@ -173,7 +173,7 @@ def test_bbox_selects_like_a_region_file(clean_run: dict, tmp_path: Path, capsys
     assert ob_download.main([*source, "--bbox", box, "--out", str(by_box)]) == 0
     assert by_file.read_bytes() == by_box.read_bytes()
     assert ob_download.main([*source, "--out", str(tmp_path / "x.csv.gz")]) == 2
-    assert "give a region file or --bbox" in capsys.readouterr().err
+    assert "give one of: a region file, --bbox W,S,E,N, or --country" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         ob_download.main([*source, "--bbox", "1,2,3"])
 
