@@ -121,6 +121,18 @@ class Tile:
         width, height = round((right - left) / size), round((top - bottom) / size)
         return PixelGrid(self.crs, Affine(size, 0.0, left, 0.0, -size, top), width, height)
 
+    @cached_property
+    def core_window(self) -> tuple[float, float, float, float]:
+        """``(row_min, row_max, col_min, col_max)``: the core's bounding box in grid pixels.
+
+        A point outside it is not owned; :meth:`owns` decides the points inside it.
+        """
+        to_local = Transformer.from_crs("EPSG:4326", self.crs, always_xy=True)
+        outline = shapely.get_coordinates(cells.cell_polygon(self.id, points_per_edge=16))
+        x, y = to_local.transform(outline[:, 0], outline[:, 1])
+        cols, rows = ~self.grid.transform @ (np.asarray(x), np.asarray(y))
+        return float(rows.min()), float(rows.max()), float(cols.min()), float(cols.max())
+
     def owns(self, lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
         """Return, for each point, whether it lies in this tile's core (exact, via S2 ids)."""
         own_id = s2.S2CellId.FromToken(self.id).id()

@@ -177,6 +177,42 @@ def _as_probs(outputs: Any, from_logits: bool) -> np.ndarray:
     return arr
 
 
+def _seeded_labels(mask: np.ndarray, interior: np.ndarray, interior_threshold: float) -> np.ndarray:
+    """Instances of ``mask``: a seeded watershed on ``-interior``, run only where it matters.
+
+    Seeds are the 8-connected blobs of confident interior. The watershed (4-connected) floods
+    each 4-connected component of the mask from the seeds inside it, so a component with one seed
+    is simply that seed's instance, and one with none becomes an instance of its own (numbered
+    after the seeds, in raster order). Only components holding two or more seeds need the
+    watershed, and each is flooded inside its own bounding box: the same labels as one watershed
+    over the whole tile (skimage floods by value, then by the order pixels were queued, and a
+    component's pixels keep their relative order in a crop), at a fraction of the cost.
+    """
+    seeds, n_seeds = ndi.label(mask & (interior > interior_threshold), structure=_EIGHT)
+    components, n_components = ndi.label(mask)
+    if not n_components:
+        return np.zeros(mask.shape, dtype=np.int64)
+    seeded = seeds > 0
+    pairs = np.unique(components[seeded].astype(np.int64) * (n_seeds + 1) + seeds[seeded])
+    owner, seed = np.divmod(pairs, n_seeds + 1)
+    per_component = np.bincount(owner, minlength=n_components + 1)
+    lut = np.zeros(n_components + 1, dtype=np.int64)
+    single = per_component[owner] == 1
+    lut[owner[single]] = seed[single]
+    unseeded = np.flatnonzero(per_component == 0)[1:]  # component 0 is the background
+    lut[unseeded] = n_seeds + np.arange(1, unseeded.size + 1)
+    labels = lut[components]
+    boxes = ndi.find_objects(components)
+    for component in np.flatnonzero(per_component >= 2):
+        box = boxes[component - 1]
+        inside = components[box] == component
+        flooded = watershed(
+            -interior[box], markers=np.where(inside, seeds[box], 0), mask=inside, connectivity=1
+        )
+        labels[box][inside] = flooded[inside]
+    return labels
+
+
 def decode(
     outputs: Any,
     *,
@@ -209,14 +245,7 @@ def decode(
     building = np.nan_to_num(probs[0], nan=0.0)
     interior = np.nan_to_num(probs[1], nan=0.0)
     mask = building > building_threshold
-    seeds, n_seeds = ndi.label(mask & (interior > interior_threshold), structure=_EIGHT)
-    if n_seeds:
-        labels = watershed(-interior, markers=seeds, mask=mask, connectivity=1)
-    else:
-        labels = np.zeros(mask.shape, dtype=np.int64)
-    orphans, n_orphans = ndi.label(mask & (labels == 0))
-    if n_orphans:
-        labels = np.where(orphans > 0, orphans + n_seeds, labels)
+    labels = _seeded_labels(mask, interior, interior_threshold)
     if min_pixels > 1 and labels.any():
         sizes = np.bincount(labels.ravel())
         small = sizes < min_pixels
