@@ -21,6 +21,10 @@ from open_buildings.pipelines.onnx_model import OnnxModel
 
 #: Each tile is padded (bottom/right) to a multiple of this before the model sees it.
 PAD_MULTIPLE = 64
+#: Pixels of context kept around a tile's imagery when the model window is cropped to it.
+CONTEXT_PX = 64
+#: The logit written where the model did not run (no imagery): far below any threshold.
+NO_DATA_LOGIT = -30.0
 Forward = Callable[[np.ndarray], np.ndarray]
 
 
@@ -104,3 +108,58 @@ def _averaged_over_d4(forward: Forward, x: np.ndarray) -> np.ndarray:
             total = total + expit(y[..., ::-1] if flip else y)
     mean = np.clip(total / 8, 1e-6, 1 - 1e-6)
     return logit(mean).astype(np.float32)
+
+
+def valid_window(valid: np.ndarray, context: int = CONTEXT_PX) -> tuple[int, int, int, int]:
+    """``(row0, row1, col0, col1)``: the box of a tile's imagery plus ``context`` pixels.
+
+    The model then runs on that window only, so a tile that imagery covers in part costs what
+    its imagery does (the whole tile when it is covered edge to edge). The window's corners lie
+    on multiples of ``PAD_MULTIPLE`` from the tile's origin (or on its far edges): a network
+    that downsamples 32x is not shift-invariant, and this keeps every pixel of the window at the
+    same phase as in a whole-tile run.
+
+    Args:
+        valid: bool (H, W), True where there is imagery (at least one pixel).
+        context: pixels of the tile kept around the imagery's box, clipped to the tile.
+    """
+    rows, cols = np.flatnonzero(valid.any(axis=1)), np.flatnonzero(valid.any(axis=0))
+    height, width = valid.shape
+    step = PAD_MULTIPLE
+
+    def span(first: int, last: int, size: int) -> tuple[int, int]:
+        start = max(0, first - context) // step * step
+        stop = -(-(last + 1 + context) // step) * step
+        return start, min(size, stop)
+
+    return (*span(int(rows[0]), int(rows[-1]), height), *span(int(cols[0]), int(cols[-1]), width))
+
+
+def run_on_imagery(
+    model: Any, tiles: Sequence[tuple[np.ndarray, np.ndarray]], **kwargs: Any
+) -> list[np.ndarray]:
+    """:func:`run_model` on each tile's :func:`valid_window`; logits of the whole tile back.
+
+    Args:
+        model: as for :func:`run_model`.
+        tiles: ``(rgb, valid)`` per tile; a tile needs at least one valid pixel.
+        **kwargs: passed to :func:`run_model`.
+
+    Returns:
+        float32 ``(C, H, W)`` per tile: the model's logits in the window, ``NO_DATA_LOGIT``
+        outside it.
+    """
+    windows = [valid_window(valid) for _, valid in tiles]
+    crops = [
+        rgb[:, r0:r1, c0:c1] for (rgb, _), (r0, r1, c0, c1) in zip(tiles, windows, strict=True)
+    ]
+    logits = run_model(model, crops, **kwargs)
+    out = []
+    for (rgb, _), (r0, r1, c0, c1), part in zip(tiles, windows, logits, strict=True):
+        if part.shape[1:] == rgb.shape[1:]:
+            out.append(part)
+            continue
+        full = np.full((part.shape[0], *rgb.shape[1:]), NO_DATA_LOGIT, dtype=np.float32)
+        full[:, r0:r1, c0:c1] = part
+        out.append(full)
+    return out

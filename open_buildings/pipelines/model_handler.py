@@ -15,6 +15,7 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from open_buildings.pipelines import runtime
 from open_buildings.pipelines.config import RuntimeConfig
+from open_buildings.pipelines.forward import run_on_imagery
 from open_buildings.pipelines.runtime import ModelRef, TileInput
 
 
@@ -57,10 +58,13 @@ class CheckpointModelHandler(ModelHandler[TileInput, PredictionResult, Any]):
         model: Any,
         inference_args: dict[str, Any] | None = None,
     ) -> Iterable[PredictionResult]:
-        """Return each tile's logits (float32 ``(C, H, W)`` numpy) as a ``PredictionResult``."""
-        logits = runtime.run_model(
+        """Return each tile's logits (float32 ``(C, H, W)`` numpy) as a ``PredictionResult``.
+
+        The model runs on the box of each tile's imagery (``forward.run_on_imagery``).
+        """
+        logits = run_on_imagery(
             model,
-            [example.rgb for example in batch],
+            [(example.rgb, example.valid) for example in batch],
             device=self._device or runtime.resolve_device(self._config.device),
             bf16=self._config.bf16,
             pad_multiple=self._pad_multiple,

@@ -106,3 +106,31 @@ def test_owned_footprints_are_those_of_polygonizing_every_instance(
         assert list(shapely.to_wkb(got.geometry.values)) == list(
             shapely.to_wkb(want.geometry.values)
         )
+
+
+def test_the_model_runs_on_the_imagery_window_with_the_whole_tiles_answers(outputs: list) -> None:
+    from open_buildings.pipelines.forward import NO_DATA_LOGIT, run_on_imagery, valid_window
+
+    model, _, _ = runtime.load_model(runtime.resolve_model("default"), RuntimeConfig())
+    source = imagery.open_imagery(str(SAMPLE / "items.json"))
+    for tile, valid, whole in outputs:
+        image = source.read(tile.grid)
+        r0, r1, c0, c1 = valid_window(valid)
+        assert r0 % 64 == 0 and c0 % 64 == 0 and (r1 - r0) * (c1 - c0) < 0.5 * valid.size
+        rows, cols = np.nonzero(valid)
+        assert r0 <= rows.min() and rows.max() < r1 and c0 <= cols.min() and cols.max() < c1
+        (cropped,) = run_on_imagery(model, [(image.rgb, image.valid)])
+        assert cropped.shape == whole.shape
+        outside = np.ones(valid.shape, dtype=bool)
+        outside[r0:r1, c0:c1] = False
+        assert (cropped[:, outside] == NO_DATA_LOGIT).all()
+        # where there is imagery the building mask is the whole tile's (the model's context
+        # differs only beyond the imagery's edge)
+        agree = ((cropped[0] > 0) == (whole[0] > 0))[valid].mean()
+        assert agree > 0.995, agree
+    full = np.ones((3, 200, 190), dtype=np.uint8) * 120
+    everywhere = np.ones((200, 190), dtype=bool)
+    assert valid_window(everywhere) == (0, 200, 0, 190)
+    np.testing.assert_array_equal(
+        run_on_imagery(model, [(full, everywhere)])[0], runtime.run_model(model, [full])[0]
+    )
