@@ -28,6 +28,7 @@ from open_buildings.geo import grid
 from open_buildings.geo.imagery import ImagerySource, TileImage
 from open_buildings.models.owlvit_windows import DetectOptions, detect_pixels, example_embedding
 from open_buildings.pipelines import sinks, transforms
+from open_buildings.pipelines.region_input import RegionInput
 from open_buildings.pipelines.runtime import TileInput
 
 __all__ = ["DetectFn", "build_detection", "detect_tile", "empty_boxes", "example_query"]
@@ -250,7 +251,8 @@ def build_detection(
     Returns:
         ``tiles``, ``boxes`` (frames), ``dead_letters`` and ``written`` (the box count).
     """
-    tiles = p | "CoverTiles" >> transforms.CoverTiles(geometry, spec)
+    region = p | "Region" >> RegionInput(geometry, None)  # ob-detect's regions are small
+    tiles = region | "CoverTiles" >> transforms.CoverTiles(spec)
     read = tiles | "ReadImagery" >> transforms.ReadImagery(imagery, spec, work, empty=empty_boxes)
     found = read.images | "Detect" >> beam.ParDo(
         DetectFn(model, queries, spec, options, device, work)

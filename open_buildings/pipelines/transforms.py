@@ -31,6 +31,7 @@ from open_buildings.pipelines.config import InferConfig, PostprocessConfig, Runt
 from open_buildings.pipelines.model_handler import CheckpointModelHandler
 from open_buildings.pipelines.outputs import WriteManifest, WriteShards
 from open_buildings.pipelines.probabilities import write_probabilities
+from open_buildings.pipelines.region_input import RegionInput, parsed
 from open_buildings.pipelines.runtime import ModelRef, TileInput
 from open_buildings.remote import is_remote
 
@@ -69,41 +70,39 @@ class WorkDir:
 
 
 class CoverTiles(beam.PTransform):
-    """Region -> tile ids, streamed and spread over workers.
+    """Region (one WKB element, :class:`.region_input.RegionInput`) -> tile ids, spread out.
 
     The region is cut into coarse S2 chunks on one worker; the chunks are reshuffled, each is
-    expanded into its tiles on whichever worker gets it, and the tiles are reshuffled again so the
-    expensive stages after this one share them evenly.
+    expanded into its tiles on whichever worker gets it (the region reaches it as a side input,
+    not in the job graph), and the tiles are reshuffled again so the expensive stages after this
+    one share them evenly.
 
     Args:
-        geometry: the region in lon/lat.
         spec: the tiling grid.
     """
 
-    def __init__(self, geometry: shapely.Geometry, spec: grid.GridSpec) -> None:
+    def __init__(self, spec: grid.GridSpec) -> None:
         super().__init__()
-        self._wkb = shapely.to_wkb(geometry)
         self._spec = spec
 
-    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
+    def expand(self, region: beam.PCollection) -> beam.PCollection:
         """Build the stages."""
         spec = self._spec
         return (
-            pbegin
-            | "Region" >> beam.Create([self._wkb])
+            region
             | "Chunks" >> beam.FlatMap(_chunks, spec.level)
             | "SpreadChunks" >> beam.Reshuffle()
-            | "TilesOfChunk" >> beam.FlatMap(_tiles_of_chunk, self._wkb, spec)
+            | "TilesOfChunk" >> beam.FlatMap(_tiles_of_chunk, beam.pvalue.AsSingleton(region), spec)
             | "SpreadTiles" >> beam.Reshuffle()
         )
 
 
 def _chunks(wkb: bytes, tile_level: int) -> Iterator[str]:
-    return grid.tile_chunks(shapely.from_wkb(wkb), tile_level)
+    return grid.tile_chunks(parsed(wkb), tile_level)
 
 
 def _tiles_of_chunk(chunk: str, wkb: bytes, spec: grid.GridSpec) -> Iterator[str]:
-    return grid.tiles_in_chunk(shapely.from_wkb(wkb), chunk, spec)
+    return grid.tiles_in_chunk(parsed(wkb), chunk, spec)
 
 
 class ReadTileFn(beam.DoFn):
@@ -245,8 +244,9 @@ class PolygonizeFn(beam.DoFn):
         post: the post-processing settings (``min_confidence`` resolved to a number).
         shard_level: S2 level of the shard key.
         work: the per-tile work folder; None keeps none.
-        region: the region as WKB; a building whose centroid lies outside it is dropped
-            (counted as ``outside_region``). None keeps whole tiles.
+        clip: drop a building whose centroid lies outside the region, which ``process`` gets
+            as the side input ``region`` (WKB), counting it as ``outside_region``; False keeps
+            whole tiles.
         ranges: the model's training-imagery ranges (``pipelines.domain``); a tile outside
             them goes to the ``unfamiliar`` output too (its footprints are kept). None checks
             nothing.
@@ -260,7 +260,7 @@ class PolygonizeFn(beam.DoFn):
         post: PostprocessConfig,
         shard_level: int,
         work: WorkDir | None,
-        region: bytes | None = None,
+        clip: bool = False,
         ranges: dict[str, Any] | None = None,
         probabilities: str | None = None,
     ) -> None:
@@ -270,17 +270,12 @@ class PolygonizeFn(beam.DoFn):
         self._shard_level = shard_level
         self._work = work
         self._ranges = ranges
-        self._region_wkb = region
-        self._region: shapely.Geometry | None = None
+        self._clip = clip
 
-    def setup(self) -> None:
-        """Parse and prepare the region once per worker."""
-        if self._region_wkb is not None:
-            self._region = shapely.from_wkb(self._region_wkb)
-            shapely.prepare(self._region)
-
-    def process(self, element: tuple[str, PredictionResult]) -> Iterator[Any]:
-        """Decode, polygonize and keep what the tile owns."""
+    def process(
+        self, element: tuple[str, PredictionResult], region: bytes | None = None
+    ) -> Iterator[Any]:
+        """Decode, polygonize and keep what the tile owns (inside ``region``, when clipping)."""
         tile_id, result = element
         tile = grid.Tile(tile_id, self._spec)
         try:
@@ -312,8 +307,8 @@ class PolygonizeFn(beam.DoFn):
                     sinks.write_domain_marker(tile_id, reasons, self._work.path)
                 yield beam.pvalue.TaggedOutput(UNFAMILIAR, (tile_id, reasons))
         outside = 0
-        if self._region is not None:
-            frame, outside = postprocess.inside_region(frame, self._region)
+        if self._clip and region is not None:
+            frame, outside = postprocess.inside_region(frame, parsed(region))
             _counter("outside_region").inc(outside)
         covered = postprocess.covered_m2(tile, result.example.valid)
         _counter("m2_covered").inc(covered)
@@ -327,7 +322,8 @@ class PolygonizeFn(beam.DoFn):
 class Polygonize(beam.PTransform):
     """Predictions -> tagged outputs: main (footprint frames) and ``dead_letter``.
 
-    Args: as :class:`PolygonizeFn`'s.
+    Args: as :class:`PolygonizeFn`'s, and ``region``: the region's one-element PCollection
+    (WKB); given, buildings outside it are dropped.
     """
 
     def __init__(
@@ -336,16 +332,19 @@ class Polygonize(beam.PTransform):
         post: PostprocessConfig,
         shard_level: int,
         work: WorkDir | None = None,
-        region: bytes | None = None,
+        region: beam.PCollection | None = None,
         ranges: dict[str, Any] | None = None,
         probabilities: str | None = None,
     ) -> None:
         super().__init__()
-        self._fn = PolygonizeFn(spec, post, shard_level, work, region, ranges, probabilities)
+        clip = region is not None
+        self._fn = PolygonizeFn(spec, post, shard_level, work, clip, ranges, probabilities)
+        self._region = region
 
     def expand(self, predictions: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
         """Build the stage."""
-        return predictions | "DecodeAndPolygonize" >> beam.ParDo(self._fn).with_outputs(
+        side = {} if self._region is None else {"region": beam.pvalue.AsSingleton(self._region)}
+        return predictions | "DecodeAndPolygonize" >> beam.ParDo(self._fn, **side).with_outputs(
             DEAD_LETTER, UNFAMILIAR, main="footprints"
         )
 
@@ -384,10 +383,11 @@ def build_inference(
     if not is_remote(config.output):
         Path(config.output).mkdir(parents=True, exist_ok=True)
     spec = config.grid.spec
-    tiles = p | "CoverTiles" >> CoverTiles(geometry, spec)
+    region_wkb = p | "Region" >> RegionInput(geometry, config.output)
+    tiles = region_wkb | "CoverTiles" >> CoverTiles(spec)
     read = tiles | "ReadImagery" >> ReadImagery(imagery, spec, work, bands=config.bands)
     predictions = read.images | "RunModel" >> RunModel(model, config.runtime)
-    region = None if config.postprocess.keep_whole_tiles else shapely.to_wkb(geometry)
+    region = None if config.postprocess.keep_whole_tiles else region_wkb
     ranges = None if input_ranges is None else input_ranges["ranges"]
     probabilities = config.output if config.write_probabilities else None
     polygons = predictions | "Polygonize" >> Polygonize(

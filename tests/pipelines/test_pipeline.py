@@ -153,8 +153,12 @@ def test_a_typo_in_a_config_key_is_an_error(tmp_path: Path) -> None:
 
 
 def test_the_dataflow_graph_builds_with_the_africa_options_without_submitting(
-    tiny_checkpoint: Path,
+    tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from open_buildings.pipelines import region_input
+
+    uploads: list[str] = []  # launching writes the region beside the output: recorded here
+    monkeypatch.setattr(region_input, "upload", lambda local, url: uploads.append(url))
     config = load_config(
         InferConfig,
         ROOT / "pipelines" / "africa.yaml",
@@ -179,6 +183,7 @@ def test_the_dataflow_graph_builds_with_the_africa_options_without_submitting(
     assert "use_runner_v2" in options["experiments"]
     assert type(p.runner).__name__ == "DataflowRunner"
     job.build(p, config)
+    assert uploads == [f"{config.output.rstrip('/')}/{region_input.REGION_FILE}"]
     proto = p.to_runner_api()
     labels = {t.unique_name for t in proto.components.transforms.values()}
     for stage in [
