@@ -22,6 +22,7 @@ STAGES = {
     "runtime",
     "onnx_backend",
     "onnx_model",
+    "torch_runtime",
     "forward",
     "postprocess",
     "domain",

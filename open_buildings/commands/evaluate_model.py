@@ -47,6 +47,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tta", action="store_true", help="run ob-infer with --tta (flips and quarter turns)"
     )
+    p.add_argument(
+        "--backend",
+        choices=["auto", "torch", "onnxruntime", "openvino-bf16"],
+        default="auto",
+        help="how ob-infer runs the model on the CPU (as its --backend)",
+    )
     p.add_argument("--out", metavar="FILE", help="also write the figures here as JSON")
     return p
 
@@ -82,7 +88,8 @@ def _evaluate_model(args: argparse.Namespace) -> int:
             )
             footprints = Path(tmp) / f"footprints{i}"
             argv = [region, "--imagery", imagery, "--model", args.model, "--out", str(footprints)]
-            argv += ["--min-confidence", "0", "--no-progress"] + (["--tta"] if args.tta else [])
+            argv += ["--min-confidence", "0", "--no-progress", "--backend", args.backend]
+            argv += ["--tta"] if args.tta else []
             if ob_infer.main(argv) != 0:
                 raise InferenceError(f"ob-infer failed on {imagery}; see its message above")
             areas.append((str(footprints), truth, region))
@@ -101,6 +108,7 @@ def _evaluate_model(args: argparse.Namespace) -> int:
         "n_truth": result.n_truth,
         "n_pred_all": result.n_pred,
         "tta": args.tta,
+        "backend": args.backend,
         "areas": [
             {"imagery": a, "truth": t, "region": r}  # None: the imagery's bounding box
             for a, t, r in zip(args.imagery, args.truth, regions)

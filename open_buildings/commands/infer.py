@@ -217,9 +217,10 @@ def infer_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument(
         "--backend",
-        choices=["auto", "torch", "onnxruntime"],
+        choices=["auto", "torch", "onnxruntime", "openvino-bf16"],
         default="auto",
-        help="how a CPU runs the model (auto: ONNX Runtime when installed, else PyTorch)",
+        help="how a CPU runs the model (auto: OpenVINO bf16 where the CPU has native bf16, "
+        "else ONNX Runtime fp32, else PyTorch)",
     )
     parser.add_argument(
         "--batch-size",

@@ -85,8 +85,10 @@ class RuntimeConfig(StrictModel):
         min_batch_size: the smallest batch RunInference forms.
         max_batch_size: the largest batch RunInference forms.
         share_model_across_processes: one model per machine instead of one per process.
-        backend: how a CPU worker runs the model: ``"auto"`` (ONNX Runtime when installed and
-            the model converts, else PyTorch in channels_last), ``"torch"`` or ``"onnxruntime"``.
+        backend: how a CPU worker runs the model: ``"auto"`` (a shipped ONNX export in OpenVINO
+            bf16 where the CPU has native bf16, else in ONNX Runtime fp32; ONNX Runtime when the
+            model converts; else PyTorch in channels_last), ``"torch"``, ``"onnxruntime"`` or
+            ``"openvino-bf16"``.
         tta: test-time augmentation (``runtime.run_model``): probabilities averaged over the 8
             flips and quarter turns of each tile, at 8x the model's compute.
     """
@@ -96,7 +98,7 @@ class RuntimeConfig(StrictModel):
     min_batch_size: int = Field(default=1, ge=1)
     max_batch_size: int = Field(default=4, ge=1)
     share_model_across_processes: bool = False
-    backend: Literal["auto", "torch", "onnxruntime"] = "auto"
+    backend: Literal["auto", "torch", "onnxruntime", "openvino-bf16"] = "auto"
     tta: bool = False
 
     @model_validator(mode="after")

@@ -32,10 +32,11 @@ from open_buildings.errors import CheckpointError, ConfigError, InferenceError
 from open_buildings.pipelines import onnx_model
 from open_buildings.pipelines.config import RuntimeConfig
 from open_buildings.pipelines.forward import PAD_MULTIPLE, run_model
+from open_buildings.pipelines.torch_runtime import BACKENDS, native_bf16, prepare_model
 from open_buildings.remote import is_remote, local_copy, read_remote_text
 
 if TYPE_CHECKING:
-    from torch import nn
+    pass
 
 __all__ = [
     "BACKENDS",
@@ -54,7 +55,6 @@ __all__ = [
     "zoo_models",
 ]
 
-BACKENDS = ("auto", "torch", "onnxruntime")
 WEIGHTS_NAME = "weights.safetensors"
 DEFAULT_MODEL = "default"
 
@@ -253,11 +253,30 @@ def load_model(model: ModelRef, runtime: RuntimeConfig) -> tuple[Any, str, Any]:
                 f"sha256 mismatch for {local}: expected {expected.lower()}, got {actual}; the "
                 "checkpoint is damaged or was replaced: copy it again"
             )
-        shipped = onnx_model.open_beside(local, actual)
+        shipped = onnx_model.open_beside(local, actual, export_runtime(runtime.backend))
         if shipped is not None:
-            return shipped, "onnxruntime", device
+            return shipped, shipped.backend, device
     check_runnable(model, runtime, local)
     return _load_with_torch(local, expected, capacity, runtime, device)
+
+
+def export_runtime(backend: str) -> type[onnx_model.OnnxModel]:
+    """Which runtime runs a shipped ONNX export on this CPU for ``backend``.
+
+    ``auto`` takes OpenVINO in bfloat16 where this CPU computes bf16 natively (measured: the same
+    F1 on the validation blocks, about 2x faster, ``bench/README.md``) and ONNX Runtime in fp32
+    everywhere else; ``onnxruntime`` and ``openvino-bf16`` ask for one.
+
+    Raises:
+        ConfigError: ``openvino-bf16`` where OpenVINO or native bf16 is missing.
+    """
+    bf16 = onnx_model.openvino_bf16_available() if backend in ("auto", "openvino-bf16") else False
+    if backend == "openvino-bf16" and not bf16:
+        raise ConfigError(
+            "backend 'openvino-bf16' needs the openvino package and a CPU with native bfloat16 "
+            "(AVX512-BF16 or AMX); this one has neither or one of them only. Use backend auto"
+        )
+    return onnx_model.OpenVinoBf16Model if bf16 else onnx_model.OnnxModel
 
 
 def _onnx_fits(runtime: RuntimeConfig, moe_capacity: float | None) -> bool:
@@ -368,83 +387,3 @@ def resolve_device(device: str) -> Any:
             "--device cpu"
         )
     return torch.device("cuda")
-
-
-def native_bf16(device: Any = "cpu") -> bool:
-    """Return True when ``device`` computes bfloat16 natively.
-
-    Args:
-        device: ``"cpu"`` or ``"cuda"`` (or a ``torch.device``).
-
-    Returns:
-        For a CPU: whether oneDNN has bf16 kernels here (AVX512-BF16 or AMX). For a GPU: whether
-        torch reports bf16 support (Ampere and later). False without PyTorch.
-    """
-    if not torch_available():
-        return False
-    import torch
-
-    kind = torch.device(device).type
-    if kind == "cuda":
-        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-
-def prepare_model(
-    model: nn.Module,
-    device: Any = "cpu",
-    *,
-    bf16: bool = False,
-    backend: str = "auto",
-    cache_key: str | None = None,
-) -> tuple[Any, str]:
-    """Make a loaded model fast for inference on ``device`` without changing what it computes.
-
-    Args:
-        model: a ``BuildingModel`` in eval mode, already on ``device``.
-        device: where it runs.
-        bf16: whether it will run under bfloat16 autocast (ONNX Runtime is then not used).
-        backend: ``"auto"`` (ONNX Runtime on a CPU when installed and the network exports,
-            else PyTorch), ``"torch"``, or ``"onnxruntime"`` (an error if it cannot be used).
-        cache_key: the conversion's cache key (:func:`checkpoint_key`); None hashes the weights.
-
-    Returns:
-        The model (an :class:`~.onnx_model.OnnxModel` for ONNX Runtime) and the backend it now
-        runs on: ``"onnxruntime"``, ``"torch"`` or ``"torch-channels-last"``.
-
-    Raises:
-        ConfigError: for an unknown backend, or ``"onnxruntime"`` where it cannot run
-            (not installed, a GPU, bf16, or a network that does not convert).
-    """
-    import torch
-    from torch import nn
-
-    from open_buildings.pipelines import onnx_backend
-
-    if backend not in BACKENDS:
-        raise ConfigError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
-    on_cpu = torch.device(device).type == "cpu"
-    if backend == "onnxruntime" and not (
-        on_cpu and not bf16 and onnx_backend.onnxruntime_available()
-    ):
-        raise ConfigError(
-            "backend 'onnxruntime' runs fp32 on a CPU and needs the onnxruntime and onnx "
-            "packages (pip install onnxruntime onnx); use backend 'auto' or 'torch' here"
-        )
-    if backend != "torch" and on_cpu and not bf16 and onnx_backend.onnxruntime_available():
-        try:
-            return onnx_backend.to_onnxruntime(model, cache_key), "onnxruntime"
-        except Exception as exc:  # noqa: BLE001 - any failure keeps PyTorch, which always works
-            if backend == "onnxruntime":
-                raise ConfigError(
-                    f"model {getattr(model, 'name', '?')} cannot run in ONNX Runtime "
-                    f"({type(exc).__name__}: {str(exc)[:300]}); use backend 'auto' or 'torch'"
-                ) from exc
-            warnings.warn(
-                f"ONNX Runtime is installed but model {getattr(model, 'name', '?')} could not "
-                f"use it ({type(exc).__name__}: {str(exc)[:300]}); running it in PyTorch",
-                stacklevel=2,
-            )
-    if any(isinstance(m, nn.Conv2d) for m in model.modules()):
-        return model.to(memory_format=torch.channels_last), "torch-channels-last"
-    return model, "torch"

@@ -93,8 +93,8 @@ def test_a_worker_runs_the_export_beside_a_checkpoint_without_building_the_netwo
     monkeypatch.setattr(registry, "build_model", no_build)
     monkeypatch.setattr(checkpoint, "build_model", no_build)
     ref = runtime.resolve_model(str(exported))
-    model, used, _ = runtime.load_model(ref, RuntimeConfig())
-    assert used == "onnxruntime" and isinstance(model, OnnxModel)
+    model, used, _ = runtime.load_model(ref, RuntimeConfig(backend="onnxruntime"))
+    assert used == "onnxruntime" and type(model) is OnnxModel
     assert model.path == str(exported.with_suffix(".onnx"))
     np.testing.assert_allclose(runtime.run_model(model, [_sample_crop()])[0], want, atol=1e-3)
 
@@ -172,3 +172,37 @@ def test_without_pytorch_a_model_with_no_export_says_what_to_install(
     assert "open-buildings-pipeline[train]" in result.stderr
     assert "ob-models export-onnx" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+needs_bf16 = pytest.mark.skipif(
+    not onnx_model.openvino_bf16_available(), reason="this CPU has no native bf16 for OpenVINO"
+)
+
+
+@needs_bf16
+def test_openvino_bf16_runs_the_shipped_export_close_to_fp32() -> None:
+    fp32 = onnx_model.open_beside(DEFAULT, file_sha256(DEFAULT))
+    bf16 = onnx_model.open_beside(DEFAULT, file_sha256(DEFAULT), onnx_model.OpenVinoBf16Model)
+    assert bf16 is not None and bf16.backend == "openvino-bf16" and bf16.name == fp32.name
+    rgb = _sample_crop()
+    (want,) = runtime.run_model(fp32, [rgb])
+    (got,) = runtime.run_model(bf16, [rgb])
+    assert got.shape == want.shape and got.dtype == np.float32
+    assert not np.array_equal(got, want)  # really another precision
+    assert ((got[0] > 0) == (want[0] > 0)).mean() > 0.99  # the same building mask, nearly
+    model, used, _ = runtime.load_model(runtime.resolve_model("default"), RuntimeConfig())
+    assert used == "openvino-bf16" and isinstance(model, onnx_model.OpenVinoBf16Model)
+
+
+def test_auto_falls_back_to_onnxruntime_without_native_bf16(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from open_buildings.errors import ConfigError
+
+    monkeypatch.setattr(onnx_model, "openvino_bf16_available", lambda: False)
+    assert runtime.export_runtime("auto") is OnnxModel
+    assert runtime.export_runtime("onnxruntime") is OnnxModel
+    with pytest.raises(ConfigError, match="native bfloat16"):
+        runtime.export_runtime("openvino-bf16")
+    model, used, _ = runtime.load_model(runtime.resolve_model("default"), RuntimeConfig())
+    assert used == "onnxruntime" and type(model) is OnnxModel
