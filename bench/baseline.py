@@ -1,0 +1,100 @@
+"""ob-infer against the script a user would write: ``python -m bench.baseline``.
+
+The baseline (:func:`user_script`) is the straightforward approach: read the imagery in 512 px
+windows with rasterio, run the same shipped ONNX export in ONNX Runtime fp32, threshold the
+building probability, label connected components with ``scipy.ndimage.label`` (no separation of
+touching buildings), vectorise with ``rasterio.features.shapes``, build shapely polygons, project
+them to lon/lat and write GeoParquet. ``ob-infer`` runs with its defaults (its own backend choice)
+in a fresh process, on the same region of dense real tiles (the sample mirrored,
+``bench.imagery``). Both are timed in one interleaved run (best of rounds). ob-infer also reads
+a margin around every tile (32 m), separates touching buildings, calibrates, clips and shards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import tempfile
+import time
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import rasterio
+import rasterio.features
+import rasterio.warp
+import shapely
+from rasterio.windows import Window, from_bounds
+from scipy import ndimage as ndi
+
+from bench.common import machine
+from bench.imagery import mirrored_imagery, sample_center, square_region
+from bench.infer import run_ob_infer
+from open_buildings.resources import resource
+
+WINDOW = 512
+MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32).reshape(1, 3, 1, 1)
+STD = np.array([0.229, 0.224, 0.225], dtype=np.float32).reshape(1, 3, 1, 1)
+
+
+def user_script(imagery: Path, bounds: tuple[float, float, float, float], out: Path) -> int:
+    """The straightforward pipeline; returns the number of buildings written."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(resource("models", "default", "weights.onnx")))
+    polygons = []
+    with rasterio.open(imagery) as src:
+        transformer = rasterio.warp.transform_bounds("EPSG:4326", src.crs, *bounds)
+        area = from_bounds(*transformer, transform=src.transform).round_offsets().round_lengths()
+        for row in range(int(area.row_off), int(area.row_off + area.height), WINDOW):
+            for col in range(int(area.col_off), int(area.col_off + area.width), WINDOW):
+                window = Window(col, row, WINDOW, WINDOW)
+                rgb = src.read((1, 2, 3), window=window, boundless=True).astype(np.float32)
+                x = ((rgb[None] / 255.0 - MEAN) / STD).astype(np.float32)
+                logits = session.run(None, {session.get_inputs()[0].name: x})[0][0, 0]
+                labels, _ = ndi.label(logits > 0)
+                shapes = rasterio.features.shapes(
+                    labels.astype(np.int32),
+                    mask=labels > 0,
+                    transform=src.window_transform(window),
+                )
+                polygons.extend(shapely.geometry.shape(g) for g, _ in shapes)
+        frame = gpd.GeoDataFrame(geometry=polygons, crs=src.crs).to_crs("EPSG:4326")
+    frame.to_parquet(out)
+    return len(frame)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Print both timings and their ratio."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--km2", type=float, default=4.0, help="the square region's area")
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args(argv)
+    print(f"machine: {machine()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        imagery = mirrored_imagery(folder / "mirrored.tif", math.sqrt(args.km2) + 1.6)
+        lon, lat = sample_center()
+        region = square_region(lon, lat, args.km2, folder / "region.geojson")
+        bounds = tuple(shapely.from_geojson(region.read_text()).bounds)
+        best: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        for n in range(args.rounds):
+            start = time.perf_counter()
+            counts["baseline"] = user_script(imagery, bounds, folder / f"base{n}.parquet")
+            best["baseline"] = min(best.get("baseline", math.inf), time.perf_counter() - start)
+            run = run_ob_infer(region, folder / f"ob{n}", imagery=imagery)
+            best["ob-infer"] = min(best.get("ob-infer", math.inf), run.wall)
+            counts["ob-infer"] = run.buildings
+            tiles = run.tiles
+    print(
+        f"region {args.km2:g} km2 of dense imagery, {tiles} ob-infer tiles; best of {args.rounds}"
+    )
+    for name in ("baseline", "ob-infer"):
+        rate = args.km2 / best[name] * 3600
+        print(f"{name:<9} {best[name]:7.1f} s  {rate:6.0f} km2/h  {counts[name]:6d} buildings")
+    print(f"ob-infer speed against the baseline: {best['baseline'] / best['ob-infer']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
