@@ -26,6 +26,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, R
 
 from open_buildings.errors import ImageryError
 from open_buildings.geo import grid
+from open_buildings.geo.region_mask import near_region
 from open_buildings.pipelines import domain, postprocess, sinks
 from open_buildings.pipelines.config import InferConfig, PostprocessConfig, RuntimeConfig
 from open_buildings.pipelines.model_handler import CheckpointModelHandler
@@ -117,6 +118,10 @@ class ReadTileFn(beam.DoFn):
         work: the per-tile work folder; None keeps none.
         empty: makes the result kept for a tile without imagery (no rows).
         bands: the 1-based (r, g, b) bands; None maps them from colour interpretation.
+
+    With the side input ``region`` (WKB; given when the output is clipped to the region),
+    pixels farther than the tile margin from the region count as having no imagery
+    (``geo.region_mask.near_region``): no building written can reach them.
     """
 
     def __init__(
@@ -140,8 +145,8 @@ class ReadTileFn(beam.DoFn):
 
         self._source = open_imagery(self._imagery, bands=self._bands)
 
-    def process(self, tile_id: str) -> Iterator[Any]:
-        """Read one tile."""
+    def process(self, tile_id: str, region: bytes | None = None) -> Iterator[Any]:
+        """Read one tile (only its part near ``region``, when given)."""
         work = self._work
         if work and work.resume:
             partial = sinks.partial_path(work.path, tile_id)
@@ -159,12 +164,15 @@ class ReadTileFn(beam.DoFn):
             yield dead_letter(work, tile_id, "read", exc)
             return
         _counter("tiles_read").inc()
-        if image.empty:
+        valid = image.valid
+        if region is not None and not image.empty:
+            valid = valid & near_region(tile, parsed(region), self._spec.margin_m)
+        if image.empty or not valid.any():
             _counter("tiles_empty").inc()
             if work:
                 finish_tile(work, tile_id, self._empty(), tiles_empty=1, m2_covered=0)
             return
-        yield tile_id, TileInput(image.rgb, image.valid)
+        yield tile_id, TileInput(image.rgb, valid)
 
 
 def dead_letter(
@@ -199,6 +207,7 @@ class ReadImagery(beam.PTransform):
         work: the per-tile work folder; None keeps none.
         empty: makes the result kept for a tile without imagery (footprints by default).
         bands: the 1-based (r, g, b) bands; None maps them from colour interpretation.
+        region: the region's one-element PCollection (WKB): only pixels near it are kept.
     """
 
     def __init__(
@@ -208,13 +217,16 @@ class ReadImagery(beam.PTransform):
         work: WorkDir | None = None,
         empty: Callable[[], Any] = postprocess.empty_footprints,
         bands: tuple[int, int, int] | None = None,
+        region: beam.PCollection | None = None,
     ) -> None:
         super().__init__()
         self._fn = ReadTileFn(imagery, spec, work, empty, bands)
+        self._region = region
 
     def expand(self, tiles: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
         """Build the stage."""
-        return tiles | "ReadTile" >> beam.ParDo(self._fn).with_outputs(
+        side = {} if self._region is None else {"region": beam.pvalue.AsSingleton(self._region)}
+        return tiles | "ReadTile" >> beam.ParDo(self._fn, **side).with_outputs(
             DEAD_LETTER, FINISHED, UNFAMILIAR, main="images"
         )
 
@@ -385,9 +397,11 @@ def build_inference(
     spec = config.grid.spec
     region_wkb = p | "Region" >> RegionInput(geometry, config.output)
     tiles = region_wkb | "CoverTiles" >> CoverTiles(spec)
-    read = tiles | "ReadImagery" >> ReadImagery(imagery, spec, work, bands=config.bands)
-    predictions = read.images | "RunModel" >> RunModel(model, config.runtime)
     region = None if config.postprocess.keep_whole_tiles else region_wkb
+    read = tiles | "ReadImagery" >> ReadImagery(
+        imagery, spec, work, bands=config.bands, region=region
+    )
+    predictions = read.images | "RunModel" >> RunModel(model, config.runtime)
     ranges = None if input_ranges is None else input_ranges["ranges"]
     probabilities = config.output if config.write_probabilities else None
     polygons = predictions | "Polygonize" >> Polygonize(
