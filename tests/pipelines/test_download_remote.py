@@ -121,3 +121,28 @@ def test_gs_urls_go_to_gcsfs_anonymously_unless_told(monkeypatch: pytest.MonkeyP
     fs = shard_source.filesystem("gs://open-buildings-data/v3/polygons_s2_level_4_gzip")
     assert isinstance(fs, gcsfs.GCSFileSystem) and fs.credentials.method == "anon"
     assert type(shard_source.filesystem("https://example.org/x")).__name__ == "HTTPFileSystem"
+
+
+@pytest.mark.parametrize(
+    ("select", "suffix"),
+    [
+        (["--country", "KEN"], ".fgb"),
+        (["--bbox", ",".join(map(str, INSIDE))], ".geojsonl"),
+        (["--bbox", ",".join(map(str, INSIDE))], ".gpkg"),
+        (["--bbox", ",".join(map(str, INSIDE))], ".csv.gz"),
+        (["--bbox", ",".join(map(str, INSIDE))], ".geojson"),
+    ],
+)
+def test_a_country_or_a_box_over_http_into_each_format(
+    bucket_root: Path, clean_run: dict, tmp_path: Path, select: list[str], suffix: str
+) -> None:
+    import geopandas as gpd
+
+    out = tmp_path / f"buildings{suffix}"
+    with serve(bucket_root) as bucket:
+        source = f"{bucket.url}/v3/polygons_s2_level_6_gzip_no_header"
+        assert ob_download.main([*select, "--source", source, "--out", str(out)]) == 0
+    got = read_footprints(out) if suffix == ".csv.gz" else gpd.read_file(out)
+    everything = read_footprints(clean_run["out"])
+    want = _expected(clean_run) if select[0] == "--bbox" else sorted(everything["full_plus_code"])
+    assert sorted(got["full_plus_code"]) == want
