@@ -204,6 +204,7 @@ def main(argv: list[str] | None = None) -> None:
         tiles["mean_core_km2"],
         cpu_s_per_km2=steady["cpu"] / steady["km2"],
         model_cpu_s_per_km2=steady["fwd"].cpu / steady["km2"],
+        tile_px=tiles["mean_tile_px"],
     )
     for g in c["gpus"]:
         gpu = g["gpu"]

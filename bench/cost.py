@@ -86,12 +86,15 @@ def africa_tiles(samples: int = 4000, seed: int = 0) -> dict[str, float]:
     """Count Africa's level-14 tiles and estimate their mean core area.
 
     Returns:
-        ``tiles``, ``mean_core_km2`` and ``covered_km2`` (their product).
+        ``tiles``, ``mean_core_km2``, ``covered_km2`` (their product) and ``mean_tile_px``: the
+        padded pixels ``ob-infer`` runs per tile (its real UTM grid, margin and padding to 64),
+        averaged over the tiles (each counted once) of the first 1,000 sample points.
     """
     import s2geometry as s2
     import shapely
 
     from open_buildings.geo import grid
+    from open_buildings.models.padding import padded_shape
 
     outline = africa()
     tiles = grid.count_tiles(outline, grid.GridSpec(level=TILE_LEVEL))
@@ -99,6 +102,7 @@ def africa_tiles(samples: int = 4000, seed: int = 0) -> dict[str, float]:
     w, s, e, n = outline.bounds
     low, high = np.sin(np.radians(s)), np.sin(np.radians(n))
     inverse: list[float] = []
+    pixels: list[float] = []
     while len(inverse) < samples:  # area-uniform points: uniform in longitude and sin(latitude)
         lon = rng.uniform(w, e, 4 * samples)
         lat = np.degrees(np.arcsin(rng.uniform(low, high, 4 * samples)))
@@ -107,8 +111,19 @@ def africa_tiles(samples: int = 4000, seed: int = 0) -> dict[str, float]:
             point = s2.S2LatLng.FromDegrees(float(y), float(x))
             cell = s2.S2Cell(s2.S2CellId(point).parent(TILE_LEVEL))
             inverse.append(1.0 / (cell.ExactArea() * 6371.0088**2))
+            if len(pixels) < min(samples, 1000):
+                g = grid.tile_for_point(float(x), float(y)).grid
+                height, width = padded_shape(g.height, g.width, PAD)
+                pixels.append(height * width)
     mean_core = 1.0 / float(np.mean(inverse[:samples]))
-    return {"tiles": tiles, "mean_core_km2": mean_core, "covered_km2": tiles * mean_core}
+    weights = np.asarray(inverse[: len(pixels)])  # each tile once: weight 1 / its area
+    mean_px = float(np.sum(np.asarray(pixels) * weights) / np.sum(weights))
+    return {
+        "tiles": tiles,
+        "mean_core_km2": mean_core,
+        "covered_km2": tiles * mean_core,
+        "mean_tile_px": mean_px,
+    }
 
 
 def tile_pixels(core_km2: float, margin_m: float = 32.0) -> int:
@@ -125,6 +140,7 @@ def cost_model(
     cpu_s_per_km2: float | None = None,
     model_cpu_s_per_km2: float | None = None,
     sustained: float = SUSTAINED,
+    tile_px: float | None = None,
 ) -> dict[str, Any]:
     """Project Africa's inference cost.
 
@@ -135,13 +151,15 @@ def cost_model(
         cpu_s_per_km2: measured ``ob-infer`` CPU seconds per km² of tile cores (everything).
         model_cpu_s_per_km2: of which the model's forward.
         sustained: assumed share of a GPU's dense peak.
+        tile_px: the measured mean padded pixels of a tile (``africa_tiles``); None takes a
+            square core plus margins (``tile_pixels``), which underestimates it.
 
     Returns:
         ``flops_per_tile``, ``flops_per_km2``, ``total_flops``, ``gpus`` (name, GPU-hours,
         dollars per GPU) and, when the CPU figures are given, ``cpu_core_hours`` and
         ``model_cpu_core_hours``.
     """
-    pixels = tile_pixels(mean_core_km2)
+    pixels = tile_px if tile_px is not None else tile_pixels(mean_core_km2)
     per_tile = flops_per_px * pixels
     total = per_tile * tiles
     out: dict[str, Any] = {
@@ -198,7 +216,8 @@ def main() -> None:
         f"Africa: {t['tiles']:,} level-{TILE_LEVEL} tiles, mean core {t['mean_core_km2']:.4f} km2 "
         f"(covering {t['covered_km2'] / 1e6:.1f} M km2)"
     )
-    for line in format_cost(cost_model(flops, t["tiles"], t["mean_core_km2"])):
+    cost = cost_model(flops, t["tiles"], t["mean_core_km2"], tile_px=t["mean_tile_px"])
+    for line in format_cost(cost):
         print(line)
 
 
