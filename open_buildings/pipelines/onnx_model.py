@@ -117,7 +117,7 @@ class OpenVinoBf16Model(OnnxModel):
     Only where the CPU computes bf16 natively (AVX512-BF16 or AMX, as OpenVINO reports it:
     :func:`openvino_bf16_available`); there it runs the default model about 2x faster than ONNX
     Runtime fp32 (``bench/README.md``). The network keeps its dynamic batch, height and width, and
-    is compiled once, on first use.
+    is compiled once, when opened, so that a CPU OpenVINO cannot compile for fails at load time.
     """
 
     backend = "openvino-bf16"
@@ -130,14 +130,12 @@ class OpenVinoBf16Model(OnnxModel):
         self._config = {"INFERENCE_PRECISION_HINT": "bf16", "PERFORMANCE_HINT": "LATENCY"}
         if threads:
             self._config["INFERENCE_NUM_THREADS"] = int(threads)
-        self._compiled: Any = None
         if not self._network.has_rt_info(["framework", META_KEY]):
             return None
+        self._compiled = self._core.compile_model(self._network, "CPU", self._config)
         return str(self._network.get_rt_info(["framework", META_KEY]).astype(str))
 
     def _infer(self, x: np.ndarray) -> np.ndarray:
-        if self._compiled is None:
-            self._compiled = self._core.compile_model(self._network, "CPU", self._config)
         out = self._compiled.create_infer_request().infer({0: x})[self._compiled.output(0)]
         return np.array(out, dtype=np.float32)
 

@@ -253,7 +253,7 @@ def load_model(model: ModelRef, runtime: RuntimeConfig) -> tuple[Any, str, Any]:
                 f"sha256 mismatch for {local}: expected {expected.lower()}, got {actual}; the "
                 "checkpoint is damaged or was replaced: copy it again"
             )
-        shipped = onnx_model.open_beside(local, actual, export_runtime(runtime.backend))
+        shipped = _open_export(local, actual, runtime.backend)
         if shipped is not None:
             return shipped, shipped.backend, device
     check_runnable(model, runtime, local)
@@ -277,6 +277,23 @@ def export_runtime(backend: str) -> type[onnx_model.OnnxModel]:
             "(AVX512-BF16 or AMX); this one has neither or one of them only. Use backend auto"
         )
     return onnx_model.OpenVinoBf16Model if bf16 else onnx_model.OnnxModel
+
+
+def _open_export(local: str, sha256: str, backend: str) -> onnx_model.OnnxModel | None:
+    """The shipped export in the runtime ``backend`` picks; OpenVINO failing under ``auto``
+    falls back to ONNX Runtime with a warning (an explicit ``openvino-bf16`` raises)."""
+    engine = export_runtime(backend)
+    try:
+        return onnx_model.open_beside(local, sha256, engine)
+    except CheckpointError:
+        if engine is onnx_model.OnnxModel or backend != "auto":
+            raise
+        warnings.warn(
+            "OpenVINO could not load the model's ONNX export in bf16 here; running it in ONNX "
+            "Runtime fp32 instead (--backend onnxruntime skips the attempt)",
+            stacklevel=3,
+        )
+        return onnx_model.open_beside(local, sha256)
 
 
 def _onnx_fits(runtime: RuntimeConfig, moe_capacity: float | None) -> bool:

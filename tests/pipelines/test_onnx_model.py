@@ -206,3 +206,20 @@ def test_auto_falls_back_to_onnxruntime_without_native_bf16(
         runtime.export_runtime("openvino-bf16")
     model, used, _ = runtime.load_model(runtime.resolve_model("default"), RuntimeConfig())
     assert used == "onnxruntime" and type(model) is OnnxModel
+
+
+@needs_bf16
+def test_openvino_failing_under_auto_falls_back_to_onnxruntime(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from open_buildings.errors import CheckpointError
+
+    def broken(self: object, threads: int | None) -> None:
+        raise RuntimeError("Exception from src/inference: cannot compile for this CPU")
+
+    monkeypatch.setattr(onnx_model.OpenVinoBf16Model, "_open", broken)
+    with pytest.warns(UserWarning, match="running it in ONNX Runtime fp32"):
+        model, used, _ = runtime.load_model(runtime.resolve_model("default"), RuntimeConfig())
+    assert used == "onnxruntime" and type(model) is OnnxModel
+    with pytest.raises(CheckpointError, match="not a readable ONNX model"):
+        runtime.load_model(runtime.resolve_model("default"), RuntimeConfig(backend="openvino-bf16"))
