@@ -85,7 +85,7 @@ def variants(model: nn.Module) -> dict[str, nn.Module]:
 
     out = {"torch fp32 (contiguous)": model}
     out["torch fp32 channels_last"] = copy.deepcopy(model).to(memory_format=torch.channels_last)
-    if onnx_backend.onnxruntime_available():
+    if onnx_backend.conversion_available():
         out["ONNX Runtime fp32"] = onnx_backend.to_onnxruntime(copy.deepcopy(model))
     return out
 

@@ -79,11 +79,10 @@ def require_train_extra(prog: str) -> None:
     Raises:
         MissingExtraError: torch is not installed.
     """
-    import importlib.util
-
     from open_buildings.errors import MissingExtraError
+    from open_buildings.pipelines.torch_runtime import torch_available
 
-    if importlib.util.find_spec("torch") is None:
+    if not torch_available():
         raise MissingExtraError(
             f"{prog} needs PyTorch, which this install leaves out (the light install runs "
             "ob-infer, ob-eval, ob-eval-model, ob-download, ob-map and ob-tiles): pip install "

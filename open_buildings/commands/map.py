@@ -68,8 +68,7 @@ def _map(args: argparse.Namespace) -> int:
     out = write_map(
         args.source,
         out=args.out,
-        imagery=None if args.no_imagery else args.imagery,
-        use_manifest_imagery=not args.no_imagery,
+        imagery=False if args.no_imagery else args.imagery or True,
         region=args.region,
         basemap=args.basemap,
         max_features=args.max_features,
@@ -82,8 +81,7 @@ def write_map(
     source: str | Path,
     *,
     out: str | Path | None = None,
-    imagery: str | None = None,
-    use_manifest_imagery: bool = True,
+    imagery: str | bool = True,
     region: str | None = None,
     basemap: str | None = None,
     max_features: int = MAX_FEATURES,
@@ -93,8 +91,8 @@ def write_map(
     Args:
         source: an ob-infer output folder or a footprint file.
         out: the HTML file; default ``map.html`` in the folder, or ``<file>.map.html``.
-        imagery: the imagery to draw under the footprints; None takes the manifest's.
-        use_manifest_imagery: fall back to the imagery the manifest names.
+        imagery: the imagery to draw under the footprints: a source, True for the one the
+            manifest names (if any), False for none.
         region: a region GeoJSON to outline; None takes the manifest's.
         basemap: an XYZ tile template.
         max_features: see :func:`open_buildings.geo.webmap.render`.
@@ -112,7 +110,7 @@ def write_map(
     frame = _read(path)
     region_path = region or settings.get("region")
     outline = _outline(region_path) if region_path else None
-    spec = imagery or (settings.get("imagery") if use_manifest_imagery else None)
+    spec = settings.get("imagery") if imagery is True else imagery or None
     overlay = _overlay(spec, frame, outline) if spec else None
     title = f"{path.name}: open-buildings footprints"
     page = render(

@@ -108,11 +108,17 @@ class Tile:
         return utm_crs(center.lng().degrees(), center.lat().degrees())
 
     @cached_property
-    def grid(self) -> PixelGrid:
-        """The tile's pixel grid: its core's bounds in ``crs`` plus the margin, pixel-snapped."""
+    def _outline_local(self) -> tuple[np.ndarray, np.ndarray]:
+        """The core's outline (16 points an edge, so its curvature counts) in ``crs``."""
         to_local = Transformer.from_crs("EPSG:4326", self.crs, always_xy=True)
         outline = shapely.get_coordinates(cells.cell_polygon(self.id, points_per_edge=16))
         x, y = to_local.transform(outline[:, 0], outline[:, 1])
+        return np.asarray(x), np.asarray(y)
+
+    @cached_property
+    def grid(self) -> PixelGrid:
+        """The tile's pixel grid: its core's bounds in ``crs`` plus the margin, pixel-snapped."""
+        x, y = self._outline_local
         size, margin = self.spec.pixel_size_m, self.spec.margin_m
         left = math.floor((np.min(x) - margin) / size) * size
         bottom = math.floor((np.min(y) - margin) / size) * size
@@ -127,10 +133,7 @@ class Tile:
 
         A point outside it is not owned; :meth:`owns` decides the points inside it.
         """
-        to_local = Transformer.from_crs("EPSG:4326", self.crs, always_xy=True)
-        outline = shapely.get_coordinates(cells.cell_polygon(self.id, points_per_edge=16))
-        x, y = to_local.transform(outline[:, 0], outline[:, 1])
-        cols, rows = ~self.grid.transform @ (np.asarray(x), np.asarray(y))
+        cols, rows = ~self.grid.transform @ self._outline_local
         return float(rows.min()), float(rows.max()), float(cols.min()), float(cols.max())
 
     def owns(self, lon: np.ndarray, lat: np.ndarray) -> np.ndarray:

@@ -26,22 +26,15 @@ def near_region(tile: Tile, region: shapely.Geometry, margin_m: float) -> np.nda
         margin_m: how far outside the region pixels are kept, in metres.
 
     Returns:
-        The mask; all True where the answer is not cheap and certain (a tile whose lon/lat box
-        crosses the antimeridian).
+        The mask; all True where the answer is not cheap and certain (a tile whose core is split
+        at the antimeridian).
     """
     g = tile.grid
-    to_lonlat = Transformer.from_crs(g.crs, "EPSG:4326", always_xy=True)
-    left, bottom, right, top = g.bounds
-    xs = np.array([left, right, right, left, (left + right) / 2, (left + right) / 2])
-    ys = np.array([bottom, bottom, top, top, bottom, top])
-    lon, lat = to_lonlat.transform(xs, ys)
-    west, east = float(np.min(lon)), float(np.max(lon))
-    if east - west > 180:
+    west, south, east, north = tile.core.bounds
+    if east - west > 180:  # a core split at the antimeridian
         return np.ones((g.height, g.width), dtype=bool)
-    pad = 0.01  # degrees (about 1 km): the lon/lat box of a UTM rectangle is not exact
-    part = shapely.clip_by_rect(
-        region, west - pad, np.min(lat) - pad, east + pad, np.max(lat) + pad
-    )
+    pad = 0.01  # degrees: far more than the grid's margin beyond the core (32 m)
+    part = shapely.clip_by_rect(region, west - pad, south - pad, east + pad, north + pad)
     if shapely.is_empty(part):
         return np.zeros((g.height, g.width), dtype=bool)
     to_local = Transformer.from_crs("EPSG:4326", g.crs, always_xy=True)

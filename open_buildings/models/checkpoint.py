@@ -30,7 +30,7 @@ from open_buildings.models.checkpoint_meta import (
     read_metadata,
     read_operating_points,
     read_sidecar,
-    sidecar_path,
+    write_sidecar,
 )
 from open_buildings.models.registry import build_model
 
@@ -112,12 +112,7 @@ def _with_calibration(
 
 def _write(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
     _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
-    sha = file_sha256(path)
-    _atomic_write(
-        sidecar_path(path),
-        lambda tmp: Path(tmp).write_text(f"{sha}  {path.name}\n", encoding="utf-8"),
-    )
-    return sha
+    return write_sidecar(path)
 
 
 def rebuild_model(

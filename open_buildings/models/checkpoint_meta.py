@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,27 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 def sidecar_path(path: Path) -> Path:
     """Return the ``<file>.sha256`` sidecar's path."""
     return path.with_name(path.name + ".sha256")
+
+
+def write_sidecar(path: Path) -> str:
+    """Write ``path``'s sha256 into its ``sha256sum``-format sidecar, atomically; return it."""
+    sha = file_sha256(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".sha256.tmp", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(f"{sha}  {path.name}\n")
+    os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide a shipped file's sidecar from other users
+    os.replace(tmp, sidecar_path(path))
+    return sha
+
+
+def sidecar_matches(path: Path) -> bool:
+    """True when ``path`` and its sidecar exist and the sidecar records ``path``'s sha256."""
+    if not (path.is_file() and sidecar_path(path).is_file()):
+        return False
+    try:
+        return read_sidecar(path) == file_sha256(path)
+    except CheckpointError:  # a sidecar that is not one
+        return False
 
 
 def read_sidecar(path: Path) -> str:

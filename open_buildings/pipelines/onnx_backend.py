@@ -28,8 +28,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from open_buildings.models.checkpoint_meta import file_sha256, sidecar_path
-from open_buildings.pipelines.onnx_model import META_KEY, OnnxModel, export_path
+from open_buildings.models.checkpoint_meta import (
+    file_sha256,
+    sidecar_matches,
+    sidecar_path,
+    write_sidecar,
+)
+from open_buildings.pipelines.onnx_model import (
+    META_KEY,
+    OnnxModel,
+    export_path,
+    onnxruntime_available,
+)
 
 #: Bump to invalidate every cached ONNX file (e.g. when the export recipe changes).
 _EXPORT_VERSION = 2
@@ -38,9 +48,9 @@ _CHECK_ATOL = 1e-3
 _CHECK_RTOL = 1e-4
 
 
-def onnxruntime_available() -> bool:
+def conversion_available() -> bool:
     """Return True when ``onnxruntime`` and ``onnx`` (which the exporter needs) can be imported."""
-    return all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "onnx"))
+    return onnxruntime_available() and importlib.util.find_spec("onnx") is not None
 
 
 def cache_dir() -> Path:
@@ -63,23 +73,6 @@ def checkpoint_key(sha256: str, moe_capacity: float | None = None) -> str:
         "export": _EXPORT_VERSION,
     }
     return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:32]
-
-
-def _sealed(path: Path) -> bool:
-    """True when ``path`` exists and matches the sha256 written when it was checked."""
-    seal = sidecar_path(path)
-    if not (path.is_file() and seal.is_file()):
-        return False
-    fields = seal.read_text(encoding="ascii").split()
-    return bool(fields) and fields[0] == file_sha256(path)
-
-
-def _write_seal(path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".sha256.tmp")
-    with os.fdopen(fd, "w", encoding="ascii") as handle:
-        handle.write(f"{file_sha256(path)}  {path.name}\n")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, sidecar_path(path))
 
 
 def load_cached(
@@ -110,13 +103,13 @@ def load_cached(
         return None
     if moe_capacity is not None:  # only V-MoE takes a capacity, and it does not export
         return None
-    if not onnxruntime_available():
+    if not conversion_available():
         return None
     from open_buildings.models.checkpoint_meta import read_metadata
 
     meta = read_metadata(checkpoint)
     path = cache_dir() / f"{meta['name']}-{checkpoint_key(sha256, moe_capacity)}.onnx"
-    if not _sealed(path) or file_sha256(checkpoint) != sha256.lower():
+    if not sidecar_matches(path) or file_sha256(checkpoint) != sha256.lower():
         return None
     return OnnxModel(path)
 
@@ -230,13 +223,13 @@ def to_onnxruntime(model: nn.Module, key: str | None = None) -> OnnxModel:
         RuntimeError: if the export fails or the converted network disagrees with PyTorch.
     """
     path = cache_dir() / f"{getattr(model, 'name', 'model')}-{key or _model_key(model)}.onnx"
-    if _sealed(path):
+    if sidecar_matches(path):
         return OnnxModel(path)
     export_onnx(model, path)
     converted = OnnxModel(path)
     if not _agrees(model, converted):
         raise RuntimeError(f"the ONNX export of {getattr(model, 'name', 'the model')} differs")
-    _write_seal(path)
+    write_sidecar(path)
     return converted
 
 
@@ -264,5 +257,5 @@ def export_beside(checkpoint: str | os.PathLike[str]) -> Path:
     if not _agrees(model, OnnxModel(target)):
         target.unlink()
         raise RuntimeError(f"the ONNX export of {checkpoint} differs from PyTorch; not kept")
-    _write_seal(target)
+    write_sidecar(target)
     return target

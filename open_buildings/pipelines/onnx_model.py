@@ -13,6 +13,7 @@ PyTorch) runs the default model.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
@@ -140,6 +141,7 @@ class OpenVinoBf16Model(OnnxModel):
         return np.array(out, dtype=np.float32)
 
 
+@functools.cache  # asks OpenVINO's CPU plugin once a process
 def openvino_bf16_available() -> bool:
     """Whether OpenVINO is installed and this CPU computes bfloat16 natively (its own report)."""
     if importlib.util.find_spec("openvino") is None:

@@ -19,12 +19,11 @@ a GPU that has none raises instead of quietly running on its CPU.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -32,11 +31,13 @@ from open_buildings.errors import CheckpointError, ConfigError, InferenceError
 from open_buildings.pipelines import onnx_model
 from open_buildings.pipelines.config import RuntimeConfig
 from open_buildings.pipelines.forward import PAD_MULTIPLE, run_model
-from open_buildings.pipelines.torch_runtime import BACKENDS, native_bf16, prepare_model
+from open_buildings.pipelines.torch_runtime import (
+    BACKENDS,
+    native_bf16,
+    prepare_model,
+    torch_available,
+)
 from open_buildings.remote import is_remote, local_copy, read_remote_text
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = [
     "BACKENDS",
@@ -213,11 +214,6 @@ def _localize(path: str) -> tuple[str, str | None]:
         return path, None
     sidecar = read_remote_text(path + ".sha256")
     return local_copy(path, prefix="ob-model-"), sidecar.split()[0] if sidecar else None
-
-
-def torch_available() -> bool:
-    """Return True when PyTorch is installed (the ``[train]`` extra; the light install has none)."""
-    return importlib.util.find_spec("torch") is not None
 
 
 def load_model(model: ModelRef, runtime: RuntimeConfig) -> tuple[Any, str, Any]:

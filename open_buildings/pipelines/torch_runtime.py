@@ -19,6 +19,11 @@ if TYPE_CHECKING:
 BACKENDS = ("auto", "torch", "onnxruntime", "openvino-bf16")
 
 
+def torch_available() -> bool:
+    """Return True when PyTorch is installed (the ``[train]`` extra; the light install has none)."""
+    return importlib.util.find_spec("torch") is not None
+
+
 def native_bf16(device: Any = "cpu") -> bool:
     """Return True when ``device`` computes bfloat16 natively.
 
@@ -29,7 +34,7 @@ def native_bf16(device: Any = "cpu") -> bool:
         For a CPU: whether oneDNN has bf16 kernels here (AVX512-BF16 or AMX). For a GPU: whether
         torch reports bf16 support (Ampere and later). False without PyTorch.
     """
-    if importlib.util.find_spec("torch") is None:
+    if not torch_available():
         return False
     import torch
 
@@ -74,13 +79,13 @@ def prepare_model(
         raise ConfigError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
     on_cpu = torch.device(device).type == "cpu"
     if backend == "onnxruntime" and not (
-        on_cpu and not bf16 and onnx_backend.onnxruntime_available()
+        on_cpu and not bf16 and onnx_backend.conversion_available()
     ):
         raise ConfigError(
             "backend 'onnxruntime' runs fp32 on a CPU and needs the onnxruntime and onnx "
             "packages (pip install onnxruntime onnx); use backend 'auto' or 'torch' here"
         )
-    if backend != "torch" and on_cpu and not bf16 and onnx_backend.onnxruntime_available():
+    if backend != "torch" and on_cpu and not bf16 and onnx_backend.conversion_available():
         try:
             return onnx_backend.to_onnxruntime(model, cache_key), "onnxruntime"
         except Exception as exc:  # noqa: BLE001 - any failure keeps PyTorch, which always works

@@ -256,9 +256,6 @@ class PolygonizeFn(beam.DoFn):
         post: the post-processing settings (``min_confidence`` resolved to a number).
         shard_level: S2 level of the shard key.
         work: the per-tile work folder; None keeps none.
-        clip: drop a building whose centroid lies outside the region, which ``process`` gets
-            as the side input ``region`` (WKB), counting it as ``outside_region``; False keeps
-            whole tiles.
         ranges: the model's training-imagery ranges (``pipelines.domain``); a tile outside
             them goes to the ``unfamiliar`` output too (its footprints are kept). None checks
             nothing.
@@ -272,7 +269,6 @@ class PolygonizeFn(beam.DoFn):
         post: PostprocessConfig,
         shard_level: int,
         work: WorkDir | None,
-        clip: bool = False,
         ranges: dict[str, Any] | None = None,
         probabilities: str | None = None,
     ) -> None:
@@ -282,12 +278,13 @@ class PolygonizeFn(beam.DoFn):
         self._shard_level = shard_level
         self._work = work
         self._ranges = ranges
-        self._clip = clip
 
     def process(
         self, element: tuple[str, PredictionResult], region: bytes | None = None
     ) -> Iterator[Any]:
-        """Decode, polygonize and keep what the tile owns (inside ``region``, when clipping)."""
+        """Decode, polygonize and keep what the tile owns (and, given the side input ``region``,
+        WKB, what lies inside it: a building outside is dropped and counted as
+        ``outside_region``)."""
         tile_id, result = element
         tile = grid.Tile(tile_id, self._spec)
         try:
@@ -319,7 +316,7 @@ class PolygonizeFn(beam.DoFn):
                     sinks.write_domain_marker(tile_id, reasons, self._work.path)
                 yield beam.pvalue.TaggedOutput(UNFAMILIAR, (tile_id, reasons))
         outside = 0
-        if self._clip and region is not None:
+        if region is not None:
             frame, outside = postprocess.inside_region(frame, parsed(region))
             _counter("outside_region").inc(outside)
         covered = postprocess.covered_m2(tile, result.example.valid)
@@ -349,8 +346,7 @@ class Polygonize(beam.PTransform):
         probabilities: str | None = None,
     ) -> None:
         super().__init__()
-        clip = region is not None
-        self._fn = PolygonizeFn(spec, post, shard_level, work, clip, ranges, probabilities)
+        self._fn = PolygonizeFn(spec, post, shard_level, work, ranges, probabilities)
         self._region = region
 
     def expand(self, predictions: beam.PCollection) -> beam.pvalue.DoOutputsTuple:

@@ -16,7 +16,7 @@ from open_buildings.pipelines import onnx_backend, runtime
 from open_buildings.pipelines.onnx_model import OnnxModel
 
 needs_ort = pytest.mark.skipif(
-    not onnx_backend.onnxruntime_available(), reason="onnxruntime/onnx are not installed"
+    not onnx_backend.conversion_available(), reason="onnxruntime/onnx are not installed"
 )
 
 
@@ -110,7 +110,7 @@ def test_bf16_and_gpus_stay_on_torch(tiny_checkpoint: Path) -> None:
 def test_without_onnxruntime_auto_is_torch(
     tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(onnx_backend, "onnxruntime_available", lambda: False)
+    monkeypatch.setattr(onnx_backend, "conversion_available", lambda: False)
     _, used = runtime.prepare_model(load_checkpoint(tiny_checkpoint))
     assert used == "torch-channels-last"
     with pytest.raises(ConfigError, match="pip install onnxruntime"):
