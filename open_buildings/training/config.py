@@ -67,6 +67,16 @@ class MixupConfig(StrictModel):
     prob: float = Field(0.5, ge=0.0, le=1.0)
 
 
+class EmaConfig(StrictModel):
+    """Validate, calibrate and save an exponential moving average of the weights.
+
+    Each step the average keeps ``decay`` of itself; 0.995 averages about the last 200 steps.
+    """
+
+    enabled: bool = False
+    decay: float = Field(0.995, gt=0.0, lt=1.0)
+
+
 class UnlabelledAreaConfig(AreaConfig):
     """Imagery for self-training, with the teacher's probabilities for it.
 
@@ -114,6 +124,7 @@ class TrainConfig(StrictModel):
     warmup_steps: int = Field(50, ge=0)
     dice_weight: float = Field(1.0, ge=0.0)
     mixup: MixupConfig = MixupConfig()
+    ema: EmaConfig = EmaConfig()
     self_training: SelfTrainingConfig = SelfTrainingConfig()
     val_every: int = Field(200, ge=1)
     checkpoint_every: int = Field(200, ge=1)

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from open_buildings.config import dump_config
@@ -46,9 +47,10 @@ from open_buildings.training.batches import (
 from open_buildings.training.calibrate import input_ranges, operating_points
 from open_buildings.training.config import TrainConfig
 from open_buildings.training.distill import soft_kl_loss
+from open_buildings.training.ema import averaged, new_ema, updates
 from open_buildings.training.mixup import mixup
 from open_buildings.training.scenes import Scene
-from open_buildings.training.state import load_state, save_state
+from open_buildings.training.state import load_ema, load_state, save_state
 from open_buildings.training.validate import metrics, score_scenes
 
 CHECKPOINT_DIR = "checkpoint"
@@ -166,6 +168,7 @@ class Trainer:
         hooks: run after each step, in order.
         history: one record per step taken (resumed runs start with the earlier ones).
         scored: the latest validation's full result.
+        ema: the weights' moving average, when the config keeps one.
     """
 
     cfg: TrainConfig
@@ -178,6 +181,12 @@ class Trainer:
     history: list[dict[str, Any]] = field(default_factory=list)
     #: the latest validation (``validate.score_scenes``), reused for the operating points
     scored: Evaluation | None = None
+    ema: AveragedModel | None = None
+
+    @property
+    def result(self) -> BuildingModel:
+        """The model the run validates and saves: the moving average when kept, else the model."""
+        return self.model if self.ema is None else averaged(self.ema)
 
     def fit(self, start: int = 0) -> list[dict[str, Any]]:
         """Take steps ``start`` to ``cfg.steps - 1``; return the history."""
@@ -190,6 +199,8 @@ class Trainer:
                     self.unlabelled, self.teacher_probs, self.cfg, step, transform
                 )
             record = train_step(self.model, self.optimizer, batch, self.cfg, step, unlabelled=extra)
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
             for hook in self.hooks:
                 hook(self, step, record)
             self.history.append(record)
@@ -202,7 +213,7 @@ def validation_hook(scenes: Sequence[Scene]) -> Hook:
     def hook(trainer: Trainer, step: int, record: dict[str, Any]) -> None:
         cfg = trainer.cfg
         if scenes and ((step + 1) % cfg.val_every == 0 or step + 1 == cfg.steps):
-            scored = score_scenes(trainer.model, scenes, bf16=cfg.bf16, spec=_spec(cfg))
+            scored = score_scenes(trainer.result, scenes, bf16=cfg.bf16, spec=_spec(cfg))
             record["val"] = metrics(scored)
             trainer.scored = scored
 
@@ -216,7 +227,8 @@ def checkpoint_hook(folder: Path) -> Hook:
         cfg = trainer.cfg
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
             history = [*trainer.history, record]
-            save_state(folder, trainer.model, trainer.optimizer, step + 1, history)
+            ema = None if trainer.ema is None else (trainer.result, updates(trainer.ema))
+            save_state(folder, trainer.model, trainer.optimizer, step + 1, history, ema=ema)
 
     return hook
 
@@ -278,6 +290,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
         model = new_model(cfg)
         optimizer = _optimizer(cfg)(model)
         start, history = 0, []
+    ema = None
+    if cfg.ema.enabled:
+        saved, done = load_ema(ckpt) if resume else (model, 0)
+        ema = new_ema(saved, cfg.ema.decay, updates=done)
+        ema.to(device)
     model.to(device)
     began = time.perf_counter()
     with tqdm(
@@ -292,8 +309,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
             teacher_probs,
             hooks=[validation_hook(val_scenes), checkpoint_hook(ckpt), progress_hook(bar)],
             history=history,
+            ema=ema,
         )
         history = trainer.fit(start)
+    model = trainer.result
     seconds = time.perf_counter() - began
     weights_path = out / FINAL_WEIGHTS
     points = None

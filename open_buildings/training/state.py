@@ -21,6 +21,7 @@ from open_buildings.models.checkpoint import load_checkpoint, save_checkpoint
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "state.json"
+EMA_FILE = "ema.safetensors"
 
 
 def save_state(
@@ -29,6 +30,7 @@ def save_state(
     optimizer: torch.optim.Optimizer,
     step: int,
     history: list[dict[str, Any]],
+    ema: tuple[BuildingModel, int] | None = None,
 ) -> None:
     """Write the model, the optimizer and the step into ``folder`` (each file atomically).
 
@@ -39,10 +41,13 @@ def save_state(
             (step counts, hyper-parameters) to JSON.
         step: the number of optimizer steps taken.
         history: the loss and validation log so far.
+        ema: the weights' moving average and its number of updates, when the run keeps one.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     save_checkpoint(model, folder / MODEL_FILE)
+    if ema is not None:
+        save_checkpoint(ema[0], folder / EMA_FILE)
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
     for index, state in optimizer.state_dict()["state"].items():
@@ -59,6 +64,7 @@ def save_state(
         "history": history,
         "optimizer_scalars": scalars,
         "param_groups": optimizer.state_dict()["param_groups"],
+        "ema_updates": None if ema is None else ema[1],
     }
     tmp = folder / (STATE_FILE + ".tmp")
     tmp.write_text(json.dumps(meta))
@@ -97,3 +103,18 @@ def load_state(
             state.setdefault(int(index), {})[name] = torch.tensor(value)
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     return model, optimizer, int(meta["step"]), list(meta["history"])
+
+
+def load_ema(folder: str | os.PathLike[str]) -> tuple[BuildingModel, int]:
+    """The moving average :func:`save_state` wrote, and its number of updates.
+
+    Raises:
+        CheckpointError: if the checkpoint was saved without one.
+    """
+    folder = Path(folder)
+    meta = json.loads((folder / STATE_FILE).read_text())
+    if meta.get("ema_updates") is None or not (folder / EMA_FILE).is_file():
+        raise CheckpointError(
+            f"cannot resume with ema enabled: {folder} was saved without a moving average"
+        )
+    return load_checkpoint(folder / EMA_FILE), int(meta["ema_updates"])

@@ -99,27 +99,63 @@ class CrashError(Exception):
     pass
 
 
-def test_resume_continues_exactly(config_factory, tmp_path: Path, monkeypatch) -> None:
-    straight = train(config_factory(f"out={tmp_path / 'a'}"), progress=False)
+@pytest.mark.parametrize("ema", [False, True])
+def test_resume_continues_exactly(config_factory, tmp_path: Path, monkeypatch, ema: bool) -> None:
+    option = f"ema={{enabled: {str(ema).lower()}, decay: 0.5}}"
+    straight = train(config_factory(f"out={tmp_path / 'a'}", option), progress=False)
 
     # CrashError right after the checkpoint at step 2 of 4, then resume from it.
     real_save = loop.save_state
 
-    def save_then_crash(folder, model, optimizer, step, history):
-        real_save(folder, model, optimizer, step, history)
+    def save_then_crash(folder, model, optimizer, step, history, ema=None):
+        real_save(folder, model, optimizer, step, history, ema=ema)
         if step == 2:
             raise CrashError
 
     monkeypatch.setattr(loop, "save_state", save_then_crash)
     with pytest.raises(CrashError):
-        train(config_factory(f"out={tmp_path / 'b'}"), progress=False)
+        train(config_factory(f"out={tmp_path / 'b'}", option), progress=False)
     monkeypatch.setattr(loop, "save_state", real_save)
-    resumed = train(config_factory(f"out={tmp_path / 'b'}"), resume=True, progress=False)
+    resumed = train(config_factory(f"out={tmp_path / 'b'}", option), resume=True, progress=False)
     a = load_checkpoint(straight["weights"]).state_dict()
     b = load_checkpoint(resumed["weights"]).state_dict()
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [h["loss"] for h in straight["history"]] == [h["loss"] for h in resumed["history"]]
+
+
+def test_ema_saves_the_moving_average_of_the_weights(config_factory, monkeypatch) -> None:
+    decay = 0.6
+    cfg = config_factory("steps=3", f"ema={{enabled: true, decay: {decay}}}")
+    after_each_step: list[dict[str, torch.Tensor]] = []
+    real_step = loop.train_step
+
+    def step_and_record(model, *args, **kwargs):
+        record = real_step(model, *args, **kwargs)
+        after_each_step.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return record
+
+    monkeypatch.setattr(loop, "train_step", step_and_record)
+    saved = load_checkpoint(train(cfg, progress=False)["weights"]).state_dict()
+    raw = after_each_step[-1]
+    floats = [k for k, v in raw.items() if v.is_floating_point()]
+    expected = dict(after_each_step[0])  # the average starts as the weights after step 1
+    for weights in after_each_step[1:]:
+        expected = {k: decay * expected[k] + (1 - decay) * weights[k] for k in floats}
+    assert all(torch.allclose(saved[k], expected[k], atol=1e-6) for k in floats)
+    assert not all(torch.equal(saved[k], raw[k]) for k in floats), "saved the raw weights"
+
+
+def test_resuming_with_ema_needs_a_checkpoint_that_kept_one(config_factory) -> None:
+    from open_buildings.errors import CheckpointError
+
+    cfg = config_factory("steps=2")
+    train(cfg, progress=False)
+    with_ema = cfg.model_copy(
+        update={"steps": 3, "ema": cfg.ema.model_copy(update={"enabled": True})}
+    )
+    with pytest.raises(CheckpointError, match="without a moving average"):
+        train(with_ema, resume=True, progress=False)
 
 
 def test_a_second_run_into_the_same_folder_is_refused(config_factory) -> None:
