@@ -131,6 +131,10 @@ class DataflowConfig(StrictModel):
         use_public_ips: whether workers get public IPs.
         number_of_worker_harness_threads: threads per worker process (1-2 keeps one GPU busy
             without running out of GPU memory).
+        sdk_process_per_vcpu: run one Python process per vCPU (Dataflow's default) instead of
+            one per worker, so reading, decoding and polygonizing use every core; on GPU workers
+            it needs ``runtime.share_model_across_processes`` (one model on the GPU, served to
+            all of them). The arithmetic that sizes the worker is in ``deploy/README.md``.
     """
 
     project: str
@@ -148,6 +152,7 @@ class DataflowConfig(StrictModel):
     subnetwork: str | None = None
     use_public_ips: bool = True
     number_of_worker_harness_threads: int = Field(default=1, ge=1)
+    sdk_process_per_vcpu: bool = False
 
     @field_validator("temp_location", "staging_location")
     @classmethod
@@ -224,4 +229,16 @@ class InferConfig(StrictModel):
             )
         if self.runner == "dataflow" and self.dataflow is None:
             raise ValueError("runner 'dataflow' needs a 'dataflow:' section")
+        df = self.dataflow
+        if (
+            self.runner == "dataflow"
+            and df is not None
+            and df.sdk_process_per_vcpu
+            and df.gpu_count
+            and not self.runtime.share_model_across_processes
+        ):
+            raise ValueError(
+                "dataflow.sdk_process_per_vcpu on a GPU worker loads one model per vCPU onto the "
+                "GPU; set runtime.share_model_across_processes: true so that one serves them all"
+            )
         return self

@@ -59,14 +59,15 @@ def run_model(
     Returns:
         float32 arrays of shape (C, H, W), one per image, in input order.
     """
-    divisor = int(getattr(getattr(model, "input_spec", None), "divisor", 1))
+    shared = hasattr(model, "size_divisor")  # a NumpyForward, or Beam's proxy of one
+    divisor = model.size_divisor() if shared else _divisor(model)
     multiple = math.lcm(int(pad_multiple), max(1, divisor))
     groups: dict[tuple[int, int], list[int]] = {}
     for i, image in enumerate(images):
         if image.ndim != 3 or image.dtype != np.uint8:
             raise ValueError(f"images must be uint8 (bands, H, W), got {image.dtype} {image.shape}")
         groups.setdefault(padded_shape(*image.shape[1:], multiple), []).append(i)
-    forward = _numpy_forward(model, device, bf16)
+    forward = model if shared else _numpy_forward(model, device, bf16)
     out: list[np.ndarray | None] = [None] * len(images)
     for (height, width), members in sorted(groups.items()):
         batch = [
@@ -78,6 +79,32 @@ def run_model(
             h, w = images[i].shape[1:]
             out[i] = np.ascontiguousarray(logits[k, :, :h, :w], dtype=np.float32)
     return out  # type: ignore[return-value]
+
+
+class NumpyForward:
+    """A loaded model as a numpy function (float32 batch in, float32 logits out) and its divisor.
+
+    This is what a model shared across processes (``runtime.share_model_across_processes``)
+    serves: Beam keeps it in one process and hands the others a proxy that can only call its
+    methods and pass picklable values, so it takes and returns numpy arrays and says its size
+    divisor through a method. :func:`run_model` accepts it, or the proxy, as its ``model``.
+    """
+
+    def __init__(self, model: Any, device: Any = "cpu", bf16: bool = False) -> None:
+        self._forward = _numpy_forward(model, device, bf16)
+        self._divisor = _divisor(model)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """The model's logits for a float32 ``(N, 3, H, W)`` batch in [0, 1]."""
+        return self._forward(x)
+
+    def size_divisor(self) -> int:
+        """The model's input size divisor (its height and width must be multiples of it)."""
+        return self._divisor
+
+
+def _divisor(model: Any) -> int:
+    return int(getattr(getattr(model, "input_spec", None), "divisor", 1))
 
 
 def _numpy_forward(model: Any, device: Any, bf16: bool) -> Forward:

@@ -80,8 +80,9 @@ def pipeline_options(config: InferConfig, extra: Sequence[str] = ()) -> Pipeline
         f"--disk_size_gb={df.disk_size_gb}",
         f"--number_of_worker_harness_threads={df.number_of_worker_harness_threads}",
         "--experiments=use_runner_v2",
-        "--experiments=no_use_multiple_sdk_containers",
     ]
+    if not df.sdk_process_per_vcpu:
+        flags.append("--experiments=no_use_multiple_sdk_containers")
     if df.gpu_type and df.gpu_count:
         flags.append(
             "--dataflow_service_options="

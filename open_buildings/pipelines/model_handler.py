@@ -15,7 +15,7 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from open_buildings.pipelines import runtime
 from open_buildings.pipelines.config import RuntimeConfig
-from open_buildings.pipelines.forward import run_on_imagery
+from open_buildings.pipelines.forward import NumpyForward, run_on_imagery
 from open_buildings.pipelines.runtime import ModelRef, TileInput
 
 
@@ -48,8 +48,14 @@ class CheckpointModelHandler(ModelHandler[TileInput, PredictionResult, Any]):
         self.backend_used: str | None = None
 
     def load_model(self) -> Any:
-        """Load the checkpoint on this worker (see :func:`.runtime.load_model`)."""
+        """Load the checkpoint on this worker (see :func:`.runtime.load_model`).
+
+        A model shared across processes is served as a :class:`.forward.NumpyForward`, the one
+        form Beam's cross-process proxy can run whatever the backend.
+        """
         model, self.backend_used, self._device = runtime.load_model(self._ref, self._config)
+        if self._config.share_model_across_processes:
+            return NumpyForward(model, self._device, self._config.bf16)
         return model
 
     def run_inference(

@@ -50,6 +50,18 @@ def test_default_model_finds_the_sample_buildings(default_run: Path) -> None:
     assert result.f1.total.f1 > 0.6 and result.f1.total.recall > 0.55, result.f1.total
 
 
+def test_a_model_shared_by_two_worker_processes_writes_the_same_files(
+    default_run: Path, tmp_path: Path
+) -> None:
+    # share_model_across_processes: one model process serves the others through Beam's proxy.
+    from conftest import output_digests
+
+    out = tmp_path / "shared"
+    argv = ["--out", str(out), "--no-progress", "--workers", "2"]
+    assert ob_infer.main([*argv, "-o", "runtime.share_model_across_processes=true"]) == 0
+    assert output_digests(out) == output_digests(default_run)
+
+
 def test_the_default_output_is_calibrated_and_clipped_to_the_region(
     default_run: Path, tmp_path: Path
 ) -> None:

@@ -143,6 +143,20 @@ def test_shipped_job_configs_parse(name: str) -> None:
         assert config.dataflow.gpu_type and config.dataflow.gpu_count >= 1
 
 
+def test_a_process_per_vcpu_on_a_gpu_worker_needs_the_shared_model() -> None:
+    from open_buildings.errors import ConfigError
+
+    africa = ROOT / "pipelines" / "africa.yaml"
+    with pytest.raises(ConfigError, match="share_model_across_processes: true"):
+        load_config(InferConfig, africa, ["runtime.share_model_across_processes=false"])
+    one_process = load_config(
+        InferConfig,
+        africa,
+        ["runtime.share_model_across_processes=false", "dataflow.sdk_process_per_vcpu=false"],
+    )
+    assert not one_process.runtime.share_model_across_processes
+
+
 def test_a_typo_in_a_config_key_is_an_error(tmp_path: Path) -> None:
     from open_buildings.errors import ConfigError
 
@@ -175,7 +189,8 @@ def test_the_dataflow_graph_builds_with_the_africa_options_without_submitting(
     p = job.make_pipeline(config)
     options = p.options.get_all_options()
     assert options["runner"] == "DataflowRunner"
-    assert options["machine_type"] == "n1-standard-8"
+    assert options["machine_type"] == "n1-standard-16"
+    assert "no_use_multiple_sdk_containers" not in options["experiments"]  # a process per vCPU
     assert options["dataflow_service_options"] == [
         "worker_accelerator=type:nvidia-tesla-t4;count:1;install-nvidia-driver"
     ]
@@ -200,7 +215,8 @@ def test_the_dataflow_graph_builds_with_the_africa_options_without_submitting(
         t for t in p.transforms_stack[0].parts if t.full_label == "RunModel"
     ).transform._handler._unkeyed
     assert handler._config.device == "cuda" and handler.batch_elements_kwargs() == {
-        "min_batch_size": 4,
-        "max_batch_size": 16,
+        "min_batch_size": 2,
+        "max_batch_size": 4,
     }
+    assert handler.share_model_across_processes()  # Beam keeps one model per worker
     assert transforms.COUNTERS[:3] == ("tiles_read", "tiles_empty", "tiles_failed")

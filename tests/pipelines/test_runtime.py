@@ -48,6 +48,25 @@ def test_torch_backend_runs_channels_last_with_the_same_logits(tiny_checkpoint: 
         np.testing.assert_allclose(got, ref, atol=1e-5)
 
 
+def test_a_shared_model_runs_through_a_method_only_proxy(tiny_checkpoint: Path) -> None:
+    # Beam's cross-process proxy exposes methods only, not attributes or isinstance.
+    from open_buildings.pipelines.forward import NumpyForward
+
+    class MethodsOnly:
+        def __init__(self, target: NumpyForward) -> None:
+            self.size_divisor = target.size_divisor
+            self._target = target
+
+        def __call__(self, x: np.ndarray) -> np.ndarray:
+            return self._target(x)
+
+    model = load_checkpoint(tiny_checkpoint)
+    shared = MethodsOnly(NumpyForward(model))
+    assert shared.size_divisor() == model.input_spec.divisor
+    for got, ref in zip(_logits(shared), _logits(model), strict=True):
+        np.testing.assert_array_equal(got, ref)
+
+
 @needs_ort
 def test_onnxruntime_gives_the_same_logits_and_is_batch_independent(
     tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
