@@ -205,6 +205,7 @@ def main(argv: list[str] | None = None) -> None:
         cpu_s_per_km2=steady["cpu"] / steady["km2"],
         model_cpu_s_per_km2=steady["fwd"].cpu / steady["km2"],
         tile_px=tiles["mean_tile_px"],
+        bytes_per_px=eff["bytes_per_px"],
     )
     for g in c["gpus"]:
         gpu = g["gpu"]
@@ -214,7 +215,9 @@ def main(argv: list[str] | None = None) -> None:
                 f"Africa on {gpu.name} at {100 * c['sustained']:.0f}% of its "
                 f"{gpu.peak_tflops:.0f} TFLOP/s",
                 f"{g['hours']:,.0f} GPU-h, ${g['usd']:,.0f} at ${gpu.usd_per_hour:.2f}/h",
-                f"{g['tile_ms']:.1f} ms of GPU per tile",
+                f"{g['tile_ms']:.1f} ms of GPU per tile; roofline {g['roofline_ms_fused']:.2f} "
+                f"ms fused, {g['roofline_ms_unfused']:.2f} unfused (memory-bound: "
+                f"{g['memory_bound_fused']})",
             )
         )
     rows.append(

@@ -50,24 +50,27 @@ class Gpu:
             no bf16: its fp16 figure).
         usd_per_hour: the stated on-demand price of one GPU for an hour.
         source: where the figures come from.
+        memory_gbps: the datasheet's memory bandwidth, GB/s.
     """
 
     name: str
     peak_tflops: float
     usd_per_hour: float
     source: str
+    memory_gbps: float = 0.0
 
 
 #: Datasheet peaks: NVIDIA H100 (SXM, "BF16 Tensor Core 1,979 TFLOPS" with sparsity -> 989
 #: dense), A100 (SXM 80GB, 624 with sparsity -> 312), L4 (242 with sparsity -> 121), T4 (FP16
 #: mixed precision 65). Prices: Google Cloud on-demand GPU list prices, us-central1, per GPU-hour
 #: (cloud.google.com/compute/gpus-pricing; H100 as a3-highgpu-8g / 8, VM included); they change,
-#: so edit them here.
+#: so edit them here. Memory bandwidth from the same datasheets: H100 SXM 3.35 TB/s (HBM3),
+#: A100 80GB SXM 2,039 GB/s, L4 300 GB/s, T4 320 GB/s.
 GPUS = (
-    Gpu("H100 SXM", 989.0, 11.06, "NVIDIA H100 datasheet; GCP a3-highgpu-8g / 8"),
-    Gpu("A100 80GB", 312.0, 3.93, "NVIDIA A100 datasheet; GCP A100 80GB GPU price"),
-    Gpu("L4", 121.0, 0.56, "NVIDIA L4 datasheet; GCP L4 GPU price"),
-    Gpu("T4 (fp16)", 65.0, 0.35, "NVIDIA T4 datasheet; GCP T4 GPU price"),
+    Gpu("H100 SXM", 989.0, 11.06, "NVIDIA H100 datasheet; GCP a3-highgpu-8g / 8", 3350.0),
+    Gpu("A100 80GB", 312.0, 3.93, "NVIDIA A100 datasheet; GCP A100 80GB GPU price", 2039.0),
+    Gpu("L4", 121.0, 0.56, "NVIDIA L4 datasheet; GCP L4 GPU price", 300.0),
+    Gpu("T4 (fp16)", 65.0, 0.35, "NVIDIA T4 datasheet; GCP T4 GPU price", 320.0),
 )
 
 _NATURAL_EARTH = "tests/fixtures/naturalearth_lowres/naturalearth_lowres.shp"
@@ -141,6 +144,7 @@ def cost_model(
     model_cpu_s_per_km2: float | None = None,
     sustained: float = SUSTAINED,
     tile_px: float | None = None,
+    bytes_per_px: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Project Africa's inference cost.
 
@@ -153,6 +157,9 @@ def cost_model(
         sustained: assumed share of a GPU's dense peak.
         tile_px: the measured mean padded pixels of a tile (``africa_tiles``); None takes a
             square core plus margins (``tile_pixels``), which underestimates it.
+        bytes_per_px: activation bytes moved per input pixel, ``fused`` and ``unfused``
+            (``bench.models.activation_bytes``); each GPU then also gets the roofline: the time
+            its datasheet peak and memory bandwidth allow at best, and which of them binds.
 
     Returns:
         ``flops_per_tile``, ``flops_per_km2``, ``total_flops``, ``gpus`` (name, GPU-hours,
@@ -175,7 +182,17 @@ def cost_model(
         hours = total / rate / 3600
         usd = hours * gpu.usd_per_hour
         tile_ms = per_tile / rate * 1e3
-        out["gpus"].append({"gpu": gpu, "hours": hours, "usd": usd, "tile_ms": tile_ms})
+        row = {"gpu": gpu, "hours": hours, "usd": usd, "tile_ms": tile_ms}
+        if bytes_per_px and gpu.memory_gbps:
+            compute_ms = per_tile / (gpu.peak_tflops * 1e12) * 1e3
+            for kind, per_px in bytes_per_px.items():
+                memory_ms = per_px * pixels / (gpu.memory_gbps * 1e9) * 1e3
+                row[f"roofline_ms_{kind}"] = max(compute_ms, memory_ms)
+                row[f"memory_bound_{kind}"] = memory_ms > compute_ms
+        out["gpus"].append(row)
+    if bytes_per_px:
+        out["bytes_per_tile"] = {k: v * pixels for k, v in bytes_per_px.items()}
+        out["flop_per_byte"] = {k: per_tile / (v * pixels) for k, v in bytes_per_px.items()}
     if cpu_s_per_km2 is not None:
         out["cpu_core_hours"] = AFRICA_KM2 * cpu_s_per_km2 / 3600
     if model_cpu_s_per_km2 is not None:
@@ -196,6 +213,21 @@ def format_cost(c: dict[str, Any]) -> list[str]:
             f"  {gpu.name} ({gpu.peak_tflops:.0f} TFLOP/s, ${gpu.usd_per_hour:.2f}/h): "
             f"{g['hours']:,.0f} GPU-h, ${g['usd']:,.0f} ({g['tile_ms']:.1f} ms/tile)"
         )
+        if "roofline_ms_fused" in g:
+            bound = "memory" if g["memory_bound_fused"] else "compute"
+            lines.append(
+                f"    roofline at best: {g['roofline_ms_fused']:.2f} ms/tile fused "
+                f"({bound}-bound), {g['roofline_ms_unfused']:.2f} ms unfused; ridge "
+                f"{gpu.peak_tflops * 1e3 / gpu.memory_gbps:.0f} FLOP/byte"
+            )
+    if "bytes_per_tile" in c:
+        b, i = c["bytes_per_tile"], c["flop_per_byte"]
+        lines.insert(
+            1,
+            f"  activation traffic per tile (bf16): {b['fused'] / 1e9:.1f} GB fused, "
+            f"{b['unfused'] / 1e9:.1f} GB unfused; {i['fused']:.0f} / {i['unfused']:.0f} FLOP "
+            "per byte",
+        )
     if "cpu_core_hours" in c:
         lines.append(
             f"  this CPU, measured: {c['cpu_core_hours']:,.0f} CPU-core-hours for ob-infer, of "
@@ -208,15 +240,19 @@ def main() -> None:
     """Print the cost model from this run's FLOP count (no CPU timings)."""
     import torch
 
-    from bench.models import TILE, count_flops, load_default
+    from bench.models import TILE, activation_bytes, count_flops, load_default
 
-    flops = count_flops(load_default(), torch.rand(1, 3, TILE, TILE)) / TILE**2
+    model, x = load_default(), torch.rand(1, 3, TILE, TILE)
+    flops = count_flops(model, x) / TILE**2
+    per_px = {k: v / TILE**2 for k, v in activation_bytes(model, x).items()}
     t = africa_tiles()
     print(
         f"Africa: {t['tiles']:,} level-{TILE_LEVEL} tiles, mean core {t['mean_core_km2']:.4f} km2 "
         f"(covering {t['covered_km2'] / 1e6:.1f} M km2)"
     )
-    cost = cost_model(flops, t["tiles"], t["mean_core_km2"], tile_px=t["mean_tile_px"])
+    cost = cost_model(
+        flops, t["tiles"], t["mean_core_km2"], tile_px=t["mean_tile_px"], bytes_per_px=per_px
+    )
     for line in format_cost(cost):
         print(line)
 

@@ -51,6 +51,34 @@ def count_flops(model: nn.Module, x: torch.Tensor) -> int:
     return int(counter.get_total_flops())
 
 
+def activation_bytes(model: nn.Module, x: torch.Tensor, *, bytes_per_value: int = 2) -> dict:
+    """Bytes of activations one forward moves through memory: each layer reads its input and
+    writes its output (bf16 by default), counted two ways.
+
+    ``fused`` counts the convolutions only (batch norm and activations folded into them, as
+    TensorRT or ``torch.compile`` do; the decoder's concatenations and upsampling are views or
+    folded reads); ``unfused`` counts every leaf layer, as eager PyTorch runs them. A GPU's
+    real traffic lies between the two (caches catch some of it). Written here because
+    ``FlopCounterMode`` counts no bytes and no profiler is needed for a static count.
+    """
+    totals = {"fused": 0, "unfused": 0}
+
+    def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        values = sum(t.numel() for t in inputs if torch.is_tensor(t)) + output.numel()
+        totals["unfused"] += values * bytes_per_value
+        if isinstance(module, nn.Conv2d):
+            totals["fused"] += values * bytes_per_value
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
+    try:
+        with torch.inference_mode():
+            model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return totals
+
+
 def forward_call(model: nn.Module, x: torch.Tensor, *, bf16: bool = False) -> Callable[[], None]:
     """A function running ``model(x)`` in inference mode (optionally under bf16 autocast)."""
 
@@ -134,6 +162,7 @@ def efficiency(runs: int = 3, bf16_tile: int = 128) -> dict[str, Any]:
     return {
         "model": model.name,
         "gflops": gflops,
+        "bytes_per_px": {k: v / TILE**2 for k, v in activation_bytes(model, x).items()},
         "peak_fp32": peak_fp32,
         "peak_bf16": peak_bf16,
         "native_bf16": native_bf16("cpu"),
