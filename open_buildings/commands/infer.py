@@ -196,6 +196,14 @@ def infer_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--workers", type=int, default=1, metavar="N", help="local processes")
     parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        metavar="N",
+        help="tiles worked on at once in one process, sharing the model (reading and "
+        "polygonizing one tile while another is in the model)",
+    )
+    parser.add_argument(
         "--max-failed-fraction",
         type=_fraction,
         default=1.0,
@@ -280,6 +288,7 @@ def _infer(args: argparse.Namespace) -> int:
         "write_probabilities": args.write_probabilities,
         "shard_level": args.shard_level,
         "workers": args.workers,
+        "threads": args.threads,
         "grid": {"tile_level": args.tile_level},
         "postprocess": {
             "min_confidence": args.min_confidence,

@@ -189,6 +189,8 @@ class InferConfig(StrictModel):
         runtime: device, bf16, batching, backend.
         runner: ``"direct"`` (this machine) or ``"dataflow"``.
         workers: local worker processes (1 runs in memory).
+        threads: with one worker, how many tiles it works on at once, in threads of one process
+            that share the model: one tile is read or polygonized while another is in the model.
         max_region_km2: refuse regions larger than this.
         fix_invalid: repair self-intersecting region polygons instead of failing.
         dataflow: where a Dataflow job runs; required when ``runner`` is ``"dataflow"``.
@@ -209,6 +211,7 @@ class InferConfig(StrictModel):
     runtime: RuntimeConfig = RuntimeConfig()
     runner: Literal["direct", "dataflow"] = "direct"
     workers: int = Field(default=1, ge=1)
+    threads: int = Field(default=1, ge=1)
     max_region_km2: float = Field(default=1_000_000.0, gt=0.0)
     fix_invalid: bool = False
     dataflow: DataflowConfig | None = None
@@ -229,6 +232,11 @@ class InferConfig(StrictModel):
             )
         if self.runner == "dataflow" and self.dataflow is None:
             raise ValueError("runner 'dataflow' needs a 'dataflow:' section")
+        if self.workers > 1 and self.threads > 1:
+            raise ValueError(
+                f"workers ({self.workers}) and threads ({self.threads}): choose one, worker "
+                "processes (each with its own model) or threads of one process (sharing it)"
+            )
         df = self.dataflow
         if (
             self.runner == "dataflow"

@@ -63,7 +63,7 @@ def pipeline_options(config: InferConfig, extra: Sequence[str] = ()) -> Pipeline
         container image, machine type and GPUs.
     """
     if config.runner == "direct":
-        return PipelineOptions([*_direct_flags(config.workers), *extra])
+        return PipelineOptions([*_direct_flags(config.workers, config.threads), *extra])
     df = config.dataflow
     if df is None:  # checked by the config too
         raise ConfigError("runner 'dataflow' needs a 'dataflow:' section")
@@ -104,7 +104,9 @@ def local_pipeline(workers: int = 1) -> beam.Pipeline:
     return _direct(PipelineOptions(_direct_flags(workers)))
 
 
-def _direct_flags(workers: int) -> list[str]:
+def _direct_flags(workers: int, threads: int = 1) -> list[str]:
+    if workers == 1 and threads > 1:
+        return ["--direct_running_mode=multi_threading", f"--direct_num_workers={threads}"]
     mode = "in_memory" if workers == 1 else "multi_processing"
     return [f"--direct_running_mode={mode}", f"--direct_num_workers={workers}"]
 

@@ -62,6 +62,16 @@ def test_a_model_shared_by_two_worker_processes_writes_the_same_files(
     assert output_digests(out) == output_digests(default_run)
 
 
+def test_two_threads_sharing_the_model_write_the_same_files(
+    default_run: Path, tmp_path: Path
+) -> None:
+    from conftest import output_digests
+
+    out = tmp_path / "threads"
+    assert ob_infer.main(["--out", str(out), "--no-progress", "--threads", "2"]) == 0
+    assert output_digests(out) == output_digests(default_run)
+
+
 def test_the_default_output_is_calibrated_and_clipped_to_the_region(
     default_run: Path, tmp_path: Path
 ) -> None:
