@@ -50,12 +50,21 @@ def test_default_model_finds_the_sample_buildings(default_run: Path) -> None:
     assert result.f1.total.f1 > 0.6 and result.f1.total.recall > 0.55, result.f1.total
 
 
+def output_digests(folder: Path) -> dict[str, str]:
+    """sha256 of every file of an output folder but the manifest (which holds the run's time)."""
+    import hashlib
+
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.iterdir())
+        if p.is_file() and p.name != "manifest.json"
+    }
+
+
 def test_a_model_shared_by_two_worker_processes_writes_the_same_files(
     default_run: Path, tmp_path: Path
 ) -> None:
     # share_model_across_processes: one model process serves the others through Beam's proxy.
-    from conftest import output_digests
-
     out = tmp_path / "shared"
     argv = ["--out", str(out), "--no-progress", "--workers", "2"]
     assert ob_infer.main([*argv, "-o", "runtime.share_model_across_processes=true"]) == 0
@@ -65,8 +74,6 @@ def test_a_model_shared_by_two_worker_processes_writes_the_same_files(
 def test_two_threads_sharing_the_model_write_the_same_files(
     default_run: Path, tmp_path: Path
 ) -> None:
-    from conftest import output_digests
-
     out = tmp_path / "threads"
     assert ob_infer.main(["--out", str(out), "--no-progress", "--threads", "2"]) == 0
     assert output_digests(out) == output_digests(default_run)
