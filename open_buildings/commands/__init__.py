@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable
 from typing import TypeVar
@@ -17,6 +18,11 @@ from typing import TypeVar
 from open_buildings.errors import OpenBuildingsError
 
 A = TypeVar("A")
+
+# Beam's local threads talk gRPC, whose core logs a harmless note on stderr whenever the process
+# forks (GDAL, OpenVINO) during a call. It reads this when gRPC loads: before any command imports
+# Beam. Errors still reach the user; a user's own setting wins.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 #: The exit status of a refused input or output.
 EXIT_REFUSED = 2

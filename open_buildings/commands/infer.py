@@ -198,10 +198,10 @@ def infer_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--threads",
         type=int,
-        default=1,
+        default=None,
         metavar="N",
         help="tiles worked on at once in one process, sharing the model (reading and "
-        "polygonizing one tile while another is in the model)",
+        "polygonizing one tile while another is in the model); default 2 (1 with --workers)",
     )
     parser.add_argument(
         "--max-failed-fraction",
@@ -323,7 +323,7 @@ def _infer(args: argparse.Namespace) -> int:
     config, settings = output_settings(config, model)
     print(
         f"ob-infer: {region.area_km2:,.3f} km2, {total:,} tiles, model {model.name}, "
-        f"{config.workers} worker(s) -> {out}\n"
+        f"{config.workers} worker(s) x {config.local_threads} thread(s) -> {out}\n"
         f"ob-infer: confidence >= {settings['min_confidence']:.3f}: "
         f"{settings['min_confidence_source']}",
         file=sys.stderr,

@@ -190,7 +190,8 @@ class InferConfig(StrictModel):
         runner: ``"direct"`` (this machine) or ``"dataflow"``.
         workers: local worker processes (1 runs in memory).
         threads: with one worker, how many tiles it works on at once, in threads of one process
-            that share the model: one tile is read or polygonized while another is in the model.
+            that share the model: one tile is read or polygonized while another is in the model
+            (1.21x faster on 2 cores, ``bench/README.md``). None: 2 with one worker, else 1.
         max_region_km2: refuse regions larger than this.
         fix_invalid: repair self-intersecting region polygons instead of failing.
         dataflow: where a Dataflow job runs; required when ``runner`` is ``"dataflow"``.
@@ -211,7 +212,7 @@ class InferConfig(StrictModel):
     runtime: RuntimeConfig = RuntimeConfig()
     runner: Literal["direct", "dataflow"] = "direct"
     workers: int = Field(default=1, ge=1)
-    threads: int = Field(default=1, ge=1)
+    threads: int | None = Field(default=None, ge=1)
     max_region_km2: float = Field(default=1_000_000.0, gt=0.0)
     fix_invalid: bool = False
     dataflow: DataflowConfig | None = None
@@ -223,6 +224,13 @@ class InferConfig(StrictModel):
             raise ValueError("give at least one format: csv, parquet")
         return tuple(dict.fromkeys(value))
 
+    @property
+    def local_threads(self) -> int:
+        """The threads a local run uses: ``threads``, or 2 with one worker and 1 with several."""
+        if self.threads is not None:
+            return self.threads
+        return 2 if self.workers == 1 else 1
+
     @model_validator(mode="after")
     def _consistent(self) -> InferConfig:
         if self.shard_level > self.grid.tile_level:
@@ -232,7 +240,7 @@ class InferConfig(StrictModel):
             )
         if self.runner == "dataflow" and self.dataflow is None:
             raise ValueError("runner 'dataflow' needs a 'dataflow:' section")
-        if self.workers > 1 and self.threads > 1:
+        if self.workers > 1 and (self.threads or 1) > 1:
             raise ValueError(
                 f"workers ({self.workers}) and threads ({self.threads}): choose one, worker "
                 "processes (each with its own model) or threads of one process (sharing it)"

@@ -63,7 +63,7 @@ def pipeline_options(config: InferConfig, extra: Sequence[str] = ()) -> Pipeline
         container image, machine type and GPUs.
     """
     if config.runner == "direct":
-        return PipelineOptions([*_direct_flags(config.workers, config.threads), *extra])
+        return PipelineOptions([*_direct_flags(config.workers, config.local_threads), *extra])
     df = config.dataflow
     if df is None:  # checked by the config too
         raise ConfigError("runner 'dataflow' needs a 'dataflow:' section")
