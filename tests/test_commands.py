@@ -67,3 +67,15 @@ def test_a_console_script_exits_1_with_a_traceback_on_a_bug(tmp_path: Path) -> N
     assert done.returncode == 1
     assert "Traceback" in done.stderr and "KeyError" in done.stderr
     assert "ob-x: error" not in done.stderr
+
+
+def test_beams_harmless_warnings_are_dropped_and_others_kept(caplog) -> None:
+    import logging
+
+    import open_buildings.commands  # noqa: F401  (installs the filter on the root logger)
+
+    with caplog.at_level(logging.WARNING):
+        logging.warning("This output type hint will be ignored and not used for type-checking")
+        logging.warning("Resource module is not available for current platform")
+        logging.warning("a tile could not be read")
+    assert [r.getMessage() for r in caplog.records] == ["a tile could not be read"]

@@ -28,11 +28,22 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 EXIT_REFUSED = 2
 
 
+#: Beam's harmless warnings on the root logger: GCP client libraries that local runs never use;
+#: the ``-> DoOutputsTuple`` return hint of a multi-output transform, which it reads as a type
+#: hint and ignores; and RunInference's memory metric, which reads the ``resource`` module.
+_HARMLESS = (
+    "apitools not found",
+    "This output type hint will be ignored",
+    "Resource module is not available",
+)
+
+
 class _QuietBeamImport(logging.Filter):
-    """Drop Beam's import-time warning about GCP client libraries, which local runs never use."""
+    """Drop Beam's warnings that say nothing to a user (:data:`_HARMLESS`)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "apitools not found" not in record.getMessage()
+        message = record.getMessage()
+        return not any(text in message for text in _HARMLESS)
 
 
 logging.getLogger().addFilter(_QuietBeamImport())
