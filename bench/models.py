@@ -82,6 +82,12 @@ def activation_bytes(model: nn.Module, x: torch.Tensor, *, bytes_per_value: int 
 def forward_call(model: nn.Module, x: torch.Tensor, *, bf16: bool = False) -> Callable[[], None]:
     """A function running ``model(x)`` in inference mode (optionally under bf16 autocast)."""
 
+    from open_buildings.pipelines.onnx_model import OnnxModel
+
+    if isinstance(model, OnnxModel):  # ONNX Runtime and OpenVINO take numpy
+        array = x.numpy()
+        return lambda: model(array)
+
     def call() -> None:
         with torch.inference_mode():
             if bf16:
