@@ -59,15 +59,14 @@ def run_model(
     Returns:
         float32 arrays of shape (C, H, W), one per image, in input order.
     """
-    shared = hasattr(model, "size_divisor")  # a NumpyForward, or Beam's proxy of one
-    divisor = model.size_divisor() if shared else _divisor(model)
+    divisor = _divisor(model)
     multiple = math.lcm(int(pad_multiple), max(1, divisor))
     groups: dict[tuple[int, int], list[int]] = {}
     for i, image in enumerate(images):
         if image.ndim != 3 or image.dtype != np.uint8:
             raise ValueError(f"images must be uint8 (bands, H, W), got {image.dtype} {image.shape}")
         groups.setdefault(padded_shape(*image.shape[1:], multiple), []).append(i)
-    forward = model if shared else _numpy_forward(model, device, bf16)
+    forward = _numpy_forward(model, device, bf16)
     out: list[np.ndarray | None] = [None] * len(images)
     for (height, width), members in sorted(groups.items()):
         batch = [
@@ -103,13 +102,19 @@ class NumpyForward:
         return self._divisor
 
 
+def _shared(model: Any) -> bool:
+    return hasattr(model, "size_divisor")  # a NumpyForward, or Beam's method-only proxy of one
+
+
 def _divisor(model: Any) -> int:
+    if _shared(model):
+        return int(model.size_divisor())
     return int(getattr(getattr(model, "input_spec", None), "divisor", 1))
 
 
 def _numpy_forward(model: Any, device: Any, bf16: bool) -> Forward:
     """The model as a function from a float32 numpy batch to float32 numpy logits."""
-    if isinstance(model, OnnxModel):
+    if isinstance(model, OnnxModel) or _shared(model):  # numpy in, numpy out already
         return model
     import torch
 

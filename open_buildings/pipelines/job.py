@@ -105,7 +105,7 @@ def local_pipeline(workers: int = 1) -> beam.Pipeline:
 
 
 def _direct_flags(workers: int, threads: int = 1) -> list[str]:
-    if workers == 1 and threads > 1:
+    if threads > 1:  # InferConfig allows threads only with one worker
         return ["--direct_running_mode=multi_threading", f"--direct_num_workers={threads}"]
     mode = "in_memory" if workers == 1 else "multi_processing"
     return [f"--direct_running_mode={mode}", f"--direct_num_workers={workers}"]

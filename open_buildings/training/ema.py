@@ -6,7 +6,6 @@ restores it on resume (the average and the number of updates are all its state).
 
 from __future__ import annotations
 
-import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from open_buildings.models.base import BuildingModel
@@ -34,4 +33,4 @@ def averaged(ema: AveragedModel) -> BuildingModel:
 
 def updates(ema: AveragedModel) -> int:
     """How many times ``ema`` has been updated."""
-    return int(torch.as_tensor(ema.n_averaged).item())
+    return int(ema.n_averaged)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import shapely
+from conftest import output_digests
 
 from open_buildings.commands import infer as ob_infer
 from open_buildings.evaluation.evaluate import evaluate_files
@@ -48,17 +49,6 @@ def test_default_model_finds_the_sample_buildings(default_run: Path) -> None:
     assert result.coco.ap50 > 0.5, result.coco
     assert best_f1(result.curve)["f1"] > 0.55, best_f1(result.curve)
     assert result.f1.total.f1 > 0.6 and result.f1.total.recall > 0.55, result.f1.total
-
-
-def output_digests(folder: Path) -> dict[str, str]:
-    """sha256 of every file of an output folder but the manifest (which holds the run's time)."""
-    import hashlib
-
-    return {
-        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.iterdir())
-        if p.is_file() and p.name != "manifest.json"
-    }
 
 
 def test_a_model_shared_by_two_worker_processes_writes_the_same_files(
