@@ -11,11 +11,14 @@ figure in a model card is the figure a user sees.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from open_buildings.commands import add_version, run_command
 from open_buildings.commands import infer as ob_infer
@@ -63,11 +66,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _evaluate_model(args: argparse.Namespace) -> int:
-    from open_buildings.evaluation.evaluate import evaluate_areas
-    from open_buildings.evaluation.thresholds import at_threshold, best_f1
-    from open_buildings.geo.imagery import open_imagery
-    from open_buildings.pipelines.runtime import resolve_min_confidence, resolve_model
-
     out = Path(args.out) if args.out else None
     if out is not None and out.exists():
         raise OutputExistsError(f"{out} exists; choose another --out")
@@ -77,45 +75,16 @@ def _evaluate_model(args: argparse.Namespace) -> int:
         raise ConfigError(
             "give one --truth (and one --region, or none at all) per --imagery, in the same order"
         )
-    model = resolve_model(args.model)
-    threshold, source = resolve_min_confidence(model, "auto")
-    with tempfile.TemporaryDirectory(prefix="ob-eval-model-") as tmp:
-        areas, regions = [], []
-        for i, (imagery, truth) in enumerate(zip(args.imagery, args.truth)):
-            given = args.region[i] if args.region else None
-            region = given or write_bbox_region(
-                open_imagery(imagery).bounds_lonlat(), Path(tmp) / f"{i}.json"
-            )
-            footprints = Path(tmp) / f"footprints{i}"
-            argv = [region, "--imagery", imagery, "--model", args.model, "--out", str(footprints)]
-            argv += ["--min-confidence", "0", "--no-progress", "--backend", args.backend]
-            argv += ["--tta"] if args.tta else []
-            if ob_infer.main(argv) != 0:
-                raise InferenceError(f"ob-infer failed on {imagery}; see its message above")
-            areas.append((str(footprints), truth, region))
-            regions.append(given)
-        result = evaluate_areas(areas)
-    default = at_threshold(result.curve, threshold)
-    best = best_f1(result.curve)
-    figures = {
-        "model": args.model,
-        "threshold": threshold,
-        "threshold_source": source,
-        "default_output": default,
-        "best_f1": best,
-        "ap50": result.coco.ap50,
-        "ap": result.coco.ap,
-        "n_truth": result.n_truth,
-        "n_pred_all": result.n_pred,
-        "tta": args.tta,
-        "backend": args.backend,
-        "areas": [
-            {"imagery": a, "truth": t, "region": r}  # None: the imagery's bounding box
-            for a, t, r in zip(args.imagery, args.truth, regions)
-        ],
-    }
+    regions = args.region or [None] * len(args.imagery)
+    figures = score_model(
+        args.model,
+        list(zip(args.imagery, args.truth, regions)),
+        backend=args.backend,
+        tta=args.tta,
+    )
+    default, best = figures["default_output"], figures["best_f1"]
     print(
-        f"default output (confidence >= {threshold:.3f}): F1 {default['f1']:.3f} "
+        f"default output (confidence >= {figures['threshold']:.3f}): F1 {default['f1']:.3f} "
         f"(precision {default['precision']:.3f}, recall {default['recall']:.3f}, "
         f"{default['n_pred']} footprints)"
     )
@@ -124,13 +93,89 @@ def _evaluate_model(args: argparse.Namespace) -> int:
             f"best F1 over thresholds: {best['f1']:.3f} at >= {best['threshold']:.3f} "
             f"(precision {best['precision']:.3f}, recall {best['recall']:.3f})"
         )
-    ap50 = "n/a" if result.coco.ap50 is None else f"{result.coco.ap50:.3f}"
-    ap = "n/a" if result.coco.ap is None else f"{result.coco.ap:.3f}"
-    print(f"AP50 {ap50}, AP {ap}; {result.n_truth} labels, {result.n_pred} predictions in all")
-    print(f"threshold: {source}", file=sys.stderr)
+    ap50 = "n/a" if figures["ap50"] is None else f"{figures['ap50']:.3f}"
+    ap = "n/a" if figures["ap"] is None else f"{figures['ap']:.3f}"
+    print(
+        f"AP50 {ap50}, AP {ap}; {figures['n_truth']} labels, {figures['n_pred_all']} "
+        "predictions in all"
+    )
+    print(f"threshold: {figures['threshold_source']}", file=sys.stderr)
     if out is not None:
         out.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
     return 0
+
+
+def score_model(
+    model_spec: str,
+    areas: list[tuple[str, str, str | None]],
+    *,
+    backend: str = "auto",
+    tta: bool = False,
+    infer_args: Sequence[str] = (),
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """Run ``ob-infer`` with a model's defaults over labelled areas and score the output.
+
+    Args:
+        model_spec: ``--model`` as ob-infer takes it (zoo name, checkpoint or model folder).
+        areas: ``(imagery, truth, region or None)`` per area; None scores the imagery's box.
+        backend: ob-infer's ``--backend``.
+        tta: run ob-infer with ``--tta``.
+        infer_args: more ob-infer flags (e.g. ``--bands``).
+        quiet: keep ob-infer's summaries off the terminal (shown only if it fails).
+
+    Returns:
+        ``{"threshold", "threshold_source", "default_output", "best_f1", "ap50", "ap",
+        "n_truth", "n_pred_all", ...}``: the F1 of what ob-infer writes by default next to the
+        best F1 over thresholds, from one matching.
+
+    Raises:
+        InferenceError: ob-infer failed on an area (its message was printed).
+    """
+    from open_buildings.evaluation.evaluate import evaluate_areas
+    from open_buildings.evaluation.thresholds import at_threshold, best_f1
+    from open_buildings.geo.imagery import open_imagery
+    from open_buildings.pipelines.runtime import resolve_min_confidence, resolve_model
+
+    model = resolve_model(model_spec)
+    threshold, source = resolve_min_confidence(model, "auto")
+    with tempfile.TemporaryDirectory(prefix="ob-eval-model-") as tmp:
+        scored = []
+        for i, (imagery, truth, given) in enumerate(areas):
+            region = given or write_bbox_region(
+                open_imagery(imagery).bounds_lonlat(), Path(tmp) / f"{i}.json"
+            )
+            footprints = Path(tmp) / f"footprints{i}"
+            argv = [region, "--imagery", imagery, "--model", model_spec, "--out", str(footprints)]
+            argv += ["--min-confidence", "0", "--no-progress", "--backend", backend]
+            argv += (["--tta"] if tta else []) + list(infer_args)
+            said = io.StringIO()
+            with contextlib.ExitStack() as stack:
+                if quiet:
+                    stack.enter_context(contextlib.redirect_stdout(said))
+                    stack.enter_context(contextlib.redirect_stderr(said))
+                status = ob_infer.main(argv)
+            if status != 0:
+                print(said.getvalue(), file=sys.stderr, end="")
+                raise InferenceError(f"ob-infer failed on {imagery}; see its message above")
+            scored.append((str(footprints), truth, region))
+        result = evaluate_areas(scored)
+    return {
+        "model": model_spec,
+        "threshold": threshold,
+        "threshold_source": source,
+        "default_output": at_threshold(result.curve, threshold),
+        "best_f1": best_f1(result.curve),
+        "ap50": result.coco.ap50,
+        "ap": result.coco.ap,
+        "n_truth": result.n_truth,
+        "n_pred_all": result.n_pred,
+        "tta": tta,
+        "backend": backend,
+        "areas": [  # region None: the imagery's bounding box
+            {"imagery": a, "truth": t, "region": r} for a, t, r in areas
+        ],
+    }
 
 
 def write_bbox_region(bounds: tuple[float, float, float, float], path: str | Path) -> str:

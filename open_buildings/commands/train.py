@@ -60,10 +60,13 @@ def _train(args: argparse.Namespace) -> int:
         precision += " (auto: " + (
             "native bf16 here)" if result["bf16"] else "no native bf16 here)"
         )
+    steps = result["history"][-1]["step"] if result["history"] else cfg.steps
     print(
-        f"trained {cfg.model} for {cfg.steps} steps in {result['seconds'] / 60:.1f} min, "
-        f"{precision}"
+        f"trained {cfg.model} for {steps} steps in {result['seconds'] / 60:.1f} min, "
+        f"{precision}" + (f"; stopped: {result['stopped']}" if result["stopped"] else "")
     )
+    if result["best_step"] is not None:
+        print(f"kept the weights of step {result['best_step']}, the best validation")
     print(f"weights: {result['weights']} (+ .sha256); curve: {cfg.out}/training_curve.png")
     if result["final"]:
         f = result["final"]

@@ -77,6 +77,19 @@ class EmaConfig(StrictModel):
     decay: float = Field(0.995, gt=0.0, lt=1.0)
 
 
+class StoppingConfig(StrictModel):
+    """When a run ends before ``steps``, and which weights it keeps.
+
+    ``max_minutes`` stops it after that much training time (the run then validates once more);
+    ``patience`` stops it after that many validations in a row without a better best F1 over
+    thresholds; ``keep_best`` saves the validated weights with the best F1 instead of the last.
+    """
+
+    max_minutes: float | None = Field(None, gt=0.0)
+    patience: int | None = Field(None, ge=1)
+    keep_best: bool = False
+
+
 class UnlabelledAreaConfig(AreaConfig):
     """Imagery for self-training, with the teacher's probabilities for it.
 
@@ -112,6 +125,9 @@ class TrainConfig(StrictModel):
     #: OWL-ViT, V-MoE), or ``imagenet`` for the packaged EfficientNet-Lite0 weights. None
     #: trains from random weights.
     init_from: InitSource | None = None
+    #: A building checkpoint (``.safetensors``, or a model folder) whose whole weights start the
+    #: run (fine-tuning); ``model`` and ``model_overrides`` must describe the same network.
+    start_from: ConfigPath | None = None
     data_root: ConfigPath | None = None
     train: list[AreaConfig]
     val: list[AreaConfig] = []
@@ -122,9 +138,13 @@ class TrainConfig(StrictModel):
     lr: float = Field(1e-3, gt=0.0)
     weight_decay: float = Field(1e-4, ge=0.0)
     warmup_steps: int = Field(50, ge=0)
+    #: after warm-up: cosine decay to 1% of ``lr`` at ``steps``, or ``lr`` throughout (a run
+    #: that a time budget or early stopping ends)
+    lr_schedule: Literal["cosine", "constant"] = "cosine"
     dice_weight: float = Field(1.0, ge=0.0)
     mixup: MixupConfig = MixupConfig()
     ema: EmaConfig = EmaConfig()
+    stopping: StoppingConfig = StoppingConfig()
     self_training: SelfTrainingConfig = SelfTrainingConfig()
     val_every: int = Field(200, ge=1)
     checkpoint_every: int = Field(200, ge=1)
@@ -135,6 +155,15 @@ class TrainConfig(StrictModel):
     bf16: bool | Literal["auto"] = "auto"
     threads: int | None = None
     out: ConfigPath = "runs/train"
+
+    @model_validator(mode="after")
+    def _one_start(self) -> TrainConfig:
+        if self.start_from and self.init_from:
+            raise ValueError(
+                "give init_from (encoder weights) or start_from (a whole building checkpoint), "
+                "not both"
+            )
+        return self
 
     @model_validator(mode="before")
     @classmethod

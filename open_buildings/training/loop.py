@@ -31,7 +31,7 @@ from open_buildings.errors import ConfigError, EvaluationError
 from open_buildings.evaluation.evaluate import Evaluation
 from open_buildings.geo.grid import GridSpec
 from open_buildings.models.base import BuildingModel
-from open_buildings.models.checkpoint import save_checkpoint
+from open_buildings.models.checkpoint import load_checkpoint, save_checkpoint
 from open_buildings.models.losses import segmentation_loss
 from open_buildings.models.registry import build_model, load_pretrained
 from open_buildings.pipelines.runtime import native_bf16, resolve_device
@@ -51,6 +51,7 @@ from open_buildings.training.ema import averaged, new_ema, updates
 from open_buildings.training.mixup import mixup
 from open_buildings.training.scenes import Scene
 from open_buildings.training.state import load_ema, load_state, save_state
+from open_buildings.training.stopping import Best, best_from_history, best_hook, deadline_hook
 from open_buildings.training.validate import metrics, score_scenes
 
 CHECKPOINT_DIR = "checkpoint"
@@ -58,9 +59,12 @@ FINAL_WEIGHTS = "weights.safetensors"
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
-    """Linear warm-up, then cosine decay to 1% of ``lr`` at the last step."""
+    """Linear warm-up, then cosine decay to 1% of ``lr`` at the last step (or ``lr`` throughout,
+    with ``lr_schedule: constant``)."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
     progress = (step - cfg.warmup_steps) / max(cfg.steps - cfg.warmup_steps, 1)
     return cfg.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
@@ -73,8 +77,21 @@ def _optimizer(cfg: TrainConfig):
 
 
 def new_model(cfg: TrainConfig) -> BuildingModel:
-    """Build the configured model and load its ``init_from`` weights, if any."""
+    """Build the configured model and load its ``init_from`` (or ``start_from``) weights.
+
+    Raises:
+        ConfigError: ``start_from`` holds another network than ``model`` describes.
+    """
     torch.manual_seed(cfg.seed)
+    if cfg.start_from:
+        path = Path(cfg.start_from)
+        model = load_checkpoint(path / FINAL_WEIGHTS if path.is_dir() else path)
+        if model.name != cfg.model:
+            raise ConfigError(
+                f"start_from {cfg.start_from} holds a {model.name!r} model, but the config's "
+                f"model is {cfg.model!r}; set model: {model.name}"
+            )
+        return model.train()
     model = build_model(cfg.model, **cfg.model_overrides)
     if cfg.init_from:
         load_pretrained(model, cfg.init_from)
@@ -182,6 +199,10 @@ class Trainer:
     #: the latest validation (``validate.score_scenes``), reused for the operating points
     scored: Evaluation | None = None
     ema: AveragedModel | None = None
+    #: why the run ends before ``cfg.steps`` (set by a hook; the step's hooks still all run)
+    stop: str | None = None
+    #: the best validation so far, when the config keeps the best weights
+    best: Best | None = None
 
     @property
     def result(self) -> BuildingModel:
@@ -204,6 +225,8 @@ class Trainer:
             for hook in self.hooks:
                 hook(self, step, record)
             self.history.append(record)
+            if self.stop:
+                break
         return self.history
 
 
@@ -212,7 +235,8 @@ def validation_hook(scenes: Sequence[Scene]) -> Hook:
 
     def hook(trainer: Trainer, step: int, record: dict[str, Any]) -> None:
         cfg = trainer.cfg
-        if scenes and ((step + 1) % cfg.val_every == 0 or step + 1 == cfg.steps):
+        due = (step + 1) % cfg.val_every == 0 or step + 1 == cfg.steps or trainer.stop
+        if scenes and due:
             scored = score_scenes(trainer.result, scenes, bf16=cfg.bf16, spec=_spec(cfg))
             record["val"] = metrics(scored)
             trainer.scored = scored
@@ -225,7 +249,7 @@ def checkpoint_hook(folder: Path) -> Hook:
 
     def hook(trainer: Trainer, step: int, record: dict[str, Any]) -> None:
         cfg = trainer.cfg
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps or trainer.stop:
             history = [*trainer.history, record]
             ema = None if trainer.ema is None else (trainer.result, updates(trainer.ema))
             save_state(folder, trainer.model, trainer.optimizer, step + 1, history, ema=ema)
@@ -307,12 +331,17 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
             pool,
             unlabelled,
             teacher_probs,
-            hooks=[validation_hook(val_scenes), checkpoint_hook(ckpt), progress_hook(bar)],
+            hooks=_hooks(cfg, val_scenes, out, bar),
             history=history,
             ema=ema,
+            best=best_from_history(history, out) if cfg.stopping.keep_best else None,
         )
         history = trainer.fit(start)
-    model = trainer.result
+    model, scored, final = trainer.result, trainer.scored, _last_val(history)
+    best = trainer.best if cfg.stopping.keep_best else None
+    if best is not None and best.step != history[-1]["step"]:
+        model, scored = load_checkpoint(best.path, device=device), None
+        final = next(h["val"] for h in history if h["step"] == best.step)
     seconds = time.perf_counter() - began
     weights_path = out / FINAL_WEIGHTS
     points = None
@@ -320,7 +349,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
         names = ", ".join(a.name for a in cfg.val)
         try:
             points = operating_points(
-                model, val_scenes, measured_on=names, spec=_spec(cfg), scored=trainer.scored
+                model, val_scenes, measured_on=names, spec=_spec(cfg), scored=scored
             )
         except EvaluationError as exc:  # the weights are still worth saving
             warnings.warn(f"no operating points stored: {exc}", stacklevel=2)
@@ -330,7 +359,6 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
     save_checkpoint(model, weights_path, operating_points=points, input_ranges=ranges)
     (out / "history.json").write_text(json.dumps(history, indent=1))
     plot_history(history, out / "training_curve.png")
-    final = next((h["val"] for h in reversed(history) if "val" in h), None)
     return {
         "weights": str(weights_path),
         "history": history,
@@ -338,7 +366,27 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
         "final": final,
         "operating_points": points,
         "bf16": cfg.bf16,
+        "stopped": trainer.stop,
+        "best_step": None if best is None else best.step,
     }
+
+
+def _hooks(cfg: TrainConfig, val_scenes: list[Scene], out: Path, bar: Any) -> list[Hook]:
+    # Order matters: the deadline may end the step, which the validation hook then scores, which
+    # the best hook then reads; the checkpoint is saved after both.
+    hooks: list[Hook] = []
+    if cfg.stopping.max_minutes:
+        hooks.append(deadline_hook(cfg.stopping.max_minutes))
+    hooks.append(validation_hook(val_scenes))
+    if cfg.stopping.keep_best or cfg.stopping.patience:
+        if not val_scenes:
+            raise ConfigError("stopping.keep_best and stopping.patience need 'val' areas")
+        hooks.append(best_hook(out, cfg.stopping.patience))
+    return [*hooks, checkpoint_hook(out / CHECKPOINT_DIR), progress_hook(bar)]
+
+
+def _last_val(history: list[dict[str, Any]]) -> dict[str, Any] | None:
+    return next((h["val"] for h in reversed(history) if "val" in h), None)
 
 
 def plot_history(history: list[dict[str, Any]], path: Path) -> None:

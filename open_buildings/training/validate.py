@@ -16,6 +16,7 @@ from pyproj import CRS
 
 from open_buildings.evaluation.evaluate import Evaluation, evaluate
 from open_buildings.evaluation.io import Footprints
+from open_buildings.evaluation.thresholds import best_f1
 from open_buildings.geo.grid import GridSpec, Tile
 from open_buildings.models import heads
 from open_buildings.models.base import BuildingModel
@@ -100,14 +101,16 @@ def validate(
     """Score the model on labelled scenes (see :func:`score_scenes`).
 
     Returns:
-        ``{"ap", "ap50", "ap75", "f1", "precision", "recall", "n_pred", "n_truth"}``: F1,
-        precision and recall of every prediction (no confidence floor).
+        ``{"ap", "ap50", "ap75", "f1", "precision", "recall", "best_f1", "n_pred", "n_truth"}``:
+        F1, precision and recall of every prediction (no confidence floor), and the best F1 over
+        confidence thresholds (None when nothing is found).
     """
     return metrics(score_scenes(model, scenes, bf16=bf16, spec=spec))
 
 
 def metrics(result: Evaluation) -> dict:
     """Return :func:`validate`'s figures from a :func:`score_scenes` result."""
+    best = best_f1(result.curve)
     return {
         "ap": result.coco.ap,
         "ap50": result.coco.ap50,
@@ -115,6 +118,7 @@ def metrics(result: Evaluation) -> dict:
         "f1": result.f1.total.f1,
         "precision": result.f1.total.precision,
         "recall": result.f1.total.recall,
+        "best_f1": None if best is None else best["f1"],
         "n_pred": result.n_pred,
         "n_truth": result.n_truth,
     }

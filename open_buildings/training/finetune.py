@@ -1,0 +1,204 @@
+"""``ob-finetune``'s plan: the user's labels checked, the area split by whole tiles, the run's config.
+
+The area is cut into S2 tiles of level :data:`SPLIT_LEVEL` (about 150 m), finer than inference's,
+so that a town holds enough of them for a spatial split. About :data:`HELD_SHARE` of the labelled
+buildings, in whole tiles, are held back: the run never trains on them (``ob-train``'s validation
+tiles are skipped and blanked in their neighbours' margins), and early stopping, calibration and
+the before/after figures are measured on them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import pyogrio
+import shapely
+
+from open_buildings.errors import ConfigError
+from open_buildings.geo import grid as geogrid
+from open_buildings.geo.imagery import ImagerySource
+from open_buildings.training.config import TrainConfig
+
+SPLIT_LEVEL = 16
+HELD_SHARE = 0.2
+MIN_BUILDINGS = 20
+#: The split does not change with ``--seed``: seeds of one area are compared on the same tiles.
+SPLIT_SEED = 0
+#: A tile is used when it holds at least this share of a training chip's pixels of imagery
+#: (``ChipConfig.min_valid`` of a 192 px chip, as ob-train's own rule).
+CHIP, MIN_VALID = 192, 0.5
+#: A tenth of the base recipe's learning rate: the weights start near a good model.
+LR = 2e-4
+VAL_EVERY = 25
+PATIENCE = 6
+
+
+@dataclass(frozen=True)
+class Split:
+    """The tiles (S2 tokens) to train on and to hold back, with their building counts."""
+
+    train: list[str]
+    held: list[str]
+    n_train: int
+    n_held: int
+
+
+def read_user_labels(path: str | Path) -> gpd.GeoDataFrame:
+    """Read building polygons as users have them (OSM exports, hand-drawn), in EPSG:4326.
+
+    Raises:
+        ConfigError: the file is missing or unreadable, holds no polygons, or its CRS is missing
+            (outside GeoJSON, whose CRS is WGS 84) or cannot be read.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--labels {path} does not exist")
+    try:
+        frame = gpd.read_file(path)
+    except (pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError, ValueError) as exc:
+        raise ConfigError(
+            f"--labels {path} cannot be read as vector data ({exc}); export the buildings as "
+            "GeoJSON or GeoPackage"
+        ) from exc
+    frame = frame[frame.geometry.notna() & frame.geom_type.isin(["Polygon", "MultiPolygon"])]
+    if frame.empty:
+        raise ConfigError(f"--labels {path} holds no building polygons")
+    if frame.crs is None:
+        if path.suffix.lower() not in (".geojson", ".json"):
+            raise ConfigError(
+                f"--labels {path} has no CRS; save it with one (e.g. a .prj beside a shapefile) "
+                "or as GeoJSON in longitude/latitude"
+            )
+        frame = frame.set_crs("EPSG:4326")
+    west, south, east, north = frame.to_crs("EPSG:4326").total_bounds
+    if not (-180 <= west <= east <= 180 and -90 <= south <= north <= 90):
+        raise ConfigError(
+            f"--labels {path}: coordinates ({west:.0f}, {south:.0f}, {east:.0f}, {north:.0f}) are "
+            f"not longitudes and latitudes under its CRS ({frame.crs}); the file's CRS is wrong "
+            "or missing: re-export it with its real CRS"
+        )
+    return frame.to_crs("EPSG:4326")[["geometry"]].reset_index(drop=True)
+
+
+def area_of_interest(source: ImagerySource, region: shapely.Geometry | None) -> shapely.Geometry:
+    """The imagery's lon/lat footprint, clipped to the region when one is given."""
+    box = shapely.box(*source.bounds_lonlat())
+    return box if region is None else shapely.intersection(box, region)
+
+
+def split_tiles(
+    labels: gpd.GeoDataFrame,
+    area: shapely.Geometry,
+    source: ImagerySource,
+    *,
+    share: float = HELD_SHARE,
+    seed: int = SPLIT_SEED,
+) -> Split:
+    """Split the labelled tiles of ``area`` that have imagery into training and held-back tiles.
+
+    Tiles are taken in a seeded random order and held back until they hold ``share`` of the
+    buildings (at least one tile); a building belongs to the tile that owns its centroid.
+
+    Raises:
+        ConfigError: the labels and the imagery do not overlap, fewer than
+            :data:`MIN_BUILDINGS` buildings lie on imagery, or they fill fewer than two tiles.
+    """
+    spec = geogrid.GridSpec(level=SPLIT_LEVEL)
+    points = shapely.centroid(labels.geometry.values)
+    inside = shapely.contains_xy(area, shapely.get_x(points), shapely.get_y(points))
+    if not inside.any():
+        west, south, east, north = labels.total_bounds
+        raise ConfigError(
+            f"the labels ({west:.4f}, {south:.4f}, {east:.4f}, {north:.4f}) do not overlap the "
+            f"imagery (within the region, when one is given: "
+            f"{', '.join(f'{v:.4f}' for v in area.bounds) or 'empty'}); check --labels, "
+            "--imagery and --region"
+        )
+    lon, lat = shapely.get_x(points[inside]), shapely.get_y(points[inside])
+    counts: dict[str, int] = {}
+    for tile in geogrid.cover(area, spec):
+        n = int(tile.owns(lon, lat).sum())
+        if n and source.read(tile.grid).valid.sum() >= CHIP * CHIP * MIN_VALID:
+            counts[tile.id] = n
+    total = sum(counts.values())
+    if total < MIN_BUILDINGS:
+        raise ConfigError(
+            f"only {total} labelled buildings lie on the imagery; ob-finetune needs at least "
+            f"{MIN_BUILDINGS}: label more of the area, or check that the labels match the imagery"
+        )
+    if len(counts) < 2:
+        raise ConfigError(
+            f"the {total} labelled buildings lie in one {SPLIT_LEVEL}-level tile (about 150 m); "
+            "label buildings over a wider area, so that some can be held back for checking"
+        )
+    order = sorted(counts)
+    order = [order[i] for i in np.random.default_rng(seed).permutation(len(order))]
+    held: list[str] = []
+    while sum(counts[t] for t in held) < share * total and len(held) < len(order) - 1:
+        held.append(order[len(held)])
+    train = sorted(set(order) - set(held))
+    return Split(train, sorted(held), sum(counts[t] for t in train), sum(counts[t] for t in held))
+
+
+def held_region(split: Split, area: shapely.Geometry) -> dict[str, Any]:
+    """The held-back tiles' cores within the area, as a GeoJSON geometry (for ob-infer)."""
+    spec = geogrid.GridSpec(level=SPLIT_LEVEL)
+    cores = shapely.union_all([geogrid.tile_from_id(t, spec).core for t in split.held])
+    return shapely.geometry.mapping(shapely.intersection(cores, area))
+
+
+def finetune_config(
+    base: str,
+    base_name: str,
+    *,
+    imagery: str,
+    labels: str,
+    split: Split,
+    out: str,
+    minutes: float,
+    seed: int = 0,
+    bands: tuple[int, int, int] | None = None,
+    threads: int | None = None,
+) -> TrainConfig:
+    """The ``ob-train`` config of a fine-tuning run: the project's training (mixup on), started
+    from the base checkpoint's weights at a constant learning rate, validated on the held-back
+    tiles every :data:`VAL_EVERY` steps, ended by the time budget or :data:`PATIENCE` validations
+    without gain, and keeping the best weights."""
+    area = {"imagery": imagery, "labels": labels, "bands": bands}
+    return TrainConfig.model_validate(
+        {
+            "model": base_name,
+            "start_from": base,
+            "train": [{"name": "train", "tiles": split.train, **area}],
+            "val": [{"name": "held_back", "tiles": split.held, **area}],
+            "grid_level": SPLIT_LEVEL,
+            "chip": {"size": CHIP, "empty_share": 0.1, "min_valid": MIN_VALID},
+            "batch_size": 8,
+            "steps": 100_000,  # the time budget or patience ends the run
+            "lr": LR,
+            "lr_schedule": "constant",
+            "warmup_steps": 10,
+            "val_every": VAL_EVERY,
+            "checkpoint_every": VAL_EVERY,
+            "mixup": {"enabled": True, "alpha": 0.4, "prob": 0.5},
+            "stopping": {"max_minutes": minutes, "patience": PATIENCE, "keep_best": True},
+            "bf16": False,
+            "threads": threads,
+            "seed": seed,
+            "out": out,
+        }
+    )
+
+
+def write_geojson(frame_or_geometry: gpd.GeoDataFrame | dict[str, Any], path: Path) -> str:
+    """Write labels (a GeoDataFrame) or one geometry mapping as GeoJSON; return the path."""
+    if isinstance(frame_or_geometry, gpd.GeoDataFrame):
+        frame_or_geometry.to_file(path, driver="GeoJSON")
+    else:
+        path.write_text(json.dumps(frame_or_geometry), encoding="utf-8")
+    return str(path)

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# ob-finetune measured on every labelled area here, each from a base model that never saw it
+# (bases.sh: leave-one-area-out; Joplin: the shipped default, which never saw Joplin). Each area's
+# test block (regions/<area>_test.geojson, a whole S2 level-14 tile) is left out of fine-tuning
+# (--region regions/<area>_finetune.geojson) and scored with ob-eval-model for the base and for
+# each fine-tuned seed; table.py pools them. Two runs at a time, one thread each. Finished runs
+# are skipped, so run it again after an interruption.
+#   MINUTES=8 SEEDS="0 1 2" pipelines/finetune/run.sh [AREA ...]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export MINUTES=${MINUTES:-8} DATA=${DATA:-../shared/data}
+seeds=${SEEDS:-0 1 2}
+areas=${*:-banepa dar_es_salaam nairobi joplin}
+
+one() {  # AREA SEED: fine-tune (SEED "base": score the base alone) and score on the test block
+  local area=$1 seed=$2 imagery labels base
+  case $area in
+    banepa) imagery=banepa_np/oam; labels=banepa_np/labels.geojson ;;
+    dar_es_salaam) imagery=xyz_tiles/dar_es_salaam_tz; labels=$imagery/labels.geojson ;;
+    nairobi) imagery=xyz_tiles/nairobi_ke; labels=$imagery/labels.geojson ;;
+    joplin) imagery=multidate/joplin_us/pre; labels=multidate/joplin_us/footprints.geojson ;;
+  esac
+  base=runs/finetune/base_without_$area/weights.safetensors
+  [ $area = joplin ] && base=default
+  local dir=runs/finetune/$area model=$base out=runs/finetune/$area/s$seed
+  [ $seed = base ] && out=$dir/base
+  [ -f $out.test.json ] && return 0
+  mkdir -p $dir
+  if [ $seed != base ]; then
+    rm -rf $out
+    .venv/bin/ob-finetune --imagery $DATA/$imagery --labels $DATA/$labels \
+      --region pipelines/finetune/regions/${area}_finetune.geojson --base $base \
+      --minutes $MINUTES --seed $seed --threads 1 --out $out > $out.log 2>&1
+    model=$out
+  fi
+  .venv/bin/ob-eval-model $model --imagery $DATA/$imagery --truth $DATA/$labels \
+    --region pipelines/finetune/regions/${area}_test.geojson --out $out.test.json.tmp >> $out.log 2>&1
+  mv $out.test.json.tmp $out.test.json
+}
+export -f one
+for area in $areas; do for seed in base $seeds; do echo $area $seed; done; done |
+  xargs -P 2 -L 1 bash -c 'one $0 $1'
+.venv/bin/python pipelines/finetune/table.py
