@@ -124,6 +124,7 @@ def test_console_scripts_point_at_real_functions() -> None:
         "ob-detect",
         "ob-calibrate",
         "ob-eval-model",
+        "ob-finetune",
         "ob-map",
     }
     for target in scripts.values():

@@ -64,6 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _finetune(args: argparse.Namespace) -> int:
     require_train_extra("ob-finetune")
     from open_buildings.commands.evaluate_model import score_model
+    from open_buildings.config import dump_config
     from open_buildings.geo.imagery import open_imagery
     from open_buildings.geo.regions import read_region
     from open_buildings.models.checkpoint import load_checkpoint
@@ -89,6 +90,8 @@ def _finetune(args: argparse.Namespace) -> int:
         f"split: {split.n_train} buildings in {len(split.train)} tiles to train on, "
         f"{split.n_held} in {len(split.held)} held back (level-{plan.SPLIT_LEVEL} S2 tiles)"
     )
+    final, out = out, out.with_name(f".{out.name}.partial")  # renamed to --out when complete
+    shutil.rmtree(out, ignore_errors=True)  # what an interrupted run left
     work = out / "finetune"
     work.mkdir(parents=True)
     labels_path = plan.write_geojson(labels, work / "labels.geojson")
@@ -124,6 +127,8 @@ def _finetune(args: argparse.Namespace) -> int:
         Path(f"{leftover}.sha256").unlink(missing_ok=True)
     export_beside(result["weights"])
     after = score_model(str(out), scored, infer_args=infer_args, quiet=True)
+    cfg = cfg.model_copy(update={"out": str(final.resolve())})
+    (out / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
     report = {
         "base": args.base,
         "base_sha256": base.sha256,
@@ -132,10 +137,16 @@ def _finetune(args: argparse.Namespace) -> int:
         "region": args.region,
         "seed": args.seed,
         "minutes": args.minutes,
-        "split": {"train": split.train, "held_back": split.held, "n_train": split.n_train,
-                  "n_held_back": split.n_held, "level": plan.SPLIT_LEVEL},
-        "label_offset_m": None if offset is None else
-        {"east": offset.east_m, "north": offset.north_m},
+        "split": {
+            "train": split.train,
+            "held_back": split.held,
+            "n_train": split.n_train,
+            "n_held_back": split.n_held,
+            "level": plan.SPLIT_LEVEL,
+        },
+        "label_offset_m": None
+        if offset is None
+        else {"east": offset.east_m, "north": offset.north_m},
         "steps": result["history"][-1]["step"],
         "best_step": result["best_step"],
         "stopped": result["stopped"],
@@ -145,8 +156,11 @@ def _finetune(args: argparse.Namespace) -> int:
     }
     (out / "finetune.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     (out / "MODEL_CARD.md").write_text(model_card(report), encoding="utf-8")
+    if final.exists():
+        final.rmdir()  # empty, as checked above
+    out.rename(final)
     print(comparison(report))
-    print(f"model: {out} (ob-infer REGION --imagery ... --model {out})")
+    print(f"model: {final} (ob-infer REGION --imagery ... --model {final})")
     return 0
 
 
@@ -165,11 +179,16 @@ def _figures(scored: dict[str, Any]) -> dict[str, Any]:
 
 def comparison(report: dict[str, Any]) -> str:
     """The before/after table ob-finetune prints and its card holds (Markdown)."""
-    rows = ["| model | F1 of the default output | best F1 | AP50 | threshold |", "|---|---|---|---|---|"]
+    rows = [
+        "| model | F1 of the default output | best F1 | AP50 | threshold |",
+        "|---|---|---|---|---|",
+    ]
     for label, key in (("base", "before"), ("fine-tuned", "after")):
         f = report[key]
-        cells = [f"{f[k]:.3f}" if f[k] is not None else "n/a" for k in
-                 ("default_f1", "best_f1", "ap50", "threshold")]
+        cells = [
+            f"{f[k]:.3f}" if f[k] is not None else "n/a"
+            for k in ("default_f1", "best_f1", "ap50", "threshold")
+        ]
         rows.append(f"| {label} | " + " | ".join(cells) + " |")
     n = report["after"]["n_truth"]
     return f"on the held-back tiles ({n} labelled buildings):\n" + "\n".join(rows)
@@ -177,26 +196,34 @@ def comparison(report: dict[str, Any]) -> str:
 
 def model_card(report: dict[str, Any]) -> str:
     """The fine-tuned model's card: what it was made from and how it scores, before and after."""
-    offset = report["label_offset_m"]
-    shift = "not measured" if offset is None else (
-        f"{offset['east']:+.1f} m east, {offset['north']:+.1f} m north"
+    offset, split = report["label_offset_m"], report["split"]
+    shift = (
+        "not measured"
+        if offset is None
+        else (f"{offset['east']:+.1f} m east, {offset['north']:+.1f} m north")
     )
-    return f"""# Fine-tuned building model
-
-Written by `ob-finetune` from the base model `{report['base']}` (sha256 {report['base_sha256']}).
-
-- imagery: `{report['imagery']}`; labels: `{report['labels']}`; region: `{report['region']}`
-- split: {report['split']['n_train']} buildings in {len(report['split']['train'])} tiles trained on,
-  {report['split']['n_held_back']} in {len(report['split']['held_back'])} tiles held back (S2 level
-  {report['split']['level']}; tokens in `finetune.json`)
-- training: {report['steps']} steps in {report['train_seconds'] / 60:.1f} min, seed {report['seed']};
-  stopped: {report['stopped'] or 'at the step limit'}; weights of step {report['best_step']} kept
-- labels against the base model's buildings: {shift}
-
-The operating points in the weights' metadata were measured on the held-back tiles; ob-infer
-applies the best-F1 threshold by default. The held-back tiles also chose the kept step, so the
-"after" figures below are a little optimistic; score the model on another labelled block of the
-area (`ob-eval-model`) for an unbiased figure.
-
-{comparison(report)}
-"""
+    stopped = report["stopped"] or "at the step limit"
+    lines = [
+        "# Fine-tuned building model",
+        "",
+        f"Written by `ob-finetune` from the base model `{report['base']}` "
+        f"(sha256 {report['base_sha256']}).",
+        "",
+        f"- imagery: `{report['imagery']}`; labels: `{report['labels']}`; "
+        f"region: `{report['region']}`",
+        f"- split: {split['n_train']} buildings in {len(split['train'])} tiles trained on, "
+        f"{split['n_held_back']} in {len(split['held_back'])} tiles held back (S2 level "
+        f"{split['level']}; the tokens are in `finetune.json`)",
+        f"- training: {report['steps']} steps in {report['train_seconds'] / 60:.1f} min, seed "
+        f"{report['seed']}; stopped: {stopped}; the weights of step {report['best_step']} kept",
+        f"- the labels against the base model's buildings: {shift}",
+        "",
+        "The operating points in the weights' metadata were measured on the held-back tiles, and",
+        "ob-infer applies the best-F1 threshold by default. The held-back tiles also chose the",
+        'kept step, so the "after" figures are a little optimistic: score the model on another',
+        "labelled block of the area (`ob-eval-model`) for an unbiased figure.",
+        "",
+        comparison(report),
+        "",
+    ]
+    return "\n".join(lines)

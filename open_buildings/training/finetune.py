@@ -1,4 +1,4 @@
-"""``ob-finetune``'s plan: the user's labels checked, the area split by whole tiles, the run's config.
+"""``ob-finetune``'s plan: the user's labels checked, the area split by whole tiles, its config.
 
 The area is cut into S2 tiles of level :data:`SPLIT_LEVEL` (about 150 m), finer than inference's,
 so that a town holds enough of them for a spatial split. About :data:`HELD_SHARE` of the labelled

@@ -1,6 +1,7 @@
 """Write the regions run.sh uses: per area, the test block (a whole S2 level-14 tile that neither
 the leave-one-out base nor the fine-tuning sees) and the fine-tuning region (the imagery's box
-without that block). Run from the repository root: .venv/bin/python pipelines/finetune/make_regions.py
+without that block). From the repository root:
+    .venv/bin/python pipelines/finetune/make_regions.py
 """
 
 import json
