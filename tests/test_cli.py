@@ -125,6 +125,7 @@ def test_console_scripts_point_at_real_functions() -> None:
         "ob-calibrate",
         "ob-eval-model",
         "ob-finetune",
+        "ob-vtab",
         "ob-map",
     }
     for target in scripts.values():

@@ -115,7 +115,28 @@ class SelfTrainingConfig(StrictModel):
     weight: float = Field(1.0, ge=0.0)
 
 
-class TrainConfig(StrictModel):
+class _DataRootFirst(StrictModel):
+    """Resolves ``data_root`` before the areas, which are relative to it."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _data_root_first(cls, data: Any, info: ValidationInfo) -> Any:
+        # The areas are validated after this, against the data root resolved here.
+        if isinstance(data, dict) and info.context is not None:
+            root = data.get(_DATA_ROOT)
+            base = info.context.get(BASE_DIR)
+            info.context[_DATA_ROOT] = resolve_path(root, base) if isinstance(root, str) else base
+        return data
+
+
+class BuildingAreasConfig(_DataRootFirst):
+    """Labelled areas for ``ob-vtab``'s building tasks (``pipelines/vtab/buildings.yaml``)."""
+
+    data_root: ConfigPath | None = None
+    areas: list[AreaConfig] = Field(min_length=1)
+
+
+class TrainConfig(_DataRootFirst):
     """Everything one training run needs; ``ob-train`` saves it next to the weights."""
 
     model: str = "unet_efficientnet_lite0"
@@ -164,13 +185,3 @@ class TrainConfig(StrictModel):
                 "not both"
             )
         return self
-
-    @model_validator(mode="before")
-    @classmethod
-    def _data_root_first(cls, data: Any, info: ValidationInfo) -> Any:
-        # The areas are validated after this, against the data root resolved here.
-        if isinstance(data, dict) and info.context is not None:
-            root = data.get(_DATA_ROOT)
-            base = info.context.get(BASE_DIR)
-            info.context[_DATA_ROOT] = resolve_path(root, base) if isinstance(root, str) else base
-        return data

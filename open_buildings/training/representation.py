@@ -1,0 +1,44 @@
+"""A model's image representation: its encoder's deepest features, one pooled vector per image.
+
+Every family's network keeps its encoder as ``net.encoder``: the smp U-Nets return a list of
+feature maps (the deepest is average-pooled), the ViT families an ``EncoderOutput`` whose final
+tokens are averaged. The images go through the model's own normalisation and padding.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from open_buildings.models.base import BuildingModel
+from open_buildings.models.padding import pad_to_multiple
+
+
+class PooledEncoder(nn.Module):
+    """``uint8``-scaled images ``(B, 3, H, W)`` in [0, 1] -> one feature vector per image."""
+
+    def __init__(self, model: BuildingModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return ``(B, D)`` features of images scaled to [0, 1]."""
+        m = self.model
+        x = (x - m.mean) / m.std
+        x, _ = pad_to_multiple(x, m.input_spec.divisor, mode="reflect", centre=True)
+        out = m.net.encoder(x)
+        if hasattr(out, "tokens"):  # the ViT families' EncoderOutput
+            return out.tokens.mean(dim=1)
+        return out[-1].mean(dim=(2, 3))
+
+
+def encoder_features(model: BuildingModel, images: np.ndarray, *, batch: int = 32) -> np.ndarray:
+    """Embed uint8 images ``(N, 3, H, W)`` with the model's encoder; return float32 ``(N, D)``."""
+    encoder = PooledEncoder(model).eval()
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(images), batch):
+            x = torch.from_numpy(images[start : start + batch]).float() / 255.0
+            out.append(encoder(x).float().numpy())
+    return np.concatenate(out).astype(np.float32)
