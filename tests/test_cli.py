@@ -126,6 +126,7 @@ def test_console_scripts_point_at_real_functions() -> None:
         "ob-eval-model",
         "ob-finetune",
         "ob-vtab",
+        "ob-pretrain",
         "ob-map",
     }
     for target in scripts.values():

