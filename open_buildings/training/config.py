@@ -153,6 +153,9 @@ class TrainConfig(_DataRootFirst):
     train: list[AreaConfig]
     val: list[AreaConfig] = []
     grid_level: int = Field(14, ge=10, le=18)
+    #: train on the labels of this share of the training tiles' level-16 cells only
+    #: (``training.label_fraction``); the same cells for every seed
+    label_fraction: float = Field(1.0, gt=0.0, le=1.0)
     chip: ChipConfig = ChipConfig()
     batch_size: int = Field(8, ge=1)
     steps: int = Field(1000, ge=1)

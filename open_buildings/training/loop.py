@@ -49,6 +49,7 @@ from open_buildings.training.calibrate import input_ranges, operating_points
 from open_buildings.training.config import TrainConfig
 from open_buildings.training.distill import soft_kl_loss
 from open_buildings.training.ema import averaged, new_ema, updates
+from open_buildings.training.label_fraction import keep_fraction
 from open_buildings.training.mixup import mixup
 from open_buildings.training.scenes import Scene
 from open_buildings.training.state import load_ema, load_state, save_state
@@ -302,7 +303,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
 
     val_scenes = load_areas(cfg, cfg.val, labelled=True) if cfg.val else []
     held = held_out_tiles(cfg.val, val_scenes)
-    pool = chipping.ScenePool(load_areas(cfg, cfg.train, labelled=True, held_out=held))
+    scenes = load_areas(cfg, cfg.train, labelled=True, held_out=held)
+    if cfg.label_fraction < 1:
+        keep_fraction(scenes, cfg.label_fraction)
+    pool = chipping.ScenePool(scenes)
     st = cfg.self_training
     unlabelled: chipping.ScenePool | None = None
     teacher_probs: list[np.ndarray] = []

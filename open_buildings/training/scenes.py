@@ -98,12 +98,12 @@ def load_scenes(
             continue
         g = tile.grid
         core_local = gpd.GeoSeries([tile.core], crs="EPSG:4326").to_crs(g.crs).iloc[0]
-        core = _burn([core_local], g)
+        core = burn_shapes([core_local], g)
         rgb, valid = image.rgb, image.valid
         reach = tile.core.buffer(0.001)  # about 100 m: more than any margin
         near = [c for c in held if shapely.intersects(c, reach)]
         if near:
-            blank = _burn(gpd.GeoSeries(near, crs="EPSG:4326").to_crs(g.crs).values, g)
+            blank = burn_shapes(gpd.GeoSeries(near, crs="EPSG:4326").to_crs(g.crs).values, g)
             rgb, valid = np.where(blank, 0, rgb).astype(rgb.dtype), valid & ~blank
             if valid.sum() < min_valid_px:
                 continue
@@ -114,7 +114,8 @@ def load_scenes(
     return scenes
 
 
-def _burn(shapes, grid: PixelGrid) -> np.ndarray:
+def burn_shapes(shapes, grid: PixelGrid) -> np.ndarray:
+    """A bool mask of the grid's pixels that the shapes (in the grid's CRS) cover."""
     return rasterio.features.rasterize(
         [(s, 1) for s in shapes],
         out_shape=(grid.height, grid.width),

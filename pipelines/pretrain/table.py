@@ -1,0 +1,50 @@
+"""Pool label_fraction.sh's runs into bench/label_fraction.md: AP50 and the F1 of the default
+output on the validation blocks, mean ± std over the seeds finished, per init and fraction."""
+
+import json
+import re
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+RUNS = Path("runs/label_fraction")
+OUT = Path("bench/label_fraction.md")
+INITS = ("random", "imagenet", "scene", "simsiam")
+
+
+def _cell(values: list[float]) -> str:
+    if not values:
+        return "not run"
+    if len(values) == 1:
+        return f"{values[0]:.3f} (1 seed)"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f} ({len(values)})"
+
+
+def main() -> None:
+    """Write the table (and print it)."""
+    found: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for path in sorted(RUNS.glob("*/val_blocks.json")):
+        init, fraction, _ = re.fullmatch(r"(\w+?)_([\d.]+)_s(\d+)", path.parent.name).groups()
+        found[(init, fraction)].append(json.loads(path.read_text()))
+    fractions = sorted({f for _, f in found}, key=float)
+    rows = [
+        "| init | "
+        + " | ".join(f"{float(f):.0%} labels: AP50 / F1 default" for f in fractions)
+        + " |",
+        "|---|" + "---|" * len(fractions),
+    ]
+    for init in INITS:
+        cells = []
+        for f in fractions:
+            runs = found.get((init, f), [])
+            ap50 = _cell([r["ap50"] for r in runs])
+            f1 = _cell([r["default_output"]["f1"] for r in runs])
+            cells.append(f"{ap50} / {f1}")
+        rows.append(f"| {init} | " + " | ".join(cells) + " |")
+    text = "\n".join(rows) + "\n"
+    OUT.write_text(text, encoding="utf-8")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
