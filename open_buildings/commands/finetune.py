@@ -95,7 +95,11 @@ def _finetune(args: argparse.Namespace) -> int:
     work = out / "finetune"
     work.mkdir(parents=True)
     labels_path = plan.write_geojson(labels, work / "labels.geojson")
-    held_path = plan.write_geojson(plan.held_region(split, area), work / "held_back.geojson")
+    held_path = plan.write_geojson(plan.tiles_region(split.held, area), work / "held_back.geojson")
+    infer_args = ["--bands", ",".join(map(str, args.bands))] if args.bands else []
+    teacher = None
+    if len(split.unlabelled) >= plan.MIN_UNLABELLED:
+        teacher = _teacher(args, split, area, work, infer_args)
     cfg = plan.finetune_config(
         str(base.path),
         base_model.name,
@@ -107,6 +111,7 @@ def _finetune(args: argparse.Namespace) -> int:
         seed=args.seed,
         bands=args.bands,
         threads=args.threads,
+        teacher=teacher,
     )
     offset = label_offset(base_model, load_areas(cfg, cfg.train, labelled=True))
     if offset is not None and offset.metres >= WARN_M:
@@ -116,7 +121,6 @@ def _finetune(args: argparse.Namespace) -> int:
             "the OSM editor's imagery offset) if the imagery is right",
             stacklevel=1,
         )
-    infer_args = ["--bands", ",".join(map(str, args.bands))] if args.bands else []
     scored = [(args.imagery, labels_path, held_path)]
     before = score_model(args.base, scored, infer_args=infer_args, quiet=True)
     result = train(cfg, progress=sys.stderr.isatty())
@@ -137,6 +141,7 @@ def _finetune(args: argparse.Namespace) -> int:
         "region": args.region,
         "seed": args.seed,
         "minutes": args.minutes,
+        "self_training_tiles": split.unlabelled if teacher else [],
         "split": {
             "train": split.train,
             "held_back": split.held,
@@ -162,6 +167,29 @@ def _finetune(args: argparse.Namespace) -> int:
     print(comparison(report))
     print(f"model: {final} (ob-infer REGION --imagery ... --model {final})")
     return 0
+
+
+def _teacher(
+    args: argparse.Namespace, split: Any, area: Any, work: Path, infer_args: list[str]
+) -> str:
+    """The base model's probabilities over the unlabelled tiles (self-training's soft targets),
+    written by ob-infer on the split's grid; return its ``--out`` folder."""
+    from open_buildings.commands import infer as ob_infer
+    from open_buildings.errors import InferenceError
+    from open_buildings.training import finetune as plan
+
+    region = plan.write_geojson(
+        plan.tiles_region(split.unlabelled, area), work / "unlabelled.geojson"
+    )
+    out = work / "teacher"
+    argv = [region, "--imagery", args.imagery, "--model", args.base, "--out", str(out),
+            "--tile-level", str(plan.SPLIT_LEVEL), "--write-probabilities", "--min-confidence",
+            "0", "--no-progress", *infer_args]  # fmt: skip
+    print(f"self-training: the base model's probabilities over {len(split.unlabelled)} "
+          "unlabelled tiles")  # fmt: skip
+    if ob_infer.main(argv) != 0:
+        raise InferenceError("ob-infer failed on the unlabelled tiles; see its message above")
+    return str(out.resolve())
 
 
 def _figures(scored: dict[str, Any]) -> dict[str, Any]:

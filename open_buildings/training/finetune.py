@@ -10,7 +10,7 @@ the before/after figures are measured on them.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from open_buildings.errors import ConfigError
 from open_buildings.geo import grid as geogrid
 from open_buildings.geo.imagery import ImagerySource
 from open_buildings.training.config import TrainConfig
+from open_buildings.training.scenes import burn_shapes
 
 SPLIT_LEVEL = 16
 HELD_SHARE = 0.2
@@ -32,6 +33,8 @@ SPLIT_SEED = 0
 #: A tile is used when it holds at least this share of a training chip's pixels of imagery
 #: (``ChipConfig.min_valid`` of a 192 px chip, as ob-train's own rule).
 CHIP, MIN_VALID = 192, 0.5
+#: Self-training needs at least this many unlabelled tiles of the area.
+MIN_UNLABELLED = 2
 #: A tenth of the base recipe's learning rate: the weights start near a good model.
 LR = 2e-4
 VAL_EVERY = 25
@@ -46,6 +49,8 @@ class Split:
     held: list[str]
     n_train: int
     n_held: int
+    #: tiles with imagery, mostly inside the area, and no label: self-training's
+    unlabelled: list[str] = field(default_factory=list)
 
 
 def read_user_labels(path: str | Path) -> gpd.GeoDataFrame:
@@ -121,10 +126,18 @@ def split_tiles(
         )
     lon, lat = shapely.get_x(points[inside]), shapely.get_y(points[inside])
     counts: dict[str, int] = {}
+    unlabelled: list[str] = []
     for tile in geogrid.cover(area, spec):
         n = int(tile.owns(lon, lat).sum())
-        if n and source.read(tile.grid).valid.sum() >= CHIP * CHIP * MIN_VALID:
+        mostly_inside = shapely.intersection(tile.core, area).area >= 0.5 * tile.core.area
+        if not (n or mostly_inside):
+            continue
+        if not _imaged(tile, source):
+            continue
+        if n:
             counts[tile.id] = n
+        else:
+            unlabelled.append(tile.id)
     total = sum(counts.values())
     if total < MIN_BUILDINGS:
         raise ConfigError(
@@ -142,13 +155,24 @@ def split_tiles(
     while sum(counts[t] for t in held) < share * total and len(held) < len(order) - 1:
         held.append(order[len(held)])
     train = sorted(set(order) - set(held))
-    return Split(train, sorted(held), sum(counts[t] for t in train), sum(counts[t] for t in held))
+    n_train, n_held = sum(counts[t] for t in train), sum(counts[t] for t in held)
+    return Split(train, sorted(held), n_train, n_held, sorted(unlabelled))
 
 
-def held_region(split: Split, area: shapely.Geometry) -> dict[str, Any]:
-    """The held-back tiles' cores within the area, as a GeoJSON geometry (for ob-infer)."""
+def _imaged(tile: geogrid.Tile, source: ImagerySource) -> bool:
+    """Whether the tile has a chip's worth of imagery (ob-train's rule) and half of that in its
+    core: its margin can be blanked in training when a neighbour is held back."""
+    image = source.read(tile.grid)
+    core = gpd.GeoSeries([tile.core], crs="EPSG:4326").to_crs(tile.grid.crs).values
+    in_core = (image.valid & burn_shapes(core, tile.grid)).sum()
+    enough = CHIP * CHIP * MIN_VALID
+    return bool(image.valid.sum() >= enough and in_core >= enough / 2)
+
+
+def tiles_region(tiles: list[str], area: shapely.Geometry) -> dict[str, Any]:
+    """Tiles' cores within the area, as a GeoJSON geometry (a region for ob-infer)."""
     spec = geogrid.GridSpec(level=SPLIT_LEVEL)
-    cores = shapely.union_all([geogrid.tile_from_id(t, spec).core for t in split.held])
+    cores = shapely.union_all([geogrid.tile_from_id(t, spec).core for t in tiles])
     return shapely.geometry.mapping(shapely.intersection(cores, area))
 
 
@@ -164,12 +188,22 @@ def finetune_config(
     seed: int = 0,
     bands: tuple[int, int, int] | None = None,
     threads: int | None = None,
+    teacher: str | None = None,
 ) -> TrainConfig:
     """The ``ob-train`` config of a fine-tuning run: the project's training (mixup on), started
     from the base checkpoint's weights at a constant learning rate, validated on the held-back
     tiles every :data:`VAL_EVERY` steps, ended by the time budget or :data:`PATIENCE` validations
-    without gain, and keeping the best weights."""
+    without gain, and keeping the best weights. With ``teacher`` (the ``--out`` of an
+    ``ob-infer --write-probabilities`` run of the base over the unlabelled tiles, on the split's
+    grid), it self-trains on those tiles too."""
     area = {"imagery": imagery, "labels": labels, "bands": bands}
+    self_training: dict[str, Any] = {"enabled": False}
+    if teacher:
+        unlabelled = {"imagery": imagery, "bands": bands, "tiles": split.unlabelled}
+        self_training = {
+            "enabled": True,
+            "unlabelled": [{"name": "unlabelled", "probabilities": teacher, **unlabelled}],
+        }
     return TrainConfig.model_validate(
         {
             "model": base_name,
@@ -186,6 +220,7 @@ def finetune_config(
             "val_every": VAL_EVERY,
             "checkpoint_every": VAL_EVERY,
             "mixup": {"enabled": True, "alpha": 0.4, "prob": 0.5},
+            "self_training": self_training,
             "stopping": {"max_minutes": minutes, "patience": PATIENCE, "keep_best": True},
             "bf16": False,
             "threads": threads,

@@ -43,7 +43,7 @@ def test_the_split_holds_back_whole_tiles_with_a_fifth_of_the_buildings(source, 
         )
         assert owned == n
     assert plan.split_tiles(labels, area, source) == split  # the split does not drift
-    held = shapely.geometry.shape(plan.held_region(split, area))
+    held = shapely.geometry.shape(plan.tiles_region(split.held, area))
     assert held.area > 0 and shapely.within(held, area.buffer(1e-9))
 
 
@@ -115,3 +115,41 @@ def test_unreadable_labels_are_named(tmp_path: Path) -> None:
         plan.read_user_labels(bad)
     with pytest.raises(ConfigError, match="does not exist"):
         plan.read_user_labels(tmp_path / "missing.geojson")
+
+
+def test_unlabelled_tiles_are_found_and_self_trained_on(tmp_path: Path, monkeypatch) -> None:
+    # Nairobi's labels with one tile's removed: that tile is imagery without labels, which the
+    # base model's probabilities (ob-infer on the split's grid) turn into soft targets. The
+    # fixture is four slippy tiles (150 m), so the split is cut finer here (75 m, 96 px chips).
+    import argparse
+
+    from open_buildings.commands.finetune import _teacher
+    from open_buildings.training.loop import train
+
+    monkeypatch.setattr(plan, "SPLIT_LEVEL", 17)
+    monkeypatch.setattr(plan, "CHIP", 96)
+    source = open_imagery(str(DATA / "imagery" / "nairobi"))
+    labels = plan.read_user_labels(DATA / "labels" / "nairobi_ke.geojson")
+    area = plan.area_of_interest(source, None)
+    every = plan.split_tiles(labels, area, source)
+    cores = {t: grid.tile_from_id(t, grid.GridSpec(level=17)).core for t in every.train}
+    drop = next(t for t, core in cores.items() if shapely.within(core, area))
+    dropped = grid.tile_from_id(drop, grid.GridSpec(level=17))
+    c = shapely.centroid(labels.geometry.values)
+    labels = labels[~dropped.owns(shapely.get_x(c), shapely.get_y(c))]
+    split = plan.split_tiles(labels, area, source)
+    assert drop in split.unlabelled and drop not in split.train + split.held
+    args = argparse.Namespace(imagery=str(DATA / "imagery" / "nairobi"), base="default")
+    teacher = _teacher(args, split, area, tmp_path, [])
+    assert (Path(teacher) / "probabilities" / f"{drop}.tif").is_file()
+    labels_path = plan.write_geojson(labels, tmp_path / "labels.geojson")
+    cfg = plan.finetune_config(
+        str(DATA.parents[1] / "models" / "default"), "unet_efficientnet_lite1",
+        imagery=args.imagery, labels=labels_path, split=split, out=str(tmp_path / "run"),
+        minutes=10, teacher=teacher,
+    )  # fmt: skip
+    assert cfg.self_training.enabled and cfg.self_training.unlabelled[0].tiles == split.unlabelled
+    cfg = cfg.model_copy(update={"steps": 2, "stopping": cfg.stopping.model_copy(
+        update={"patience": None, "keep_best": False})})  # fmt: skip
+    history = train(cfg, progress=False)["history"]
+    assert all(h["kl"] >= 0 for h in history)  # the soft-KL term on the unlabelled chips
