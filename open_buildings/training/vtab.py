@@ -21,6 +21,7 @@ from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from open_buildings.models.base import BuildingModel
+from open_buildings.models.encoder_file import is_encoder_file, load_encoder
 from open_buildings.models.registry import build_model, list_models, load_pretrained
 from open_buildings.training.representation import PooledEncoder, encoder_features
 from open_buildings.training.vtab_tasks import Task, vtab_1k
@@ -32,7 +33,8 @@ RANDOM = "random"
 
 def load_backbone(spec: str) -> Callable[[], BuildingModel]:
     """A factory of fresh copies of a backbone: ``NAME:random``, ``NAME:imagenet`` or
-    ``NAME:WEIGHTS`` for a registered model (its family's official-weights loader), or a zoo
+    ``NAME:WEIGHTS`` for a registered model (an ``ob-pretrain`` encoder file, or official
+    weights through its family's loader), or a zoo
     model or checkpoint (``default``, ``path/weights.safetensors``) whose encoder is used."""
     from open_buildings.models.checkpoint import load_checkpoint
     from open_buildings.pipelines.runtime import resolve_model
@@ -43,7 +45,9 @@ def load_backbone(spec: str) -> Callable[[], BuildingModel]:
         def registered() -> BuildingModel:
             torch.manual_seed(0)
             model = build_model(name)
-            if init != RANDOM:
+            if init != RANDOM and is_encoder_file(init):  # ob-pretrain's
+                load_encoder(model, init)
+            elif init != RANDOM:
                 load_pretrained(model, init)
             return model
 

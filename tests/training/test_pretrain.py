@@ -85,3 +85,11 @@ def test_ob_pretrain_command(tmp_path: Path, capsys) -> None:
     assert "already holds" in capsys.readouterr().err
     assert ob_pretrain.main([str(config), "-o", "objective=simsiam", "-o", "scenes=null"]) == 2
     assert "needs 'imagery'" in capsys.readouterr().err
+
+
+def test_ob_vtab_scores_an_encoder_file(scene_run) -> None:
+    from open_buildings.training.vtab import load_backbone
+
+    model = load_backbone(f"unet_efficientnet_lite0:{scene_run['encoder']}")()
+    saved = load_file(scene_run["encoder"])
+    assert all((model.net.encoder.state_dict()[k] == v).all() for k, v in saved.items())
