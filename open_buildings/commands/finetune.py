@@ -39,7 +39,11 @@ def parser() -> argparse.ArgumentParser:
         help="building polygons of the area (GeoJSON, GeoPackage, shapefile; any CRS), e.g. an "
         "OSM export; some may be missing or a little offset",
     )
-    p.add_argument("--region", help="region GeoJSON: use only the imagery and labels inside it")
+    p.add_argument(
+        "--region",
+        help="region GeoJSON: train and check only on the tiles (about 150 m) that hold labelled "
+        "buildings inside it (or, unlabelled, lie mostly inside it)",
+    )
     p.add_argument(
         "--base", default="default", help="the model to start from (zoo name, checkpoint or folder)"
     )
