@@ -23,8 +23,11 @@ def tuned(tmp_path_factory) -> tuple[Path, str]:
     import contextlib
     import io
 
+    import warnings
+
     said = io.StringIO()
-    with contextlib.redirect_stdout(said):
+    with contextlib.redirect_stdout(said), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         status = ob_finetune.main(
             [
                 "--imagery",
@@ -40,6 +43,8 @@ def tuned(tmp_path_factory) -> tuple[Path, str]:
             ]
         )
     assert status == 0
+    few = [str(w.message) for w in caught if "buildings in 1 tiles to train on" in str(w.message)]
+    assert len(few) == 1, "a split this small must be warned about"
     return out, said.getvalue()
 
 
@@ -57,6 +62,8 @@ def test_it_writes_a_model_folder_with_before_and_after(tuned) -> None:
         assert (out / name).is_file(), name
     assert not (out / "checkpoint").exists() and not (out / "best.safetensors").exists()
     assert [p.name for p in out.parent.iterdir()] == [out.name]  # no partial folder left
+    config = (out / "config.yaml").read_text()
+    assert ".partial" not in config and str(out.resolve() / "finetune" / "labels.geojson") in config
     report = json.loads((out / "finetune.json").read_text())
     assert report["stopped"].startswith("time budget") and report["steps"] >= 1
     for side in ("before", "after"):
@@ -67,6 +74,7 @@ def test_it_writes_a_model_folder_with_before_and_after(tuned) -> None:
     assert "| base |" in printed and "| fine-tuned |" in printed
     card = (out / "MODEL_CARD.md").read_text()
     assert "| fine-tuned |" in card and report["base_sha256"] in card
+    assert report["best_step"] in (0, report["steps"]) and "kept:" in card
 
 
 def test_ob_infer_runs_the_fine_tuned_model(tuned, tmp_path: Path) -> None:

@@ -33,6 +33,8 @@ SPLIT_SEED = 0
 #: A tile is used when it holds at least this share of a training chip's pixels of imagery
 #: (``ChipConfig.min_valid`` of a 192 px chip, as ob-train's own rule).
 CHIP, MIN_VALID = 192, 0.5
+#: Fewer buildings or tiles than these to train on get a warning (see ob-finetune).
+FEW_BUILDINGS, FEW_TILES = 100, 4
 #: Self-training needs at least this many unlabelled tiles of the area.
 MIN_UNLABELLED = 2
 #: A tenth of the base recipe's learning rate: the weights start near a good model.

@@ -343,6 +343,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
             ema=ema,
             best=best_from_history(history, out) if cfg.stopping.keep_best else None,
         )
+        if cfg.stopping.keep_best and start == 0:
+            _initial_candidate(trainer, val_scenes, out)
         history = trainer.fit(start)
     model, scored, final = trainer.result, trainer.scored, _last_val(history)
     best = trainer.best if cfg.stopping.keep_best else None
@@ -392,6 +394,16 @@ def _hooks(cfg: TrainConfig, val_scenes: list[Scene], out: Path, bar: Any) -> li
     return [*hooks, checkpoint_hook(out / CHECKPOINT_DIR), progress_hook(bar)]
 
 
+def _initial_candidate(trainer: Trainer, val_scenes: list[Scene], out: Path) -> None:
+    """Validate the starting weights as step 0, a candidate for the best: a run that never
+    beats them keeps them (fine-tuning that only hurts the held-out tiles gives the base back)."""
+    cfg = trainer.cfg
+    scored = score_scenes(trainer.result, val_scenes, bf16=cfg.bf16, spec=_spec(cfg))
+    record: dict[str, Any] = {"step": 0, "loss": None, "val": metrics(scored)}
+    best_hook(out, None)(trainer, -1, record)
+    trainer.history.append(record)
+
+
 def _last_val(history: list[dict[str, Any]]) -> dict[str, Any] | None:
     return next((h["val"] for h in reversed(history) if "val" in h), None)
 
@@ -403,11 +415,12 @@ def plot_history(history: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    steps = [h["step"] for h in history]
+    trained = [h for h in history if h["loss"] is not None]  # step 0: a validation only
+    steps = [h["step"] for h in trained]
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(steps, [h["loss"] for h in history], lw=0.8, label="training loss")
+    ax.plot(steps, [h["loss"] for h in trained], lw=0.8, label="training loss")
     if any("kl" in h for h in history):
-        ax.plot(steps, [h.get("kl", np.nan) for h in history], lw=0.8, label="soft KL")
+        ax.plot(steps, [h.get("kl", np.nan) for h in trained], lw=0.8, label="soft KL")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     vals = [h for h in history if "val" in h]

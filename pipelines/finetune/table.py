@@ -7,6 +7,18 @@ from pathlib import Path
 
 RUNS = Path("runs/finetune")
 OUT = Path("bench/finetune.md")
+HEADER = """# ob-finetune on every labelled area here
+
+Written by `pipelines/finetune/table.py` from `MINUTES=8 pipelines/finetune/run.sh` (one thread
+per run, two runs side by side). Each area is fine-tuned from a base that never saw it (Banepa,
+Zanzibar and Nairobi: `pipelines/finetune/base_without_<area>.yaml`, 600 steps on the other two
+towns; Joplin: the shipped default model, which never saw Joplin) with `--minutes 8`, on the
+area minus its test block (`pipelines/finetune/regions/<area>_finetune.geojson`). The test block
+(a whole S2 level-14 tile, `<area>_test.geojson`) is scored with `ob-eval-model`: `ob-infer` with
+each model's defaults, so "F1 default output" is what a user gets. The base is one model; the
+fine-tuned rows are three seeds (mean ± sample standard deviation).
+
+"""
 KEYS = (
     ("F1 default output", lambda r: r["default_output"]["f1"]),
     ("best F1", lambda r: (r["best_f1"] or {}).get("f1", 0.0)),
@@ -18,6 +30,21 @@ def _cell(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.3f}"
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def _runs() -> str:
+    lines = ["", "Each run (from its `finetune.json`):", ""]
+    for path in sorted(RUNS.glob("*/s*/finetune.json")):
+        r = json.loads(path.read_text())
+        off = r["label_offset_m"] or {}
+        lines.append(
+            f"- {path.parent.parent.name} seed {r['seed']}: {r['steps']} steps, best at step "
+            f"{r['best_step']} ({r['stopped']}); {r['split']['n_train']} buildings trained on, "
+            f"{r['split']['n_held_back']} held back; self-training on "
+            f"{len(r.get('self_training_tiles', []))} unlabelled tiles; label offset "
+            f"{off.get('east', 0):+.1f} m east, {off.get('north', 0):+.1f} m north"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
@@ -44,7 +71,7 @@ def main() -> None:
                 + f" | {_cell(gains)} |"
             )
     text = "\n".join(rows) + "\n"
-    OUT.write_text(text, encoding="utf-8")
+    OUT.write_text(HEADER + text + _runs(), encoding="utf-8")
     print(text)
 
 

@@ -68,15 +68,21 @@ def test_patience_stops_and_the_best_weights_are_the_best_validation(
     assert stopping.best_from_history(trainer.history, tmp_path / "nowhere") is None
 
 
-def test_keep_best_saves_the_best_validated_weights(config_factory, monkeypatch) -> None:
-    # The validations score 0.6, 0.3, 0.2 (scripted): step 2's weights must be the ones saved,
-    # not step 6's, and calibrated anew.
-    scores = iter([0.6, 0.3, 0.2])
+def _scripted(monkeypatch, scores: list[float]) -> None:
+    """Make the validations score ``scores`` in turn (step 0's first)."""
+    values = iter(scores)
     real = loop.metrics
-    monkeypatch.setattr(loop, "metrics", lambda scored: {**real(scored), "best_f1": next(scores)})
+    monkeypatch.setattr(loop, "metrics", lambda scored: {**real(scored), "best_f1": next(values)})
+
+
+def test_keep_best_saves_the_best_validated_weights(config_factory, monkeypatch) -> None:
+    # Step 0 (the starting weights) scores 0.1, then 0.6, 0.3, 0.2: step 2's weights must be
+    # the ones saved, not step 6's, and calibrated anew.
+    _scripted(monkeypatch, [0.1, 0.6, 0.3, 0.2])
     cfg = config_factory("steps=6", VAL, "val_every=2", "lr=0.05", "stopping={keep_best: true}")
     result = train(cfg, progress=False)
-    assert [h["val"]["best_f1"] for h in result["history"] if "val" in h] == [0.6, 0.3, 0.2]
+    vals = [(h["step"], h["val"]["best_f1"]) for h in result["history"] if "val" in h]
+    assert vals == [(0, 0.1), (2, 0.6), (4, 0.3), (6, 0.2)]
     assert result["best_step"] == 2 and result["final"]["best_f1"] == 0.6
     kept = load_file(result["weights"])
     best_file = load_file(str(Path(cfg.out) / stopping.BEST_WEIGHTS))
@@ -84,6 +90,22 @@ def test_keep_best_saves_the_best_validated_weights(config_factory, monkeypatch)
     assert all((kept[k] == best_file[k]).all() for k in kept)
     assert any((kept[k] != last[k]).any() for k in kept), "the last step's weights were kept"
     assert read_operating_points(result["weights"])["measured_on"] == "banepa"
+    assert (Path(cfg.out) / "training_curve.png").stat().st_size > 1000
+
+
+def test_a_run_that_never_beats_its_start_gives_the_start_back(config_factory, monkeypatch):
+    first = train(
+        config_factory("steps=1", "out=" + str(config_factory().out) + "0"), progress=False
+    )
+    _scripted(monkeypatch, [0.5, 0.4, 0.3])
+    cfg = config_factory(
+        f"start_from={first['weights']}", "steps=4", VAL, "val_every=2", "lr=0.05",
+        "stopping={keep_best: true}",
+    )  # fmt: skip
+    result = train(cfg, progress=False)
+    assert result["best_step"] == 0
+    kept, start = load_file(result["weights"]), load_file(first["weights"])
+    assert all((kept[k] == start[k]).all() for k in start)
 
 
 def test_stopping_on_validation_needs_validation_areas(config_factory) -> None:
