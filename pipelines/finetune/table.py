@@ -6,6 +6,7 @@ import statistics
 from pathlib import Path
 
 RUNS = Path("runs/finetune")
+VERDICT = "## Verdict"
 OUT = Path("bench/finetune.md")
 HEADER = """# ob-finetune on every labelled area here
 
@@ -71,7 +72,10 @@ def main() -> None:
                 + f" | {_cell(gains)} |"
             )
     text = "\n".join(rows) + "\n"
-    OUT.write_text(HEADER + text + _runs(), encoding="utf-8")
+    verdict = ""  # written by hand below the marker; kept when the table is rewritten
+    if OUT.is_file() and VERDICT in OUT.read_text():
+        verdict = "\n" + VERDICT + OUT.read_text().split(VERDICT, 1)[1]
+    OUT.write_text(HEADER + text + _runs() + verdict, encoding="utf-8")
     print(text)
 
 
