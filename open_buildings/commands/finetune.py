@@ -179,6 +179,14 @@ def _finetune(args: argparse.Namespace) -> int:
         final.rmdir()  # empty, as checked above
     out.rename(final)
     print(comparison(report))
+    if report["after"]["default_f1"] < report["before"]["default_f1"]:
+        warnings.warn(
+            "the fine-tuned model's default output scores below the base's on the held-back "
+            f"tiles (F1 {report['after']['default_f1']:.3f} < "
+            f"{report['before']['default_f1']:.3f}); keep using --model {args.base}, or label "
+            "more of the area and fine-tune again",
+            stacklevel=1,
+        )
     print(f"model: {final} (ob-infer REGION --imagery ... --model {final})")
     return 0
 
