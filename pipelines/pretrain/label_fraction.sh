@@ -10,6 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export STEPS=${STEPS:-150}
+mkdir -p runs/label_fraction runs/pretrain
 for objective in scene simsiam; do
   [ -f runs/pretrain/$objective/encoder.safetensors ] ||
     .venv/bin/ob-pretrain pipelines/pretrain/$objective.yaml --quiet -o threads=1 \
