@@ -115,3 +115,20 @@ def test_too_few_labels_and_a_used_folder_are_messages(tmp_path: Path, capsys) -
     argv = ["--imagery", IMAGERY, "--labels", LABELS, "--out", str(tmp_path / "used")]
     assert ob_finetune.main(argv) == 2
     assert "not empty" in capsys.readouterr().err
+
+
+def test_a_fine_tune_worse_than_its_base_is_warned_about(tmp_path: Path, monkeypatch) -> None:
+    # The scores are scripted (the run itself is real): after below before must be said.
+    from open_buildings.commands import evaluate_model
+
+    def scores(f1: float) -> dict:
+        out = {"f1": f1, "precision": f1, "recall": f1, "threshold": 0.5, "n_pred": 9}
+        return {"default_output": out, "best_f1": out, "threshold": 0.5, "ap50": f1,
+                "n_truth": 30}  # fmt: skip
+
+    given = iter([scores(0.6), scores(0.4)])
+    monkeypatch.setattr(evaluate_model, "score_model", lambda *a, **k: next(given))
+    argv = ["--imagery", IMAGERY, "--labels", LABELS, "--minutes", "0.01", "--out",
+            str(tmp_path / "m")]  # fmt: skip
+    with pytest.warns(UserWarning, match=r"scores below the base's .*F1 0.400 < 0.600"):
+        assert ob_finetune.main(argv) == 0
