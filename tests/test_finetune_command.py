@@ -22,7 +22,6 @@ def tuned(tmp_path_factory) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("ft") / "my-area"
     import contextlib
     import io
-
     import warnings
 
     said = io.StringIO()
