@@ -9,6 +9,7 @@ from pathlib import Path
 
 RUNS = Path("runs/label_fraction")
 OUT = Path("bench/label_fraction.md")
+VERDICT = "## Verdict"
 INITS = ("random", "imagenet", "scene", "simsiam")
 HEADER = """# Encoder init x label fraction on the building validation blocks
 
@@ -54,7 +55,10 @@ def main() -> None:
             cells.append(f"{ap50} / {f1}")
         rows.append(f"| {init} | " + " | ".join(cells) + " |")
     text = "\n".join(rows) + "\n"
-    OUT.write_text(HEADER + text, encoding="utf-8")
+    verdict = ""  # written by hand below the marker; kept when the table is rewritten
+    if OUT.is_file() and VERDICT in OUT.read_text():
+        verdict = "\n" + VERDICT + OUT.read_text().split(VERDICT, 1)[1]
+    OUT.write_text(HEADER + text + verdict, encoding="utf-8")
     print(text)
 
 
