@@ -186,11 +186,15 @@ def write_bbox_region(bounds: tuple[float, float, float, float], path: str | Pat
     Returns:
         The path written, for ``ob-infer REGION``.
     """
-    import shapely
-
     from open_buildings.geo.regions import region_from_bbox
 
-    region = region_from_bbox(*bounds)
+    return write_region(region_from_bbox(*bounds).geometry, path)
+
+
+def write_region(geometry: Any, path: str | Path) -> str:
+    """Write a lon/lat shapely geometry as a GeoJSON region file; return the path."""
+    import shapely
+
     with open(path, "w", encoding="utf-8") as handle:
-        json.dump(shapely.geometry.mapping(region.geometry), handle)
+        json.dump(shapely.geometry.mapping(geometry), handle)
     return str(path)

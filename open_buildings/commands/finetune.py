@@ -67,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _finetune(args: argparse.Namespace) -> int:
     require_train_extra("ob-finetune")
-    from open_buildings.commands.evaluate_model import score_model
+    from open_buildings.commands.evaluate_model import score_model, write_region
     from open_buildings.config import dump_config
     from open_buildings.geo.imagery import open_imagery
     from open_buildings.geo.regions import read_region
@@ -75,9 +75,9 @@ def _finetune(args: argparse.Namespace) -> int:
     from open_buildings.pipelines.onnx_backend import export_beside
     from open_buildings.pipelines.runtime import resolve_model
     from open_buildings.training import finetune as plan
-    from open_buildings.training.batches import load_areas
     from open_buildings.training.label_offset import WARN_M, label_offset
     from open_buildings.training.loop import CHECKPOINT_DIR, train
+    from open_buildings.training.scenes import read_labels
     from open_buildings.training.stopping import BEST_WEIGHTS
 
     out = Path(args.out)
@@ -87,7 +87,7 @@ def _finetune(args: argparse.Namespace) -> int:
     base_model = load_checkpoint(base.path)
     source = open_imagery(args.imagery, bands=args.bands)
     region = read_region(args.region).geometry if args.region else None
-    labels = plan.read_user_labels(args.labels)
+    labels = read_labels(args.labels)
     area = plan.area_of_interest(source, region)
     split = plan.split_tiles(labels, area, source)
     print(
@@ -107,12 +107,16 @@ def _finetune(args: argparse.Namespace) -> int:
     shutil.rmtree(out, ignore_errors=True)  # what an interrupted run left
     work = out / "finetune"
     work.mkdir(parents=True)
-    labels_path = plan.write_geojson(labels, work / "labels.geojson")
-    held_path = plan.write_geojson(plan.tiles_region(split.held, area), work / "held_back.geojson")
+    labels_path = str(work / "labels.geojson")
+    labels.to_file(labels_path, driver="GeoJSON")
+    held_path = write_region(plan.tiles_region(split.held, area), work / "held_back.geojson")
     infer_args = ["--bands", ",".join(map(str, args.bands))] if args.bands else []
     teacher = None
     if len(split.unlabelled) >= plan.MIN_UNLABELLED:
-        teacher = _teacher(args, split, area, work, infer_args)
+        unlabelled = write_region(
+            plan.tiles_region(split.unlabelled, area), work / "unlabelled.geojson"
+        )
+        teacher = _teacher(args, unlabelled, len(split.unlabelled), work / "teacher", infer_args)
     cfg = plan.finetune_config(
         str(base.path),
         base_model.name,
@@ -126,7 +130,7 @@ def _finetune(args: argparse.Namespace) -> int:
         threads=args.threads,
         teacher=teacher,
     )
-    offset = label_offset(base_model, load_areas(cfg, cfg.train, labelled=True))
+    offset = label_offset(base_model, split.train_scenes)
     if offset is not None and offset.metres >= WARN_M:
         warnings.warn(
             f"the labels look shifted by {offset.describe()} against the buildings the base "
@@ -137,11 +141,9 @@ def _finetune(args: argparse.Namespace) -> int:
     scored = [(args.imagery, labels_path, held_path)]
     before = score_model(args.base, scored, infer_args=infer_args, quiet=True)
     result = train(cfg, progress=sys.stderr.isatty())
-    for leftover in (out / CHECKPOINT_DIR, out / BEST_WEIGHTS):  # the kept weights are in weights
-        if leftover.is_dir():
-            shutil.rmtree(leftover)
-        leftover.unlink(missing_ok=True)
-        Path(f"{leftover}.sha256").unlink(missing_ok=True)
+    shutil.rmtree(out / CHECKPOINT_DIR)  # the kept weights are in weights.safetensors
+    for leftover in (BEST_WEIGHTS, f"{BEST_WEIGHTS}.sha256"):
+        (out / leftover).unlink(missing_ok=True)
     export_beside(result["weights"])
     after = score_model(str(out), scored, infer_args=infer_args, quiet=True)
     # the run's record, with the paths it will have once the folder is renamed to --out
@@ -192,23 +194,18 @@ def _finetune(args: argparse.Namespace) -> int:
 
 
 def _teacher(
-    args: argparse.Namespace, split: Any, area: Any, work: Path, infer_args: list[str]
+    args: argparse.Namespace, region: str, n_tiles: int, out: Path, infer_args: list[str]
 ) -> str:
-    """The base model's probabilities over the unlabelled tiles (self-training's soft targets),
-    written by ob-infer on the split's grid; return its ``--out`` folder."""
+    """The base model's probabilities over the unlabelled tiles of ``region`` (self-training's
+    soft targets), written by ob-infer on the split's grid to ``out``; return ``out``."""
     from open_buildings.commands import infer as ob_infer
     from open_buildings.errors import InferenceError
-    from open_buildings.training import finetune as plan
+    from open_buildings.training.finetune import SPLIT_LEVEL
 
-    region = plan.write_geojson(
-        plan.tiles_region(split.unlabelled, area), work / "unlabelled.geojson"
-    )
-    out = work / "teacher"
     argv = [region, "--imagery", args.imagery, "--model", args.base, "--out", str(out),
-            "--tile-level", str(plan.SPLIT_LEVEL), "--write-probabilities", "--min-confidence",
+            "--tile-level", str(SPLIT_LEVEL), "--write-probabilities", "--min-confidence",
             "0", "--no-progress", *infer_args]  # fmt: skip
-    print(f"self-training: the base model's probabilities over {len(split.unlabelled)} "
-          "unlabelled tiles")  # fmt: skip
+    print(f"self-training: the base model's probabilities over {n_tiles} unlabelled tiles")
     if ob_infer.main(argv) != 0:
         raise InferenceError("ob-infer failed on the unlabelled tiles; see its message above")
     return str(out.resolve())

@@ -73,7 +73,7 @@ def _vtab(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     tasks, skipped = [], []
     for name, candidates in SCENE_SETS.items():
-        found = [args.data_dir / c for c in candidates if args.data_dir] if args.data_dir else []
+        found = [args.data_dir / c for c in candidates] if args.data_dir else []
         found = [f for f in found if f.is_dir()]
         if found:
             tasks.append(image_folder_task(name, found[0], args.size))

@@ -110,6 +110,13 @@ class BuildingModel(nn.Module):
         if x.shape[2] < 1 or x.shape[3] < 1:
             raise ValueError(f"model {self.name} got an empty image of shape {tuple(x.shape)}")
 
+    def prepare(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Normalise ``x`` (scaled to [0, 1]) and pad it to the size divisor, as ``forward``
+        does before the network; return it and the ``(top, left)`` padding."""
+        x = (x.to(self.mean.dtype) - self.mean) / self.std
+        mode = "constant" if self.pad_mode == "constant" else "reflect"
+        return pad_to_multiple(x, self.input_spec.divisor, mode=mode, centre=True)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Run the model.
 
@@ -121,9 +128,7 @@ class BuildingModel(nn.Module):
         """
         self.check_input(x)
         height, width = x.shape[-2:]
-        x = (x.to(self.mean.dtype) - self.mean) / self.std
-        mode = "constant" if self.pad_mode == "constant" else "reflect"
-        x, (top, left) = pad_to_multiple(x, self.input_spec.divisor, mode=mode, centre=True)
+        x, (top, left) = self.prepare(x)
         out = self.net(x)
         if out.ndim != 4 or out.shape[1] != len(self.output_channels):
             raise RuntimeError(

@@ -2,7 +2,8 @@
 
 An encoder file is a safetensors file with a sha256 sidecar, like a checkpoint, whose metadata
 says ``kind: encoder`` and names the model (and config) the encoder belongs to; its tensors are
-``net.encoder``'s state dict. ``ob-train`` and ``ob-finetune`` load it through ``init_from``.
+``net.encoder``'s state dict. ``ob-train``, ``ob-pretrain`` and ``ob-vtab`` load it through
+:func:`init_encoder`, the one reader of ``init_from``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from open_buildings.errors import CheckpointError
 from open_buildings.models.base import BuildingModel
 from open_buildings.models.checkpoint import ENCODER_KIND, FORMAT_VERSION, write_safetensors
 from open_buildings.models.checkpoint_meta import file_sha256, read_sidecar
+from open_buildings.models.registry import load_pretrained
 
 
 def save_encoder(
@@ -79,3 +81,11 @@ def load_encoder(model: BuildingModel, path: str | os.PathLike[str]) -> dict[str
     except RuntimeError as exc:
         raise CheckpointError(f"{path} does not fit {model.name}'s encoder: {exc}") from exc
     return {"loaded": len(state)}
+
+
+def init_encoder(model: BuildingModel, source: str | os.PathLike[str]) -> dict[str, int]:
+    """Initialise ``model``'s encoder from ``init_from``: an encoder file, or the family's
+    official weights (``registry.load_pretrained``: a checkpoint file, or ``imagenet``)."""
+    if is_encoder_file(source):
+        return load_encoder(model, source)
+    return load_pretrained(model, source)

@@ -9,21 +9,18 @@ the before/after figures are measured on them.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import geopandas as gpd
 import numpy as np
-import pyogrio
 import shapely
 
 from open_buildings.errors import ConfigError
 from open_buildings.geo import grid as geogrid
 from open_buildings.geo.imagery import ImagerySource
 from open_buildings.training.config import TrainConfig
-from open_buildings.training.scenes import burn_shapes
+from open_buildings.training.scenes import Scene, load_scenes
 
 SPLIT_LEVEL = 16
 HELD_SHARE = 0.2
@@ -53,43 +50,8 @@ class Split:
     n_held: int
     #: tiles with imagery, mostly inside the area, and no label: self-training's
     unlabelled: list[str] = field(default_factory=list)
-
-
-def read_user_labels(path: str | Path) -> gpd.GeoDataFrame:
-    """Read building polygons as users have them (OSM exports, hand-drawn), in EPSG:4326.
-
-    Raises:
-        ConfigError: the file is missing or unreadable, holds no polygons, or its CRS is missing
-            (outside GeoJSON, whose CRS is WGS 84) or cannot be read.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"--labels {path} does not exist")
-    try:
-        frame = gpd.read_file(path)
-    except (pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError, ValueError) as exc:
-        raise ConfigError(
-            f"--labels {path} cannot be read as vector data ({exc}); export the buildings as "
-            "GeoJSON or GeoPackage"
-        ) from exc
-    frame = frame[frame.geometry.notna() & frame.geom_type.isin(["Polygon", "MultiPolygon"])]
-    if frame.empty:
-        raise ConfigError(f"--labels {path} holds no building polygons")
-    if frame.crs is None:
-        if path.suffix.lower() not in (".geojson", ".json"):
-            raise ConfigError(
-                f"--labels {path} has no CRS; save it with one (e.g. a .prj beside a shapefile) "
-                "or as GeoJSON in longitude/latitude"
-            )
-        frame = frame.set_crs("EPSG:4326")
-    west, south, east, north = frame.to_crs("EPSG:4326").total_bounds
-    if not (-180 <= west <= east <= 180 and -90 <= south <= north <= 90):
-        raise ConfigError(
-            f"--labels {path}: coordinates ({west:.0f}, {south:.0f}, {east:.0f}, {north:.0f}) are "
-            f"not longitudes and latitudes under its CRS ({frame.crs}); the file's CRS is wrong "
-            "or missing: re-export it with its real CRS"
-        )
-    return frame.to_crs("EPSG:4326")[["geometry"]].reset_index(drop=True)
+    #: the training tiles as read for the split (the label-offset estimate reuses them)
+    train_scenes: list[Scene] = field(default_factory=list, compare=False, repr=False)
 
 
 def area_of_interest(source: ImagerySource, region: shapely.Geometry | None) -> shapely.Geometry:
@@ -108,7 +70,8 @@ def split_tiles(
 ) -> Split:
     """Split the labelled tiles of ``area`` that have imagery into training and held-back tiles.
 
-    Tiles are taken in a seeded random order and held back until they hold ``share`` of the
+    Each candidate tile is read once, as a training scene (kept for the training tiles). Tiles
+    are taken in a seeded random order and held back until they hold ``share`` of the
     buildings (at least one tile); a building belongs to the tile that owns its centroid.
 
     Raises:
@@ -127,19 +90,21 @@ def split_tiles(
             "--imagery and --region"
         )
     lon, lat = shapely.get_x(points[inside]), shapely.get_y(points[inside])
-    counts: dict[str, int] = {}
-    unlabelled: list[str] = []
+    owned: dict[str, int] = {}  # labelled tiles, and unlabelled ones mostly inside the area
     for tile in geogrid.cover(area, spec):
         n = int(tile.owns(lon, lat).sum())
-        mostly_inside = shapely.intersection(tile.core, area).area >= 0.5 * tile.core.area
-        if not (n or mostly_inside):
-            continue
-        if not _imaged(tile, source):
-            continue
-        if n:
-            counts[tile.id] = n
-        else:
-            unlabelled.append(tile.id)
+        if n or shapely.intersection(tile.core, area).area >= 0.5 * tile.core.area:
+            owned[tile.id] = n
+    # A tile needs a chip's worth of imagery (ob-train's rule) and half of that in its core: its
+    # margin can be blanked in training when a neighbour is held back.
+    enough = CHIP * CHIP * MIN_VALID
+    scenes = {
+        s.tile_id: s
+        for s in load_scenes("area", source, labels, spec, min_valid_px=enough, only=owned)
+        if (s.valid & s.core).sum() >= enough / 2
+    }
+    counts = {t: n for t, n in owned.items() if n and t in scenes}
+    unlabelled = [t for t, n in owned.items() if not n and t in scenes]
     total = sum(counts.values())
     if total < MIN_BUILDINGS:
         raise ConfigError(
@@ -158,24 +123,15 @@ def split_tiles(
         held.append(order[len(held)])
     train = sorted(set(order) - set(held))
     n_train, n_held = sum(counts[t] for t in train), sum(counts[t] for t in held)
-    return Split(train, sorted(held), n_train, n_held, sorted(unlabelled))
+    train_scenes = [scenes[t] for t in train]
+    return Split(train, sorted(held), n_train, n_held, sorted(unlabelled), train_scenes)
 
 
-def _imaged(tile: geogrid.Tile, source: ImagerySource) -> bool:
-    """Whether the tile has a chip's worth of imagery (ob-train's rule) and half of that in its
-    core: its margin can be blanked in training when a neighbour is held back."""
-    image = source.read(tile.grid)
-    core = gpd.GeoSeries([tile.core], crs="EPSG:4326").to_crs(tile.grid.crs).values
-    in_core = (image.valid & burn_shapes(core, tile.grid)).sum()
-    enough = CHIP * CHIP * MIN_VALID
-    return bool(image.valid.sum() >= enough and in_core >= enough / 2)
-
-
-def tiles_region(tiles: list[str], area: shapely.Geometry) -> dict[str, Any]:
-    """Tiles' cores within the area, as a GeoJSON geometry (a region for ob-infer)."""
+def tiles_region(tiles: list[str], area: shapely.Geometry) -> shapely.Geometry:
+    """Tiles' cores within the area (a region for ob-infer, with ``write_region``)."""
     spec = geogrid.GridSpec(level=SPLIT_LEVEL)
     cores = shapely.union_all([geogrid.tile_from_id(t, spec).core for t in tiles])
-    return shapely.geometry.mapping(shapely.intersection(cores, area))
+    return shapely.intersection(cores, area)
 
 
 def finetune_config(
@@ -230,12 +186,3 @@ def finetune_config(
             "out": out,
         }
     )
-
-
-def write_geojson(frame_or_geometry: gpd.GeoDataFrame | dict[str, Any], path: Path) -> str:
-    """Write labels (a GeoDataFrame) or one geometry mapping as GeoJSON; return the path."""
-    if isinstance(frame_or_geometry, gpd.GeoDataFrame):
-        frame_or_geometry.to_file(path, driver="GeoJSON")
-    else:
-        path.write_text(json.dumps(frame_or_geometry), encoding="utf-8")
-    return str(path)

@@ -32,9 +32,9 @@ from open_buildings.evaluation.evaluate import Evaluation
 from open_buildings.geo.grid import GridSpec
 from open_buildings.models.base import BuildingModel
 from open_buildings.models.checkpoint import load_checkpoint, save_checkpoint
-from open_buildings.models.encoder_file import is_encoder_file, load_encoder
+from open_buildings.models.encoder_file import init_encoder
 from open_buildings.models.losses import segmentation_loss
-from open_buildings.models.registry import build_model, load_pretrained
+from open_buildings.models.registry import build_model
 from open_buildings.pipelines.runtime import native_bf16, resolve_device
 from open_buildings.training import chips as chipping
 from open_buildings.training.batches import (
@@ -95,10 +95,8 @@ def new_model(cfg: TrainConfig) -> BuildingModel:
             )
         return model.train()
     model = build_model(cfg.model, **cfg.model_overrides)
-    if cfg.init_from and is_encoder_file(cfg.init_from):  # ob-pretrain's
-        load_encoder(model, cfg.init_from)
-    elif cfg.init_from:
-        load_pretrained(model, cfg.init_from)
+    if cfg.init_from:
+        init_encoder(model, cfg.init_from)
     return model
 
 

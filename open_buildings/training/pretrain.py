@@ -24,8 +24,9 @@ from open_buildings.config import dump_config
 from open_buildings.errors import ConfigError
 from open_buildings.geo.grid import GridSpec
 from open_buildings.geo.imagery import open_imagery
-from open_buildings.models.encoder_file import save_encoder
-from open_buildings.training.config import PretrainConfig, TrainConfig
+from open_buildings.models.encoder_file import init_encoder, save_encoder
+from open_buildings.models.registry import build_model
+from open_buildings.training.config import PretrainConfig
 from open_buildings.training.representation import PooledEncoder
 from open_buildings.training.scenes import load_scenes
 from open_buildings.training.vtab_tasks import image_folder_task
@@ -114,8 +115,6 @@ def pretrain(cfg: PretrainConfig, *, progress: bool = True) -> dict[str, Any]:
     Raises:
         ConfigError: ``out`` already holds an encoder, or the data gives nothing to train on.
     """
-    from open_buildings.training.loop import new_model
-
     out = Path(cfg.out)
     if (out / ENCODER).exists():
         raise ConfigError(f"{out} already holds {ENCODER}; choose another out")
@@ -123,12 +122,12 @@ def pretrain(cfg: PretrainConfig, *, progress: bool = True) -> dict[str, Any]:
     (out / "config.yaml").write_text(dump_config(cfg))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    model = new_model(
-        TrainConfig(model=cfg.model, init_from=cfg.init_from, train=[], seed=cfg.seed)
-    )
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model)
+    if cfg.init_from:
+        init_encoder(model, cfg.init_from)
     encoder = PooledEncoder(model)
-    with torch.no_grad():
-        dim = encoder(torch.zeros(2, 3, cfg.size, cfg.size)).shape[1]
+    dim = encoder.width(cfg.size)
     if cfg.objective == "supervised_scene":
         task = image_folder_task("scenes", Path(cfg.scenes), cfg.size)
         images, pool, head = task.images, task.pool, nn.Linear(dim, len(task.classes))

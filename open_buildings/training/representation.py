@@ -2,7 +2,8 @@
 
 Every family's network keeps its encoder as ``net.encoder``: the smp U-Nets return a list of
 feature maps (the deepest is average-pooled), the ViT families an ``EncoderOutput`` whose final
-tokens are averaged. The images go through the model's own normalisation and padding.
+tokens are averaged. The images go through the model's own normalisation and padding
+(``BuildingModel.prepare``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import torch
 from torch import nn
 
 from open_buildings.models.base import BuildingModel
-from open_buildings.models.padding import pad_to_multiple
 
 
 class PooledEncoder(nn.Module):
@@ -24,13 +24,21 @@ class PooledEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return ``(B, D)`` features of images scaled to [0, 1]."""
-        m = self.model
-        x = (x - m.mean) / m.std
-        x, _ = pad_to_multiple(x, m.input_spec.divisor, mode="reflect", centre=True)
-        out = m.net.encoder(x)
+        x, _ = self.model.prepare(x)
+        out = self.model.net.encoder(x)
         if hasattr(out, "tokens"):  # the ViT families' EncoderOutput
             return out.tokens.mean(dim=1)
         return out[-1].mean(dim=(2, 3))
+
+    def width(self, size: int) -> int:
+        """The feature width ``D`` for images of ``size`` pixels (a forward of zeros in eval
+        mode, so that no BatchNorm statistic moves)."""
+        was_training = self.training
+        self.eval()
+        with torch.no_grad():
+            width = int(self(torch.zeros(1, 3, size, size)).shape[1])
+        self.train(was_training)
+        return width
 
 
 def encoder_features(model: BuildingModel, images: np.ndarray, *, batch: int = 32) -> np.ndarray:

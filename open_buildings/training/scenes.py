@@ -15,6 +15,7 @@ from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
+import pyogrio
 import rasterio.features
 import shapely
 
@@ -48,21 +49,43 @@ class Scene:
 
 
 def read_labels(path: str | os.PathLike[str]) -> gpd.GeoDataFrame:
-    """Read building label polygons (GeoJSON or GeoParquet) as a GeoDataFrame in EPSG:4326.
+    """Read building polygons as users have them (OSM exports, hand-drawn; GeoJSON, GeoPackage,
+    shapefile, GeoParquet; any CRS) as a GeoDataFrame in EPSG:4326.
 
     Raises:
-        ConfigError: if the file does not exist or holds no polygons.
+        ConfigError: the file is missing or unreadable, holds no polygons, or its CRS is missing
+            (outside GeoJSON and GeoParquet, whose CRS is WGS 84 when absent) or wrong for its
+            coordinates.
     """
     path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"label file {path} does not exist; check the area's 'labels' path")
-    frame = gpd.read_parquet(path) if path.suffix == ".parquet" else gpd.read_file(path)
+    if not path.is_file():
+        raise ConfigError(f"label file {path} does not exist; check the path")
+    try:
+        frame = gpd.read_parquet(path) if path.suffix == ".parquet" else gpd.read_file(path)
+    except (pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError, ValueError) as exc:
+        raise ConfigError(
+            f"label file {path} cannot be read as vector data ({exc}); export the buildings as "
+            "GeoJSON or GeoPackage"
+        ) from exc
     frame = frame[frame.geometry.notna() & frame.geom_type.isin(["Polygon", "MultiPolygon"])]
     if frame.empty:
         raise ConfigError(f"label file {path} holds no building polygons")
     if frame.crs is None:
+        if path.suffix.lower() not in (".geojson", ".json", ".parquet"):  # WGS 84 by spec
+            raise ConfigError(
+                f"label file {path} has no CRS; save it with one (e.g. a .prj beside a "
+                "shapefile) or as GeoJSON in longitude/latitude"
+            )
         frame = frame.set_crs("EPSG:4326")
-    return frame.to_crs("EPSG:4326")[["geometry"]].reset_index(drop=True)
+    frame = frame.to_crs("EPSG:4326")
+    west, south, east, north = frame.total_bounds
+    if not (-180 <= west <= east <= 180 and -90 <= south <= north <= 90):
+        raise ConfigError(
+            f"label file {path}: coordinates ({west:.0f}, {south:.0f}, {east:.0f}, {north:.0f}) "
+            f"are not longitudes and latitudes under its CRS; the file's CRS is wrong or "
+            "missing: re-export it with its real CRS"
+        )
+    return frame[["geometry"]].reset_index(drop=True)
 
 
 def load_scenes(

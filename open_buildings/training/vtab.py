@@ -21,8 +21,8 @@ from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from open_buildings.models.base import BuildingModel
-from open_buildings.models.encoder_file import is_encoder_file, load_encoder
-from open_buildings.models.registry import build_model, list_models, load_pretrained
+from open_buildings.models.encoder_file import init_encoder
+from open_buildings.models.registry import build_model, list_models
 from open_buildings.training.representation import PooledEncoder, encoder_features
 from open_buildings.training.vtab_tasks import Task, vtab_1k
 
@@ -45,10 +45,8 @@ def load_backbone(spec: str) -> Callable[[], BuildingModel]:
         def registered() -> BuildingModel:
             torch.manual_seed(0)
             model = build_model(name)
-            if init != RANDOM and is_encoder_file(init):  # ob-pretrain's
-                load_encoder(model, init)
-            elif init != RANDOM:
-                load_pretrained(model, init)
+            if init != RANDOM:
+                init_encoder(model, init)
             return model
 
         registered()  # fail now on a bad weight file, not after the first task
@@ -122,9 +120,7 @@ def _fit(
 ) -> nn.Module:
     torch.manual_seed(seed)
     encoder = PooledEncoder(model)
-    with torch.no_grad():
-        dim = encoder(torch.zeros(1, 3, *task.images.shape[2:])).shape[1]
-    net = nn.Sequential(encoder, nn.Linear(dim, len(task.classes)))
+    net = nn.Sequential(encoder, nn.Linear(encoder.width(task.images.shape[-1]), len(task.classes)))
     optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     rng = np.random.default_rng(seed)
     net.train()

@@ -10,6 +10,7 @@ from open_buildings.errors import ConfigError
 from open_buildings.geo import grid
 from open_buildings.geo.imagery import open_imagery
 from open_buildings.training import finetune as plan
+from open_buildings.training.scenes import read_labels
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 BANEPA = str(DATA / "imagery" / "banepa")
@@ -23,7 +24,7 @@ def source():
 
 @pytest.fixture(scope="module")
 def labels() -> gpd.GeoDataFrame:
-    return plan.read_user_labels(LABELS)
+    return read_labels(LABELS)
 
 
 def test_the_split_holds_back_whole_tiles_with_a_fifth_of_the_buildings(source, labels) -> None:
@@ -43,7 +44,7 @@ def test_the_split_holds_back_whole_tiles_with_a_fifth_of_the_buildings(source, 
         )
         assert owned == n
     assert plan.split_tiles(labels, area, source) == split  # the split does not drift
-    held = shapely.geometry.shape(plan.tiles_region(split.held, area))
+    held = plan.tiles_region(split.held, area)
     assert held.area > 0 and shapely.within(held, area.buffer(1e-9))
 
 
@@ -68,7 +69,7 @@ def test_the_config_trains_on_the_split_from_the_base(source, labels, tmp_path: 
 def test_labels_in_any_crs_are_read_in_lon_lat(labels, tmp_path: Path) -> None:
     utm = labels.to_crs(labels.estimate_utm_crs())
     utm.to_file(tmp_path / "labels.gpkg")
-    again = plan.read_user_labels(tmp_path / "labels.gpkg")
+    again = read_labels(tmp_path / "labels.gpkg")
     assert again.crs.to_epsg() == 4326 and len(again) == len(labels)
     assert shapely.equals_exact(again.geometry.values, labels.geometry.values, 1e-7).all()
 
@@ -78,11 +79,11 @@ def test_projected_coordinates_without_a_crs_are_refused(labels, tmp_path: Path)
     utm.set_crs(None, allow_override=True).to_file(tmp_path / "labels.shp")
     (tmp_path / "labels.prj").unlink(missing_ok=True)
     with pytest.raises(ConfigError, match="has no CRS"):
-        plan.read_user_labels(tmp_path / "labels.shp")
+        read_labels(tmp_path / "labels.shp")
     path = tmp_path / "utm.geojson"
     path.write_text(utm.to_json(to_wgs84=False).replace('"crs"', '"_crs"'))
     with pytest.raises(ConfigError, match="not longitudes and latitudes"):
-        plan.read_user_labels(path)
+        read_labels(path)
 
 
 @pytest.mark.parametrize(
@@ -112,9 +113,9 @@ def test_unreadable_labels_are_named(tmp_path: Path) -> None:
     bad = tmp_path / "labels.geojson"
     bad.write_text("{not json")
     with pytest.raises(ConfigError, match="cannot be read as vector data"):
-        plan.read_user_labels(bad)
+        read_labels(bad)
     with pytest.raises(ConfigError, match="does not exist"):
-        plan.read_user_labels(tmp_path / "missing.geojson")
+        read_labels(tmp_path / "missing.geojson")
 
 
 def test_unlabelled_tiles_are_found_and_self_trained_on(tmp_path: Path, monkeypatch) -> None:
@@ -123,13 +124,14 @@ def test_unlabelled_tiles_are_found_and_self_trained_on(tmp_path: Path, monkeypa
     # fixture is four slippy tiles (150 m), so the split is cut finer here (75 m, 96 px chips).
     import argparse
 
+    from open_buildings.commands.evaluate_model import write_region
     from open_buildings.commands.finetune import _teacher
     from open_buildings.training.loop import train
 
     monkeypatch.setattr(plan, "SPLIT_LEVEL", 17)
     monkeypatch.setattr(plan, "CHIP", 96)
     source = open_imagery(str(DATA / "imagery" / "nairobi"))
-    labels = plan.read_user_labels(DATA / "labels" / "nairobi_ke.geojson")
+    labels = read_labels(DATA / "labels" / "nairobi_ke.geojson")
     area = plan.area_of_interest(source, None)
     every = plan.split_tiles(labels, area, source)
     cores = {t: grid.tile_from_id(t, grid.GridSpec(level=17)).core for t in every.train}
@@ -140,9 +142,11 @@ def test_unlabelled_tiles_are_found_and_self_trained_on(tmp_path: Path, monkeypa
     split = plan.split_tiles(labels, area, source)
     assert drop in split.unlabelled and drop not in split.train + split.held
     args = argparse.Namespace(imagery=str(DATA / "imagery" / "nairobi"), base="default")
-    teacher = _teacher(args, split, area, tmp_path, [])
+    region = write_region(plan.tiles_region(split.unlabelled, area), tmp_path / "u.geojson")
+    teacher = _teacher(args, region, len(split.unlabelled), tmp_path / "teacher", [])
     assert (Path(teacher) / "probabilities" / f"{drop}.tif").is_file()
-    labels_path = plan.write_geojson(labels, tmp_path / "labels.geojson")
+    labels_path = str(tmp_path / "labels.geojson")
+    labels.to_file(labels_path, driver="GeoJSON")
     cfg = plan.finetune_config(
         str(DATA.parents[1] / "models" / "default"), "unet_efficientnet_lite1",
         imagery=args.imagery, labels=labels_path, split=split, out=str(tmp_path / "run"),
