@@ -74,6 +74,8 @@ def test_it_writes_a_model_folder_with_before_and_after(tuned) -> None:
     card = (out / "MODEL_CARD.md").read_text()
     assert "| fine-tuned |" in card and report["base_sha256"] in card
     assert report["best_step"] in (0, report["steps"]) and "kept:" in card
+    # one tile to train on: few buildings, so --freeze-encoder auto kept the base's encoder
+    assert report["encoder_frozen"] is True and "the encoder frozen" in card
 
 
 def test_ob_infer_runs_the_fine_tuned_model(tuned, tmp_path: Path) -> None:

@@ -2,7 +2,8 @@
 
 It runs ``ob-infer`` over each labelled area with the model's defaults (clipped to the region),
 keeping every prediction, and scores them once with ``ob-eval``'s metrics (several areas are
-pooled, each matched in its own UTM zone). From that one
+pooled, each matched in its own UTM zone). The truth of a region is ob-infer's rule applied to
+the labels: the buildings whose centroid lies in it. From that one
 matching it reports the F1 of what ``ob-infer`` writes by default (the predictions at or above
 the model's calibrated threshold) next to the best F1 over thresholds, AP50 and AP, so the
 figure in a model card is the figure a user sees.
@@ -159,7 +160,7 @@ def score_model(
                 print(said.getvalue(), file=sys.stderr, end="")
                 raise InferenceError(f"ob-infer failed on {imagery}; see its message above")
             scored.append((str(footprints), truth, region))
-        result = evaluate_areas(scored)
+        result = evaluate_areas(scored, by_centroid=True)
     return {
         "model": model_spec,
         "threshold": threshold,

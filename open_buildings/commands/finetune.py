@@ -53,6 +53,14 @@ def parser() -> argparse.ArgumentParser:
         default=15.0,
         help="training time budget (default 15); scoring before and after comes on top",
     )
+    p.add_argument(
+        "--freeze-encoder",
+        choices=["auto", "yes", "no"],
+        default="auto",
+        help="train only the decoder and heads, keeping the base's encoder as it is; auto "
+        "(default): when there are few buildings to train on (the same rule as the warning: "
+        "under 100 buildings or 4 tiles)",
+    )
     p.add_argument("--seed", type=int, default=0, help="training seed (the split does not change)")
     p.add_argument("--bands", type=_bands, help="1-based R,G,B band numbers (as ob-infer's)")
     p.add_argument("--threads", type=int, help="CPU threads for training (default: torch's)")
@@ -94,7 +102,9 @@ def _finetune(args: argparse.Namespace) -> int:
         f"split: {split.n_train} buildings in {len(split.train)} tiles to train on, "
         f"{split.n_held} in {len(split.held)} held back (level-{plan.SPLIT_LEVEL} S2 tiles)"
     )
-    if split.n_train < plan.FEW_BUILDINGS or len(split.train) < plan.FEW_TILES:
+    few = split.n_train < plan.FEW_BUILDINGS or len(split.train) < plan.FEW_TILES
+    freeze = args.freeze_encoder == "yes" or (args.freeze_encoder == "auto" and few)
+    if few:
         warnings.warn(
             f"only {split.n_train} buildings in {len(split.train)} tiles to train on: a model "
             "fine-tuned on this few can get worse on parts of the area that look unlike them "
@@ -129,6 +139,7 @@ def _finetune(args: argparse.Namespace) -> int:
         bands=args.bands,
         threads=args.threads,
         teacher=teacher,
+        freeze_encoder=freeze,
     )
     offset = label_offset(base_model, split.train_scenes)
     if offset is not None and offset.metres >= WARN_M:
@@ -157,6 +168,7 @@ def _finetune(args: argparse.Namespace) -> int:
         "region": args.region,
         "seed": args.seed,
         "minutes": args.minutes,
+        "encoder_frozen": freeze,
         "self_training_tiles": split.unlabelled if teacher else [],
         "split": {
             "train": split.train,
@@ -268,7 +280,12 @@ def model_card(report: dict[str, Any]) -> str:
         f"{split['n_held_back']} in {len(split['held_back'])} tiles held back (S2 level "
         f"{split['level']}; the tokens are in `finetune.json`)",
         f"- training: {report['steps']} steps in {report['train_seconds'] / 60:.1f} min, seed "
-        f"{report['seed']}; stopped: {stopped}; kept: {_kept(report['best_step'])}",
+        f"{report['seed']}; stopped: {stopped}; kept: {_kept(report['best_step'])}; "
+        + (
+            "decoder and heads only (the encoder frozen)"
+            if report["encoder_frozen"]
+            else "all layers"
+        ),
         f"- the labels against the base model's buildings: {shift}",
         "",
         "The operating points in the weights' metadata were measured on the held-back tiles, and",

@@ -176,7 +176,11 @@ def evaluate_files(
 
 
 def _read_area(
-    pred_path: str, truth_path: str, region_path: str | None, skip_bad: bool = False
+    pred_path: str,
+    truth_path: str,
+    region_path: str | None,
+    skip_bad: bool = False,
+    by_centroid: bool = False,
 ) -> tuple[Footprints, Footprints, object]:
     pred, truth = io.read_pair(pred_path, truth_path, skip_bad=skip_bad)
     pred, truth, crs = io.to_common_crs(pred, truth)
@@ -184,12 +188,17 @@ def _read_area(
         from open_buildings.geo import regions
 
         region = io.region_in(regions.read_region(region_path).geometry, crs)
+        if by_centroid:
+            pred, truth = io.centroid_in(pred, region), io.centroid_in(truth, region)
         pred, truth = io.clip(pred, region), io.clip(truth, region)
     return pred, truth, crs
 
 
 def evaluate_areas(
-    areas: list[tuple[str, str, str | None]], *, min_area: float = 0.0
+    areas: list[tuple[str, str, str | None]],
+    *,
+    min_area: float = 0.0,
+    by_centroid: bool = False,
 ) -> Evaluation:
     """Score several areas at once, each in its own metric CRS, as one pooled evaluation.
 
@@ -200,13 +209,15 @@ def evaluate_areas(
     Args:
         areas: ``(pred_path, truth_path, region_path or None)`` per area.
         min_area: SpaceNet ``min_area``.
+        by_centroid: keep, on both sides, only the footprints whose centroid lies in the region
+            (``ob-infer``'s rule) before cutting them at its edge; for scoring ob-infer's output.
 
     Returns:
         The pooled evaluation; ``f1.per_image`` holds each area's F1, in order.
     """
     preds, truths = [], []
     for index, (pred_path, truth_path, region_path) in enumerate(areas):
-        pred, truth, _ = _read_area(pred_path, truth_path, region_path)
+        pred, truth, _ = _read_area(pred_path, truth_path, region_path, by_centroid=by_centroid)
         preds.append(_in_image(pred, index))
         truths.append(_in_image(truth, index))
     return evaluate(

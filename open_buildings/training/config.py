@@ -149,6 +149,9 @@ class TrainConfig(_DataRootFirst):
     #: A building checkpoint (``.safetensors``, or a model folder) whose whole weights start the
     #: run (fine-tuning); ``model`` and ``model_overrides`` must describe the same network.
     start_from: ConfigPath | None = None
+    #: train the decoder and heads only: the encoder's weights and BatchNorm statistics stay as
+    #: loaded (fine-tuning on few labels keeps the base's features)
+    freeze_encoder: bool = False
     data_root: ConfigPath | None = None
     train: list[AreaConfig]
     val: list[AreaConfig] = []

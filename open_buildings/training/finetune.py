@@ -30,7 +30,8 @@ SPLIT_SEED = 0
 #: A tile is used when it holds at least this share of a training chip's pixels of imagery
 #: (``ChipConfig.min_valid`` of a 192 px chip, as ob-train's own rule).
 CHIP, MIN_VALID = 192, 0.5
-#: Fewer buildings or tiles than these to train on get a warning (see ob-finetune).
+#: Fewer buildings or tiles than these to train on get a warning, and the encoder is frozen
+#: unless ``--freeze-encoder no`` (see ob-finetune).
 FEW_BUILDINGS, FEW_TILES = 100, 4
 #: Self-training needs at least this many unlabelled tiles of the area.
 MIN_UNLABELLED = 2
@@ -147,13 +148,15 @@ def finetune_config(
     bands: tuple[int, int, int] | None = None,
     threads: int | None = None,
     teacher: str | None = None,
+    freeze_encoder: bool = False,
 ) -> TrainConfig:
     """The ``ob-train`` config of a fine-tuning run: the project's training (mixup on), started
     from the base checkpoint's weights at a constant learning rate, validated on the held-back
     tiles every :data:`VAL_EVERY` steps, ended by the time budget or :data:`PATIENCE` validations
     without gain, and keeping the best weights. With ``teacher`` (the ``--out`` of an
     ``ob-infer --write-probabilities`` run of the base over the unlabelled tiles, on the split's
-    grid), it self-trains on those tiles too."""
+    grid), it self-trains on those tiles too. ``freeze_encoder`` trains the decoder and heads
+    only."""
     area = {"imagery": imagery, "labels": labels, "bands": bands}
     self_training: dict[str, Any] = {"enabled": False}
     if teacher:
@@ -166,6 +169,7 @@ def finetune_config(
         {
             "model": base_name,
             "start_from": base,
+            "freeze_encoder": freeze_encoder,
             "train": [{"name": "train", "tiles": split.train, **area}],
             "val": [{"name": "held_back", "tiles": split.held, **area}],
             "grid_level": SPLIT_LEVEL,

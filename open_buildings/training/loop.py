@@ -73,9 +73,24 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
 
 def _optimizer(cfg: TrainConfig):
     def factory(model: BuildingModel) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        if cfg.freeze_encoder:
+            frozen_encoder(model).requires_grad_(False)
+        params = [p for p in model.parameters() if p.requires_grad]
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     return factory
+
+
+def frozen_encoder(model: BuildingModel) -> torch.nn.Module:
+    """The encoder that ``freeze_encoder`` keeps as it is (weights and BatchNorm statistics).
+
+    Raises:
+        ConfigError: the model has no separate encoder (``net.encoder``).
+    """
+    encoder = getattr(model.net, "encoder", None)
+    if not isinstance(encoder, torch.nn.Module):
+        raise ConfigError(f"{model.name} has no separate encoder to freeze; drop freeze_encoder")
+    return encoder
 
 
 def new_model(cfg: TrainConfig) -> BuildingModel:
@@ -129,6 +144,8 @@ def train_step(
     """
     device = next(model.parameters()).device
     model.train()
+    if cfg.freeze_encoder:
+        frozen_encoder(model).eval()
     for group in optimizer.param_groups:
         group["lr"] = lr_at(cfg, step)
     images, targets, weights = batch.images, batch.targets, batch.weights

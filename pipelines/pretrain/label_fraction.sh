@@ -5,7 +5,7 @@
 # steps and scored on its validation blocks with pipelines/eval/val_blocks.sh (AP50, F1 of the
 # default output). Pre-trains the two encoders first when they are missing. Finished runs are
 # skipped, so run it again after an interruption; table.py pools whatever has finished.
-#   STEPS=150 SEEDS="0 1 2" FRACTIONS="0.1 0.25 1.0" INITS="random imagenet scene simsiam" \
+#   JOBS=2 STEPS=150 SEEDS="0 1 2" FRACTIONS="0.1 0.25 1.0" INITS="random imagenet scene simsiam" \
 #     pipelines/pretrain/label_fraction.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -34,5 +34,5 @@ one() {  # INIT FRACTION SEED
 export -f one
 for seed in ${SEEDS:-0 1 2}; do for fraction in ${FRACTIONS:-0.1 0.25 1.0}; do
   for init in ${INITS:-random imagenet scene simsiam}; do echo $init $fraction $seed; done
-done; done | xargs -P 2 -L 1 bash -c 'one $0 $1 $2'
+done; done | xargs -P "${JOBS:-2}" -L 1 bash -c 'one $0 $1 $2'
 .venv/bin/python pipelines/pretrain/table.py

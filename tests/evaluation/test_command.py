@@ -127,3 +127,43 @@ def test_areas_are_pooled_and_matched_only_within_themselves() -> None:
     assert sorted(two.f1.per_image) == [0, 1]
     assert two.n_truth == 2 * one.n_truth and two.f1.total.f1 == one.f1.total.f1
     assert two.coco.ap50 == pytest.approx(one.coco.ap50, abs=0.02)
+
+
+def test_by_centroid_scores_a_region_as_ob_infer_writes_it(tmp_path: Path) -> None:
+    """ob-infer writes a region's buildings by centroid; cutting only the truth at the region's
+    edge would count the slivers of the buildings it leaves to the neighbour as missed."""
+    import geopandas as gpd
+    import shapely
+
+    from open_buildings.evaluation.evaluate import evaluate_areas
+
+    labels = gpd.read_file(Path(__file__).parents[1] / "data" / "labels" / "nairobi_ke.geojson")
+    labels = labels.to_crs(4326)
+    west, south, east, north = labels.total_bounds
+    points = shapely.centroid(labels.geometry.values)
+
+    def cut_through(x: float) -> int:  # buildings the edge x crosses, centroid outside
+        return int(
+            (
+                shapely.intersects(labels.geometry.values, shapely.box(west, south, x, north))
+                & (shapely.get_x(points) > x)
+            ).sum()
+        )
+
+    x = max(sorted(shapely.get_x(points) - 1e-6), key=cut_through)
+    region = shapely.box(west, south, x, north)
+    region_path = tmp_path / "region.geojson"
+    region_path.write_text(json.dumps(shapely.geometry.mapping(region)))
+    owned = shapely.intersects_xy(region, shapely.get_x(points), shapely.get_y(points))
+    crossing = shapely.intersects(labels.geometry.values, region.boundary)
+    assert (crossing & ~owned).sum() >= 3  # the slivers this test is about
+    written = labels[owned].assign(confidence=0.9)  # a perfect model's ob-infer output
+    written.to_file(tmp_path / "pred.geojson", driver="GeoJSON")
+    truth = str(Path(__file__).parents[1] / "data" / "labels" / "nairobi_ke.geojson")
+    area = [(str(tmp_path / "pred.geojson"), truth, str(region_path))]
+
+    cut = evaluate_areas(area)
+    assert cut.f1.total.fn >= 3 and cut.f1.total.f1 < 1.0
+    fair = evaluate_areas(area, by_centroid=True)
+    assert fair.n_truth == int(owned.sum())
+    assert (fair.f1.total.fn, fair.f1.total.fp) == (0, 0)

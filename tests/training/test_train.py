@@ -68,6 +68,25 @@ def test_train_step_updates_the_weights_and_reports_the_loss(config_factory) -> 
     assert any(k.endswith("weight") for k in changed)
 
 
+def test_freeze_encoder_trains_the_decoder_and_heads_only(config_factory) -> None:
+    cfg = config_factory(
+        "chip={size: 64, empty_share: 0.0}", "warmup_steps=0", "freeze_encoder=true"
+    )
+    batch = _fixed_batch(cfg)
+    model = loop.new_model(cfg)
+    optimizer = loop._optimizer(cfg)(model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for step in range(2):
+        loop.train_step(model, optimizer, batch, cfg, step)
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    encoder = {k for k in before if k.startswith("net.encoder.")}
+    assert encoder and not changed & encoder  # weights and BatchNorm statistics alike
+    assert any(k.endswith("weight") for k in changed - encoder)
+    assert sum(p.numel() for g in optimizer.param_groups for p in g["params"]) < sum(
+        p.numel() for p in model.parameters()
+    )
+
+
 def test_train_step_is_a_function_of_the_state_and_the_step(config_factory) -> None:
     cfg = config_factory("chip={size: 64, empty_share: 0.0}", "mixup={enabled: true, prob: 1.0}")
     batch = _fixed_batch(cfg)
