@@ -5,10 +5,13 @@
 # (--region regions/<area>_finetune.geojson) and scored with ob-eval-model for the base and for
 # each fine-tuned seed; table.py pools them. Two runs at a time, one thread each. Finished runs
 # are skipped, so run it again after an interruption.
-#   MINUTES=8 SEEDS="0 1 2" pipelines/finetune/run.sh [AREA ...]
+# PROTOCOL=area (runs/finetune/<area>_area) is a user's run over the whole imagery instead: the
+# test block's labels are removed, so its tiles are unlabelled imagery that self-training may use
+# (its labels are still never seen).
+#   MINUTES=8 SEEDS="0 1 2" [PROTOCOL=block|area] pipelines/finetune/run.sh [AREA ...]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-export MINUTES=${MINUTES:-8} DATA=${DATA:-../shared/data}
+export MINUTES=${MINUTES:-8} DATA=${DATA:-../shared/data} PROTOCOL=${PROTOCOL:-block}
 seeds=${SEEDS:-0 1 2}
 areas=${*:-banepa dar_es_salaam nairobi joplin}
 
@@ -22,14 +25,22 @@ one() {  # AREA SEED: fine-tune (SEED "base": score the base alone) and score on
   esac
   base=runs/finetune/base_without_$area/weights.safetensors
   [ $area = joplin ] && base=default
-  local dir=runs/finetune/$area model=$base out=runs/finetune/$area/s$seed
+  local dir=runs/finetune/$area fit=$DATA/$labels
+  local region=(--region pipelines/finetune/regions/${area}_finetune.geojson)
+  if [ $PROTOCOL = area ]; then
+    dir=runs/finetune/${area}_area fit=runs/finetune/${area}_area/labels.geojson region=()
+  fi
+  local model=$base out=$dir/s$seed
   [ $seed = base ] && out=$dir/base
   [ -f $out.test.json ] && return 0
   mkdir -p $dir
+  if [ $PROTOCOL = area ] && [ ! -f $fit ]; then  # the labels outside the test block
+    .venv/bin/python pipelines/finetune/outside_block.py $DATA/$labels \
+      pipelines/finetune/regions/${area}_test.geojson $fit.$seed.tmp && mv $fit.$seed.tmp $fit
+  fi
   if [ $seed != base ]; then
     rm -rf $out
-    .venv/bin/ob-finetune --imagery $DATA/$imagery --labels $DATA/$labels \
-      --region pipelines/finetune/regions/${area}_finetune.geojson --base $base \
+    .venv/bin/ob-finetune --imagery $DATA/$imagery --labels $fit "${region[@]}" --base $base \
       --minutes $MINUTES --seed $seed --threads 1 --out $out > $out.log 2>&1
     model=$out
   fi
