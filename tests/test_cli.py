@@ -127,6 +127,7 @@ def test_console_scripts_point_at_real_functions() -> None:
         "ob-finetune",
         "ob-vtab",
         "ob-pretrain",
+        "ob-search",
         "ob-map",
     }
     for target in scripts.values():

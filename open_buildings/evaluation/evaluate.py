@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import shapely
 
-from open_buildings.evaluation import io
+from open_buildings.evaluation import io, region_clip
 from open_buildings.evaluation.coco import MAX_DETS, CocoResult, polygon_map
 from open_buildings.evaluation.io import EvaluationWarning, Footprints
 from open_buildings.evaluation.matching import polygon_ious
@@ -187,10 +187,9 @@ def _read_area(
     if region_path:
         from open_buildings.geo import regions
 
-        region = io.region_in(regions.read_region(region_path).geometry, crs)
-        if by_centroid:
-            pred, truth = io.centroid_in(pred, region), io.centroid_in(truth, region)
-        pred, truth = io.clip(pred, region), io.clip(truth, region)
+        region = region_clip.region_in(regions.read_region(region_path).geometry, crs)
+        for keep in ([region_clip.centroid_in] if by_centroid else []) + [region_clip.clip]:
+            pred, truth = keep(pred, region), keep(truth, region)
     return pred, truth, crs
 
 

@@ -22,6 +22,7 @@ from open_buildings.models.base import BuildingModel, InputSpec
 from open_buildings.models.heads import CHANNELS
 from open_buildings.models.lite_imagenet import load_lite_imagenet
 from open_buildings.models.registry import PACKAGED_WEIGHTS, register_family
+from open_buildings.models.search_cell import swap_decoder_blocks
 
 __all__ = ["UNetConfig", "build_unet"]
 
@@ -36,6 +37,9 @@ class UNetConfig:
         decoder_channels: Channels of each decoder stage, one per encoder stage.
         decoder_attention_type: ``None`` or ``"scse"``.
         decoder_interpolation: Upsampling mode of the decoder (``"nearest"`` or ``"bilinear"``).
+        decoder_cell: A PNAS cell (``ob-search``) that replaces every decoder block's two
+            convolutions: ``[[input, op, input, op], ...]`` (:mod:`.search_cell`); None keeps
+            smp's block.
     """
 
     encoder_name: str = "resnet34"
@@ -43,6 +47,7 @@ class UNetConfig:
     decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)
     decoder_attention_type: str | None = None
     decoder_interpolation: str = "nearest"
+    decoder_cell: tuple[tuple[int, str, int, str], ...] | None = None
 
 
 def build_unet(config: UNetConfig) -> nn.Module:
@@ -75,7 +80,9 @@ def build_unet(config: UNetConfig) -> nn.Module:
             "decoder_interpolation must be 'nearest' or 'bilinear', "
             f"got {config.decoder_interpolation!r}"
         )
-    return smp.Unet(
+    if config.decoder_cell is not None and config.decoder_attention_type is not None:
+        raise ConfigError("decoder_cell replaces the decoder blocks; drop decoder_attention_type")
+    net = smp.Unet(
         encoder_name=config.encoder_name,
         encoder_depth=config.encoder_depth,
         encoder_weights=None,
@@ -85,6 +92,9 @@ def build_unet(config: UNetConfig) -> nn.Module:
         in_channels=3,
         classes=len(CHANNELS),
     )
+    if config.decoder_cell is not None:
+        swap_decoder_blocks(net, config.decoder_cell, config.decoder_interpolation)
+    return net
 
 
 _RGB = InputSpec()

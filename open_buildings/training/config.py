@@ -223,3 +223,58 @@ class PretrainConfig(_DataRootFirst):
         if self.objective == "simsiam" and not self.imagery:
             raise ValueError("objective simsiam needs 'imagery' areas")
         return self
+
+
+class ProxyConfig(StrictModel):
+    """``ob-search``'s proxy task (``training.search_proxy``): each candidate decoder trains for
+    ``steps`` steps over ``batches`` fixed batches of ``chip``-pixel chips on the frozen encoder."""
+
+    chip: int = Field(128, ge=32)
+    batches: int = Field(24, ge=1)
+    batch_size: int = Field(8, ge=1)
+    steps: int = Field(120, ge=1)
+    lr: float = Field(2e-3, gt=0.0)
+
+
+class CostConfig(StrictModel):
+    """How ``ob-search`` measures milliseconds per tile: ``rounds`` interleaved passes over groups
+    of ``group`` candidates (each group with the plain U-Net decoder as its reference), one
+    ``tile``-pixel forward each, in the runtime ``ob-infer`` would use here."""
+
+    tile: int = Field(512, ge=64)
+    rounds: int = Field(3, ge=1)
+    group: int = Field(12, ge=1)
+
+
+class SearchConfig(StrictModel):
+    """``ob-search``: progressive search (PNAS) of the U-Net decoder's cell.
+
+    The areas come from ``train_config`` (an ``ob-train`` config: its ``train`` areas give the
+    proxy's chips, its ``val`` areas score the candidates, its grid level reads both); the
+    frozen encoder and the U-Net family come from ``encoder_from`` (a zoo name or a building
+    checkpoint). ``beam`` (PNAS's K) and the largest cell actually searched come from
+    ``budget_minutes`` unless ``beam`` is given.
+    """
+
+    train_config: ConfigPath
+    encoder_from: str = "default"
+    ops: list[str] = ["sep3", "sep5", "dil3", "max3", "avg3", "identity"]
+    max_blocks: int = Field(3, ge=1, le=5)
+    beam: int | None = Field(None, ge=1)
+    budget_minutes: float = Field(60.0, gt=0.0)
+    proxy: ProxyConfig = ProxyConfig()
+    cost: CostConfig = CostConfig()
+    random_baseline: bool = True
+    surrogate_members: int = Field(5, ge=1)
+    seed: int = 0
+    threads: int | None = None
+    out: ConfigPath = "runs/search"
+
+    @model_validator(mode="after")
+    def _known_ops(self) -> SearchConfig:
+        from open_buildings.models.search_cell import OPS
+
+        unknown = sorted(set(self.ops) - set(OPS))
+        if unknown or not self.ops:
+            raise ValueError(f"ops must be some of {list(OPS)}; unknown: {unknown}")
+        return self

@@ -57,6 +57,7 @@ def score_scenes(
     *,
     bf16: bool = False,
     spec: GridSpec | None = None,
+    logits: Sequence[np.ndarray] | None = None,
 ) -> Evaluation:
     """Predict labelled scenes as ``ob-infer`` would and score them with ``ob-eval``'s metrics.
 
@@ -65,6 +66,8 @@ def score_scenes(
         scenes: labelled scenes (each is compared in its own tile's UTM zone).
         bf16: run the forward pass under bf16 autocast.
         spec: the grid the scenes were read on (the default grid when None).
+        logits: the model's logits of each scene, when the caller computed them (``ob-search``
+            runs its candidates' decoders on cached encoder features); ``model`` is not run.
 
     Returns:
         The evaluation: COCO mAP, SpaceNet F1, the precision/recall curve over confidence.
@@ -74,11 +77,12 @@ def score_scenes(
     """
     spec = spec or GridSpec()
     preds, truths, crss = [], [], []
-    for scene in scenes:
+    for index, scene in enumerate(scenes):
         if scene.instances is None:
             continue
         tile = Tile(scene.tile_id, spec)
-        labels, confidence = heads.decode(predict(model, scene.rgb, bf16=bf16))
+        out = logits[index] if logits is not None else predict(model, scene.rgb, bf16=bf16)
+        labels, confidence = heads.decode(out)
         preds.append(owned_footprints(tile, labels, confidence, scene.valid))
         truths.append(owned_footprints(tile, scene.instances, None, scene.valid))
         crss.append(scene.grid.crs)

@@ -10,14 +10,22 @@ VERDICT = "## Verdict"
 OUT = Path("bench/finetune.md")
 HEADER = """# ob-finetune on every labelled area here
 
-Written by `pipelines/finetune/table.py` from `MINUTES=8 pipelines/finetune/run.sh` (one thread
-per run, two runs side by side). Each area is fine-tuned from a base that never saw it (Banepa,
-Zanzibar and Nairobi: `pipelines/finetune/base_without_<area>.yaml`, 600 steps on the other two
-towns; Joplin: the shipped default model, which never saw Joplin) with `--minutes 8`, on the
-area minus its test block (`pipelines/finetune/regions/<area>_finetune.geojson`). The test block
-(a whole S2 level-14 tile, `<area>_test.geojson`) is scored with `ob-eval-model`: `ob-infer` with
-each model's defaults, so "F1 default output" is what a user gets. The base is one model; the
-fine-tuned rows are three seeds (mean ± sample standard deviation).
+Written by `pipelines/finetune/table.py` from `MINUTES=8 [PROTOCOL=area] pipelines/finetune/run.sh`
+(one thread per run, two runs side by side). Each area is fine-tuned from a base that never saw
+it (Banepa, Zanzibar and Nairobi: `pipelines/finetune/base_without_<area>.yaml`, 600 steps on the
+other two towns; Joplin: the shipped default model, which never saw Joplin) with `--minutes 8`.
+Its test block (a whole S2 level-14 tile, `pipelines/finetune/regions/<area>_test.geojson`) is
+scored with `ob-eval-model`: `ob-infer` with each model's defaults, so "F1 default output" is
+what a user gets; a region holds the buildings whose centroid lies in it (ob-infer's rule). The
+base is one model; the fine-tuned rows are three seeds (mean ± sample standard deviation). No
+test-block label is ever read by ob-finetune. Two protocols:
+
+- **area** (`PROTOCOL=area`, rows `<area>_area`): what a user runs. The imagery of the whole
+  area is given, with the labels of everything but the test block, so the test block's tiles
+  are unlabelled imagery of the area (self-training may use them, as it would any unmapped part
+  of a user's town).
+- **block** (rows `<area>`): the test block is cut out of the region as well
+  (`<area>_finetune.geojson`), so fine-tuning never sees its imagery either.
 
 """
 KEYS = (

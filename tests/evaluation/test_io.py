@@ -13,7 +13,7 @@ import shapely
 from evalref import METRICS
 
 from open_buildings.errors import EvaluationError
-from open_buildings.evaluation import io
+from open_buildings.evaluation import io, region_clip
 from open_buildings.evaluation.evaluate import evaluate
 from open_buildings.geo import footprints as geo_footprints
 
@@ -160,7 +160,7 @@ def test_clip_cuts_polygons_at_the_region_edge() -> None:
         "x",
         np.array(["a", "b", "c"], dtype=object),
     )
-    out = io.clip(fp, shapely.box(0, 0, 10, 10))
+    out = region_clip.clip(fp, shapely.box(0, 0, 10, 10))
     assert out.names.tolist() == ["a", "c"]
     assert out.geometry[1].equals(shapely.box(8, 0, 10, 2))
     assert out.score.tolist() == [0.1, 0.3]
