@@ -29,6 +29,14 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--truth", required=True, help="ground truth, in any of the same formats")
     p.add_argument("--region", help="region GeoJSON: clip both to it before scoring")
+    p.add_argument(
+        "--region-rule",
+        choices=["cut", "centroid"],
+        default="cut",
+        help="how --region picks footprints: cut (default: both sides cut at its edge) or "
+        "centroid (only those whose centroid lies in it, on both sides, then cut: ob-infer's "
+        "rule, so its output of the same region is not charged for its neighbours' buildings)",
+    )
     p.add_argument("--out", help="output folder (default: a new eval-<timestamp> folder)")
     p.add_argument(
         "--overwrite", action="store_true", help="write into --out even if it is not empty"
@@ -72,6 +80,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             region_path=args.region,
             min_area=args.min_area,
             skip_bad=args.skip_bad,
+            by_centroid=args.region_rule == "centroid",
         )
     for w in caught:
         print(f"ob-eval: warning: {w.message}", file=sys.stderr)

@@ -156,6 +156,7 @@ def evaluate_files(
     region_path: str | None = None,
     min_area: float = 0.0,
     skip_bad: bool = False,
+    by_centroid: bool = False,
 ) -> Evaluation:
     """Read, align, clip and score PRED against TRUTH.
 
@@ -166,11 +167,13 @@ def evaluate_files(
         min_area: SpaceNet ``min_area``.
         skip_bad: skip damaged shard rows/files and polygons with NaN vertices, with a warning,
             instead of raising.
+        by_centroid: keep only the footprints whose centroid lies in the region, on both sides,
+            before cutting them at its edge (``ob-infer``'s rule; see :func:`evaluate_areas`).
 
     Returns:
         The evaluation.
     """
-    pred, truth, crs = _read_area(pred_path, truth_path, region_path, skip_bad)
+    pred, truth, crs = _read_area(pred_path, truth_path, region_path, skip_bad, by_centroid)
     crs_name = "pixels" if crs is None else io.crs_name(crs)
     return evaluate(pred, truth, crs_name=crs_name, min_area=min_area)
 

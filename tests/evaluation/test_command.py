@@ -167,3 +167,7 @@ def test_by_centroid_scores_a_region_as_ob_infer_writes_it(tmp_path: Path) -> No
     fair = evaluate_areas(area, by_centroid=True)
     assert fair.n_truth == int(owned.sum())
     assert (fair.f1.total.fn, fair.f1.total.fp) == (0, 0)
+    argv = ["--pred", area[0][0], "--truth", truth, "--region", str(region_path)]
+    assert ob_eval.main([*argv, "--region-rule", "centroid", "--out", str(tmp_path / "e")]) == 0
+    doc = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert doc["n_truth"] == int(owned.sum()) and doc["spacenet"]["total"]["f1"] == 1.0
