@@ -14,11 +14,11 @@ from pathlib import Path
 
 from safetensors import safe_open
 
-from open_buildings.errors import CheckpointError
+from open_buildings.errors import CheckpointError, ConfigError
 from open_buildings.models.base import BuildingModel
 from open_buildings.models.checkpoint import ENCODER_KIND, FORMAT_VERSION, write_safetensors
 from open_buildings.models.checkpoint_meta import file_sha256, read_sidecar
-from open_buildings.models.registry import load_pretrained
+from open_buildings.models.registry import config_to_dict, load_pretrained, resolve_config
 
 
 def save_encoder(
@@ -71,7 +71,9 @@ def load_encoder(model: BuildingModel, path: str | os.PathLike[str]) -> dict[str
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
         state = {k: f.get_tensor(k) for k in f.keys()}
-    if meta.get("name") != model.name or json.loads(meta.get("config", "{}")) != model.config:
+    if meta.get("name") != model.name or not _same_encoder(
+        model, json.loads(meta.get("config", "{}"))
+    ):
         raise CheckpointError(
             f"{path} is the encoder of {meta.get('name')!r} (config {meta.get('config')}), not "
             f"of {model.name!r}; set model: {meta.get('name')} in the config"
@@ -81,6 +83,21 @@ def load_encoder(model: BuildingModel, path: str | os.PathLike[str]) -> dict[str
     except RuntimeError as exc:
         raise CheckpointError(f"{path} does not fit {model.name}'s encoder: {exc}") from exc
     return {"loaded": len(state)}
+
+
+def _same_encoder(model: BuildingModel, stored: dict) -> bool:
+    """Whether an encoder file's config builds ``model``'s encoder: the stored config with the
+    registry's defaults for fields added since (``resolve_config``), compared without the
+    decoder's fields (``decoder_*``), which an encoder does not depend on."""
+    try:
+        full = config_to_dict(resolve_config(model.name, **stored))
+    except ConfigError:
+        return False
+
+    def encoder_part(config: dict) -> dict:
+        return {k: v for k, v in config.items() if not k.startswith("decoder_")}
+
+    return encoder_part(full) == encoder_part(model.config)
 
 
 def init_encoder(model: BuildingModel, source: str | os.PathLike[str]) -> dict[str, int]:

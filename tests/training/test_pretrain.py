@@ -50,6 +50,28 @@ def test_the_encoder_file_initialises_ob_train_and_only_its_family(scene_run, tm
         loop.new_model(TrainConfig(model="unet_efficientnet_lite1", init_from=encoder, train=[]))
     with pytest.raises(CheckpointError, match="encoder alone"):
         load_checkpoint(encoder)
+    # a searched decoder (ob-search) on the same encoder takes it; another encoder does not
+    searched = {"decoder_cell": [[0, "sep3", 1, "avg3"]]}
+    loop.new_model(TrainConfig(model="unet_efficientnet_lite0", model_overrides=searched,
+                               init_from=encoder, train=[]))  # fmt: skip
+    shallower = {"encoder_depth": 4, "decoder_channels": [128, 64, 32, 16]}
+    with pytest.raises(CheckpointError, match="encoder of"):
+        loop.new_model(TrainConfig(model="unet_efficientnet_lite0", model_overrides=shallower,
+                                   init_from=encoder, train=[]))  # fmt: skip
+    # a file written before a config field existed (here decoder_cell) still loads
+    import json
+
+    from safetensors import safe_open
+
+    from open_buildings.models.checkpoint import write_safetensors
+
+    with safe_open(encoder, framework="pt") as f:
+        meta, tensors = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    config = json.loads(meta["config"])
+    config.pop("decoder_cell")
+    older = tmp_path / "older.safetensors"
+    write_safetensors(older, tensors, {**meta, "config": json.dumps(config)})
+    loop.new_model(TrainConfig(model="unet_efficientnet_lite0", init_from=str(older), train=[]))
     copy = tmp_path / ENCODER
     copy.write_bytes(Path(encoder).read_bytes()[:-8] + b"\0" * 8)
     (tmp_path / f"{ENCODER}.sha256").write_text(Path(f"{encoder}.sha256").read_text())
