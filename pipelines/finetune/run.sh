@@ -8,10 +8,12 @@
 # PROTOCOL=area (runs/finetune/<area>_area) is a user's run over the whole imagery instead: the
 # test block's labels are removed, so its tiles are unlabelled imagery that self-training may use
 # (its labels are still never seen).
+# VARIANT=NAME FINETUNE_ARGS="..." passes more ob-finetune flags, into <area>[_area]_NAME.
 #   MINUTES=8 SEEDS="0 1 2" [PROTOCOL=block|area] pipelines/finetune/run.sh [AREA ...]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export MINUTES=${MINUTES:-8} DATA=${DATA:-../shared/data} PROTOCOL=${PROTOCOL:-block}
+export VARIANT=${VARIANT:-} FINETUNE_ARGS=${FINETUNE_ARGS:-}
 seeds=${SEEDS:-0 1 2}
 areas=${*:-banepa dar_es_salaam nairobi joplin}
 
@@ -30,10 +32,11 @@ one() {  # AREA SEED: fine-tune (SEED "base": score the base alone) and score on
   if [ $PROTOCOL = area ]; then
     dir=runs/finetune/${area}_area fit=runs/finetune/${area}_area/labels.geojson region=()
   fi
+  [ -n "$VARIANT" ] && dir=${dir}_$VARIANT
   local model=$base out=$dir/s$seed
   [ $seed = base ] && out=$dir/base
   [ -f $out.test.json ] && return 0
-  mkdir -p $dir
+  mkdir -p $dir $(dirname $fit)
   if [ $PROTOCOL = area ] && [ ! -f $fit ]; then  # the labels outside the test block
     .venv/bin/python pipelines/finetune/outside_block.py $DATA/$labels \
       pipelines/finetune/regions/${area}_test.geojson $fit.$seed.tmp && mv $fit.$seed.tmp $fit
@@ -41,7 +44,7 @@ one() {  # AREA SEED: fine-tune (SEED "base": score the base alone) and score on
   if [ $seed != base ]; then
     rm -rf $out
     .venv/bin/ob-finetune --imagery $DATA/$imagery --labels $fit "${region[@]}" --base $base \
-      --minutes $MINUTES --seed $seed --threads 1 --out $out > $out.log 2>&1
+      --minutes $MINUTES --seed $seed --threads 1 $FINETUNE_ARGS --out $out > $out.log 2>&1
     model=$out
   fi
   .venv/bin/ob-eval-model $model --imagery $DATA/$imagery --truth $DATA/$labels \

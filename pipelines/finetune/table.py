@@ -27,6 +27,9 @@ test-block label is ever read by ob-finetune. Two protocols:
 - **block** (rows `<area>`): the test block is cut out of the region as well
   (`<area>_finetune.geojson`), so fine-tuning never sees its imagery either.
 
+`nairobi_area_unfrozen` is the area protocol with every layer trained
+(`VARIANT=unfrozen FINETUNE_ARGS="--freeze-encoder no" PROTOCOL=area run.sh nairobi`).
+
 """
 KEYS = (
     ("F1 default output", lambda r: r["default_output"]["f1"]),
