@@ -109,9 +109,13 @@ def _encode_scene(
     return [f.clone() for f in model.net.encoder(x)], (top, left, height, width)
 
 
-def candidate_model(name: str, cell: Cell, encoder_state: dict[str, torch.Tensor]) -> BuildingModel:
-    """The U-Net ``name`` with ``cell`` as its decoder blocks, on the frozen encoder's weights."""
-    model = build_model(name, decoder_cell=[list(b) for b in cell])
+def candidate_model(
+    name: str, cell: Cell | None, encoder_state: dict[str, torch.Tensor]
+) -> BuildingModel:
+    """The U-Net ``name`` with ``cell`` as its decoder blocks (None: smp's own decoder, the
+    reference), on the frozen encoder's weights."""
+    overrides = {} if cell is None else {"decoder_cell": [list(b) for b in cell]}
+    model = build_model(name, **overrides)
     model.net.encoder.load_state_dict(encoder_state)
     model.net.encoder.requires_grad_(False)
     return model
@@ -122,9 +126,10 @@ def _decode(model: BuildingModel, features: list[torch.Tensor]) -> torch.Tensor:
 
 
 def train_candidate(
-    data: ProxyData, cell: Cell, *, steps: int, lr: float, seed: int
+    data: ProxyData, cell: Cell | None, *, steps: int, lr: float, seed: int
 ) -> tuple[BuildingModel, dict[str, Any]]:
-    """Train ``cell``'s decoder for ``steps`` steps over the cached chips; score it.
+    """Train ``cell``'s decoder (None: the plain U-Net decoder) for ``steps`` steps over the
+    cached chips; score it.
 
     Returns:
         The trained model (eval mode) and ``{"ap50", "ap", "best_f1", "f1", "train_seconds",

@@ -21,9 +21,16 @@ def pareto_front(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return front
 
 
-def write_pareto(out: Path, rows: list[dict[str, Any]], costs: dict[str, Any]) -> dict[str, Any]:
+def write_pareto(
+    out: Path,
+    rows: list[dict[str, Any]],
+    costs: dict[str, Any],
+    *,
+    reference_ap50: float | None = None,
+) -> dict[str, Any]:
     """Write ``pareto.json`` and ``pareto.png``: every trained cell's proxy AP50 against its ms
-    per tile, and each method's frontier; return the JSON document."""
+    per tile, each method's frontier, and the plain decoder (``reference_ap50``: its proxy
+    score); return the JSON document."""
     cells = costs["cells"]
     points: dict[str, list[dict[str, Any]]] = {"pnas": [], "random": []}
     for r in rows:
@@ -39,7 +46,7 @@ def write_pareto(out: Path, rows: list[dict[str, Any]], costs: dict[str, Any]) -
             )
     doc = {
         "metric": "proxy AP50 on the validation scenes",
-        "reference_ms_per_tile": costs["reference_ms"],
+        "reference": {"ap50": reference_ap50, "ms_per_tile": costs["reference_ms"]},
         "pnas": {"points": points["pnas"], "front": pareto_front(points["pnas"])},
         "random": {"points": points["random"], "front": pareto_front(points["random"])},
     }
@@ -65,11 +72,14 @@ def _plot(path: Path, doc: dict[str, Any]) -> None:
         )  # fmt: skip
         ax.step(
             [p["ms_per_tile"] for p in front], [p["ap50"] for p in front], where="post",
-            color=colour, linewidth=1.5,
+            color=colour, linewidth=1.5, marker="o", markersize=4,
         )  # fmt: skip
-    reference = doc["reference_ms_per_tile"]
-    if reference == reference:  # not NaN
-        ax.axvline(reference, color="tab:red", linestyle=":", label="default U-Net decoder")
+    reference = doc["reference"]
+    if reference["ap50"] is not None and reference["ms_per_tile"] == reference["ms_per_tile"]:
+        ax.scatter(
+            [reference["ms_per_tile"]], [reference["ap50"]], marker="*", s=160,
+            color="tab:red", label="default U-Net decoder", zorder=3,
+        )  # fmt: skip
     ax.set_xlabel("ms per 512 px tile (ob-infer's runtime, this CPU)")
     ax.set_ylabel("proxy AP50")
     ax.set_title("ob-search: PNAS against random search")

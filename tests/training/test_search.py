@@ -225,7 +225,8 @@ def test_ob_search_runs_end_to_end_and_resumes(tmp_path: Path, capsys, monkeypat
     pareto = json.loads((out / "pareto.json").read_text())
     assert len(pareto["pnas"]["points"]) == 12 and len(pareto["random"]["points"]) == 12
     assert all(p["ms_per_tile"] > 0 for p in pareto["pnas"]["points"])
-    assert pareto["reference_ms_per_tile"] > 0
+    assert pareto["reference"]["ms_per_tile"] > 0 and 0 <= pareto["reference"]["ap50"] <= 1
+    assert json.loads((out / "reference.json").read_text())["params"] > 0
     assert (out / "pareto.png").stat().st_size > 10_000
     top = yaml.safe_load((out / "top1.yaml").read_text())
     assert top["model"] == "unet_tiny" and top["model_overrides"]["decoder_cell"]
