@@ -18,9 +18,10 @@ is `pipelines/train/default/base.yaml` (Lite1 U-Net, mixup) trained for STEPS st
 given encoder (`random`; `imagenet`; `scene`: `pipelines/pretrain/scene.yaml`, supervised on UC
 Merced; `simsiam`: `pipelines/pretrain/simsiam.yaml`, SimSiam on unlabelled chips) on the
 labels of that share of the training tiles' level-16 cells (`label_fraction`), then scored on
-the validation blocks by `pipelines/eval/val_blocks.sh` (429 OSM buildings): AP50 / F1 of the
-default output, mean ± standard deviation over the seeds finished (their number in brackets).
-One thread per run on a 2-core AMD EPYC (avx512_bf16), fp32.
+the validation blocks by `pipelines/eval/val_blocks.sh` (382 OSM buildings: those whose centroid
+lies in a block, ob-infer's rule; the 10% runs were first scored by the older rule and re-scored
+so): AP50 / F1 of the default output, mean ± standard deviation over the seeds finished (their
+number in brackets). One thread per run on a 2-core AMD EPYC (avx512_bf16), fp32; STEPS=100.
 
 """
 
