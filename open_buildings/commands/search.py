@@ -49,7 +49,7 @@ def _search(args: argparse.Namespace) -> int:
     from open_buildings.pipelines.runtime import resolve_model
     from open_buildings.training import search_cost, search_proxy, search_report
     from open_buildings.training.config import SearchConfig, TrainConfig
-    from open_buildings.training.search import run_search
+    from open_buildings.training.search import History, run_search
 
     overrides = list(args.override)
     if args.out:
@@ -124,7 +124,7 @@ def _search(args: argparse.Namespace) -> int:
     if not reference.is_file():
         reference.write_text(json.dumps(train(None, cfg.seed), indent=2) + "\n", encoding="utf-8")
     summary["reference"] = json.loads(reference.read_text(encoding="utf-8"))
-    history = search_proxy_rows(out)
+    history = History.open(out / "history.csv").rows
     pareto = search_report.write_pareto(
         out, history, summary["costs"], reference_ap50=summary["reference"]["ap50"]
     )
@@ -134,13 +134,6 @@ def _search(args: argparse.Namespace) -> int:
     (out / "search.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     _report(summary, pareto, out)
     return 0
-
-
-def search_proxy_rows(out: Path) -> list[dict]:
-    """The rows of ``history.csv`` (typed)."""
-    from open_buildings.training.search import History
-
-    return History.open(out / "history.csv").rows
 
 
 def _report(summary: dict, pareto: dict, out: Path) -> None:

@@ -28,7 +28,7 @@ def probe(model_name: str, *, tile: int, rounds: int, threads: int | None = None
     """Seconds that measuring one cell takes here (export, runtime start, warm-up, ``rounds``
     forwards), timed on the plain decoder: what the search keeps aside per cell."""
     began = time.perf_counter()
-    measure(model_name, [], tile=tile, rounds=rounds, group=1, threads=threads, reference=True)
+    measure(model_name, [], tile=tile, rounds=rounds, group=1, threads=threads)
     return time.perf_counter() - began
 
 
@@ -41,10 +41,9 @@ def measure(
     group: int,
     threads: int | None = None,
     done: Callable[[str, float, float], None] | None = None,
-    reference: bool = False,
 ) -> dict[str, float]:
     """Milliseconds per ``tile``-pixel tile of each cell (key: ``to_text(cell)``) and of the plain
-    decoder (key :data:`REFERENCE`, the median over groups).
+    decoder (key :data:`REFERENCE`, the median over groups; timed alone when no cell is given).
 
     Args:
         model_name: the U-Net family (``unet_efficientnet_lite1``...).
@@ -54,7 +53,6 @@ def measure(
         group: candidates open at once (with the reference).
         threads: runtime threads (the runtime's default when None).
         done: called with ``(key, ms, reference_ms)`` as each group finishes (resume records).
-        reference: with no cells, time the reference alone (one group).
     """
     from open_buildings.pipelines.onnx_backend import export_onnx
     from open_buildings.pipelines.runtime import export_runtime
@@ -64,8 +62,7 @@ def measure(
     out: dict[str, float] = {}
     references: list[float] = []
     with tempfile.TemporaryDirectory(prefix="ob-search-cost-") as tmp:
-        starts = range(0, len(cells), group) if cells or not reference else [0]
-        for start in starts:
+        for start in range(0, max(len(cells), 1), group):  # no cells: the reference alone
             members = [None, *cells[start : start + group]]
             runners = []
             for k, cell in enumerate(members):
