@@ -53,10 +53,47 @@ def pick_asset(item: pystac.Item, asset: str | None = None) -> pystac.Asset:
     )
 
 
-def _resolve(href: str, base_dir: str) -> str:
+def resolve_href(href: str, base_dir: str) -> str:
+    """An asset's href made absolute against the STAC file's folder (URLs kept as they are)."""
     if SCHEME.match(href) or os.path.isabs(href) or href.lstrip().startswith("<"):
         return href  # checked by gdal_path when the RasterSource opens it
     return os.path.normpath(os.path.join(base_dir, href))
+
+
+def read_items(path: str | os.PathLike[str]) -> list[pystac.Item]:
+    """The items of a local STAC Item or ItemCollection JSON file, checked.
+
+    Raises:
+        ImageryError: a missing, oversized or invalid file, or one that holds no items.
+    """
+    name = os.fspath(path)
+    if not os.path.isfile(name):
+        raise ImageryError(f"STAC file {name} does not exist")
+    if os.path.getsize(name) > _MAX_JSON_BYTES:
+        raise ImageryError(
+            f"STAC file {name} is over {_MAX_JSON_BYTES // 2**20} MiB; "
+            "split it into smaller ItemCollections"
+        )
+    try:
+        with open(name, encoding="utf-8") as fh:
+            doc = json.load(fh)
+        kind = doc.get("type") if isinstance(doc, dict) else None
+        if kind == "Feature":
+            items = [pystac.Item.from_dict(doc)]
+        elif kind == "FeatureCollection":
+            items = list(pystac.ItemCollection.from_dict(doc).items)
+        else:
+            raise ImageryError(
+                f"STAC file {name} is not an Item or ItemCollection "
+                f"(type {kind!r}); pass an Item or ItemCollection JSON"
+            )
+    except (ValueError, KeyError, TypeError, pystac.STACError) as exc:
+        if isinstance(exc, ImageryError):
+            raise
+        raise ImageryError(f"STAC file {name} is not valid STAC JSON: {exc}") from exc
+    if not items:
+        raise ImageryError(f"STAC file {name} holds no items")
+    return items
 
 
 @dataclass
@@ -85,34 +122,9 @@ class StacSource:
     def __post_init__(self) -> None:
         """Read the JSON, pick each item's asset and open them as a mosaic."""
         name = os.fspath(self.path)
-        if not os.path.isfile(name):
-            raise ImageryError(f"STAC file {name} does not exist")
-        if os.path.getsize(name) > _MAX_JSON_BYTES:
-            raise ImageryError(
-                f"STAC file {name} is over {_MAX_JSON_BYTES // 2**20} MiB; "
-                "split it into smaller ItemCollections"
-            )
-        try:
-            with open(name, encoding="utf-8") as fh:
-                doc = json.load(fh)
-            kind = doc.get("type") if isinstance(doc, dict) else None
-            if kind == "Feature":
-                items = [pystac.Item.from_dict(doc)]
-            elif kind == "FeatureCollection":
-                items = list(pystac.ItemCollection.from_dict(doc).items)
-            else:
-                raise ImageryError(
-                    f"STAC file {name} is not an Item or ItemCollection "
-                    f"(type {kind!r}); pass an Item or ItemCollection JSON"
-                )
-        except (ValueError, KeyError, TypeError, pystac.STACError) as exc:
-            if isinstance(exc, ImageryError):
-                raise
-            raise ImageryError(f"STAC file {name} is not valid STAC JSON: {exc}") from exc
-        if not items:
-            raise ImageryError(f"STAC file {name} holds no items")
+        items = read_items(name)
         base = os.path.dirname(os.path.abspath(name))
-        self.hrefs = [_resolve(pick_asset(item, self.asset).href, base) for item in items]
+        self.hrefs = [resolve_href(pick_asset(item, self.asset).href, base) for item in items]
         self._raster = RasterSource(
             self.hrefs, bands=self.bands, scale=self.scale, limits=self.limits
         )
