@@ -128,6 +128,7 @@ def test_console_scripts_point_at_real_functions() -> None:
         "ob-vtab",
         "ob-pretrain",
         "ob-search",
+        "ob-change",
         "ob-map",
     }
     for target in scripts.values():

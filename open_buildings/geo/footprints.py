@@ -147,15 +147,17 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
-def to_schema(frame: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+def to_schema(frame: gpd.GeoDataFrame, extra: Sequence[str] = ()) -> gpd.GeoDataFrame:
     """Return ``frame`` as Open Buildings v3 rows: the schema columns in order, with Plus Codes.
 
     ``full_plus_code`` is (re)computed from ``latitude``/``longitude`` at length 12; any other
-    column (such as ``instance_id``) is dropped.
+    column (such as ``instance_id``) is dropped, but for the ``extra`` ones, kept after them.
 
     Args:
         frame: footprints in EPSG:4326 with ``latitude, longitude, area_in_meters, confidence,
             geometry``, e.g. the output of ``polygonize``.
+        extra: further columns to keep, in this order (``ob-change``'s ``change``,
+            ``first_seen``, ``last_seen``).
 
     Returns:
         A new GeoDataFrame with columns ``SCHEMA_COLUMNS`` and a fresh RangeIndex.
@@ -165,7 +167,7 @@ def to_schema(frame: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
     """
     from open_buildings.geo.cells import plus_codes
 
-    missing = [c for c in SCHEMA_COLUMNS[:-1] if c not in frame.columns]
+    missing = [c for c in [*SCHEMA_COLUMNS[:-1], *extra] if c not in frame.columns]
     if missing:
         raise ValueError(f"footprints lack the column(s) {missing}; expected {SCHEMA_COLUMNS[:-1]}")
     if frame.crs is not None and frame.crs.to_epsg() != 4326:
@@ -177,7 +179,9 @@ def to_schema(frame: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
     out["full_plus_code"] = pd.array(
         plus_codes(out["latitude"].to_numpy(), out["longitude"].to_numpy()), dtype=object
     )
-    return out[SCHEMA_COLUMNS]
+    for column in extra:
+        out[column] = frame[column].to_numpy()
+    return out[[*SCHEMA_COLUMNS, *extra]]
 
 
 def _spatial_order(frame: gpd.GeoDataFrame) -> np.ndarray:
@@ -188,13 +192,17 @@ def _spatial_order(frame: gpd.GeoDataFrame) -> np.ndarray:
     return np.argsort(keys, kind="stable")
 
 
-def _prepare(frame: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
-    rows = to_schema(frame)
+def _prepare(frame: gpd.GeoDataFrame, extra: Sequence[str] = ()) -> gpd.GeoDataFrame:
+    rows = to_schema(frame, extra)
     return rows.iloc[_spatial_order(rows)].reset_index(drop=True)
 
 
 def write_csv_gz(
-    frame: gpd.GeoDataFrame, path: str | os.PathLike, *, overwrite: bool = False
+    frame: gpd.GeoDataFrame,
+    path: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    extra: Sequence[str] = (),
 ) -> FileRecord:
     """Write footprints as an Open Buildings v3 ``.csv.gz``, atomically and reproducibly.
 
@@ -205,6 +213,7 @@ def write_csv_gz(
         frame: footprints in EPSG:4326 (see ``to_schema``).
         path: the file to write, normally ``{token}_buildings.csv.gz``.
         overwrite: replace an existing file.
+        extra: columns written after the schema's, as text (see ``to_schema``).
 
     Returns:
         The written file's record.
@@ -212,7 +221,7 @@ def write_csv_gz(
     Raises:
         OutputExistsError: if ``path`` exists and ``overwrite`` is False.
     """
-    rows = _prepare(frame)
+    rows = _prepare(frame, extra)
     text = pd.DataFrame(
         {
             "latitude": _fixed(rows["latitude"], 8),
@@ -221,6 +230,7 @@ def write_csv_gz(
             "confidence": _fixed(rows["confidence"], 4),
             "geometry": _wkt(rows.geometry.to_numpy()),
             "full_plus_code": rows["full_plus_code"].astype(str).to_numpy(),
+            **{c: rows[c].astype(str).to_numpy() for c in extra},
         }
     )
     buffer = io.StringIO()
@@ -254,6 +264,7 @@ def write_geoparquet(
     *,
     overwrite: bool = False,
     row_group_size: int = DEFAULT_ROW_GROUP_SIZE,
+    extra: Sequence[str] = (),
 ) -> FileRecord:
     """Write footprints as GeoParquet 1.1 with a ``bbox`` covering column, atomically.
 
@@ -265,6 +276,7 @@ def write_geoparquet(
         path: the file to write, normally ``{token}_buildings.parquet``.
         overwrite: replace an existing file.
         row_group_size: rows per Parquet row group.
+        extra: columns written after the schema's (see ``to_schema``).
 
     Returns:
         The written file's record.
@@ -275,7 +287,7 @@ def write_geoparquet(
     """
     if row_group_size < 1:
         raise ValueError(f"row_group_size must be positive, got {row_group_size}")
-    rows = _prepare(frame)
+    rows = _prepare(frame, extra)
     target = Path(path)
     staged = io.BytesIO()
     rows.to_parquet(staged, index=False, schema_version="1.1.0", write_covering_bbox=True)

@@ -9,11 +9,14 @@ date; dates that do not cover a tile (or part of it) say so in their ``valid`` m
 from __future__ import annotations
 
 import datetime
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import pystac
 
 from open_buildings.errors import ImageryError
 from open_buildings.geo.grid import PixelGrid
@@ -54,16 +57,26 @@ class TimeStack:
 class DatedImagery:
     """Several dated imagery sources of one region; :meth:`read` returns a :class:`TimeStack`."""
 
-    def __init__(self, sources: Sequence[tuple[datetime.date, ImagerySource]]) -> None:
+    def __init__(
+        self,
+        sources: Sequence[tuple[datetime.date, ImagerySource]],
+        specs: Sequence[str | list[dict]] | None = None,
+    ) -> None:
         """Keep ``sources`` oldest first.
+
+        Args:
+            sources: each date's imagery.
+            specs: what each source was opened from, in the order of ``sources``: a spec
+                :func:`open_imagery` takes, or a day's STAC items (dicts, hrefs absolute).
 
         Raises:
             ImageryError: no source, or two sources with the same date.
         """
         if not sources:
             raise ImageryError("no dated imagery given; pass --imagery DATE=SOURCE per date")
-        ordered = sorted(sources, key=lambda s: s[0])
-        dates = [d for d, _ in ordered]
+        given = list(specs) if specs is not None else [None] * len(sources)
+        ordered = sorted(zip(sources, given), key=lambda s: s[0][0])
+        dates = [d for (d, _), _ in ordered]
         twice = sorted({d for d in dates if dates.count(d) > 1})
         if twice:
             raise ImageryError(
@@ -71,7 +84,28 @@ class DatedImagery:
                 "date (a folder or a list of files makes one mosaic)"
             )
         self.dates: tuple[datetime.date, ...] = tuple(dates)
-        self.sources: tuple[ImagerySource, ...] = tuple(s for _, s in ordered)
+        self.sources: tuple[ImagerySource, ...] = tuple(s for (_, s), _ in ordered)
+        self._specs = [spec for _, spec in ordered]
+
+    def specs(self, folder: str | os.PathLike[str]) -> list[str]:
+        """Each date's imagery as one ``ob-infer --imagery`` spec, oldest first; a STAC day is
+        written to ``folder/<date>.json`` as its own ItemCollection.
+
+        Raises:
+            ImageryError: a source given without what it was opened from.
+        """
+        out = []
+        for day, spec in zip(self.dates, self._specs):
+            if spec is None:
+                raise ImageryError(f"the {day.isoformat()} imagery was not opened from a spec")
+            if isinstance(spec, list):
+                path = Path(folder) / f"{day.isoformat()}.json"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                doc = {"type": "FeatureCollection", "features": spec}
+                path.write_text(json.dumps(doc), encoding="utf-8")
+                spec = str(path)
+            out.append(spec)
+        return out
 
     def read(self, grid: PixelGrid) -> TimeStack:
         """Read every date onto ``grid``."""
@@ -141,11 +175,12 @@ def open_dated_imagery(
     limits = limits or ReadLimits()
     if len(texts) == 1 and "=" not in texts[0] and texts[0].lower().endswith(".json"):
         return _stac_by_day(texts[0], bands=bands, scale=scale, limits=limits)
-    sources = []
+    sources, given = [], []
     for text in texts:
         day, spec = parse_dated_spec(text)
         sources.append((day, open_imagery(spec, bands=bands, scale=scale, limits=limits)))
-    return DatedImagery(sources)
+        given.append(spec)
+    return DatedImagery(sources, given)
 
 
 def _stac_by_day(
@@ -156,13 +191,19 @@ def _stac_by_day(
     limits: ReadLimits,
 ) -> DatedImagery:
     base = os.path.dirname(os.path.abspath(path))
-    by_day: dict[datetime.date, list[str]] = {}
+    by_day: dict[datetime.date, list[pystac.Item]] = {}
     for item in read_items(path):
         when = item.datetime or item.common_metadata.start_datetime  # pystac requires one
-        by_day.setdefault(when.date(), []).append(resolve_href(pick_asset(item).href, base))
-    return DatedImagery(
-        [
-            (day, RasterSource(hrefs, bands=bands, scale=scale, limits=limits))
-            for day, hrefs in by_day.items()
-        ]
-    )
+        by_day.setdefault(when.date(), []).append(item)
+    sources, given = [], []
+    for day, items in by_day.items():
+        hrefs = [resolve_href(pick_asset(item).href, base) for item in items]
+        sources.append((day, RasterSource(hrefs, bands=bands, scale=scale, limits=limits)))
+        docs = []
+        for item in items:
+            doc = item.to_dict(transform_hrefs=False)
+            for asset in doc["assets"].values():
+                asset["href"] = resolve_href(asset["href"], base)
+            docs.append(doc)
+        given.append(docs)
+    return DatedImagery(sources, given)

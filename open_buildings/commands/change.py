@@ -1,0 +1,164 @@
+"""``ob-change REGION --imagery DATE=SRC ... --out DIR``: buildings followed across dates.
+
+The zero-learning baseline of the change product: ``ob-infer`` runs once per date (same region,
+model and threshold, probabilities kept), and the footprints of the dates are matched into
+buildings (:mod:`open_buildings.evaluation.change_tracks`, IoU >= 0.5). Written to ``DIR``:
+
+- ``change.csv.gz`` and ``change.parquet``: one row per building, the v3 columns of its most
+  recent footprint plus ``change`` (``new``, ``removed``, ``unchanged``), ``first_seen`` and
+  ``last_seen``;
+- ``presence/<tile>.tif``: a COG per tile with a band per date, the building probability (times
+  250; 255 where that date had no imagery);
+- ``dates/<date>/``: each date's ``ob-infer`` output, as it would write it alone;
+- ``change.json``: the dates, the counts, the command's settings.
+
+The folder is built beside ``DIR`` and renamed into place when complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from open_buildings.commands import add_version, run_command
+from open_buildings.commands import infer as ob_infer
+from open_buildings.errors import ConfigError, InferenceError, OutputExistsError
+
+CHANGE_VALUES = ("new", "removed", "unchanged")
+
+
+def parser() -> argparse.ArgumentParser:
+    """Return the ``ob-change`` argument parser."""
+    p = argparse.ArgumentParser(
+        prog="ob-change",
+        description="Find the buildings of a region at several dates and say which are new, "
+        "removed or unchanged: ob-infer per date, footprints matched across dates.",
+    )
+    add_version(p)
+    p.add_argument("region", help="region GeoJSON")
+    p.add_argument(
+        "--imagery",
+        required=True,
+        action="append",
+        metavar="DATE=SRC",
+        help="one date's imagery (e.g. 2011-05-20=pre/), repeated per date; or one STAC "
+        "ItemCollection whose items carry datetime",
+    )
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--model", default="default", help="zoo name or .safetensors checkpoint")
+    p.add_argument(
+        "--min-confidence", default="auto", metavar="X|auto", help="as ob-infer's (every date)"
+    )
+    p.add_argument(
+        "--iou", type=float, default=0.5, help="least IoU for two dates' footprints to be one"
+    )
+    p.add_argument("--bands", metavar="R,G,B", help="as ob-infer's (every date)")
+    p.add_argument(
+        "--backend", choices=["auto", "torch", "onnxruntime", "openvino-bf16"], default="auto"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace DIR")
+    p.add_argument("--quiet", action="store_true", help="print only the summary")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``ob-change``; return the exit status (0 ok, 2 bad input)."""
+    return run_command("ob-change", _change, parser().parse_args(argv))
+
+
+def _change(args: argparse.Namespace) -> int:
+    from open_buildings.evaluation.change_tracks import CHANGE_COLUMNS, track_buildings
+    from open_buildings.geo.footprints import write_csv_gz, write_geoparquet
+    from open_buildings.geo.imagery_dates import open_dated_imagery
+    from open_buildings.pipelines.presence import covered_points, write_presence
+
+    if not 0.0 < args.iou <= 1.0:
+        raise ConfigError(f"--iou must be in (0, 1], got {args.iou}")
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise OutputExistsError(f"{out} is not empty; pass --overwrite to replace it")
+    dated = open_dated_imagery(args.imagery)
+    if len(dated.dates) < 2:
+        raise ConfigError(
+            f"ob-change needs imagery of at least two dates; got {len(dated.dates)} "
+            f"({', '.join(d.isoformat() for d in dated.dates)}); repeat --imagery DATE=SRC"
+        )
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    runs = []
+    for day, spec in zip(dated.dates, dated.specs(staging / "imagery")):
+        run = staging / "dates" / day.isoformat()
+        argv = [args.region, "--imagery", spec, "--out", str(run), "--model", args.model]
+        argv += ["--min-confidence", str(args.min_confidence), "--write-probabilities"]
+        argv += ["--no-progress", "--backend", args.backend, "--format", "csv,parquet"]
+        argv += ["--bands", args.bands] if args.bands else []
+        said = io.StringIO()
+        with contextlib.ExitStack() as stack:
+            if args.quiet:
+                stack.enter_context(contextlib.redirect_stdout(said))
+                stack.enter_context(contextlib.redirect_stderr(said))
+            print(f"ob-change: {day.isoformat()}: ob-infer on {spec}")
+            status = ob_infer.main(argv)
+        if status != 0:
+            print(said.getvalue(), file=sys.stderr, end="")
+            raise InferenceError(
+                f"ob-infer failed on the {day.isoformat()} imagery ({spec}); see its message "
+                f"above (its output so far: {run})"
+            )
+        runs.append(str(run))
+    frames = [_footprints(run) for run in runs]
+    buildings = track_buildings(
+        frames,
+        dated.dates,
+        lambda d, lon, lat: covered_points(runs[d], lon, lat),
+        iou=args.iou,
+    )
+    write_csv_gz(buildings, staging / "change.csv.gz", extra=CHANGE_COLUMNS)
+    write_geoparquet(buildings, staging / "change.parquet", extra=CHANGE_COLUMNS)
+    tiles = write_presence(runs, dated.dates, staging)
+    counts = {v: int((buildings["change"] == v).sum()) for v in CHANGE_VALUES}
+    summary = {
+        "dates": [d.isoformat() for d in dated.dates],
+        "buildings": len(buildings),
+        "change": counts,
+        "per_date": {d.isoformat(): len(f) for d, f in zip(dated.dates, frames)},
+        "presence_tiles": len(tiles),
+        "model": args.model,
+        "min_confidence": args.min_confidence,
+        "iou": args.iou,
+        "imagery": list(args.imagery),
+        "method": "ob-infer per date, footprints matched across dates (greedy, IoU)",
+    }
+    (staging / "change.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)
+    per_date = ", ".join(f"{d}: {n}" for d, n in summary["per_date"].items())
+    print(
+        f"ob-change: {len(buildings)} buildings over {len(dated.dates)} dates ({per_date}): "
+        f"{counts['new']} new, {counts['removed']} removed, {counts['unchanged']} unchanged"
+    )
+    print(f"footprints: {out}/change.csv.gz, {out}/change.parquet; presence: {out}/presence/")
+    return 0
+
+
+def _footprints(run: str):  # -> gpd.GeoDataFrame
+    import geopandas as gpd
+
+    from open_buildings.geo.footprints import SCHEMA_COLUMNS
+    from open_buildings.geo.shard_read import read_footprints
+
+    try:
+        return read_footprints(run)
+    except FileNotFoundError:
+        if not (Path(run) / "manifest.json").is_file():
+            raise
+        empty = {c: [] for c in SCHEMA_COLUMNS if c != "geometry"}
+        return gpd.GeoDataFrame(empty, geometry=[], crs="EPSG:4326")  # no building that date
