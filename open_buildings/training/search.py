@@ -235,7 +235,7 @@ def run_search(
 
         beam = _best(history.of("pnas", 1), plan.beam)
         for level in range(2, plan.max_blocks + 1):
-            scored = [r for r in history.of("pnas") if r["level"] < level]  # as when first run
+            scored = _trained_before(history, level)
             surrogate = Surrogate(plan.max_blocks, cfg.surrogate_members, cfg.seed).fit(
                 [from_text(r["cell"]) for r in scored], [r["ap50"] for r in scored]
             )
@@ -277,6 +277,16 @@ def run_search(
         "costs": costs,
         "seconds": elapsed(),
     }
+
+
+def _trained_before(history: History, level: int) -> list[dict[str, Any]]:
+    """Every candidate (PNAS and random) trained before the level's first PNAS candidate, so a
+    resumed search fits the surrogate on what the first run fitted it on."""
+    rows = history.rows
+    first = next(
+        (i for i, r in enumerate(rows) if r["kind"] == "pnas" and r["level"] == level), len(rows)
+    )
+    return rows[:first]
 
 
 def _best(rows: list[dict[str, Any]], k: int) -> list[Cell]:

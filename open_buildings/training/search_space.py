@@ -50,16 +50,22 @@ def random_cell(rng: np.random.Generator, blocks: int, ops: tuple[str, ...] = OP
 
 
 def features(cell: Cell, max_blocks: int, ops: tuple[str, ...] = OPS) -> np.ndarray:
-    """The surrogate's input: per block, counts of its two halves' ops and of their input kinds
-    (cell input 0, cell input 1, an earlier block), summed over the blocks, and the number of
-    blocks. Summing over blocks (as PNAS's MLP averages block embeddings) lets a surrogate fitted
-    on smaller cells score a larger one."""
-    width = 3 + len(ops)
-    out = np.zeros(width + 1, dtype=np.float32)
+    """The surrogate's input: the share of the cell's ``(input, op)`` halves of each kind
+    (input: cell input 0, cell input 1, an earlier block; times each op), whether any half reads
+    cell input 1 (the skip connection), and the number of blocks. Averaging over the blocks (as
+    PNAS's MLP averages block embeddings) lets a surrogate fitted on smaller cells score a larger
+    one.
+
+    The pairs matter: the first one-hour search (bench/search.md) counted inputs and ops
+    separately, which scored most children of a parent alike (rank correlation 0.12 at level 2,
+    undefined at level 3); on the same trained cells these features rank at 0.55 and 0.78
+    (``pipelines/search/surrogate_check.py``).
+    """
+    out = np.zeros(3 * len(ops) + 2, dtype=np.float32)
     for i1, op1, i2, op2 in cell:
         for i, op in ((i1, op1), (i2, op2)):
-            out[min(i, 2)] += 1
-            out[3 + ops.index(op)] += 1
+            out[min(i, 2) * len(ops) + ops.index(op)] += 1.0 / (2 * len(cell))
+    out[-2] = float(any(1 in (b[0], b[2]) for b in cell))
     out[-1] = len(cell) / max_blocks
     return out
 

@@ -93,6 +93,26 @@ def test_the_surrogate_ranks_unseen_cells_of_a_learnable_score() -> None:
     assert rank_correlation([1, 2], [1, 2]) is None  # too few to rank
 
 
+def test_the_surrogate_sees_which_input_each_op_reads() -> None:
+    # counting inputs and ops apart made these two cells one point (the first search's surrogate
+    # then scored most children of a parent alike)
+    a, b = ((0, "sep3", 1, "dil3"),), ((0, "dil3", 1, "sep3"),)
+    assert not np.array_equal(space.features(a, 3), space.features(b, 3))
+    no_skip = ((0, "sep3", 0, "sep3"), (0, "dil3", 2, "sep3"))
+    assert space.features(no_skip, 3)[-2] == 0 and space.features(a, 3)[-2] == 1
+
+
+def test_the_searched_cell_is_a_registered_model_ob_train_can_build() -> None:
+    from open_buildings.models.search_cell import CellDecoderBlock
+    from open_buildings.models.unet import PNAS_DECODER_CELL
+
+    model = build_model("unet_efficientnet_lite1_pnas")
+    assert model.config["decoder_cell"] == [list(b) for b in PNAS_DECODER_CELL]
+    assert all(isinstance(b, CellDecoderBlock) for b in model.net.decoder.blocks)
+    with torch.no_grad():
+        assert model.eval()(torch.rand(1, 3, 64, 64)).shape == (1, 2, 64, 64)
+
+
 def test_the_budget_sets_the_beam_and_the_depth() -> None:
     plan = plan_from_budget(
         3600, 1200, 10.0, max_blocks=3, random_baseline=True, reserve_s=400
