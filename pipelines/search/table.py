@@ -34,6 +34,11 @@ def _ms(values: list[float]) -> str:
     return f"{values[0]:.3f}" if values else "not run"
 
 
+def _ratio(cost: dict) -> float:
+    """A cell's ms per tile over the plain decoder's, both timed in the same interleaved group."""
+    return float(cost["ms_per_tile"]) / float(cost["reference_ms"])
+
+
 def _search_tables() -> str:
     rows = list(csv.DictReader((SEARCH / "history.csv").open()))
     costs = {r["cell"]: r for r in csv.DictReader((SEARCH / "costs.csv").open())}
@@ -60,13 +65,13 @@ def _search_tables() -> str:
         "",
         "## PNAS against random search, equal candidates, same proxy",
         "",
-        "| | candidates | best proxy AP50 | mean ± sd | best AP50 at or under the plain "
-        "decoder's ms/tile |",
+        "| | candidates | best proxy AP50 | mean ± sd | best AP50 no slower than the plain "
+        "decoder (same group) |",
         "|---|---|---|---|---|",
     ]
     for kind, rs in kinds.items():
         aps = [float(r["ap50"]) for r in rs]
-        cheap = [float(r["ap50"]) for r in rs if float(costs[r["cell"]]["ms_per_tile"]) <= ref_ms]
+        cheap = [float(r["ap50"]) for r in rs if _ratio(costs[r["cell"]]) <= 1.0]
         best_cheap = f"{max(cheap):.3f}" if cheap else "none"
         out.append(f"| {kind} | {len(rs)} | {max(aps):.3f} | {_ms(aps)} | {best_cheap} |")
     out.append(f"| plain U-Net decoder | 1 | {reference['ap50']:.3f} | | ({ref_ms:.0f} ms/tile) |")
@@ -81,14 +86,14 @@ def _search_tables() -> str:
         "",
         "## Top cells (any method) and their cost",
         "",
-        "| cell | found by | proxy AP50 | ms per 512 px tile | plain decoder in the same group |",
-        "|---|---|---|---|---|",
+        "| cell | found by | proxy AP50 | ms per 512 px tile | plain decoder, same group | ratio |",
+        "|---|---|---|---|---|---|",
     ]
     for r in sorted(rows, key=lambda r: -float(r["ap50"]))[:6]:
         c = costs[r["cell"]]
         out.append(
             f"| `{r['cell']}` | {r['kind']} (level {r['level']}) | {float(r['ap50']):.3f} | "
-            f"{float(c['ms_per_tile']):.0f} | {float(c['reference_ms']):.0f} |"
+            f"{float(c['ms_per_tile']):.0f} | {float(c['reference_ms']):.0f} | {_ratio(c):.2f} |"
         )
     return "\n".join(out) + "\n"
 
