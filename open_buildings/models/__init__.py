@@ -11,7 +11,7 @@ import importlib
 from typing import Any
 
 #: The built-in families; importing one registers its models.
-FAMILIES = ("unet", "vit", "vmoe", "owlvit")
+FAMILIES = ("unet", "vit", "vmoe", "owlvit", "change_unet")
 
 _EXPORTS = {
     "CHANNELS": "heads",

@@ -18,6 +18,8 @@ from open_buildings.models import (
     load_checkpoint,
     save_checkpoint,
 )
+from open_buildings.models.change_unet import CHANGE_CHANNELS
+from open_buildings.models.registry import get_entry
 
 
 def _param_count(name: str) -> int:
@@ -50,6 +52,11 @@ def _image(*shape: int, seed: int = 0) -> torch.Tensor:
     return torch.rand(*shape, generator=torch.Generator().manual_seed(seed))
 
 
+def _bands(name: str) -> int:
+    """The model's input bands: 3 (RGB), or 6 for the two-date change models."""
+    return get_entry(name).input_spec.bands
+
+
 @pytest.mark.parametrize("name", PARAMS)
 def test_forward_shape_any_size(name: str, built_models: dict[str, BuildingModel]) -> None:
     model = built_models[name].eval()
@@ -58,8 +65,8 @@ def test_forward_shape_any_size(name: str, built_models: dict[str, BuildingModel
         sizes += [(70, 45), (96, 160), (5, 3)]
     with torch.no_grad():
         for h, w in sizes:
-            out = model(_image(1, 3, h, w))
-            assert out.shape == (1, len(CHANNELS), h, w), (h, w)
+            out = model(_image(1, _bands(name), h, w))
+            assert out.shape == (1, len(model.output_channels), h, w), (h, w)
             assert out.dtype == torch.float32
             assert torch.isfinite(out).all()
 
@@ -69,20 +76,23 @@ def test_wrong_band_count_is_a_clear_error(
     name: str, built_models: dict[str, BuildingModel]
 ) -> None:
     model = built_models[name]
-    with pytest.raises(ValueError, match=r"expects 3 bands \(RGB\), got 4; map the bands"):
+    bands = _bands(name)
+    with pytest.raises(ValueError, match=rf"expects {bands} bands.*, got 4; map the bands"):
         model(_image(1, 4, 32, 32))
     with pytest.raises(ValueError, match=r"\(B, bands, H, W\)"):
-        model(_image(3, 32, 32))
+        model(_image(bands, 32, 32))
     with pytest.raises(ValueError, match="floats scaled to"):
-        model(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+        model(torch.zeros(1, bands, 32, 32, dtype=torch.uint8))
 
 
 @pytest.mark.parametrize("name", PARAMS)
 def test_contract_attributes(name: str, built_models: dict[str, BuildingModel]) -> None:
     model = built_models[name]
     assert model.name == name
-    assert model.output_channels == CHANNELS
-    assert model.input_spec.bands == 3
+    if name.startswith("change_"):  # two dates in, building per date and change out
+        assert model.output_channels == CHANGE_CHANNELS and model.input_spec.bands == 6
+    else:
+        assert model.output_channels == CHANNELS and model.input_spec.bands == 3
     assert model.input_spec.pixel_size_m == 0.5
     assert model.num_parameters() > 0
 
@@ -91,7 +101,7 @@ def test_contract_attributes(name: str, built_models: dict[str, BuildingModel]) 
 def test_backward_reaches_every_used_parameter(name: str) -> None:
     torch.manual_seed(0)
     model = build_model(name).train()
-    out = model(_image(2, 3, 32, 32))
+    out = model(_image(2, _bands(name), 32, 32))
     out.square().mean().backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert all(g is not None for g in grads), "a parameter got no gradient"
@@ -102,7 +112,7 @@ def test_backward_reaches_every_used_parameter(name: str) -> None:
 @pytest.mark.parametrize("name", PARAMS)
 def test_eval_is_deterministic(name: str, built_models: dict[str, BuildingModel]) -> None:
     model = built_models[name].eval()
-    x = _image(1, 3, 32, 32)
+    x = _image(1, _bands(name), 32, 32)
     with torch.no_grad():
         assert torch.equal(model(x), model(x))
 
@@ -114,7 +124,7 @@ def test_save_load_round_trip(name: str, built_models: dict[str, BuildingModel],
     save_checkpoint(model, path)
     loaded = load_checkpoint(path)
     assert loaded.name == name and loaded.config == model.config
-    x = _image(1, 3, 32, 24)
+    x = _image(1, _bands(name), 32, 24)
     with torch.no_grad():
         assert torch.equal(model(x), loaded(x))
 
@@ -125,7 +135,7 @@ def test_save_load_round_trip(name: str, built_models: dict[str, BuildingModel],
 )
 def test_bf16_autocast_close_to_fp32(name: str, built_models: dict[str, BuildingModel]) -> None:
     model = built_models[name].eval()
-    x = _image(1, 3, 32, 32)
+    x = _image(1, _bands(name), 32, 32)
     with torch.no_grad():
         ref = model(x)
         with torch.autocast("cpu", dtype=torch.bfloat16):
