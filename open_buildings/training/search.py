@@ -308,12 +308,12 @@ def _costs(
     """Measure (or read back) every trained cell's ms per tile; ``costs.csv`` is the record."""
     path = out / "costs.csv"
     known: dict[str, float] = {}
-    references: list[float] = []
+    group_reference: dict[str, float] = {}
     if path.is_file():
         with path.open(newline="", encoding="utf-8") as handle:
             for row in csv.DictReader(handle):
                 known[row["cell"]] = float(row["ms_per_tile"])
-                references.append(float(row["reference_ms"]))
+                group_reference[row["cell"]] = float(row["reference_ms"])
     todo = sorted({r["cell"] for r in history.rows} - set(known))
 
     def done(key: str, ms: float, reference: float) -> None:
@@ -324,10 +324,14 @@ def _costs(
                 writer.writerow(["cell", "ms_per_tile", "reference_ms"])
             writer.writerow([key, f"{ms:.2f}", f"{reference:.2f}"])
         known[key] = ms
-        references.append(reference)
+        group_reference[key] = reference
 
     if todo:
         log(f"cost: {len(todo)} cells, milliseconds per tile in ob-infer's runtime")
         cost([from_text(t) for t in todo], done)
+    references = list(group_reference.values())
     reference = float(np.median(references)) if references else math.nan
-    return {"cells": known, "reference_ms": reference}
+    # each cell's ms over the plain decoder's in its own interleaved group, on the median scale:
+    # a group slowed by a busy machine moves both, so the ratio is what compares across groups
+    relative = {k: ms / group_reference[k] * reference for k, ms in known.items()}
+    return {"cells": known, "relative": relative, "reference_ms": reference}

@@ -30,8 +30,9 @@ def write_pareto(
 ) -> dict[str, Any]:
     """Write ``pareto.json`` and ``pareto.png``: every trained cell's proxy AP50 against its ms
     per tile, each method's frontier, and the plain decoder (``reference_ap50``: its proxy
-    score); return the JSON document."""
-    cells = costs["cells"]
+    score); return the JSON document. A cell's ms is its ratio to the plain decoder timed in the
+    same interleaved group, times the plain decoder's median (``costs["relative"]``)."""
+    cells = costs.get("relative", costs["cells"])
     points: dict[str, list[dict[str, Any]]] = {"pnas": [], "random": []}
     for r in rows:
         if r["cell"] in cells:
@@ -80,7 +81,10 @@ def _plot(path: Path, doc: dict[str, Any]) -> None:
             [reference["ms_per_tile"]], [reference["ap50"]], marker="*", s=160,
             color="tab:red", label="default U-Net decoder", zorder=3,
         )  # fmt: skip
-    ax.set_xlabel("ms per 512 px tile (ob-infer's runtime, this CPU)")
+    ax.set_xlabel(
+        "ms per 512 px tile, ob-infer's runtime on this CPU\n"
+        "(ratio to the plain decoder in the same timing group x its median)"
+    )
     ax.set_ylabel("proxy AP50")
     ax.set_title("ob-search: PNAS against random search")
     ax.legend(loc="lower right", fontsize=8)
@@ -114,10 +118,10 @@ def write_top_configs(
             }
         )
         path = out / f"top{n}.yaml"
+        ms = costs.get("relative", costs["cells"]).get(r["cell"], float("nan"))
         header = (
-            f"# ob-search top {n}: proxy AP50 {r['ap50']:.3f}, "
-            f"{costs['cells'].get(r['cell'], float('nan')):.0f} ms per tile; train it in full "
-            f"with: ob-train {path.name}\n"
+            f"# ob-search top {n}: proxy AP50 {r['ap50']:.3f}, {ms:.0f} ms per tile; "
+            f"train it in full with: ob-train {path.name}\n"
         )
         path.write_text(header + dump_config(cfg), encoding="utf-8")
         written.append({"config": str(path), "cell": r["cell"], "ap50": r["ap50"]})

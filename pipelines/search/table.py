@@ -98,6 +98,23 @@ def _search_tables() -> str:
     return "\n".join(out) + "\n"
 
 
+def _seed_table() -> str:
+    path = SEARCH / "proxy_seeds.json"
+    if not path.is_file():
+        return ""
+    out = [
+        "",
+        "## The proxy's seed noise (`pipelines/search/proxy_seeds.py`)",
+        "",
+        "| cell | found by | proxy AP50 per seed | mean ± sd |",
+        "|---|---|---|---|",
+    ]
+    for r in json.loads(path.read_text()):
+        seeds = ", ".join(f"{v:.3f}" for v in r["ap50"])
+        out.append(f"| `{r['cell']}` | {r['kind']} | {seeds} | {_ms(r['ap50'])} |")
+    return "\n".join(out) + "\n"
+
+
 def _retrain_table(model: str) -> str:
     out = [
         "",
@@ -136,7 +153,7 @@ def main() -> None:
         ops=", ".join(cfg["ops"]), blocks=cfg["max_blocks"], steps=cfg["proxy"]["steps"],
         batch=cfg["proxy"]["batch_size"], chip=cfg["proxy"]["chip"],
     )  # fmt: skip
-    text = _search_tables() + _retrain_table(model)
+    text = _search_tables() + _seed_table() + _retrain_table(model)
     verdict = ""
     if OUT.is_file() and VERDICT in OUT.read_text():
         verdict = "\n" + VERDICT + OUT.read_text().split(VERDICT, 1)[1]
