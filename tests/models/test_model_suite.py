@@ -36,7 +36,9 @@ MODELS = list_models()
 #: Models over 60M parameters (SigLIP So400m, OWL-ViT B): every case is slow-marked, so the
 #: default suite stays quick; `make test-all` runs them.
 HEAVY = {name for name in MODELS if _param_count(name) > 60_000_000}
-SLOW_BF16 = {"unet_efficientnet_lite0", "unet_mit_b0"}
+SLOW_BF16 = {"unet_efficientnet_lite0", "unet_mit_b0"} | {
+    n for n in MODELS if n.startswith("change_unet_lite0")
+}  # Lite0 encoders (depthwise convs)
 PARAMS = [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in MODELS]
 #: Models cheap enough to try more sizes on; the others get one square and one odd size.
 CHEAP = {"unet_tiny", "unet_resnet18"}
