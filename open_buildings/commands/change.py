@@ -18,17 +18,18 @@ The folder is built beside ``DIR`` and renamed into place when complete.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import shutil
-import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from open_buildings.commands import add_version, run_command
-from open_buildings.commands import infer as ob_infer
-from open_buildings.errors import ConfigError, InferenceError, OutputExistsError
+from open_buildings.commands.run_infer import run_or_raise
+from open_buildings.errors import ConfigError, OutputExistsError
+
+if TYPE_CHECKING:
+    import geopandas as gpd
 
 CHANGE_VALUES = ("new", "removed", "unchanged")
 
@@ -99,30 +100,24 @@ def _change(args: argparse.Namespace) -> int:
         argv += ["--min-confidence", str(args.min_confidence), "--write-probabilities"]
         argv += ["--no-progress", "--backend", args.backend, "--format", "csv,parquet"]
         argv += ["--bands", args.bands] if args.bands else []
-        said = io.StringIO()
-        with contextlib.ExitStack() as stack:
-            if args.quiet:
-                stack.enter_context(contextlib.redirect_stdout(said))
-                stack.enter_context(contextlib.redirect_stderr(said))
+        if not args.quiet:
             print(f"ob-change: {day.isoformat()}: ob-infer on {spec}")
-            status = ob_infer.main(argv)
-        if status != 0:
-            print(said.getvalue(), file=sys.stderr, end="")
-            raise InferenceError(
-                f"ob-infer failed on the {day.isoformat()} imagery ({spec}); see its message "
-                f"above (its output so far: {run})"
-            )
+        failure = (
+            f"ob-infer failed on the {day.isoformat()} imagery ({spec}); see its message above "
+            f"(its output so far: {run})"
+        )
+        run_or_raise(argv, failure, quiet=args.quiet)
         runs.append(str(run))
     frames = [_footprints(run) for run in runs]
+    tiles = write_presence(runs, dated.dates, staging)
     buildings = track_buildings(
         frames,
         dated.dates,
-        lambda d, lon, lat: covered_points(runs[d], lon, lat),
+        lambda lon, lat: covered_points(staging, len(dated.dates), lon, lat),
         iou=args.iou,
     )
     write_csv_gz(buildings, staging / "change.csv.gz", extra=CHANGE_COLUMNS)
     write_geoparquet(buildings, staging / "change.parquet", extra=CHANGE_COLUMNS)
-    tiles = write_presence(runs, dated.dates, staging)
     counts = {v: int((buildings["change"] == v).sum()) for v in CHANGE_VALUES}
     summary = {
         "dates": [d.isoformat() for d in dated.dates],
@@ -149,16 +144,14 @@ def _change(args: argparse.Namespace) -> int:
     return 0
 
 
-def _footprints(run: str):  # -> gpd.GeoDataFrame
-    import geopandas as gpd
-
-    from open_buildings.geo.footprints import SCHEMA_COLUMNS
+def _footprints(run: str) -> gpd.GeoDataFrame:
+    """One date's footprints; a finished run (it has a manifest) with no building has no shard."""
     from open_buildings.geo.shard_read import read_footprints
+    from open_buildings.pipelines.postprocess import empty_footprints
 
     try:
         return read_footprints(run)
     except FileNotFoundError:
         if not (Path(run) / "manifest.json").is_file():
             raise
-        empty = {c: [] for c in SCHEMA_COLUMNS if c != "geometry"}
-        return gpd.GeoDataFrame(empty, geometry=[], crs="EPSG:4326")  # no building that date
+        return empty_footprints()

@@ -12,8 +12,6 @@ figure in a model card is the figure a user sees.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import sys
 import tempfile
@@ -22,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from open_buildings.commands import add_version, run_command
-from open_buildings.commands import infer as ob_infer
-from open_buildings.errors import ConfigError, InferenceError, OutputExistsError
+from open_buildings.commands.run_infer import run_or_raise
+from open_buildings.errors import ConfigError, OutputExistsError
 
 
 def parser() -> argparse.ArgumentParser:
@@ -150,15 +148,8 @@ def score_model(
             argv = [region, "--imagery", imagery, "--model", model_spec, "--out", str(footprints)]
             argv += ["--min-confidence", "0", "--no-progress", "--backend", backend]
             argv += (["--tta"] if tta else []) + list(infer_args)
-            said = io.StringIO()
-            with contextlib.ExitStack() as stack:
-                if quiet:
-                    stack.enter_context(contextlib.redirect_stdout(said))
-                    stack.enter_context(contextlib.redirect_stderr(said))
-                status = ob_infer.main(argv)
-            if status != 0:
-                print(said.getvalue(), file=sys.stderr, end="")
-                raise InferenceError(f"ob-infer failed on {imagery}; see its message above")
+            failure = f"ob-infer failed on {imagery}; see its message above"
+            run_or_raise(argv, failure, quiet=quiet)
             scored.append((str(footprints), truth, region))
         result = evaluate_areas(scored, by_centroid=True)
     return {

@@ -5,7 +5,7 @@ the same one-to-one greedy IoU matching the metrics use (:func:`matching.greedy_
 by default, footprints taken in order of confidence). A footprint matches the *latest* shape of
 a building seen at any earlier date, so a building the model misses at one date is not split into
 a "removed" and a "new" one. What a building's history can say depends on what the imagery saw:
-``covered[d, i]`` tells whether date ``d`` had imagery at building ``i``'s centroid.
+``covered(lon, lat)[d, i]`` tells whether date ``d`` had imagery at building ``i``'s centroid.
 
 - ``new``: first seen after a date whose imagery covered it (the place was seen empty);
 - ``removed``: last seen before a date whose imagery covered it (the place was seen again,
@@ -32,8 +32,8 @@ __all__ = ["CHANGE_COLUMNS", "track_buildings"]
 #: The columns ``ob-change`` adds to the v3 schema.
 CHANGE_COLUMNS = ("change", "first_seen", "last_seen")
 
-#: ``covered(date_index, lon, lat) -> bool array``: whether that date's imagery covers the points.
-Coverage = Callable[[int, np.ndarray, np.ndarray], np.ndarray]
+#: ``covered(lon, lat) -> bool (dates, points)``: whether each date's imagery covers the points.
+Coverage = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 def track_buildings(
@@ -64,34 +64,29 @@ def track_buildings(
             f"{len(frames)} frames for {len(dates)} dates"
         )
     frames = [f.to_crs("EPSG:4326") if f.crs is not None else f for f in frames]
-    every = gpd.GeoDataFrame(
-        {"date": np.repeat(np.arange(len(frames)), [len(f) for f in frames])},
-        geometry=np.concatenate([f.geometry.to_numpy() for f in frames] or [np.array([])]),
-        crs="EPSG:4326",
-    )
-    if every.empty:
+    geoms = np.concatenate([f.geometry.to_numpy() for f in frames])
+    if not len(geoms):
         return _rows(frames, [], np.zeros((len(dates), 0), dtype=bool), dates)
-    lon, lat = shapely.get_coordinates(shapely.centroid(every.geometry.to_numpy())).mean(axis=0)
-    metric = every.geometry.to_crs(utm_crs(float(lon), float(lat))).to_numpy()
+    lon, lat = shapely.get_coordinates(shapely.centroid(geoms)).mean(axis=0)
+    metric = gpd.GeoSeries(geoms, crs="EPSG:4326").to_crs(utm_crs(float(lon), float(lat)))
+    metric = metric.to_numpy()
     offsets = np.cumsum([0, *[len(f) for f in frames]])
     tracks: list[list[tuple[int, int]]] = []  # per building: (date, row) in date order
     for d, frame in enumerate(frames):
-        rows = np.arange(len(frame))
-        if tracks and len(rows):
+        unmatched = np.arange(len(frame))
+        if tracks and len(frame):
             latest = np.array([metric[offsets[t[-1][0]] + t[-1][1]] for t in tracks])
-            pairs = polygon_ious(metric[offsets[d] + rows], latest)
+            pairs = polygon_ious(metric[offsets[d] : offsets[d + 1]], latest)
             scores = frame["confidence"].to_numpy(dtype=float)
             match = greedy_match(scores, len(tracks), pairs, [iou])
-            for row, track in zip(match.order, match.truth[0]):
-                if track >= 0:
-                    tracks[track].append((d, int(row)))
-            taken = set(match.order[match.truth[0] >= 0].tolist())
-            rows = np.array([r for r in rows if r not in taken], dtype=int)
-        tracks.extend([[(d, int(r))] for r in rows])
+            matched = match.truth[0] >= 0
+            for row, track in zip(match.order[matched], match.truth[0][matched]):
+                tracks[track].append((d, int(row)))
+            unmatched = np.setdiff1d(unmatched, match.order[matched])
+        tracks.extend([[(d, int(r))] for r in unmatched])
     last = np.array([offsets[t[-1][0]] + t[-1][1] for t in tracks])
-    centre = shapely.get_coordinates(shapely.centroid(every.geometry.to_numpy()[last]))
-    seen_cover = np.stack([covered(d, centre[:, 0], centre[:, 1]) for d in range(len(dates))])
-    return _rows(frames, tracks, seen_cover, dates)
+    centre = shapely.get_coordinates(shapely.centroid(geoms[last]))
+    return _rows(frames, tracks, covered(centre[:, 0], centre[:, 1]), dates)
 
 
 def _rows(

@@ -60,7 +60,7 @@ class DatedImagery:
     def __init__(
         self,
         sources: Sequence[tuple[datetime.date, ImagerySource]],
-        specs: Sequence[str | list[dict]] | None = None,
+        specs: Sequence[str | list[dict]],
     ) -> None:
         """Keep ``sources`` oldest first.
 
@@ -74,8 +74,7 @@ class DatedImagery:
         """
         if not sources:
             raise ImageryError("no dated imagery given; pass --imagery DATE=SOURCE per date")
-        given = list(specs) if specs is not None else [None] * len(sources)
-        ordered = sorted(zip(sources, given), key=lambda s: s[0][0])
+        ordered = sorted(zip(sources, specs), key=lambda s: s[0][0])
         dates = [d for (d, _), _ in ordered]
         twice = sorted({d for d in dates if dates.count(d) > 1})
         if twice:
@@ -89,15 +88,9 @@ class DatedImagery:
 
     def specs(self, folder: str | os.PathLike[str]) -> list[str]:
         """Each date's imagery as one ``ob-infer --imagery`` spec, oldest first; a STAC day is
-        written to ``folder/<date>.json`` as its own ItemCollection.
-
-        Raises:
-            ImageryError: a source given without what it was opened from.
-        """
+        written to ``folder/<date>.json`` as its own ItemCollection."""
         out = []
         for day, spec in zip(self.dates, self._specs):
-            if spec is None:
-                raise ImageryError(f"the {day.isoformat()} imagery was not opened from a spec")
             if isinstance(spec, list):
                 path = Path(folder) / f"{day.isoformat()}.json"
                 path.parent.mkdir(parents=True, exist_ok=True)

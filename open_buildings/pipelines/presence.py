@@ -2,8 +2,9 @@
 
 ``ob-change`` runs ``ob-infer`` once per date. Each run leaves its per-tile probability COGs
 (:mod:`.probabilities`); this module stacks their ``building`` band into one COG per tile with a
-band per date (the 2.5D Temporal product's presence raster), and answers whether a date's imagery
-covered given points (the probability rasters are nodata where a date had no imagery).
+band per date (the 2.5D Temporal product's presence raster), and answers from those rasters
+whether each date's imagery covered given points (a band is nodata where its date had no
+imagery).
 """
 
 from __future__ import annotations
@@ -83,40 +84,45 @@ def write_presence(
 
 
 def covered_points(
-    run: str, lon: np.ndarray, lat: np.ndarray, spec: GridSpec | None = None
+    out: str | os.PathLike[str],
+    dates: int,
+    lon: np.ndarray,
+    lat: np.ndarray,
+    spec: GridSpec | None = None,
 ) -> np.ndarray:
-    """Whether one date's run had imagery at each point (lon/lat degrees).
+    """Whether each date had imagery at each point (lon/lat degrees), read from the presence
+    COGs :func:`write_presence` wrote (each tile's file once, every date's band in it).
 
-    A point counts as covered where the probability raster of the tile that owns it has data
-    there; a tile the run wrote no raster of was not covered.
+    A point counts as covered by a date where that date's band of the tile that owns the point
+    has data there; a tile without a presence file was covered by no date.
 
     Args:
-        run: the date's ``ob-infer`` output folder (written with ``--write-probabilities``).
+        out: the ``ob-change`` output folder holding ``presence/``.
+        dates: the number of dates (bands).
         lon: longitudes.
         lat: latitudes.
-        spec: the run's grid (default: ``ob-infer``'s).
+        spec: the runs' grid (default: ``ob-infer``'s).
 
     Returns:
-        bool array, one per point.
+        bool array ``(dates, len(lon))``.
     """
     spec = spec or GridSpec()
     lon, lat = np.asarray(lon, dtype=float), np.asarray(lat, dtype=float)
-    out = np.zeros(len(lon), dtype=bool)
+    covered = np.zeros((dates, len(lon)), dtype=bool)
     tiles = np.array([cells.cell_token(x, y, spec.level) for x, y in zip(lon, lat)], dtype=object)
     for tile in set(tiles.tolist()):
-        path = probability_path(run, tile)
-        if not os.path.exists(path):
+        path = Path(out) / PRESENCE_FOLDER / f"{tile}.tif"
+        if not path.exists():
             continue
         pick = np.flatnonzero(tiles == tile)
         with rasterio.open(path) as src:
             x, y = Transformer.from_crs("EPSG:4326", src.crs, always_xy=True).transform(
                 lon[pick], lat[pick]
             )
-            rows, cols = rasterio.transform.rowcol(src.transform, x, y)
-            rows, cols = np.asarray(rows), np.asarray(cols)
+            rows, cols = (np.asarray(v) for v in rasterio.transform.rowcol(src.transform, x, y))
             inside = (rows >= 0) & (rows < src.height) & (cols >= 0) & (cols < src.width)
-            band = src.read(1)
-        hit = np.zeros(len(pick), dtype=bool)
-        hit[inside] = band[rows[inside], cols[inside]] != NODATA
-        out[pick] = hit
-    return out
+            bands = src.read()
+        hit = np.zeros((dates, len(pick)), dtype=bool)
+        hit[:, inside] = bands[:, rows[inside], cols[inside]] != NODATA
+        covered[:, pick] = hit
+    return covered

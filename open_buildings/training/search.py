@@ -235,7 +235,7 @@ def run_search(
 
         beam = _best(history.of("pnas", 1), plan.beam)
         for level in range(2, plan.max_blocks + 1):
-            scored = _trained_before(history, level)
+            scored = trained_before(history, level)
             surrogate = Surrogate(plan.max_blocks, cfg.surrogate_members, cfg.seed).fit(
                 [from_text(r["cell"]) for r in scored], [r["ap50"] for r in scored]
             )
@@ -279,7 +279,7 @@ def run_search(
     }
 
 
-def _trained_before(history: History, level: int) -> list[dict[str, Any]]:
+def trained_before(history: History, level: int) -> list[dict[str, Any]]:
     """Every candidate (PNAS and random) trained before the level's first PNAS candidate, so a
     resumed search fits the surrogate on what the first run fitted it on."""
     rows = history.rows

@@ -32,7 +32,7 @@ def write_pareto(
     per tile, each method's frontier, and the plain decoder (``reference_ap50``: its proxy
     score); return the JSON document. A cell's ms is its ratio to the plain decoder timed in the
     same interleaved group, times the plain decoder's median (``costs["relative"]``)."""
-    cells = costs.get("relative", costs["cells"])
+    cells = costs["relative"]
     points: dict[str, list[dict[str, Any]]] = {"pnas": [], "random": []}
     for r in rows:
         if r["cell"] in cells:
@@ -118,7 +118,7 @@ def write_top_configs(
             }
         )
         path = out / f"top{n}.yaml"
-        ms = costs.get("relative", costs["cells"]).get(r["cell"], float("nan"))
+        ms = costs["relative"].get(r["cell"], float("nan"))
         header = (
             f"# ob-search top {n}: proxy AP50 {r['ap50']:.3f}, {ms:.0f} ms per tile; "
             f"train it in full with: ob-train {path.name}\n"

@@ -11,7 +11,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from open_buildings.training.search import History, _trained_before
+from open_buildings.training.search import History, trained_before
 from open_buildings.training.search_space import from_text
 from open_buildings.training.search_surrogate import Surrogate, rank_correlation
 
@@ -22,7 +22,7 @@ def main() -> None:
     history = History.open(folder / "history.csv")
     levels = sorted({r["level"] for r in history.of("pnas")} - {1})
     for level in levels:
-        fit = _trained_before(history, level)
+        fit = trained_before(history, level)
         test = history.of("pnas", level)
         rhos = []
         for seed in range(0, 25, 5):  # five ensembles of five MLPs, no seed shared
