@@ -30,11 +30,10 @@ import rasterio
 from PIL import Image
 from rasterio.features import rasterize
 from rasterio.transform import from_origin
-from scipy import ndimage
 
 from open_buildings.commands import change as ob_change
 from open_buildings.commands.evaluate_model import write_bbox_region
-from open_buildings.evaluation.matching import greedy_match, label_ious
+from open_buildings.evaluation.change_scores import ChangeCounts, count_change
 
 CRS = "EPSG:32633"
 PIXEL = 0.5
@@ -75,26 +74,13 @@ def _pair(root: Path, name: str, index: int, work: Path) -> dict:
         rasterize(shapes, out_shape=truth.shape, transform=transform, dtype="int32")
         if shapes else np.zeros(truth.shape, dtype="int32")
     )  # fmt: skip
-    labels, _ = ndimage.label(truth)
-    pred_ids, _, truth_ids, _, pairs = label_ious(pred, labels)
-    match = greedy_match(np.ones(len(pred_ids)), len(truth_ids), pairs, [0.5])
+    counts = count_change(pred > 0, truth, pred_objects=pred)
     return {
         "pair": name,
-        "tp_px": int((pred.astype(bool) & truth).sum()),
-        "pred_px": int(pred.astype(bool).sum()),
-        "truth_px": int(truth.sum()),
-        "tp_obj": int(match.matched[0].sum()),
-        "pred_obj": len(pred_ids),
-        "truth_obj": len(truth_ids),
+        "counts": counts,
         "removed": int((found["change"] == "removed").sum()),
         "unchanged": int((found["change"] == "unchanged").sum()),
     }
-
-
-def _f1(tp: int, n_pred: int, n_truth: int) -> dict:
-    p = tp / n_pred if n_pred else 0.0
-    r = tp / n_truth if n_truth else 0.0
-    return {"precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0}
 
 
 def main() -> None:
@@ -107,17 +93,17 @@ def main() -> None:
     names = sorted(p.name for p in (root / "label").glob("*.png"))
     with tempfile.TemporaryDirectory(prefix="ob-levir-") as tmp:
         rows = [_pair(root, name, i, Path(tmp)) for i, name in enumerate(names)]
-    total = {k: sum(r[k] for r in rows) for k in rows[0] if k != "pair"}
+    total = sum((r["counts"] for r in rows), ChangeCounts())
     result = {
         "pairs": len(rows),
-        "pixel": _f1(total["tp_px"], total["pred_px"], total["truth_px"]),
-        "object_iou50": _f1(total["tp_obj"], total["pred_obj"], total["truth_obj"]),
-        "totals": total,
-        "rows": rows,
+        **total.scores(),
+        "totals": {**vars(total), **{k: sum(r[k] for r in rows) for k in ("removed", "unchanged")}},
+        "rows": [{**r, "counts": vars(r["counts"])} for r in rows],
     }
     for r in rows:
-        print(f"{r['pair']}: appeared {r['truth_obj']} (label), new {r['pred_obj']}, matched "
-              f"{r['tp_obj']}; removed {r['removed']}, unchanged {r['unchanged']}")  # fmt: skip
+        c = r["counts"]
+        print(f"{r['pair']}: appeared {c.truth_obj} (label), new {c.pred_obj}, matched "
+              f"{c.tp_obj}; removed {r['removed']}, unchanged {r['unchanged']}")  # fmt: skip
     for key in ("pixel", "object_iou50"):
         s = result[key]
         print(f"{key}: P {s['precision']:.3f} R {s['recall']:.3f} F1 {s['f1']:.3f}")

@@ -68,8 +68,14 @@ def _train(args: argparse.Namespace) -> int:
     if result["best_step"] is not None:
         print(f"kept the weights of step {result['best_step']}, the best validation")
     print(f"weights: {result['weights']} (+ .sha256); curve: {cfg.out}/training_curve.png")
-    if result["final"]:
-        f = result["final"]
+    f = result["final"]
+    if f and "object_f1" in f:  # a change model, validated on held-out pairs
+        print(
+            f"validation ({f['pairs']} held-out pairs): change F1 {f['f1']:.3f} (precision "
+            f"{f['precision']:.3f}, recall {f['recall']:.3f}), changed buildings F1 "
+            f"{f['object_f1']:.3f}, building F1 per date {f['building_f1']:.3f}"
+        )
+    elif f:
         print(
             f"validation: AP {f['ap']:.3f}  AP50 {f['ap50']:.3f}  F1 {f['f1']:.3f} "
             f"(precision {f['precision']:.3f}, recall {f['recall']:.3f})"

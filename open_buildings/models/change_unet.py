@@ -11,6 +11,9 @@ Registered models (random weights; ``init_from: imagenet`` loads the Lite encode
 - ``change_unet_lite0``: no attention (the dates meet only at the change head);
 - ``change_unet_lite0_nonlocal``: a non-local block at the deepest level;
 - ``change_unet_lite0_st``: a spatiotemporal cell (set ``cell`` to a searched one).
+
+``ob-train pipelines/change/train.yaml`` trains them on pairs made from single-date labels
+(:mod:`open_buildings.training.change_pairs`); ``pipelines/change/search.py`` searches the cell.
 """
 
 from __future__ import annotations

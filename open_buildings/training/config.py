@@ -90,6 +90,14 @@ class StoppingConfig(StrictModel):
     keep_best: bool = False
 
 
+class ChangeConfig(StrictModel):
+    """Two-date change models (``change_unet_*``): pairs made from single-date labels
+    (:mod:`open_buildings.training.change_pairs`) and the held-out pairs they validate on."""
+
+    same_share: float = Field(0.5, ge=0.0, le=1.0)
+    val_pairs: int = Field(96, ge=1)
+
+
 class UnlabelledAreaConfig(AreaConfig):
     """Imagery for self-training, with the teacher's probabilities for it.
 
@@ -173,6 +181,7 @@ class TrainConfig(_DataRootFirst):
     ema: EmaConfig = EmaConfig()
     stopping: StoppingConfig = StoppingConfig()
     self_training: SelfTrainingConfig = SelfTrainingConfig()
+    change: ChangeConfig = ChangeConfig()
     val_every: int = Field(200, ge=1)
     checkpoint_every: int = Field(200, ge=1)
     seed: int = 0

@@ -9,7 +9,8 @@ import numpy as np
 
 
 def plot_history(history: list[dict[str, Any]], path: Path) -> None:
-    """Draw the loss (and validation AP50/F1 where measured) against the step, as a PNG."""
+    """Draw the loss (and validation AP50/F1, or a change model's change F1, where measured)
+    against the step, as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -27,8 +28,12 @@ def plot_history(history: list[dict[str, Any]], path: Path) -> None:
     if vals:
         ax2 = ax.twinx()
         vs = [h["step"] for h in vals]
-        ax2.plot(vs, [h["val"]["ap50"] or 0 for h in vals], "o-", color="C2", label="val AP50")
-        ax2.plot(vs, [h["val"]["f1"] for h in vals], "s-", color="C3", label="val F1")
+        if "object_f1" in vals[0]["val"]:  # a change model: change F1 of pixels and buildings
+            second, names = "object_f1", ("val change F1 (buildings)", "val change F1 (pixels)")
+        else:
+            second, names = "ap50", ("val AP50", "val F1")
+        ax2.plot(vs, [h["val"][second] or 0 for h in vals], "o-", color="C2", label=names[0])
+        ax2.plot(vs, [h["val"]["f1"] for h in vals], "s-", color="C3", label=names[1])
         ax2.set_ylim(0, 1)
         ax2.set_ylabel("validation")
         ax2.legend(loc="upper right")

@@ -13,7 +13,6 @@ uninterrupted run would.
 from __future__ import annotations
 
 import json
-import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -36,6 +35,7 @@ from open_buildings.models.encoder_file import init_encoder
 from open_buildings.models.losses import segmentation_loss
 from open_buildings.models.registry import build_model
 from open_buildings.pipelines.runtime import native_bf16, resolve_device
+from open_buildings.training import change_task
 from open_buildings.training import chips as chipping
 from open_buildings.training.batches import (
     Batch,
@@ -52,6 +52,7 @@ from open_buildings.training.distill import soft_kl_loss
 from open_buildings.training.ema import averaged, new_ema, updates
 from open_buildings.training.label_fraction import keep_fraction
 from open_buildings.training.mixup import mixup
+from open_buildings.training.optim import frozen_encoder, lr_at, optimizer_factory
 from open_buildings.training.scenes import Scene
 from open_buildings.training.state import load_ema, load_state, save_state
 from open_buildings.training.stopping import Best, best_from_history, best_hook, deadline_hook
@@ -59,39 +60,6 @@ from open_buildings.training.validate import metrics, score_scenes
 
 CHECKPOINT_DIR = "checkpoint"
 FINAL_WEIGHTS = "weights.safetensors"
-
-
-def lr_at(cfg: TrainConfig, step: int) -> float:
-    """Linear warm-up, then cosine decay to 1% of ``lr`` at the last step (or ``lr`` throughout,
-    with ``lr_schedule: constant``)."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    if cfg.lr_schedule == "constant":
-        return cfg.lr
-    progress = (step - cfg.warmup_steps) / max(cfg.steps - cfg.warmup_steps, 1)
-    return cfg.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
-
-
-def _optimizer(cfg: TrainConfig):
-    def factory(model: BuildingModel) -> torch.optim.Optimizer:
-        if cfg.freeze_encoder:
-            frozen_encoder(model).requires_grad_(False)
-        params = [p for p in model.parameters() if p.requires_grad]
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-    return factory
-
-
-def frozen_encoder(model: BuildingModel) -> torch.nn.Module:
-    """The encoder that ``freeze_encoder`` keeps as it is (weights and BatchNorm statistics).
-
-    Raises:
-        ConfigError: the model has no separate encoder (``net.encoder``).
-    """
-    encoder = getattr(model.net, "encoder", None)
-    if not isinstance(encoder, torch.nn.Module):
-        raise ConfigError(f"{model.name} has no separate encoder to freeze; drop freeze_encoder")
-    return encoder
 
 
 def new_model(cfg: TrainConfig) -> BuildingModel:
@@ -223,6 +191,8 @@ class Trainer:
     stop: str | None = None
     #: the best validation so far, when the config keeps the best weights
     best: Best | None = None
+    #: ``draw(step, transform)``: each step's batch, when not the labelled chips (change pairs)
+    draw: Callable[[int, Any], Batch] | None = None
 
     @property
     def result(self) -> BuildingModel:
@@ -233,7 +203,10 @@ class Trainer:
         """Take steps ``start`` to ``cfg.steps - 1``; return the history."""
         transform = chipping.augmenter()
         for step in range(start, self.cfg.steps):
-            batch = labelled_batch(self.pool, self.cfg, step, transform)
+            if self.draw is not None:
+                batch = self.draw(step, transform)
+            else:
+                batch = labelled_batch(self.pool, self.cfg, step, transform)
             extra = None
             if self.unlabelled is not None:
                 extra = unlabelled_batch(
@@ -250,13 +223,18 @@ class Trainer:
         return self.history
 
 
-def validation_hook(scenes: Sequence[Scene]) -> Hook:
-    """Score the model on ``scenes`` every ``val_every`` steps and at the last step."""
+def validation_hook(
+    scenes: Sequence[Scene], score: Callable[[BuildingModel], dict] | None = None
+) -> Hook:
+    """Score the model on ``scenes`` every ``val_every`` steps and at the last step (with
+    ``score``, a change model's scorer of pairs from those scenes, instead of ob-infer's)."""
 
     def hook(trainer: Trainer, step: int, record: dict[str, Any]) -> None:
         cfg = trainer.cfg
         due = (step + 1) % cfg.val_every == 0 or step + 1 == cfg.steps or trainer.stop
-        if scenes and due:
+        if scenes and due and score is not None:
+            record["val"] = score(trainer.result)
+        elif scenes and due:
             scored = score_scenes(trainer.result, scenes, bf16=cfg.bf16, spec=_spec(cfg))
             record["val"] = metrics(scored)
             trainer.scored = scored
@@ -323,6 +301,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
     if cfg.label_fraction < 1:
         keep_fraction(scenes, cfg.label_fraction)
     pool = chipping.ScenePool(scenes)
+    change = change_task.is_change_model(cfg.model)
+    if change:
+        change_task.check_change_config(cfg)
     st = cfg.self_training
     unlabelled: chipping.ScenePool | None = None
     teacher_probs: list[np.ndarray] = []
@@ -332,10 +313,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
         unlabelled, teacher_probs = with_teacher(cfg, st.unlabelled, held)
 
     if resume:
-        model, optimizer, start, history = load_state(ckpt, _optimizer(cfg))
+        model, optimizer, start, history = load_state(ckpt, optimizer_factory(cfg))
     else:
         model = new_model(cfg)
-        optimizer = _optimizer(cfg)(model)
+        optimizer = optimizer_factory(cfg)(model)
         start, history = 0, []
     ema = None
     if cfg.ema.enabled:
@@ -354,10 +335,17 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
             pool,
             unlabelled,
             teacher_probs,
-            hooks=_hooks(cfg, val_scenes, out, bar),
+            hooks=_hooks(
+                cfg,
+                val_scenes,
+                out,
+                bar,
+                change_task.pair_scorer(val_scenes, cfg) if change else None,
+            ),
             history=history,
             ema=ema,
             best=best_from_history(history, out) if cfg.stopping.keep_best else None,
+            draw=change_task.pair_batches(pool, cfg) if change else None,
         )
         if cfg.stopping.keep_best and start == 0:
             _initial_candidate(trainer, val_scenes, out)
@@ -370,7 +358,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
     seconds = time.perf_counter() - began
     weights_path = out / FINAL_WEIGHTS
     points = None
-    if val_scenes:  # the thresholds ob-infer applies by default, measured on held-out data
+    if val_scenes and not change:  # ob-infer's default thresholds, measured on held-out data
         names = ", ".join(a.name for a in cfg.val)
         try:
             points = operating_points(
@@ -378,8 +366,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
             )
         except EvaluationError as exc:  # the weights are still worth saving
             warnings.warn(f"no operating points stored: {exc}", stacklevel=2)
-    ranges = input_ranges(
-        model, pool.scenes, measured_on=", ".join(a.name for a in cfg.train)
+    ranges = (
+        None
+        if change
+        else input_ranges(model, pool.scenes, measured_on=", ".join(a.name for a in cfg.train))
     )  # what the training imagery looked like: ob-infer warns about tiles unlike it
     save_checkpoint(model, weights_path, operating_points=points, input_ranges=ranges)
     (out / "history.json").write_text(json.dumps(history, indent=1))
@@ -396,13 +386,15 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
     }
 
 
-def _hooks(cfg: TrainConfig, val_scenes: list[Scene], out: Path, bar: Any) -> list[Hook]:
+def _hooks(
+    cfg: TrainConfig, val_scenes: list[Scene], out: Path, bar: Any, score: Any = None
+) -> list[Hook]:
     # Order matters: the deadline may end the step, which the validation hook then scores, which
     # the best hook then reads; the checkpoint is saved after both.
     hooks: list[Hook] = []
     if cfg.stopping.max_minutes:
         hooks.append(deadline_hook(cfg.stopping.max_minutes))
-    hooks.append(validation_hook(val_scenes))
+    hooks.append(validation_hook(val_scenes, score))
     if cfg.stopping.keep_best or cfg.stopping.patience:
         if not val_scenes:
             raise ConfigError("stopping.keep_best and stopping.patience need 'val' areas")

@@ -74,7 +74,7 @@ def test_freeze_encoder_trains_the_decoder_and_heads_only(config_factory) -> Non
     )
     batch = _fixed_batch(cfg)
     model = loop.new_model(cfg)
-    optimizer = loop._optimizer(cfg)(model)
+    optimizer = loop.optimizer_factory(cfg)(model)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     for step in range(2):
         loop.train_step(model, optimizer, batch, cfg, step)
