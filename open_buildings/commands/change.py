@@ -12,6 +12,13 @@ buildings (:mod:`open_buildings.evaluation.change_tracks`, IoU >= 0.5). Written 
 - ``dates/<date>/``: each date's ``ob-infer`` output, as it would write it alone;
 - ``change.json``: the dates, the counts, the command's settings.
 
+With ``--change-model`` (a trained two-date change model), every building also gets
+``change_confidence``, the model's change probability inside its footprint
+(:mod:`open_buildings.pipelines.change_model`), and ``change_probability/<tile>.tif`` holds the
+model's change probability per pair of consecutive dates. The labels stay the baseline's, so the
+baseline is always reported beside the model: filter on ``change_confidence`` to keep the changes
+the model confirms.
+
 The folder is built beside ``DIR`` and renamed into place when complete.
 """
 
@@ -54,6 +61,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--model", default="default", help="zoo name or .safetensors checkpoint")
     p.add_argument(
+        "--change-model",
+        metavar="MODEL",
+        help="a two-date change model (zoo name or checkpoint; change_unet_*, needs the [train] "
+        "extra): adds change_confidence to every building and writes change_probability/",
+    )
+    p.add_argument(
         "--min-confidence", default="auto", metavar="X|auto", help="as ob-infer's (every date)"
     )
     p.add_argument(
@@ -90,6 +103,7 @@ def _change(args: argparse.Namespace) -> int:
             f"ob-change needs imagery of at least two dates; got {len(dated.dates)} "
             f"({', '.join(d.isoformat() for d in dated.dates)}); repeat --imagery DATE=SRC"
         )
+    change_net = _load_change_model(args.change_model) if args.change_model else None
     staging = out.with_name(out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -116,8 +130,24 @@ def _change(args: argparse.Namespace) -> int:
         lambda lon, lat: covered_points(staging, len(dated.dates), lon, lat),
         iou=args.iou,
     )
-    write_csv_gz(buildings, staging / "change.csv.gz", extra=CHANGE_COLUMNS)
-    write_geoparquet(buildings, staging / "change.parquet", extra=CHANGE_COLUMNS)
+    columns, confirmed = CHANGE_COLUMNS, None
+    if change_net is not None:
+        from open_buildings.pipelines.change_model import (
+            building_change_confidence,
+            write_change_probabilities,
+        )
+
+        if not args.quiet:
+            print(f"ob-change: the change model {args.change_model} on every pair of dates")
+        write_change_probabilities(change_net, dated, staging)
+        buildings["change_confidence"] = building_change_confidence(buildings, dated.dates, staging)
+        columns = (*CHANGE_COLUMNS, "change_confidence")
+        confirmed = {
+            v: int(((buildings["change"] == v) & (buildings["change_confidence"] >= 0.5)).sum())
+            for v in ("new", "removed")
+        }
+    write_csv_gz(buildings, staging / "change.csv.gz", extra=columns)
+    write_geoparquet(buildings, staging / "change.parquet", extra=columns)
     counts = {v: int((buildings["change"] == v).sum()) for v in CHANGE_VALUES}
     summary = {
         "dates": [d.isoformat() for d in dated.dates],
@@ -130,6 +160,8 @@ def _change(args: argparse.Namespace) -> int:
         "iou": args.iou,
         "imagery": list(args.imagery),
         "method": "ob-infer per date, footprints matched across dates (greedy, IoU)",
+        "change_model": args.change_model,
+        "confirmed_by_change_model": confirmed,
     }
     (staging / "change.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     if out.exists():
@@ -140,8 +172,27 @@ def _change(args: argparse.Namespace) -> int:
         f"ob-change: {len(buildings)} buildings over {len(dated.dates)} dates ({per_date}): "
         f"{counts['new']} new, {counts['removed']} removed, {counts['unchanged']} unchanged"
     )
+    if confirmed is not None:
+        print(
+            f"the change model confirms (change_confidence >= 0.5) {confirmed['new']} of the "
+            f"new and {confirmed['removed']} of the removed"
+        )
     print(f"footprints: {out}/change.csv.gz, {out}/change.parquet; presence: {out}/presence/")
     return 0
+
+
+def _load_change_model(spec: str):
+    """Load ``--change-model`` in PyTorch and check that it has a change head."""
+    from open_buildings.commands import require_train_extra
+
+    require_train_extra("ob-change --change-model")
+    from open_buildings.pipelines.change_model import check_change_model
+    from open_buildings.pipelines.config import RuntimeConfig
+    from open_buildings.pipelines.runtime import load_model, resolve_model
+
+    model, _, _ = load_model(resolve_model(spec), RuntimeConfig(backend="torch"))
+    check_change_model(model, spec)
+    return model
 
 
 def _footprints(run: str) -> gpd.GeoDataFrame:

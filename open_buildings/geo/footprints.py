@@ -213,7 +213,8 @@ def write_csv_gz(
         frame: footprints in EPSG:4326 (see ``to_schema``).
         path: the file to write, normally ``{token}_buildings.csv.gz``.
         overwrite: replace an existing file.
-        extra: columns written after the schema's, as text (see ``to_schema``).
+        extra: columns written after the schema's, as text (floats with 4 decimals, NaN empty;
+            see ``to_schema``).
 
     Returns:
         The written file's record.
@@ -230,7 +231,7 @@ def write_csv_gz(
             "confidence": _fixed(rows["confidence"], 4),
             "geometry": _wkt(rows.geometry.to_numpy()),
             "full_plus_code": rows["full_plus_code"].astype(str).to_numpy(),
-            **{c: rows[c].astype(str).to_numpy() for c in extra},
+            **{c: _extra_text(rows[c]) for c in extra},
         }
     )
     buffer = io.StringIO()
@@ -242,6 +243,13 @@ def write_csv_gz(
         ) as gz:
             gz.write(buffer.getvalue().encode("utf-8"))
     return _record(target, "csv.gz", rows)
+
+
+def _extra_text(values: pd.Series) -> np.ndarray:
+    """An extra column as text: numbers with 4 decimals (NaN empty), anything else as str."""
+    if values.dtype.kind == "f":
+        return _fixed(values, 4)
+    return values.astype(str).to_numpy()
 
 
 def _fixed(values: pd.Series, decimals: int) -> np.ndarray:

@@ -28,9 +28,9 @@ SCALE = 250
 NODATA = 255
 
 
-def probability_path(output: str, tile_id: str) -> str:
+def probability_path(output: str, tile_id: str, folder: str = FOLDER) -> str:
     """Return where the tile's probability raster goes under an ``ob-infer`` output folder."""
-    return f"{str(output).rstrip('/')}/{FOLDER}/{tile_id}.tif"
+    return f"{str(output).rstrip('/')}/{folder}/{tile_id}.tif"
 
 
 def write_probabilities(
@@ -40,22 +40,26 @@ def write_probabilities(
     output: str,
     tile_id: str,
     channels: tuple[str, ...] = ("building", "interior"),
+    folder: str = FOLDER,
 ) -> str:
     """Write one tile's probabilities as a COG; the file appears whole (``atomic_write``).
 
     Args:
         logits: float ``(C, H, W)`` on ``grid``.
-        valid: bool ``(H, W)``, where there is imagery.
+        valid: bool ``(H, W)``, where there is imagery (``(C, H, W)``: per band).
         grid: the tile's pixel grid.
         output: the run's output folder (local, or a URL ``remote.upload`` writes).
         tile_id: the tile's S2 token.
         channels: the band descriptions.
+        folder: the subfolder of ``output`` (``ob-change`` writes other rasters this way).
 
     Returns:
         The path written.
     """
     data = np.rint(expit(np.asarray(logits, dtype=np.float32)) * SCALE).astype(np.uint8)
-    data[:, ~valid] = NODATA
+    if valid.ndim == 2:
+        valid = np.broadcast_to(valid, data.shape)
+    data[~valid] = NODATA
     profile = {
         "driver": "COG",
         "width": grid.width,
@@ -73,7 +77,7 @@ def write_probabilities(
             dst.descriptions = channels[: data.shape[0]]
             dst.scales = [1.0 / SCALE] * data.shape[0]
         blob = memory.read()
-    target = probability_path(output, tile_id)
+    target = probability_path(output, tile_id, folder)
     if is_remote(output):
         with tempfile.TemporaryDirectory(prefix="ob-prob-") as folder:
             local = Path(folder) / f"{tile_id}.tif"
