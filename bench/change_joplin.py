@@ -6,7 +6,11 @@ footprints overlap, and draws both dates with the buildings coloured by their ch
 (``bench/results/change_joplin.png``) for reading by eye. The imagery dates are the ones the
 shared data's folders stand for (before and after 22 May 2011); the exact days are not recorded.
 
+With ``--change-model W`` (a trained change model), ``ob-change`` also gives every building its
+``change_confidence``, and the counts the model confirms (>= 0.5) are printed.
+
     python -m bench.change_joplin [--data ../shared/data/multidate/joplin_us] [--out DIR]
+        [--change-model W]
 """
 
 from __future__ import annotations
@@ -69,10 +73,12 @@ def main() -> None:
     parser.add_argument("--data", default="../shared/data/multidate/joplin_us")
     parser.add_argument("--out", default="runs/change/joplin")
     parser.add_argument("--figure", default="bench/results/change_joplin.png")
+    parser.add_argument("--change-model", help="also run ob-change --change-model")
     args = parser.parse_args()
     out = Path(args.out)
     imagery = [f"2011-05-20={args.data}/pre", f"2011-05-24={args.data}/post"]
     argv = [str(REGION), "--out", str(out), "--overwrite", "--quiet"]
+    argv += ["--change-model", args.change_model] if args.change_model else []
     for spec in imagery:
         argv += ["--imagery", spec]
     if ob_change.main(argv) != 0:
@@ -84,6 +90,8 @@ def main() -> None:
     best = np.zeros(len(before))
     np.maximum.at(best, pairs.pred, pairs.iou)
     print(f"per date: {summary['per_date']}; change: {summary['change']}")
+    if args.change_model:
+        print(f"confirmed by the change model: {summary['confirmed_by_change_model']}")
     print(
         f"before-footprints overlapping an after-footprint: {np.mean(best > 0):.3f}; "
         f"at IoU >= 0.5: {np.mean(best >= 0.5):.3f}; median area before "

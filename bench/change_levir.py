@@ -14,7 +14,11 @@ rasterised and scored against the label:
 LEVIR-CD is for academic use only: it is read from ``../shared/data`` at run time and never
 copied into the repository.
 
+With ``--change-model W``, ``ob-change`` runs with that change model, and the ``new`` buildings
+it confirms (``change_confidence >= 0.5``) are scored too (``confirmed``).
+
     python -m bench.change_levir [--data ../shared/data/multidate/levir_cd_samples] [--out FILE]
+        [--change-model W]
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ def _write(rgb: np.ndarray, path: Path, x0: float, y0: float) -> None:
         dst.colorinterp = [rasterio.enums.ColorInterp[c] for c in ("red", "green", "blue")]
 
 
-def _pair(root: Path, name: str, index: int, work: Path) -> dict:
+def _pair(root: Path, name: str, index: int, work: Path, change_model: str | None) -> dict:
     before = np.array(Image.open(root / "A" / name).convert("RGB"))
     after = np.array(Image.open(root / "B" / name).convert("RGB"))
     truth = np.array(Image.open(root / "label" / name).convert("L")) > 127
@@ -64,23 +68,31 @@ def _pair(root: Path, name: str, index: int, work: Path) -> dict:
     out = folder / "change"
     argv = [region, "--imagery", f"2012-01-01={folder / 'A.tif'}", "--imagery",
             f"2016-01-01={folder / 'B.tif'}", "--out", str(out), "--quiet"]  # fmt: skip
+    argv += ["--change-model", change_model] if change_model else []
     if ob_change.main(argv) != 0:
         raise SystemExit(f"ob-change failed on {name}")
     found = gpd.read_parquet(out / "change.parquet").to_crs(CRS)
     new = found[found["change"] == "new"]
-    transform = from_origin(x0, y0, PIXEL, PIXEL)
-    shapes = [(g, i + 1) for i, g in enumerate(new.geometry)]
-    pred = (
-        rasterize(shapes, out_shape=truth.shape, transform=transform, dtype="int32")
-        if shapes else np.zeros(truth.shape, dtype="int32")
-    )  # fmt: skip
-    counts = count_change(pred > 0, truth, pred_objects=pred)
+    pred = _raster(new.geometry, truth.shape, from_origin(x0, y0, PIXEL, PIXEL))
+    row = {}
+    if change_model:
+        sure = new[new["change_confidence"] >= 0.5]
+        sure_pred = _raster(sure.geometry, truth.shape, from_origin(x0, y0, PIXEL, PIXEL))
+        row["confirmed"] = count_change(sure_pred > 0, truth, pred_objects=sure_pred)
     return {
+        **row,
         "pair": name,
-        "counts": counts,
+        "counts": count_change(pred > 0, truth, pred_objects=pred),
         "removed": int((found["change"] == "removed").sum()),
         "unchanged": int((found["change"] == "unchanged").sum()),
     }
+
+
+def _raster(geoms, shape: tuple[int, int], transform) -> np.ndarray:
+    shapes = [(g, i + 1) for i, g in enumerate(geoms)]
+    if not shapes:
+        return np.zeros(shape, dtype="int32")
+    return rasterize(shapes, out_shape=shape, transform=transform, dtype="int32")
 
 
 def main() -> None:
@@ -88,25 +100,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", default="../shared/data/multidate/levir_cd_samples")
     parser.add_argument("--out", help="also write the figures here as JSON")
+    parser.add_argument("--change-model", help="also run ob-change --change-model")
     args = parser.parse_args()
     root = Path(args.data)
     names = sorted(p.name for p in (root / "label").glob("*.png"))
     with tempfile.TemporaryDirectory(prefix="ob-levir-") as tmp:
-        rows = [_pair(root, name, i, Path(tmp)) for i, name in enumerate(names)]
+        rows = [_pair(root, name, i, Path(tmp), args.change_model) for i, name in enumerate(names)]
     total = sum((r["counts"] for r in rows), ChangeCounts())
+    confirmed = [r.pop("confirmed") for r in rows if "confirmed" in r]
     result = {
         "pairs": len(rows),
         **total.scores(),
         "totals": {**vars(total), **{k: sum(r[k] for r in rows) for k in ("removed", "unchanged")}},
         "rows": [{**r, "counts": vars(r["counts"])} for r in rows],
     }
+    if args.change_model:
+        result["change_model"] = args.change_model
+        result["confirmed"] = sum(confirmed, ChangeCounts()).scores()
     for r in rows:
         c = r["counts"]
         print(f"{r['pair']}: appeared {c.truth_obj} (label), new {c.pred_obj}, matched "
               f"{c.tp_obj}; removed {r['removed']}, unchanged {r['unchanged']}")  # fmt: skip
     for key in ("pixel", "object_iou50"):
-        s = result[key]
-        print(f"{key}: P {s['precision']:.3f} R {s['recall']:.3f} F1 {s['f1']:.3f}")
+        for label, scores in (("", result), ("confirmed ", result.get("confirmed"))):
+            if scores:
+                s = scores[key]
+                print(f"{label}{key}: P {s['precision']:.3f} R {s['recall']:.3f} F1 {s['f1']:.3f}")
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
 
