@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 from open_buildings.commands import add_version, run_command
 from open_buildings.commands.run_infer import run_or_raise
 from open_buildings.errors import ConfigError, OutputExistsError
+from open_buildings.pipelines.torch_runtime import BACKENDS
 
 if TYPE_CHECKING:
     import geopandas as gpd
@@ -73,9 +74,7 @@ def parser() -> argparse.ArgumentParser:
         "--iou", type=float, default=0.5, help="least IoU for two dates' footprints to be one"
     )
     p.add_argument("--bands", metavar="R,G,B", help="as ob-infer's (every date)")
-    p.add_argument(
-        "--backend", choices=["auto", "torch", "onnxruntime", "openvino-bf16"], default="auto"
-    )
+    p.add_argument("--backend", choices=BACKENDS, default="auto")
     p.add_argument("--overwrite", action="store_true", help="replace DIR")
     p.add_argument("--quiet", action="store_true", help="print only the summary")
     return p

@@ -22,6 +22,7 @@ from typing import Any
 from open_buildings.commands import add_version, run_command
 from open_buildings.commands.run_infer import run_or_raise
 from open_buildings.errors import ConfigError, OutputExistsError
+from open_buildings.pipelines.torch_runtime import BACKENDS
 
 
 def parser() -> argparse.ArgumentParser:
@@ -51,7 +52,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--backend",
-        choices=["auto", "torch", "onnxruntime", "openvino-bf16"],
+        choices=BACKENDS,
         default="auto",
         help="how ob-infer runs the model on the CPU (as its --backend)",
     )

@@ -33,6 +33,7 @@ from open_buildings.pipelines.job import (
     sample_region,
 )
 from open_buildings.pipelines.runtime import check_runnable, resolve_device, resolve_model
+from open_buildings.pipelines.torch_runtime import BACKENDS
 from open_buildings.pipelines.transforms import WorkDir
 
 WORK_DIR = ".work"
@@ -225,7 +226,7 @@ def infer_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument(
         "--backend",
-        choices=["auto", "torch", "onnxruntime", "openvino-bf16"],
+        choices=BACKENDS,
         default="auto",
         help="how a CPU runs the model (auto: OpenVINO bf16 where the CPU has native bf16, "
         "else ONNX Runtime fp32, else PyTorch)",

@@ -1,4 +1,5 @@
-"""``ob-models``: the registered models, and ``ob-models export-onnx`` for a checkpoint."""
+"""``ob-models``: the registered models, ``ob-models export-onnx`` for a checkpoint, and
+``ob-models quantize-int8`` (its int8 export, calibrated on the user's imagery)."""
 
 from __future__ import annotations
 
@@ -16,13 +17,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         "or export a checkpoint to ONNX.",
     )
     add_version(parser)
-    sub = parser.add_subparsers(dest="command", metavar="{export-onnx}")
+    sub = parser.add_subparsers(dest="command", metavar="{export-onnx,quantize-int8}")
     export = sub.add_parser(
         "export-onnx",
         help="write CHECKPOINT's ONNX export beside it (<stem>.onnx and its .sha256), checked "
         "against PyTorch; ob-infer then runs it on a CPU without PyTorch",
     )
     export.add_argument("checkpoint", help="a .safetensors checkpoint, or a model folder")
+    quant = sub.add_parser(
+        "quantize-int8",
+        help="write CHECKPOINT's int8 export beside it (<stem>.int8.onnx), calibrated on tiles of "
+        "your imagery; ob-infer --backend onnxruntime-int8 runs it",
+    )
+    quant.add_argument("checkpoint", help="a checkpoint with its fp32 export, or a model folder")
+    quant.add_argument(
+        "--imagery", action="append", required=True, metavar="SRC",
+        help="imagery to calibrate on, as ob-infer takes it (repeat for several sources)",
+    )  # fmt: skip
+    quant.add_argument("--tiles", type=int, default=8, help="calibration tiles (default 8)")
+    quant.add_argument(
+        "--skip-tile", action="append", default=[], metavar="TOKEN",
+        help="a tile not to calibrate on (e.g. one you validate on); repeatable",
+    )  # fmt: skip
     return run_command("ob-models", _models, parser.parse_args(argv))
 
 
@@ -30,6 +46,8 @@ def _models(args: argparse.Namespace) -> int:
     require_train_extra("ob-models")
     if args.command == "export-onnx":
         return _export(args.checkpoint)
+    if args.command == "quantize-int8":
+        return _quantize(args)
     from open_buildings.models.registry import format_models_table
 
     print(format_models_table())
@@ -42,4 +60,15 @@ def _export(spec: str) -> int:
 
     path = export_beside(resolve_model(spec).path)
     print(f"wrote {path} and {path.name}.sha256 (checked against PyTorch)")
+    return 0
+
+
+def _quantize(args: argparse.Namespace) -> int:
+    from open_buildings.pipelines.onnx_int8 import calibration_tiles, quantize_beside
+    from open_buildings.pipelines.runtime import resolve_model
+
+    tiles = calibration_tiles(args.imagery, args.tiles, skip=args.skip_tile)
+    path = quantize_beside(resolve_model(args.checkpoint).path, tiles)
+    print(f"wrote {path} and {path.name}.sha256, calibrated on {len(tiles)} tiles; run it with "
+          "ob-infer --backend onnxruntime-int8")  # fmt: skip
     return 0

@@ -88,7 +88,8 @@ class RuntimeConfig(StrictModel):
         backend: how a CPU worker runs the model: ``"auto"`` (a shipped ONNX export in OpenVINO
             bf16 where the CPU has native bf16, else in ONNX Runtime fp32; ONNX Runtime when the
             model converts; else PyTorch in channels_last), ``"torch"``, ``"onnxruntime"`` or
-            ``"openvino-bf16"``.
+            ``"openvino-bf16"``; or ``"onnxruntime-int8"``, the int8 export written by
+            ``ob-models quantize-int8`` (an option, never the default).
         tta: test-time augmentation (``runtime.run_model``): probabilities averaged over the 8
             flips and quarter turns of each tile, at 8x the model's compute.
     """
@@ -98,7 +99,7 @@ class RuntimeConfig(StrictModel):
     min_batch_size: int = Field(default=1, ge=1)
     max_batch_size: int = Field(default=4, ge=1)
     share_model_across_processes: bool = False
-    backend: Literal["auto", "torch", "onnxruntime", "openvino-bf16"] = "auto"
+    backend: Literal["auto", "torch", "onnxruntime", "openvino-bf16", "onnxruntime-int8"] = "auto"
     tta: bool = False
 
     @model_validator(mode="after")

@@ -100,16 +100,30 @@ class OnnxModel:
                 f"{x.shape}; map the bands with --bands"
             )
         height, width = x.shape[-2:]
+        x, (top, left) = self.prepare(x)
+        out = self._infer(x)
+        return out[..., top : top + height, left : left + width]
+
+    def prepare(self, x: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
+        """Normalise a batch scaled to [0, 1] and pad it to the divisor, as the network takes
+        it; return it (float32, contiguous) and the ``(top, left)`` padding."""
+        height, width = x.shape[-2:]
         x = (x.astype(np.float32, copy=False) - self._mean) / self._std
         mode = "constant" if self.pad_mode == "constant" else "reflect"
         size = padded_shape(height, width, self.input_spec.divisor)
-        x, (top, left) = pad_array(x, *size, mode=mode, centre=True)
-        out = self._infer(np.ascontiguousarray(x, dtype=np.float32))
-        return out[..., top : top + height, left : left + width]
+        x, offsets = pad_array(x, *size, mode=mode, centre=True)
+        return np.ascontiguousarray(x, dtype=np.float32), offsets
 
     def __repr__(self) -> str:
         """Name the model, its ONNX file and its runtime."""
         return f"{type(self).__name__}(name={self.name!r}, path={self.path!r})"
+
+
+class OnnxInt8Model(OnnxModel):
+    """The int8 export (``<stem>.int8.onnx``, written by ``ob-models quantize-int8``: static
+    quantization calibrated on real tiles, :mod:`.onnx_int8`) in ONNX Runtime."""
+
+    backend = "onnxruntime-int8"
 
 
 class OpenVinoBf16Model(OnnxModel):
@@ -151,9 +165,10 @@ def openvino_bf16_available() -> bool:
     return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
-def export_path(checkpoint: str | os.PathLike[str]) -> Path:
-    """Where a checkpoint's shipped ONNX export lives: ``<stem>.onnx`` beside it."""
-    return Path(checkpoint).with_suffix(".onnx")
+def export_path(checkpoint: str | os.PathLike[str], int8: bool = False) -> Path:
+    """Where a checkpoint's shipped ONNX export lives: ``<stem>.onnx`` beside it (the int8 one:
+    ``<stem>.int8.onnx``)."""
+    return Path(checkpoint).with_suffix(".int8.onnx" if int8 else ".onnx")
 
 
 def open_beside(
@@ -165,7 +180,8 @@ def open_beside(
         checkpoint: the local ``.safetensors`` file.
         checkpoint_sha256: the sha256 the checkpoint has (already checked by the caller, or
             about to be): an export made from other weights is not used.
-        runtime: :class:`OnnxModel` (ONNX Runtime, fp32) or :class:`OpenVinoBf16Model`.
+        runtime: :class:`OnnxModel` (ONNX Runtime, fp32), :class:`OpenVinoBf16Model`, or
+            :class:`OnnxInt8Model` (the int8 export).
 
     Returns:
         The model, or None when no export is there or it was made from another checkpoint
@@ -175,7 +191,7 @@ def open_beside(
         CheckpointError: the export is there but damaged (its sha256 sidecar disagrees) or has
             no sidecar.
     """
-    path = export_path(checkpoint)
+    path = export_path(checkpoint, int8=runtime is OnnxInt8Model)
     if not path.is_file():
         return None
     if not sidecar_path(path).is_file():

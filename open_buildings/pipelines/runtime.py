@@ -242,7 +242,15 @@ def load_model(model: ModelRef, runtime: RuntimeConfig) -> tuple[Any, str, Any]:
     local, sidecar = _localize(model.path)
     expected = model.sha256 or sidecar
     capacity = model.moe_capacity
-    if _onnx_fits(runtime, capacity) and onnx_model.export_path(local).is_file():
+    int8 = runtime.backend == "onnxruntime-int8"
+    fits = _onnx_fits(runtime, capacity)
+    if int8 and not (fits and onnx_model.export_path(local, True).is_file()):
+        raise ConfigError(
+            f"backend onnxruntime-int8 runs the int8 export beside the checkpoint "
+            f"({onnx_model.export_path(local, True).name}) on a CPU in fp32, and {local} has "
+            "none: write it with `ob-models quantize-int8 CHECKPOINT --imagery SRC`"
+        )
+    if fits and onnx_model.export_path(local, int8).is_file():
         actual = file_sha256(local)
         if expected and actual != expected.lower():
             raise CheckpointError(
@@ -252,6 +260,11 @@ def load_model(model: ModelRef, runtime: RuntimeConfig) -> tuple[Any, str, Any]:
         shipped = _open_export(local, actual, runtime.backend)
         if shipped is not None:
             return shipped, shipped.backend, device
+        if int8:
+            raise ConfigError(
+                f"the int8 export beside {local} was made from other weights; write it again "
+                "with `ob-models quantize-int8`"
+            )
     check_runnable(model, runtime, local)
     return _load_with_torch(local, expected, capacity, runtime, device)
 
@@ -266,6 +279,8 @@ def export_runtime(backend: str) -> type[onnx_model.OnnxModel]:
     Raises:
         ConfigError: ``openvino-bf16`` where OpenVINO or native bf16 is missing.
     """
+    if backend == "onnxruntime-int8":
+        return onnx_model.OnnxInt8Model
     bf16 = onnx_model.openvino_bf16_available() if backend in ("auto", "openvino-bf16") else False
     if backend == "openvino-bf16" and not bf16:
         raise ConfigError(

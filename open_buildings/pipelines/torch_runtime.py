@@ -16,7 +16,7 @@ from open_buildings.errors import ConfigError
 if TYPE_CHECKING:
     from torch import nn
 
-BACKENDS = ("auto", "torch", "onnxruntime", "openvino-bf16")
+BACKENDS = ("auto", "torch", "onnxruntime", "openvino-bf16", "onnxruntime-int8")
 
 
 def torch_available() -> bool:
