@@ -1,8 +1,9 @@
 """The shipped default model's ONNX export in each CPU runtime: ``python -m bench.runtimes``.
 
 Dense real tiles (the sample imagery mirrored into a 3 km square, ``bench.imagery``), each
-padded as ``ob-infer`` pads it, through ONNX Runtime fp32, OpenVINO fp32 and, where the CPU has
-native bf16, OpenVINO bf16: seconds per tile (best of interleaved rounds, so the machine's noise
+padded as ``ob-infer`` pads it, through ONNX Runtime fp32, ONNX Runtime int8 (the shipped
+``weights.int8.onnx``, ``ob-models quantize-int8``) and, where the CPU has native bf16, OpenVINO
+bf16: seconds per tile (best of interleaved rounds, so the machine's noise
 hits all alike), GFLOP/s, and how far each output is from ONNX Runtime fp32 (largest logit
 difference, and the share of pixels whose building mask agrees).
 """
@@ -36,6 +37,9 @@ def run(tiles: int = 4, rounds: int = 3) -> dict[str, Any]:
     """Seconds per tile and agreement with ONNX Runtime fp32 for each runtime."""
     export = resource("models", "default", "weights.onnx")
     runtimes: dict[str, Any] = {"onnxruntime fp32": onnx_model.OnnxModel(export)}
+    int8 = resource("models", "default", "weights.int8.onnx")
+    if int8.is_file():
+        runtimes["onnxruntime int8"] = onnx_model.OnnxInt8Model(int8)
     if onnx_model.openvino_bf16_available():
         runtimes["openvino bf16"] = onnx_model.OpenVinoBf16Model(export)
     with tempfile.TemporaryDirectory() as tmp:

@@ -98,3 +98,10 @@ def test_quantizing_needs_the_fp32_export_first(
     argv = ["quantize-int8", str(folder), "--imagery", str(DATA / "banepa"), "--tiles", "1"]
     assert ob_models.main(argv) == 2
     assert "ob-models export-onnx" in capsys.readouterr().err
+
+
+def test_the_shipped_int8_export_is_of_the_shipped_weights() -> None:
+    from open_buildings.models.checkpoint_meta import file_sha256
+
+    model = onnx_model.open_beside(DEFAULT, file_sha256(DEFAULT), onnx_model.OnnxInt8Model)
+    assert model is not None and model.backend == "onnxruntime-int8"
