@@ -15,7 +15,8 @@ LEVIR-CD is for academic use only: it is read from ``../shared/data`` at run tim
 copied into the repository.
 
 With ``--change-model W``, ``ob-change`` runs with that change model, and the ``new`` buildings
-it confirms (``change_confidence >= 0.5``) are scored too (``confirmed``).
+it confirms (``change_confidence >= t``, for each ``t`` of :data:`CONFIRM_AT`) are scored too
+(``confirmed``; a sweep read on these test pairs, not a tuned threshold).
 
     python -m bench.change_levir [--data ../shared/data/multidate/levir_cd_samples] [--out FILE]
         [--change-model W]
@@ -40,6 +41,7 @@ from open_buildings.commands.evaluate_model import write_bbox_region
 from open_buildings.evaluation.change_scores import ChangeCounts, count_change
 
 CRS = "EPSG:32633"
+CONFIRM_AT = (0.1, 0.2, 0.3, 0.4, 0.5)
 PIXEL = 0.5
 
 
@@ -75,10 +77,12 @@ def _pair(root: Path, name: str, index: int, work: Path, change_model: str | Non
     new = found[found["change"] == "new"]
     pred = _raster(new.geometry, truth.shape, from_origin(x0, y0, PIXEL, PIXEL))
     row = {}
-    if change_model:
-        sure = new[new["change_confidence"] >= 0.5]
+    for t in CONFIRM_AT if change_model else ():
+        sure = new[new["change_confidence"] >= t]
         sure_pred = _raster(sure.geometry, truth.shape, from_origin(x0, y0, PIXEL, PIXEL))
-        row["confirmed"] = count_change(sure_pred > 0, truth, pred_objects=sure_pred)
+        row.setdefault("confirmed", {})[t] = count_change(
+            sure_pred > 0, truth, pred_objects=sure_pred
+        )
     return {
         **row,
         "pair": name,
@@ -116,16 +120,18 @@ def main() -> None:
     }
     if args.change_model:
         result["change_model"] = args.change_model
-        result["confirmed"] = sum(confirmed, ChangeCounts()).scores()
+        result["confirmed"] = {
+            str(t): sum((c[t] for c in confirmed), ChangeCounts()).scores() for t in CONFIRM_AT
+        }
     for r in rows:
         c = r["counts"]
         print(f"{r['pair']}: appeared {c.truth_obj} (label), new {c.pred_obj}, matched "
               f"{c.tp_obj}; removed {r['removed']}, unchanged {r['unchanged']}")  # fmt: skip
+    sweep = [(f"confirmed at {t} ", scores) for t, scores in result.get("confirmed", {}).items()]
     for key in ("pixel", "object_iou50"):
-        for label, scores in (("", result), ("confirmed ", result.get("confirmed"))):
-            if scores:
-                s = scores[key]
-                print(f"{label}{key}: P {s['precision']:.3f} R {s['recall']:.3f} F1 {s['f1']:.3f}")
+        for label, scores in [("", result), *sweep]:
+            s = scores[key]
+            print(f"{label}{key}: P {s['precision']:.3f} R {s['recall']:.3f} F1 {s['f1']:.3f}")
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
 
