@@ -10,7 +10,8 @@ Registered models (random weights; ``init_from: imagenet`` loads the Lite encode
 
 - ``change_unet_lite0``: no attention (the dates meet only at the change head);
 - ``change_unet_lite0_nonlocal``: a non-local block at the deepest level;
-- ``change_unet_lite0_st``: a spatiotemporal cell (set ``cell`` to a searched one).
+- ``change_unet_lite0_st``: the spatiotemporal cell that ``pipelines/change/search.py`` found
+  (:data:`SEARCHED_CELL`, at strides 16 and 32; ``bench/change.md``); set ``cell`` for another.
 
 ``ob-train pipelines/change/train.yaml`` trains them on pairs made from single-date labels
 (:mod:`open_buildings.training.change_pairs`); ``pipelines/change/search.py`` searches the cell.
@@ -112,6 +113,10 @@ def _load_pretrained(model: BuildingModel, source: str) -> dict[str, int]:
     return load_lite_imagenet(model, None if source == PACKAGED_WEIGHTS else source)
 
 
+#: The best of 12 random cells on the change task (held-out pairs' change F1 after 120 steps;
+#: ``bench/results/change_search.csv``): two space attentions in a row and a space-time one.
+SEARCHED_CELL = (("dot_space", 0), ("dot_space", 1), ("dot_spacetime", 0))
+
 _SPEC = InputSpec(bands=3 * DATES, mean=IMAGENET_MEAN * DATES, std=IMAGENET_STD * DATES)
 _LITE0 = "tu-efficientnet_lite0"
 
@@ -129,8 +134,9 @@ register_family(
         ),
         (
             "change_unet_lite0_st",
-            ChangeUNetConfig(encoder_name=_LITE0, cell=(("dot_time", 0), ("map_space", 1))),
-            "two-date change U-Net, Lite0 encoder, a spatiotemporal attention cell at stride 32",
+            ChangeUNetConfig(encoder_name=_LITE0, cell=SEARCHED_CELL, cell_levels=(4, 5)),
+            "two-date change U-Net, Lite0 encoder, the searched spatiotemporal cell at strides "
+            "16 and 32",
         ),
     ],
     build_change_unet,
