@@ -35,7 +35,7 @@ def check_change_config(cfg: Any) -> None:
     """Refuse what a change run cannot do (``cfg``: a ``TrainConfig``).
 
     Raises:
-        ConfigError: mixup, self-training, keep_best/patience or freeze_encoder is set.
+        ConfigError: mixup, self-training, or keep_best/patience (which rank by building F1).
     """
     refused = {
         "mixup.enabled": cfg.mixup.enabled,

@@ -1,4 +1,5 @@
-"""The training loop: chips -> augment -> (mixup) -> loss (+ soft KL on unlabelled chips) -> step.
+"""The training loop: chips -> augment -> (mixup) -> loss (+ soft KL on unlabelled chips) -> step
+(for a two-date change model: pairs from :mod:`.change_pairs`, validated by :mod:`.change_task`).
 
 :func:`train_step` is one optimisation step on given batches, testable on its own; a
 :class:`Trainer` draws each step's batches, calls it, and runs its hooks (validation,
@@ -288,6 +289,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
     device = resolve_device(cfg.device)  # fails loudly on a machine without the GPU asked for
     if cfg.bf16 == "auto":
         cfg = cfg.model_copy(update={"bf16": native_bf16(cfg.device)})
+    change = change_task.is_change_model(cfg.model)
+    if change:  # before any data is read
+        change_task.check_change_config(cfg)
     out = Path(cfg.out)
     ckpt = out / CHECKPOINT_DIR
     if not resume and ckpt.exists():
@@ -301,9 +305,6 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
     if cfg.label_fraction < 1:
         keep_fraction(scenes, cfg.label_fraction)
     pool = chipping.ScenePool(scenes)
-    change = change_task.is_change_model(cfg.model)
-    if change:
-        change_task.check_change_config(cfg)
     st = cfg.self_training
     unlabelled: chipping.ScenePool | None = None
     teacher_probs: list[np.ndarray] = []
