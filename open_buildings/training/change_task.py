@@ -19,8 +19,13 @@ from open_buildings.evaluation.change_scores import ChangeCounts, count_change, 
 from open_buildings.models.base import BuildingModel
 from open_buildings.models.registry import get_entry
 from open_buildings.training import chips as chipping
-from open_buildings.training.batches import Batch
-from open_buildings.training.change_pairs import change_batch, recolour, validation_pairs
+from open_buildings.training.batches import Batch, HeldOut
+from open_buildings.training.change_pairs import (
+    change_batch,
+    load_dated,
+    recolour,
+    validation_pairs,
+)
 from open_buildings.training.scenes import Scene
 
 Pair = tuple[np.ndarray, np.ndarray, np.ndarray]
@@ -51,10 +56,11 @@ def check_change_config(cfg: Any) -> None:
             )
 
 
-def pair_batches(pool: chipping.ScenePool, cfg: Any) -> Callable[[int, Any], Batch]:
-    """Each step's batch of pairs: ``draw(step, transform)``."""
-    colour = recolour()
-    return lambda step, transform: change_batch(pool, cfg, step, transform, colour)
+def pair_batches(pool: chipping.ScenePool, cfg: Any, held: HeldOut) -> Callable[[int, Any], Batch]:
+    """Each step's batch of pairs, ``draw(step, transform)``; the config's dated areas are read
+    here (validation tiles held out)."""
+    colour, dated = recolour(), load_dated(cfg, held)
+    return lambda step, transform: change_batch(pool, cfg, step, transform, colour, dated)
 
 
 def pair_scorer(val_scenes: Sequence[Scene], cfg: Any) -> Callable[[BuildingModel], dict]:

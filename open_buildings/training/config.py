@@ -7,6 +7,7 @@ area's ``imagery`` and ``labels``, which are resolved against ``data_root`` when
 
 from __future__ import annotations
 
+import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, ValidationInfo, model_validator
@@ -90,11 +91,40 @@ class StoppingConfig(StrictModel):
     keep_best: bool = False
 
 
+class DatedImageryConfig(StrictModel):
+    """One date of a dated area: its imagery and the buildings standing then."""
+
+    date: datetime.date
+    imagery: DataPath
+    labels: DataPath
+    bands: tuple[int, int, int] | None = None
+
+
+class DatedAreaConfig(StrictModel):
+    """Imagery of one place at several dates, each with its own building labels: every pair of
+    consecutive dates is a real training pair (read onto the same tile grid, so pixels align)."""
+
+    name: str
+    dates: list[DatedImageryConfig] = Field(min_length=2)
+    tiles: list[str] | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _distinct_dates(self) -> DatedAreaConfig:
+        days = [d.date for d in self.dates]
+        if len(set(days)) != len(days):
+            raise ValueError(f"dated area {self.name!r} lists a date twice: {days}")
+        self.dates.sort(key=lambda d: d.date)
+        return self
+
+
 class ChangeConfig(StrictModel):
     """Two-date change models (``change_unet_*``): pairs made from single-date labels
-    (:mod:`open_buildings.training.change_pairs`) and the held-out pairs they validate on."""
+    (:mod:`open_buildings.training.change_pairs`), real pairs of ``dated`` areas (drawn for
+    ``dated_share`` of a batch's pairs), and the held-out pairs they validate on."""
 
     same_share: float = Field(0.5, ge=0.0, le=1.0)
+    dated: list[DatedAreaConfig] = []
+    dated_share: float = Field(0.5, ge=0.0, le=1.0)
     val_pairs: int = Field(96, ge=1)
 
 

@@ -346,7 +346,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
             history=history,
             ema=ema,
             best=best_from_history(history, out) if cfg.stopping.keep_best else None,
-            draw=change_task.pair_batches(pool, cfg) if change else None,
+            draw=change_task.pair_batches(pool, cfg, held) if change else None,
         )
         if cfg.stopping.keep_best and start == 0:
             _initial_candidate(trainer, val_scenes, out)

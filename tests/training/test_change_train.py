@@ -156,3 +156,58 @@ def test_score_pairs_is_one_for_the_truth_and_zero_for_its_opposite(pool) -> Non
     perfect = score_pairs(_Fixed(truth * 20 - 10), pairs)
     assert perfect["f1"] == perfect["object_f1"] == perfect["building_f1"] == 1.0
     assert score_pairs(_Fixed(10 - truth * 20), pairs)["f1"] == 0.0
+
+
+def _dated(config_factory, tmp_path, *extra):
+    """A dated area: the Banepa tiles at two dates, every third building not yet built at the
+    first (the same imagery, so only the labels differ)."""
+    import geopandas as gpd
+
+    from tests.training.conftest import DATA
+
+    labels = gpd.read_file(DATA / "labels" / "banepa_4tiles.geojson")
+    labels[labels.index % 3 != 0].to_file(tmp_path / "before.geojson", driver="GeoJSON")
+    area = (
+        "{name: banepa_t, dates: [{date: 2021-06-01, imagery: imagery/banepa, labels: "
+        "labels/banepa_4tiles.geojson}, {date: 2020-01-01, imagery: imagery/banepa, labels: "
+        f"{tmp_path / 'before.geojson'}}}]}}"
+    )
+    return config_factory(*CHANGE, f"change={{dated: [{area}], dated_share: 1.0}}", *extra)
+
+
+def test_a_dated_area_gives_real_pairs_whose_change_is_what_was_built(
+    config_factory, tmp_path
+) -> None:
+    from open_buildings.training.change_pairs import draw_dated, load_dated
+
+    cfg = _dated(config_factory, tmp_path)
+    assert [d.date.year for d in cfg.change.dated[0].dates] == [2020, 2021]  # sorted by date
+    pairs = load_dated(cfg, {})
+    assert [s.tile_id for s in pairs.pool.scenes] == [s.tile_id for s in pairs.later]
+    spec = PairSpec(chips.ChipSpec(64, 0.0))
+    built = 0
+    for seed in range(12):
+        rng = np.random.default_rng(seed)
+        images, targets, _ = draw_dated(pairs, spec, rng, chips.augmenter() if seed % 2 else None)
+        np.testing.assert_array_equal(images[:3], images[3:])  # one place, augmented alike
+        before, after = targets[0] > 0, targets[1] > 0
+        assert not (before & ~after).any()  # nothing was demolished
+        np.testing.assert_array_equal(targets[2] > 0, after & ~before)
+        built += int(targets[2].sum())
+    assert built > 0
+
+
+def test_ob_train_trains_on_a_dated_area(config_factory, tmp_path) -> None:
+    result = train(_dated(config_factory, tmp_path, "steps=2"), progress=False)
+    assert load_checkpoint(result["weights"]).name == "change_unet_lite0"
+
+
+def test_a_date_given_twice_is_refused(config_factory) -> None:
+    from pydantic import ValidationError
+
+    area = (
+        "{name: a, dates: [{date: 2020-01-01, imagery: imagery/banepa, labels: x.geojson}, "
+        "{date: 2020-01-01, imagery: imagery/banepa, labels: y.geojson}]}"
+    )
+    with pytest.raises((ValidationError, ConfigError), match="lists a date twice"):
+        config_factory(*CHANGE, f"change={{dated: [{area}]}}")
