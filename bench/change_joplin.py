@@ -7,7 +7,8 @@ footprints overlap, and draws both dates with the buildings coloured by their ch
 shared data's folders stand for (before and after 22 May 2011); the exact days are not recorded.
 
 With ``--change-model W`` (a trained change model), ``ob-change`` also gives every building its
-``change_confidence``, and the counts the model confirms (>= 0.5) are printed.
+``change_confidence``, the counts the model confirms (>= 0.5) are printed, and the map draws the
+changes it confirms solid and the others dotted.
 
     python -m bench.change_joplin [--data ../shared/data/multidate/joplin_us] [--out DIR]
         [--change-model W]
@@ -54,7 +55,17 @@ def _plot(out: Path, imagery: list[str], figure: Path) -> None:
         ax.imshow(np.moveaxis(stack.rgb[k], 0, -1), extent=extent)
         for change, colour in COLOURS.items():
             part = found[found["change"] == change]
-            if len(part):
+            if "change_confidence" in part and change != "unchanged":
+                sure = part["change_confidence"] >= 0.5
+                styles = [(sure, "-", 1.6, "confirmed"), (~sure, ":", 0.7, "not confirmed")]
+                for keep, style, width, note in styles:
+                    subset = part[keep]
+                    if len(subset):
+                        subset.boundary.plot(
+                            ax=ax, color=colour, linewidth=width, linestyle=style,
+                            label=f"{change}, {note} ({len(subset)})",
+                        )  # fmt: skip
+            elif len(part):
                 part.boundary.plot(
                     ax=ax, color=colour, linewidth=0.7, label=f"{change} ({len(part)})"
                 )
