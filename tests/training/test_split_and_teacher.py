@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import rasterio.features
 import torch
-from conftest import DATA
 
 from open_buildings.commands import infer as ob_infer
 from open_buildings.commands.evaluate_model import write_bbox_region
@@ -18,6 +17,7 @@ from open_buildings.models.registry import build_model
 from open_buildings.training import batches
 from open_buildings.training.loop import train
 from open_buildings.training.validate import predict
+from tests.training.conftest import DATA
 
 BANEPA = "{name: banepa, imagery: imagery/banepa, labels: labels/banepa_4tiles.geojson}"
 VAL = (
