@@ -34,7 +34,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--imagery", action="append", required=True, metavar="SRC",
         help="imagery to calibrate on, as ob-infer takes it (repeat for several sources)",
     )  # fmt: skip
-    quant.add_argument("--tiles", type=int, default=8, help="calibration tiles (default 8)")
+    quant.add_argument("--windows", type=int, default=48, help="calibration windows (48)")
+    quant.add_argument("--window", type=int, default=256, help="their side in pixels (256)")
     quant.add_argument(
         "--skip-tile", action="append", default=[], metavar="TOKEN",
         help="a tile not to calibrate on (e.g. one you validate on); repeatable",
@@ -67,8 +68,8 @@ def _quantize(args: argparse.Namespace) -> int:
     from open_buildings.pipelines.onnx_int8 import calibration_tiles, quantize_beside
     from open_buildings.pipelines.runtime import resolve_model
 
-    tiles = calibration_tiles(args.imagery, args.tiles, skip=args.skip_tile)
+    tiles = calibration_tiles(args.imagery, args.windows, skip=args.skip_tile, window=args.window)
     path = quantize_beside(resolve_model(args.checkpoint).path, tiles)
-    print(f"wrote {path} and {path.name}.sha256, calibrated on {len(tiles)} tiles; run it with "
+    print(f"wrote {path} and {path.name}.sha256, calibrated on {len(tiles)} windows; run it with "
           "ob-infer --backend onnxruntime-int8")  # fmt: skip
     return 0

@@ -1,12 +1,13 @@
 """Static int8 quantization of a checkpoint's ONNX export, calibrated on real tiles.
 
-``ob-models quantize-int8 CHECKPOINT --imagery SRC`` reads tiles of the user's imagery as
-``ob-infer`` reads them (the 50 cm tile grid, normalised and padded as the model takes them),
-lets ONNX Runtime's static quantizer (``onnxruntime.quantization.quantize_static``: QDQ format,
-int8 weights per channel, uint8 activations whose ranges come from those tiles) write
+``ob-models quantize-int8 CHECKPOINT --imagery SRC`` reads windows of the user's imagery as
+``ob-infer`` reads it (the 50 cm tile grid, normalised as the model takes it), lets ONNX
+Runtime's static quantizer (``onnxruntime.quantization.quantize_static``: QDQ format, int8
+weights per channel, uint8 activations whose ranges are the 99.99th percentile over those
+windows; min-max ranges lost 0.012 in validation F1, the percentile 0.004) write
 ``<stem>.int8.onnx`` beside the checkpoint, and keeps the fp32 export's metadata in it (so
 it runs only with the weights it was made from). ``ob-infer --backend onnxruntime-int8`` runs it.
-It is an option, never the default: ``bench/README.md`` has its speed and its F1 on validation.
+It is an option, not the default: ``bench/README.md`` has its speed and its F1 on validation.
 """
 
 from __future__ import annotations
@@ -28,55 +29,63 @@ from open_buildings.pipelines.onnx_model import META_KEY, OnnxInt8Model, OnnxMod
 
 __all__ = ["calibration_tiles", "quantize_beside"]
 
-#: The least building-mask agreement with fp32 on the calibration tiles for the file to be kept.
+#: The least building-mask agreement with fp32 on the calibration windows for the file to be kept.
 MIN_AGREEMENT = 0.95
+#: The calibration windows' side (px) and the activation range's percentile.
+WINDOW = 256
+PERCENTILE = 99.99
 
 
 def calibration_tiles(
-    imagery: Sequence[str], count: int, *, skip: Sequence[str] = (), min_side: int = 128
+    imagery: Sequence[str], count: int, *, skip: Sequence[str] = (), window: int = WINDOW
 ) -> list[np.ndarray]:
-    """Up to ``count`` tiles (uint8 ``(3, H, W)``), read from the imagery sources in turn, each
-    cropped to the box around its pixels with imagery (so the ranges are those of imagery, not
-    of the zeros around a small source).
+    """Up to ``count`` windows (uint8 ``(3, window, window)``) of the imagery, read on the tile
+    grid as ``ob-infer`` reads it, each with imagery on at least 90% of its pixels (so the ranges
+    are those of imagery, not of the zeros around a small source), drawn evenly from every
+    source's tiles and shuffled with a fixed seed. One size for all: the percentile calibrator
+    stacks its batches.
 
     Args:
         imagery: sources as ``ob-infer --imagery`` takes them.
-        count: how many tiles at most.
+        count: how many windows at most.
         skip: tile tokens not to read (e.g. validation tiles).
-        min_side: the least side of a tile's box with imagery.
+        window: the windows' side in pixels.
 
     Raises:
-        ImageryError: no tile of the sources has imagery over ``min_side`` pixels square.
+        ImageryError: no tile of the sources has such a window.
     """
-    streams = [_tiles_of(spec, set(skip), min_side) for spec in imagery]
-    tiles: list[np.ndarray] = []
-    while streams and len(tiles) < count:
+    streams = [_windows_of(spec, set(skip), window) for spec in imagery]
+    found: list[np.ndarray] = []
+    while streams and len(found) < 4 * count:  # enough to draw from, without reading everything
         for stream in list(streams):
-            tile = next(stream, None)
-            if tile is None:
+            got = next(stream, None)
+            if got is None:
                 streams.remove(stream)
-            elif len(tiles) < count:
-                tiles.append(tile)
-    if not tiles:
+            else:
+                found.extend(got)
+    if not found:
         raise ImageryError(
-            f"no tile of {', '.join(imagery)} has imagery over {min_side} x {min_side} pixels; "
-            "give imagery like the imagery the model will run on"
+            f"no tile of {', '.join(imagery)} has {window} x {window} pixels of imagery; give "
+            "imagery like the imagery the model will run on"
         )
-    return tiles
+    order = np.random.default_rng(0).permutation(len(found))[:count]
+    return [found[k] for k in sorted(order)]
 
 
-def _tiles_of(spec: str, skip: set[str], min_side: int) -> Iterator[np.ndarray]:
+def _windows_of(spec: str, skip: set[str], window: int) -> Iterator[list[np.ndarray]]:
+    """Each tile's windows with imagery, a list per tile."""
     source = open_imagery(spec)
     for tile in tiling.cover(shapely.box(*source.bounds_lonlat())):
         if tile.id in skip:
             continue
         image = source.read(tile.grid)
-        rows, cols = (
-            np.flatnonzero(image.valid.any(axis=1)),
-            np.flatnonzero(image.valid.any(axis=0)),
-        )
-        if rows.size and min(rows[-1] - rows[0], cols[-1] - cols[0]) + 1 >= min_side:
-            yield image.rgb[:, rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+        height, width = image.valid.shape
+        yield [
+            image.rgb[:, r : r + window, c : c + window]
+            for r in range(0, height - window + 1, window)
+            for c in range(0, width - window + 1, window)
+            if image.valid[r : r + window, c : c + window].mean() >= 0.9
+        ]
 
 
 class _Reader:
@@ -110,7 +119,13 @@ def quantize_beside(checkpoint: str | os.PathLike[str], tiles: Sequence[np.ndarr
             :data:`MIN_AGREEMENT` of the calibration pixels (nothing usable is left behind).
     """
     import onnx
-    from onnxruntime.quantization import QuantFormat, QuantType, quant_pre_process, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quant_pre_process,
+        quantize_static,
+    )
 
     fp32 = export_path(checkpoint)
     if not fp32.is_file():
@@ -128,11 +143,16 @@ def quantize_beside(checkpoint: str | os.PathLike[str], tiles: Sequence[np.ndarr
             str(prepared), str(quantized), _Reader(reference, tiles),
             quant_format=QuantFormat.QDQ, per_channel=True,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.Percentile,
+            extra_options={"CalibPercentile": PERCENTILE},
         )  # fmt: skip
         network = onnx.load(str(quantized))
         props = {p.key: p.value for p in onnx.load(str(fp32)).metadata_props}
         info = json.loads(props[META_KEY])
-        info["precision"] = {"int8": "static QDQ, per-channel weights", "tiles": len(tiles)}
+        info["precision"] = {
+            "int8": f"static QDQ, per-channel weights, activations at the {PERCENTILE} percentile",
+            "calibration_windows": len(tiles),
+        }
         del network.metadata_props[:]
         network.metadata_props.add(key=META_KEY, value=json.dumps(info))
         onnx.save(network, str(target))

@@ -30,17 +30,28 @@ def quantized(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name in ("weights.safetensors", "weights.safetensors.sha256", "weights.onnx",
                  "weights.onnx.sha256"):  # fmt: skip
         shutil.copy(DEFAULT.parent / name, folder / name)
-    argv = ["quantize-int8", str(folder), "--imagery", str(DATA / "banepa"), "--tiles", "2"]
+    argv = [
+        "quantize-int8",
+        str(folder),
+        "--imagery",
+        str(DATA / "banepa"),
+        "--windows",
+        "4",
+        "--window",
+        "128",
+    ]
     assert ob_models.main(argv) == 0
     return folder / "weights.safetensors"
 
 
-def test_calibration_tiles_are_the_imagery_without_the_empty_margin() -> None:
-    tiles = calibration_tiles([str(DATA / "banepa")], 3)
-    assert 1 <= len(tiles) <= 3
-    for tile in tiles:
-        assert tile.dtype == np.uint8 and tile.shape[0] == 3 and min(tile.shape[1:]) >= 128
-        assert (tile.reshape(3, -1).max(axis=0) > 0).mean() > 0.5  # mostly imagery, not padding
+def test_calibration_windows_are_imagery_of_one_size_and_reproducible() -> None:
+    windows = calibration_tiles([str(DATA / "banepa")], 3, window=128)
+    assert 1 <= len(windows) <= 3
+    for window in windows:
+        assert window.dtype == np.uint8 and window.shape == (3, 128, 128)
+        assert (window.reshape(3, -1).max(axis=0) > 0).mean() >= 0.9  # imagery, not padding
+    again = calibration_tiles([str(DATA / "banepa")], 3, window=128)
+    assert all(np.array_equal(a, b) for a, b in zip(windows, again))
 
 
 def test_the_int8_export_is_quantized_and_runs_close_to_fp32(quantized: Path) -> None:
@@ -95,7 +106,16 @@ def test_quantizing_needs_the_fp32_export_first(
     folder.mkdir()
     shutil.copy(tiny_checkpoint, folder / "weights.safetensors")
     shutil.copy(str(tiny_checkpoint) + ".sha256", folder / "weights.safetensors.sha256")
-    argv = ["quantize-int8", str(folder), "--imagery", str(DATA / "banepa"), "--tiles", "1"]
+    argv = [
+        "quantize-int8",
+        str(folder),
+        "--imagery",
+        str(DATA / "banepa"),
+        "--windows",
+        "1",
+        "--window",
+        "128",
+    ]
     assert ob_models.main(argv) == 2
     assert "ob-models export-onnx" in capsys.readouterr().err
 
