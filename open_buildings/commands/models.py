@@ -65,11 +65,13 @@ def _export(spec: str) -> int:
 
 
 def _quantize(args: argparse.Namespace) -> int:
-    from open_buildings.pipelines.onnx_int8 import calibration_tiles, quantize_beside
+    from open_buildings.pipelines.onnx_int8 import calibration_windows, quantize_beside
     from open_buildings.pipelines.runtime import resolve_model
 
-    tiles = calibration_tiles(args.imagery, args.windows, skip=args.skip_tile, window=args.window)
-    path = quantize_beside(resolve_model(args.checkpoint).path, tiles)
-    print(f"wrote {path} and {path.name}.sha256, calibrated on {len(tiles)} windows; run it with "
+    windows = calibration_windows(
+        args.imagery, args.windows, skip=args.skip_tile, window=args.window
+    )
+    path = quantize_beside(resolve_model(args.checkpoint).path, windows)
+    print(f"wrote {path} and {path.name}.sha256, calibrated on {len(windows)} windows; run it with "
           "ob-infer --backend onnxruntime-int8")  # fmt: skip
     return 0

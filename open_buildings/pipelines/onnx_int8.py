@@ -1,4 +1,4 @@
-"""Static int8 quantization of a checkpoint's ONNX export, calibrated on real tiles.
+"""Static int8 quantization of a checkpoint's ONNX export, calibrated on real imagery.
 
 ``ob-models quantize-int8 CHECKPOINT --imagery SRC`` reads windows of the user's imagery as
 ``ob-infer`` reads it (the 50 cm tile grid, normalised as the model takes it), lets ONNX
@@ -27,7 +27,7 @@ from open_buildings.geo.imagery import open_imagery
 from open_buildings.models.checkpoint_meta import sidecar_path, write_sidecar
 from open_buildings.pipelines.onnx_model import META_KEY, OnnxInt8Model, OnnxModel, export_path
 
-__all__ = ["calibration_tiles", "quantize_beside"]
+__all__ = ["calibration_windows", "quantize_beside"]
 
 #: The least building-mask agreement with fp32 on the calibration windows for the file to be kept.
 MIN_AGREEMENT = 0.95
@@ -36,7 +36,7 @@ WINDOW = 256
 PERCENTILE = 99.99
 
 
-def calibration_tiles(
+def calibration_windows(
     imagery: Sequence[str], count: int, *, skip: Sequence[str] = (), window: int = WINDOW
 ) -> list[np.ndarray]:
     """Up to ``count`` windows (uint8 ``(3, window, window)``) of the imagery, read on the tile
@@ -89,12 +89,12 @@ def _windows_of(spec: str, skip: set[str], window: int) -> Iterator[list[np.ndar
 
 
 class _Reader:
-    """ONNX Runtime's calibration data reader over prepared tiles (one tile a batch)."""
+    """ONNX Runtime's calibration data reader over prepared windows (one window a batch)."""
 
-    def __init__(self, model: OnnxModel, tiles: Sequence[np.ndarray]) -> None:
+    def __init__(self, model: OnnxModel, windows: Sequence[np.ndarray]) -> None:
         self.name = model.session.get_inputs()[0].name
         self.batches = iter(
-            [model.prepare(t[None].astype(np.float32) / np.float32(255))[0] for t in tiles]
+            [model.prepare(t[None].astype(np.float32) / np.float32(255))[0] for t in windows]
         )
 
     def get_next(self) -> dict[str, np.ndarray] | None:
@@ -102,13 +102,13 @@ class _Reader:
         return None if batch is None else {self.name: batch}
 
 
-def quantize_beside(checkpoint: str | os.PathLike[str], tiles: Sequence[np.ndarray]) -> Path:
+def quantize_beside(checkpoint: str | os.PathLike[str], windows: Sequence[np.ndarray]) -> Path:
     """Write ``<stem>.int8.onnx`` (and its sha256 sidecar) beside ``checkpoint``.
 
     Args:
         checkpoint: a ``.safetensors`` checkpoint whose fp32 export (``ob-models export-onnx``)
             lies beside it.
-        tiles: calibration tiles (:func:`calibration_tiles`).
+        windows: calibration windows (:func:`calibration_windows`).
 
     Returns:
         The int8 file.
@@ -134,13 +134,13 @@ def quantize_beside(checkpoint: str | os.PathLike[str], tiles: Sequence[np.ndarr
             "with `ob-models export-onnx CHECKPOINT`"
         )
     reference = OnnxModel(fp32)
-    target = export_path(checkpoint, int8=True)
+    target = export_path(checkpoint, OnnxInt8Model)
     sidecar_path(target).unlink(missing_ok=True)
     with tempfile.TemporaryDirectory(prefix="ob-int8-") as folder:
         prepared, quantized = Path(folder) / "pre.onnx", Path(folder) / "int8.onnx"
         quant_pre_process(str(fp32), str(prepared))
         quantize_static(
-            str(prepared), str(quantized), _Reader(reference, tiles),
+            str(prepared), str(quantized), _Reader(reference, windows),
             quant_format=QuantFormat.QDQ, per_channel=True,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.Percentile,
@@ -151,12 +151,12 @@ def quantize_beside(checkpoint: str | os.PathLike[str], tiles: Sequence[np.ndarr
         info = json.loads(props[META_KEY])
         info["precision"] = {
             "int8": f"static QDQ, per-channel weights, activations at the {PERCENTILE} percentile",
-            "calibration_windows": len(tiles),
+            "calibration_windows": len(windows),
         }
         del network.metadata_props[:]
         network.metadata_props.add(key=META_KEY, value=json.dumps(info))
         onnx.save(network, str(target))
-    agreement = mask_agreement(reference, OnnxInt8Model(target), tiles[:2])
+    agreement = mask_agreement(reference, OnnxInt8Model(target), windows[:2])
     if agreement < MIN_AGREEMENT:
         target.unlink()
         raise RuntimeError(

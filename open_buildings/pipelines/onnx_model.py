@@ -50,6 +50,8 @@ class OnnxModel:
 
     #: What :func:`.runtime.load_model` reports as the backend.
     backend = "onnxruntime"
+    #: The file this runtime runs, beside a checkpoint (:func:`export_path`).
+    suffix = ".onnx"
 
     def __init__(self, path: str | os.PathLike[str], threads: int | None = None) -> None:
         self.path = str(path)
@@ -124,6 +126,7 @@ class OnnxInt8Model(OnnxModel):
     quantization calibrated on real tiles, :mod:`.onnx_int8`) in ONNX Runtime."""
 
     backend = "onnxruntime-int8"
+    suffix = ".int8.onnx"
 
 
 class OpenVinoBf16Model(OnnxModel):
@@ -165,10 +168,10 @@ def openvino_bf16_available() -> bool:
     return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
-def export_path(checkpoint: str | os.PathLike[str], int8: bool = False) -> Path:
-    """Where a checkpoint's shipped ONNX export lives: ``<stem>.onnx`` beside it (the int8 one:
-    ``<stem>.int8.onnx``)."""
-    return Path(checkpoint).with_suffix(".int8.onnx" if int8 else ".onnx")
+def export_path(checkpoint: str | os.PathLike[str], runtime: type[OnnxModel] = OnnxModel) -> Path:
+    """Where the export ``runtime`` runs lives beside a checkpoint: ``<stem>.onnx`` (the int8
+    one, :class:`OnnxInt8Model`'s: ``<stem>.int8.onnx``)."""
+    return Path(checkpoint).with_suffix(runtime.suffix)
 
 
 def open_beside(
@@ -191,7 +194,7 @@ def open_beside(
         CheckpointError: the export is there but damaged (its sha256 sidecar disagrees) or has
             no sidecar.
     """
-    path = export_path(checkpoint, int8=runtime is OnnxInt8Model)
+    path = export_path(checkpoint, runtime)
     if not path.is_file():
         return None
     if not sidecar_path(path).is_file():

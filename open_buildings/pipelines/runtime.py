@@ -244,13 +244,16 @@ def load_model(model: ModelRef, runtime: RuntimeConfig) -> tuple[Any, str, Any]:
     capacity = model.moe_capacity
     int8 = runtime.backend == "onnxruntime-int8"
     fits = _onnx_fits(runtime, capacity)
-    if int8 and not (fits and onnx_model.export_path(local, True).is_file()):
+    export = onnx_model.export_path(
+        local, onnx_model.OnnxInt8Model if int8 else onnx_model.OnnxModel
+    )
+    if int8 and not (fits and export.is_file()):
         raise ConfigError(
             f"backend onnxruntime-int8 runs the int8 export beside the checkpoint "
-            f"({onnx_model.export_path(local, True).name}) on a CPU in fp32, and {local} has "
-            "none: write it with `ob-models quantize-int8 CHECKPOINT --imagery SRC`"
+            f"({export.name}) on a CPU in fp32, and {local} has none: write it with "
+            "`ob-models quantize-int8 CHECKPOINT --imagery SRC`"
         )
-    if fits and onnx_model.export_path(local, int8).is_file():
+    if fits and export.is_file():
         actual = file_sha256(local)
         if expected and actual != expected.lower():
             raise CheckpointError(

@@ -110,9 +110,14 @@ def with_teacher(
     return chipping.ScenePool(scenes), targets
 
 
+def chip_spec(cfg: TrainConfig) -> chipping.ChipSpec:
+    """How the config's training chips are cut."""
+    return chipping.ChipSpec(cfg.chip.size, cfg.chip.empty_share, cfg.chip.min_valid)
+
+
 def labelled_batch(pool: chipping.ScenePool, cfg: TrainConfig, step: int, transform) -> Batch:
     """Return the step's labelled batch with targets from :func:`heads.make_targets`."""
-    spec = chipping.ChipSpec(cfg.chip.size, cfg.chip.empty_share, cfg.chip.min_valid)
+    spec = chip_spec(cfg)
     images, targets, weights = [], [], []
     for i in range(cfg.batch_size):
         rng = chipping.rng_for(cfg.seed, step, 0, i)

@@ -29,7 +29,7 @@ import torch
 
 from open_buildings.errors import ConfigError
 from open_buildings.training import chips as chipping
-from open_buildings.training.batches import Batch, HeldOut, load_areas
+from open_buildings.training.batches import Batch, HeldOut, chip_spec, load_areas
 from open_buildings.training.config import AreaConfig
 from open_buildings.training.scenes import Scene
 
@@ -164,10 +164,7 @@ def change_batch(
 ) -> Batch:
     """Return the step's batch of pairs (``cfg``: a ``TrainConfig``; its ``change`` settings):
     real ones from ``dated`` for ``dated_share`` of them, made ones otherwise."""
-    spec = PairSpec(
-        chipping.ChipSpec(cfg.chip.size, cfg.chip.empty_share, cfg.chip.min_valid),
-        cfg.change.same_share,
-    )
+    spec = PairSpec(chip_spec(cfg), cfg.change.same_share)
     drawn = []
     for i in range(cfg.batch_size):
         rng = chipping.rng_for(cfg.seed, step, 3, i)

@@ -14,7 +14,7 @@ from open_buildings.commands import models as ob_models
 from open_buildings.errors import ConfigError
 from open_buildings.pipelines import onnx_model, runtime
 from open_buildings.pipelines.config import RuntimeConfig
-from open_buildings.pipelines.onnx_int8 import calibration_tiles, mask_agreement
+from open_buildings.pipelines.onnx_int8 import calibration_windows, mask_agreement
 from open_buildings.resources import resource
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "imagery"
@@ -24,38 +24,34 @@ SAMPLE = Path(__file__).resolve().parents[2] / "geo" / "sample"
 
 @pytest.fixture(scope="module")
 def quantized(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the default model with an int8 export calibrated on two Banepa tiles."""
+    """A copy of the default model with an int8 export calibrated on Banepa windows."""
     folder = tmp_path_factory.mktemp("int8") / "default"
     folder.mkdir()
     for name in ("weights.safetensors", "weights.safetensors.sha256", "weights.onnx",
                  "weights.onnx.sha256"):  # fmt: skip
         shutil.copy(DEFAULT.parent / name, folder / name)
-    argv = [
-        "quantize-int8",
-        str(folder),
-        "--imagery",
-        str(DATA / "banepa"),
-        "--windows",
-        "4",
-        "--window",
-        "128",
-    ]
-    assert ob_models.main(argv) == 0
+    assert _quantize(folder, windows=4) == 0
     return folder / "weights.safetensors"
 
 
+def _quantize(folder: Path, windows: int) -> int:
+    """``ob-models quantize-int8 FOLDER`` on 128 px windows of the Banepa test tiles."""
+    argv = ["quantize-int8", str(folder), "--imagery", str(DATA / "banepa")]
+    return ob_models.main([*argv, "--windows", str(windows), "--window", "128"])
+
+
 def test_calibration_windows_are_imagery_of_one_size_and_reproducible() -> None:
-    windows = calibration_tiles([str(DATA / "banepa")], 3, window=128)
+    windows = calibration_windows([str(DATA / "banepa")], 3, window=128)
     assert 1 <= len(windows) <= 3
     for window in windows:
         assert window.dtype == np.uint8 and window.shape == (3, 128, 128)
         assert (window.reshape(3, -1).max(axis=0) > 0).mean() >= 0.9  # imagery, not padding
-    again = calibration_tiles([str(DATA / "banepa")], 3, window=128)
+    again = calibration_windows([str(DATA / "banepa")], 3, window=128)
     assert all(np.array_equal(a, b) for a, b in zip(windows, again))
 
 
 def test_the_int8_export_is_quantized_and_runs_close_to_fp32(quantized: Path) -> None:
-    path = onnx_model.export_path(quantized, int8=True)
+    path = onnx_model.export_path(quantized, onnx_model.OnnxInt8Model)
     assert Path(str(path) + ".sha256").is_file()
     ops = {node.op_type for node in onnx.load(str(path)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
@@ -85,7 +81,7 @@ def test_int8_without_an_int8_export_says_how_to_write_one(tiny_checkpoint: Path
 def test_an_int8_export_of_other_weights_is_refused(quantized: Path, tmp_path: Path) -> None:
     folder = tmp_path / "other"
     shutil.copytree(quantized.parent, folder)
-    int8 = onnx_model.export_path(folder / "weights.safetensors", int8=True)
+    int8 = onnx_model.export_path(folder / "weights.safetensors", onnx_model.OnnxInt8Model)
     fp32 = onnx_model.export_path(folder / "weights.safetensors")
     # another checkpoint's weights under this name: its own sidecar, the old exports beside it
     from open_buildings.models.checkpoint import save_checkpoint
@@ -106,17 +102,7 @@ def test_quantizing_needs_the_fp32_export_first(
     folder.mkdir()
     shutil.copy(tiny_checkpoint, folder / "weights.safetensors")
     shutil.copy(str(tiny_checkpoint) + ".sha256", folder / "weights.safetensors.sha256")
-    argv = [
-        "quantize-int8",
-        str(folder),
-        "--imagery",
-        str(DATA / "banepa"),
-        "--windows",
-        "1",
-        "--window",
-        "128",
-    ]
-    assert ob_models.main(argv) == 2
+    assert _quantize(folder, windows=1) == 2
     assert "ob-models export-onnx" in capsys.readouterr().err
 
 

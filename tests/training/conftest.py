@@ -29,6 +29,40 @@ def make_config(tmp_path: Path, *overrides: str) -> TrainConfig:
     return load_config(TrainConfig, None, [*base, *overrides])
 
 
+class CrashError(Exception):
+    """Raised by :func:`assert_resume_is_exact`'s run right after its checkpoint at step 2."""
+
+
+def assert_resume_is_exact(make_config, tmp_path: Path, monkeypatch, *options: str) -> None:
+    """Train 4 steps straight, and again killed after the checkpoint at step 2 and resumed:
+    the weights and the loss history must be the same."""
+    import torch
+
+    from open_buildings.models.checkpoint import load_checkpoint
+    from open_buildings.training import loop
+
+    straight = loop.train(make_config(f"out={tmp_path / 'a'}", *options), progress=False)
+    real_save = loop.save_state
+
+    def save_then_crash(folder, model, optimizer, step, history, ema=None):
+        real_save(folder, model, optimizer, step, history, ema=ema)
+        if step == 2:
+            raise CrashError
+
+    monkeypatch.setattr(loop, "save_state", save_then_crash)
+    with pytest.raises(CrashError):
+        loop.train(make_config(f"out={tmp_path / 'b'}", *options), progress=False)
+    monkeypatch.setattr(loop, "save_state", real_save)
+    resumed = loop.train(
+        make_config(f"out={tmp_path / 'b'}", *options), resume=True, progress=False
+    )
+    a = load_checkpoint(straight["weights"]).state_dict()
+    b = load_checkpoint(resumed["weights"]).state_dict()
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [h["loss"] for h in straight["history"]] == [h["loss"] for h in resumed["history"]]
+
+
 @pytest.fixture
 def config_factory(tmp_path: Path):
     """Return ``make_config`` bound to this test's tmp_path."""

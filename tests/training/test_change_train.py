@@ -14,6 +14,7 @@ from open_buildings.training import batches, chips, loop
 from open_buildings.training.change_pairs import PairSpec, change_batch, draw_pair, recolour
 from open_buildings.training.change_task import score_pairs
 from open_buildings.training.loop import train
+from tests.training.conftest import assert_resume_is_exact
 
 VAL = (
     "val=[{name: banepa, imagery: imagery/banepa, labels: labels/banepa_4tiles.geojson, "
@@ -108,28 +109,8 @@ def test_the_command_prints_the_change_validation(config_factory, tmp_path, caps
     assert "validation (4 held-out pairs): change F1" in out
 
 
-class _CrashError(Exception):
-    pass
-
-
 def test_a_change_run_resumes_exactly(config_factory, tmp_path, monkeypatch) -> None:
-    straight = train(config_factory(*CHANGE, f"out={tmp_path / 'a'}"), progress=False)
-    real_save = loop.save_state
-
-    def save_then_crash(folder, model, optimizer, step, history, ema=None):
-        real_save(folder, model, optimizer, step, history, ema=ema)
-        if step == 2:
-            raise _CrashError
-
-    monkeypatch.setattr(loop, "save_state", save_then_crash)
-    with pytest.raises(_CrashError):
-        train(config_factory(*CHANGE, f"out={tmp_path / 'b'}"), progress=False)
-    monkeypatch.setattr(loop, "save_state", real_save)
-    resumed = train(config_factory(*CHANGE, f"out={tmp_path / 'b'}"), resume=True, progress=False)
-    a = load_checkpoint(straight["weights"]).state_dict()
-    b = load_checkpoint(resumed["weights"]).state_dict()
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    assert [h["loss"] for h in straight["history"]] == [h["loss"] for h in resumed["history"]]
+    assert_resume_is_exact(config_factory, tmp_path, monkeypatch, *CHANGE)
 
 
 def test_mixup_is_refused_for_a_change_model(config_factory) -> None:

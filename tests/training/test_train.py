@@ -13,6 +13,7 @@ from open_buildings.models.checkpoint import load_checkpoint
 from open_buildings.training import batches, loop
 from open_buildings.training.config import TrainConfig
 from open_buildings.training.loop import train
+from tests.training.conftest import assert_resume_is_exact
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -114,33 +115,10 @@ def test_train_step_adds_the_weighted_soft_kl_of_the_unlabelled_batch(config_fac
     assert loop.train_step(model, optimizer, batch, cfg, 1, unlabelled=far)["kl"] > 0.01
 
 
-class CrashError(Exception):
-    pass
-
-
 @pytest.mark.parametrize("ema", [False, True])
 def test_resume_continues_exactly(config_factory, tmp_path: Path, monkeypatch, ema: bool) -> None:
     option = f"ema={{enabled: {str(ema).lower()}, decay: 0.5}}"
-    straight = train(config_factory(f"out={tmp_path / 'a'}", option), progress=False)
-
-    # CrashError right after the checkpoint at step 2 of 4, then resume from it.
-    real_save = loop.save_state
-
-    def save_then_crash(folder, model, optimizer, step, history, ema=None):
-        real_save(folder, model, optimizer, step, history, ema=ema)
-        if step == 2:
-            raise CrashError
-
-    monkeypatch.setattr(loop, "save_state", save_then_crash)
-    with pytest.raises(CrashError):
-        train(config_factory(f"out={tmp_path / 'b'}", option), progress=False)
-    monkeypatch.setattr(loop, "save_state", real_save)
-    resumed = train(config_factory(f"out={tmp_path / 'b'}", option), resume=True, progress=False)
-    a = load_checkpoint(straight["weights"]).state_dict()
-    b = load_checkpoint(resumed["weights"]).state_dict()
-    assert a.keys() == b.keys()
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    assert [h["loss"] for h in straight["history"]] == [h["loss"] for h in resumed["history"]]
+    assert_resume_is_exact(config_factory, tmp_path, monkeypatch, option)
 
 
 def test_ema_saves_the_moving_average_of_the_weights(config_factory, monkeypatch) -> None:
