@@ -8,6 +8,8 @@ from pathlib import Path
 
 from open_buildings.commands import add_version, require_train_extra, run_command
 from open_buildings.config import load_config
+from open_buildings.errors import ConfigError
+from open_buildings.training.chip_shards import open_chipset
 from open_buildings.training.config import TrainConfig
 
 
@@ -36,6 +38,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["cpu", "cuda"], help="override the config's device")
     p.add_argument("--out", help="override the config's output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="data-parallel processes on this machine (DistributedDataParallel: gloo on CPUs, "
+        "NCCL on GPUs, one GPU each); batch_size is per process. Several machines: start "
+        "ob-train on each with torchrun instead (deploy/training.md)",
+    )
     return p
 
 
@@ -52,9 +62,16 @@ def _train(args: argparse.Namespace) -> int:
     if args.out:  # a flag's path is relative to the working directory, not to the YAML
         overrides.append(f"out={Path(args.out).resolve()}")
     cfg = load_config(TrainConfig, args.config, overrides)
-    from open_buildings.training.loop import train
-
-    result = train(cfg, resume=args.resume, progress=not args.quiet)
+    if args.nproc < 1:
+        raise ConfigError(f"--nproc must be 1 or more, got {args.nproc}")
+    if args.nproc == 1:
+        result = rank_main(cfg, args.resume, not args.quiet)
+    else:
+        if cfg.shards:  # refused here rather than in every rank
+            open_chipset(cfg.shards)
+        result = _launch(args.nproc, cfg, args.resume, not args.quiet)
+    if args.nproc > 1:
+        print(f"{args.nproc} processes, {cfg.batch_size} chips each a step")
     precision = "bf16 autocast" if result["bf16"] else "fp32"
     if cfg.bf16 == "auto":
         precision += " (auto: " + (
@@ -87,3 +104,27 @@ def _train(args: argparse.Namespace) -> int:
             f"F1 {best['f1']:.3f} (precision {best['precision']:.3f}, recall {best['recall']:.3f})"
         )
     return 0
+
+
+def rank_main(cfg: TrainConfig, resume: bool, progress: bool) -> dict:
+    """One process's training run (``--nproc`` starts one per rank)."""
+    from open_buildings.training.loop import train
+
+    return train(cfg, resume=resume, progress=progress)
+
+
+def _launch(nproc: int, cfg: TrainConfig, resume: bool, progress: bool) -> dict:
+    """Run ``nproc`` ranks; a rank's refusal of bad input becomes this command's error."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    from open_buildings.training.distributed import launch
+
+    try:
+        return launch(nproc, rank_main, cfg, resume, progress)
+    except ChildFailedError as exc:
+        _, failure = exc.get_first_failure()
+        message = str(failure.message)
+        for name in ("ConfigError", "ShardError", "CheckpointError"):
+            if name in message:
+                raise ConfigError(f"a training process refused the run: {message}") from exc
+        raise

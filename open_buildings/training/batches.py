@@ -115,11 +115,18 @@ def chip_spec(cfg: TrainConfig) -> chipping.ChipSpec:
     return chipping.ChipSpec(cfg.chip.size, cfg.chip.empty_share, cfg.chip.min_valid)
 
 
-def labelled_batch(pool: chipping.ScenePool, cfg: TrainConfig, step: int, transform) -> Batch:
-    """Return the step's labelled batch with targets from :func:`heads.make_targets`."""
+def labelled_batch(
+    pool: chipping.ScenePool, cfg: TrainConfig, step: int, transform, rank: int = 0
+) -> Batch:
+    """Return the step's labelled batch with targets from :func:`heads.make_targets`.
+
+    Rank ``r`` of a data-parallel run draws chips ``r * B .. (r + 1) * B - 1`` of the step, so
+    two ranks at batch B draw exactly the chips one rank draws at 2B.
+    """
     spec = chip_spec(cfg)
     images, targets, weights = [], [], []
-    for i in range(cfg.batch_size):
+    first = rank * cfg.batch_size
+    for i in range(first, first + cfg.batch_size):
         rng = chipping.rng_for(cfg.seed, step, 0, i)
         with_buildings = bool(rng.random() >= cfg.chip.empty_share)
         chip = pool.sample(spec, rng, with_buildings=with_buildings)
@@ -137,12 +144,14 @@ def unlabelled_batch(
     cfg: TrainConfig,
     step: int,
     transform,
+    rank: int = 0,
 ) -> Batch:
-    """Return the step's unlabelled chips with the teacher's soft targets, augmented alike."""
-    count = max(1, round(cfg.self_training.ratio * cfg.batch_size))
+    """Return the step's unlabelled chips with the teacher's soft targets, augmented alike
+    (rank ``r`` draws the step's ``r``-th share, as :func:`labelled_batch` does)."""
+    count = unlabelled_count(cfg)
     spec = chipping.ChipSpec(cfg.chip.size, 0.0, cfg.chip.min_valid)
     images, targets, weights = [], [], []
-    for i in range(count):
+    for i in range(rank * count, (rank + 1) * count):
         rng = chipping.rng_for(cfg.seed, step, 1, i)
         chip = pool.sample(spec, rng, with_buildings=False)
         index, row, col = chip.origin
@@ -152,6 +161,11 @@ def unlabelled_batch(
         targets.append(soft)
         weights.append(chip.usable.astype(np.float32))
     return Batch(*(torch.from_numpy(np.stack(a)) for a in (images, targets, weights)))
+
+
+def unlabelled_count(cfg: TrainConfig) -> int:
+    """Unlabelled chips per rank and step: ``self_training.ratio`` of the batch, at least one."""
+    return max(1, round(cfg.self_training.ratio * cfg.batch_size))
 
 
 def _crop(array: np.ndarray, row: int, col: int, size: int) -> np.ndarray:

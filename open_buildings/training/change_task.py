@@ -36,13 +36,16 @@ def is_change_model(name: str) -> bool:
     return "change" in get_entry(name).output_channels
 
 
-def check_change_config(cfg: Any) -> None:
-    """Refuse what a change run cannot do (``cfg``: a ``TrainConfig``).
+def check_change_config(cfg: Any, world: int = 1) -> None:
+    """Refuse what a change run cannot do (``cfg``: a ``TrainConfig``; ``world``: its ranks).
 
     Raises:
-        ConfigError: mixup, self-training, or keep_best/patience (which rank by building F1).
+        ConfigError: mixup, self-training, keep_best/patience (which rank by building F1),
+            shards or several ranks (its pairs are drawn from scenes in one process).
     """
     refused = {
+        "shards": cfg.shards,
+        "--nproc above 1": world > 1,
         "mixup.enabled": cfg.mixup.enabled,
         "self_training.enabled": cfg.self_training.enabled,
         "stopping.keep_best": cfg.stopping.keep_best,

@@ -174,6 +174,18 @@ class BuildingAreasConfig(_DataRootFirst):
     areas: list[AreaConfig] = Field(min_length=1)
 
 
+class StreamConfig(StrictModel):
+    """How ``ob-train`` reads ``ob-chips`` shards (:mod:`open_buildings.training.shard_stream`).
+
+    ``window`` chips are read in stream order and shuffled together (the shuffle buffer; each
+    worker holds one window); ``workers`` processes cut and augment batches ahead of the step
+    (0: in the training process).
+    """
+
+    window: int = Field(128, ge=1)
+    workers: int = Field(1, ge=0)
+
+
 class TrainConfig(_DataRootFirst):
     """Everything one training run needs; ``ob-train`` saves it next to the weights."""
 
@@ -191,7 +203,12 @@ class TrainConfig(_DataRootFirst):
     #: loaded (fine-tuning on few labels keeps the base's features)
     freeze_encoder: bool = False
     data_root: ConfigPath | None = None
-    train: list[AreaConfig]
+    #: labelled areas read into memory; or, with ``shards``, none
+    train: list[AreaConfig] = []
+    #: an ``ob-chips`` output folder: training chips streamed from its shards instead of
+    #: ``train`` areas (and, with self-training, its unlabelled chips with the teacher's labels)
+    shards: ConfigPath | None = None
+    stream: StreamConfig = StreamConfig()
     val: list[AreaConfig] = []
     grid_level: int = Field(14, ge=10, le=18)
     #: train on the labels of this share of the training tiles' level-16 cells only
@@ -221,6 +238,14 @@ class TrainConfig(_DataRootFirst):
     bf16: bool | Literal["auto"] = "auto"
     threads: int | None = None
     out: ConfigPath = "runs/train"
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TrainConfig:
+        if bool(self.train) == bool(self.shards):
+            raise ValueError(
+                "give 'train' areas (read into memory) or 'shards' (an ob-chips folder), one of them"
+            )
+        return self
 
     @model_validator(mode="after")
     def _one_start(self) -> TrainConfig:
@@ -316,4 +341,52 @@ class SearchConfig(StrictModel):
         unknown = sorted(set(self.ops) - set(OPS))
         if unknown or not self.ops:
             raise ValueError(f"ops must be some of {list(OPS)}; unknown: {unknown}")
+        return self
+
+
+class ChipCutConfig(StrictModel):
+    """How ``ob-chips`` cuts a tile: ``size`` px windows every ``stride`` px over its core, kept
+    where at least ``min_valid`` of the window has imagery inside the core. ``ob-train`` crops
+    its own ``chip.size`` (at most ``size``) from them at random."""
+
+    size: int = Field(256, ge=32)
+    stride: int = Field(128, ge=8)
+    min_valid: float = Field(0.5, gt=0.0, le=1.0)
+
+
+class ChipsConfig(_DataRootFirst):
+    """``ob-chips``: labelled (and teacher-labelled) areas cut into sharded chips by a Beam job.
+
+    The areas are written as in ``ob-train``: ``train`` and ``val`` (whole tiles, held out of
+    every other split of the same imagery) and ``unlabelled`` (with the teacher's
+    ``ob-infer --write-probabilities`` folder). ``tiles_per_shard`` tiles go to one shard file
+    (by a hash of the tile, so the same config writes the same shards); ``runner`` and
+    ``dataflow`` are ``ob-infer``'s.
+    """
+
+    data_root: ConfigPath | None = None
+    train: list[AreaConfig] = Field(min_length=1)
+    val: list[AreaConfig] = []
+    unlabelled: list[UnlabelledAreaConfig] = []
+    grid_level: int = Field(14, ge=10, le=18)
+    chip: ChipCutConfig = ChipCutConfig()
+    tiles_per_shard: int = Field(4, ge=1)
+    runner: Literal["direct", "dataflow"] = "direct"
+    workers: int = Field(1, ge=1)
+    dataflow: Any = None
+    out: ConfigPath = "runs/chips"
+
+    @property
+    def local_threads(self) -> int:
+        """Threads of a one-worker local run (``pipelines.job.pipeline_options`` reads it)."""
+        return 1
+
+    @model_validator(mode="after")
+    def _dataflow_section(self) -> ChipsConfig:
+        from open_buildings.pipelines.config import DataflowConfig
+
+        if self.dataflow is not None:
+            self.dataflow = DataflowConfig.model_validate(self.dataflow)
+        elif self.runner == "dataflow":
+            raise ValueError("runner 'dataflow' needs a 'dataflow:' section")
         return self

@@ -14,6 +14,7 @@ uninterrupted run would.
 from __future__ import annotations
 
 import json
+import os
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -21,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
@@ -35,27 +35,22 @@ from open_buildings.models.checkpoint import load_checkpoint, save_checkpoint
 from open_buildings.models.encoder_file import init_encoder
 from open_buildings.models.losses import segmentation_loss
 from open_buildings.models.registry import build_model
+from open_buildings.pipelines import faults
 from open_buildings.pipelines.runtime import native_bf16, resolve_device
 from open_buildings.training import change_task
 from open_buildings.training import chips as chipping
-from open_buildings.training.batches import (
-    Batch,
-    held_out_tiles,
-    labelled_batch,
-    load_areas,
-    unlabelled_batch,
-    with_teacher,
-)
+from open_buildings.training import distributed
+from open_buildings.training.batches import Batch
 from open_buildings.training.calibrate import input_ranges, operating_points
 from open_buildings.training.config import TrainConfig
 from open_buildings.training.curves import plot_history
 from open_buildings.training.distill import soft_kl_loss
 from open_buildings.training.ema import averaged, new_ema, updates
-from open_buildings.training.label_fraction import keep_fraction
 from open_buildings.training.mixup import mixup
 from open_buildings.training.optim import frozen_encoder, lr_at, optimizer_factory
 from open_buildings.training.scenes import Scene
-from open_buildings.training.state import load_ema, load_state, save_state
+from open_buildings.training.sources import RunData, check_resume, run_data
+from open_buildings.training.state import load_ema, load_state, load_stream, save_state
 from open_buildings.training.stopping import Best, best_from_history, best_hook, deadline_hook
 from open_buildings.training.validate import metrics, score_scenes
 
@@ -93,6 +88,8 @@ def train_step(
     step: int,
     *,
     unlabelled: Batch | None = None,
+    forward: torch.nn.Module | None = None,
+    ranks: distributed.Ranks = distributed.Ranks(),
 ) -> dict[str, Any]:
     """Take one optimisation step on a labelled batch (and the step's unlabelled one).
 
@@ -107,12 +104,16 @@ def train_step(
         cfg: the run's config (learning rate, mixup, losses, seed, bf16).
         step: the 0-based step, which seeds mixup and dropout.
         unlabelled: the step's unlabelled chips with soft targets (:func:`unlabelled_batch`).
+        forward: what runs the batches: the model under DistributedDataParallel (which
+            all-reduces the gradients), or the model itself when None.
+        ranks: this process among the data-parallel ones; the record's losses are their mean.
 
     Returns:
         The step's record: ``step`` (1-based), ``loss`` (the supervised loss), ``mixup``, and
         ``aux`` and ``kl`` when they apply.
     """
     device = next(model.parameters()).device
+    net = forward if forward is not None else model
     model.train()
     if cfg.freeze_encoder:
         frozen_encoder(model).eval()
@@ -124,29 +125,39 @@ def train_step(
     if mixed:
         images, targets, weights, _ = mixup(images, targets, weights, rng, cfg.mixup.alpha)
     torch.manual_seed(cfg.seed * 1_000_003 + step)
+    joint = unlabelled is not None and forward is not None
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-        logits = model(images.to(device))
+        if joint:  # DistributedDataParallel takes one forward per backward
+            both = net(torch.cat([images, unlabelled.images]).to(device))
+            logits, student = both[: len(images)], both[len(images) :]
+        else:
+            logits = net(images.to(device))
     loss = segmentation_loss(
         logits.float(), targets.to(device), weights.to(device), dice_weight=cfg.dice_weight
     )
-    record: dict[str, Any] = {"step": step + 1, "loss": loss.item(), "mixup": mixed}
+    record: dict[str, Any] = {
+        "step": step + 1,
+        "loss": distributed.mean(loss.item(), ranks),
+        "mixup": mixed,
+    }
     aux = model.aux_loss()
     if aux is not None:
         record["aux"] = aux.item()
         loss = loss + aux
     if unlabelled is not None:
         st = cfg.self_training
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-            student = model(unlabelled.images.to(device))
+        if not joint:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+                student = net(unlabelled.images.to(device))
         kl = soft_kl_loss(
             student.float(),
             unlabelled.targets.to(device),
             st.temperature,
             unlabelled.weights.to(device),
         )
-        record["kl"] = kl.item()
+        record["kl"] = distributed.mean(kl.item(), ranks)
         loss = loss + st.weight * kl
-        aux = model.aux_loss()
+        aux = model.aux_loss() if not joint else None
         if aux is not None:
             loss = loss + aux
     optimizer.zero_grad(set_to_none=True)
@@ -168,21 +179,22 @@ class Trainer:
         cfg: the run's config.
         model: the model, on its device.
         optimizer: its optimizer.
-        pool: the labelled scenes.
-        unlabelled: the unlabelled scenes (self-training), or None.
-        teacher_probs: the teacher's soft targets, one per unlabelled scene.
+        draw: ``draw(step, transform)``, each step's labelled batch (chips, or change pairs).
+        draw_unlabelled: each step's unlabelled batch (self-training), or None.
         hooks: run after each step, in order.
         history: one record per step taken (resumed runs start with the earlier ones).
         scored: the latest validation's full result.
         ema: the weights' moving average, when the config keeps one.
+        forward: the model under DistributedDataParallel, when there are several ranks.
+        ranks: this process among the data-parallel ones (hooks run on every rank; those that
+            validate, save or report act on rank 0, whose decision to stop every rank follows).
     """
 
     cfg: TrainConfig
     model: BuildingModel
     optimizer: torch.optim.Optimizer
-    pool: chipping.ScenePool
-    unlabelled: chipping.ScenePool | None = None
-    teacher_probs: list[np.ndarray] = field(default_factory=list)
+    draw: Callable[[int, Any], Batch]
+    draw_unlabelled: Callable[[int, Any], Batch] | None = None
     hooks: Sequence[Hook] = ()
     history: list[dict[str, Any]] = field(default_factory=list)
     #: the latest validation (``validate.score_scenes``), reused for the operating points
@@ -192,8 +204,8 @@ class Trainer:
     stop: str | None = None
     #: the best validation so far, when the config keeps the best weights
     best: Best | None = None
-    #: ``draw(step, transform)``: each step's batch, when not the labelled chips (change pairs)
-    draw: Callable[[int, Any], Batch] | None = None
+    forward: torch.nn.Module | None = None
+    ranks: distributed.Ranks = distributed.Ranks()
 
     @property
     def result(self) -> BuildingModel:
@@ -204,20 +216,17 @@ class Trainer:
         """Take steps ``start`` to ``cfg.steps - 1``; return the history."""
         transform = chipping.augmenter()
         for step in range(start, self.cfg.steps):
-            if self.draw is not None:
-                batch = self.draw(step, transform)
-            else:
-                batch = labelled_batch(self.pool, self.cfg, step, transform)
-            extra = None
-            if self.unlabelled is not None:
-                extra = unlabelled_batch(
-                    self.unlabelled, self.teacher_probs, self.cfg, step, transform
-                )
-            record = train_step(self.model, self.optimizer, batch, self.cfg, step, unlabelled=extra)
+            batch = self.draw(step, transform)
+            extra = None if self.draw_unlabelled is None else self.draw_unlabelled(step, transform)
+            record = train_step(
+                self.model, self.optimizer, batch, self.cfg, step, unlabelled=extra,
+                forward=self.forward, ranks=self.ranks,
+            )  # fmt: skip
             if self.ema is not None:
                 self.ema.update_parameters(self.model)
             for hook in self.hooks:
                 hook(self, step, record)
+            self.stop = distributed.from_main(self.stop, self.ranks)
             self.history.append(record)
             if self.stop:
                 break
@@ -243,15 +252,25 @@ def validation_hook(
     return hook
 
 
-def checkpoint_hook(folder: Path) -> Hook:
-    """Save the resumable state every ``checkpoint_every`` steps and at the last step."""
+def checkpoint_hook(folder: Path, stream: Callable[[int], dict | None] = lambda step: None) -> Hook:
+    """Save the resumable state every ``checkpoint_every`` steps and at the last step (with
+    ``stream(steps done)``, the position in the shard stream)."""
 
     def hook(trainer: Trainer, step: int, record: dict[str, Any]) -> None:
         cfg = trainer.cfg
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps or trainer.stop:
             history = [*trainer.history, record]
             ema = None if trainer.ema is None else (trainer.result, updates(trainer.ema))
-            save_state(folder, trainer.model, trainer.optimizer, step + 1, history, ema=ema)
+            save_state(
+                folder,
+                trainer.model,
+                trainer.optimizer,
+                step + 1,
+                history,
+                ema=ema,
+                stream=stream(step + 1),
+            )
+            faults.point("checkpoint")
 
     return hook
 
@@ -279,39 +298,32 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
         progress: show a progress bar with the loss.
 
     Returns:
-        ``{"weights": path, "history": [...], "seconds": float, "final": metrics or None}``.
+        ``{"weights": path, "history": [...], "seconds": float, "final": metrics or None}``
+        (on ranks other than 0, which save nothing: ``{"rank", "history"}``).
 
     Raises:
         ConfigError: if ``out`` already holds a run and ``resume`` is False, or data is missing.
     """
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    ranks = distributed.from_env()
+    shared = max(1, (os.cpu_count() or 1) // ranks.local_world)  # the machine's cores, split
+    threads = cfg.threads or (shared if ranks.world > 1 else None)
+    if threads:
+        torch.set_num_threads(threads)
     device = resolve_device(cfg.device)  # fails loudly on a machine without the GPU asked for
+    device = distributed.device_for(ranks, device)
     if cfg.bf16 == "auto":
         cfg = cfg.model_copy(update={"bf16": native_bf16(cfg.device)})
     change = change_task.is_change_model(cfg.model)
     if change:  # before any data is read
-        change_task.check_change_config(cfg)
+        change_task.check_change_config(cfg, ranks.world)
     out = Path(cfg.out)
     ckpt = out / CHECKPOINT_DIR
     if not resume and ckpt.exists():
         raise ConfigError(f"{out} already holds a run; pass --resume to continue it or pick --out")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(dump_config(cfg))
-
-    val_scenes = load_areas(cfg, cfg.val, labelled=True) if cfg.val else []
-    held = held_out_tiles(cfg.val, val_scenes)
-    scenes = load_areas(cfg, cfg.train, labelled=True, held_out=held)
-    if cfg.label_fraction < 1:
-        keep_fraction(scenes, cfg.label_fraction)
-    pool = chipping.ScenePool(scenes)
-    st = cfg.self_training
-    unlabelled: chipping.ScenePool | None = None
-    teacher_probs: list[np.ndarray] = []
-    if st.enabled:
-        if not st.unlabelled:
-            raise ConfigError("self_training needs 'unlabelled' areas with their 'probabilities'")
-        unlabelled, teacher_probs = with_teacher(cfg, st.unlabelled, held)
+    distributed.start(ranks, device)
+    if ranks.main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(dump_config(cfg))
 
     if resume:
         model, optimizer, start, history = load_state(ckpt, optimizer_factory(cfg))
@@ -319,6 +331,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
         model = new_model(cfg)
         optimizer = optimizer_factory(cfg)(model)
         start, history = 0, []
+    data = run_data(cfg, ranks, start)
+    if resume:
+        check_resume(load_stream(ckpt), data.stream_state(cfg, start, ranks))
     ema = None
     if cfg.ema.enabled:
         saved, done = load_ema(ckpt) if resume else (model, 0)
@@ -327,50 +342,65 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
     model.to(device)
     began = time.perf_counter()
     with tqdm(
-        initial=start, total=cfg.steps, disable=not progress, desc="ob-train", unit="step"
+        initial=start,
+        total=cfg.steps,
+        disable=not (progress and ranks.main),
+        desc="ob-train",
+        unit="step",
     ) as bar:
+        score = change_task.pair_scorer(data.val, cfg) if change else None
         trainer = Trainer(
             cfg,
             model,
             optimizer,
-            pool,
-            unlabelled,
-            teacher_probs,
-            hooks=_hooks(
-                cfg,
-                val_scenes,
-                out,
-                bar,
-                change_task.pair_scorer(val_scenes, cfg) if change else None,
-            ),
+            change_task.pair_batches(data.pool, cfg, data.held) if change else data.labelled,
+            data.unlabelled,
+            hooks=_hooks(cfg, data, out, bar, score, ranks) if ranks.main else [],
             history=history,
             ema=ema,
             best=best_from_history(history, out) if cfg.stopping.keep_best else None,
-            draw=change_task.pair_batches(pool, cfg, held) if change else None,
+            forward=distributed.wrap(model, ranks),
+            ranks=ranks,
         )
-        if cfg.stopping.keep_best and start == 0:
-            _initial_candidate(trainer, val_scenes, out)
+        if cfg.stopping.keep_best and start == 0 and ranks.main:
+            _initial_candidate(trainer, data.val, out)
         history = trainer.fit(start)
+    distributed.barrier(ranks)
+    distributed.finish(ranks)
+    if not ranks.main:
+        return {"rank": ranks.rank, "history": history}
+    return _finish(cfg, trainer, data, out, device, time.perf_counter() - began, change)
+
+
+def _finish(
+    cfg: TrainConfig,
+    trainer: Trainer,
+    data: RunData,
+    out: Path,
+    device: torch.device,
+    seconds: float,
+    change: bool,
+) -> dict[str, Any]:
+    """Rank 0's end of a run: the kept weights calibrated and saved, the history, the curve."""
+    history = trainer.history
     model, scored, final = trainer.result, trainer.scored, _last_val(history)
     best = trainer.best if cfg.stopping.keep_best else None
     if best is not None and best.step != history[-1]["step"]:
         model, scored = load_checkpoint(best.path, device=device), None
         final = next(h["val"] for h in history if h["step"] == best.step)
-    seconds = time.perf_counter() - began
     weights_path = out / FINAL_WEIGHTS
     points = None
-    if val_scenes and not change:  # ob-infer's default thresholds, measured on held-out data
+    if data.val and not change:  # ob-infer's default thresholds, measured on held-out data
         names = ", ".join(a.name for a in cfg.val)
         try:
             points = operating_points(
-                model, val_scenes, measured_on=names, spec=_spec(cfg), scored=scored
+                model, data.val, measured_on=names, spec=_spec(cfg), scored=scored
             )
         except EvaluationError as exc:  # the weights are still worth saving
             warnings.warn(f"no operating points stored: {exc}", stacklevel=2)
+    trained_on = ", ".join(a.name for a in cfg.train) or f"the chips of {cfg.shards}"
     ranges = (
-        None
-        if change
-        else input_ranges(model, pool.scenes, measured_on=", ".join(a.name for a in cfg.train))
+        None if change else input_ranges(model, data.range_images, measured_on=trained_on)
     )  # what the training imagery looked like: ob-infer warns about tiles unlike it
     save_checkpoint(model, weights_path, operating_points=points, input_ranges=ranges)
     (out / "history.json").write_text(json.dumps(history, indent=1))
@@ -388,19 +418,20 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
 
 
 def _hooks(
-    cfg: TrainConfig, val_scenes: list[Scene], out: Path, bar: Any, score: Any = None
+    cfg: TrainConfig, data: RunData, out: Path, bar: Any, score: Any, ranks: distributed.Ranks
 ) -> list[Hook]:
     # Order matters: the deadline may end the step, which the validation hook then scores, which
     # the best hook then reads; the checkpoint is saved after both.
     hooks: list[Hook] = []
     if cfg.stopping.max_minutes:
         hooks.append(deadline_hook(cfg.stopping.max_minutes))
-    hooks.append(validation_hook(val_scenes, score))
+    hooks.append(validation_hook(data.val, score))
     if cfg.stopping.keep_best or cfg.stopping.patience:
-        if not val_scenes:
+        if not data.val:
             raise ConfigError("stopping.keep_best and stopping.patience need 'val' areas")
         hooks.append(best_hook(out, cfg.stopping.patience))
-    return [*hooks, checkpoint_hook(out / CHECKPOINT_DIR), progress_hook(bar)]
+    stream = lambda step: data.stream_state(cfg, step, ranks)  # noqa: E731
+    return [*hooks, checkpoint_hook(out / CHECKPOINT_DIR, stream), progress_hook(bar)]
 
 
 def _initial_candidate(trainer: Trainer, val_scenes: list[Scene], out: Path) -> None:

@@ -110,31 +110,61 @@ def load_scenes(
         held_out: tiles never to train on: they are skipped, and their cores are blanked (no
             imagery) in the margins of neighbouring scenes, so not even their pixels are seen.
     """
-    west, south, east, north = source.bounds_lonlat()
     scenes = []
-    held = [geogrid.tile_from_id(t, spec).core for t in held_out]
-    for tile in geogrid.cover(shapely.box(west, south, east, north), spec):
-        if (only is not None and tile.id not in only) or tile.id in held_out:
-            continue
-        image = source.read(tile.grid)
-        if image.valid.sum() < min_valid_px:
-            continue
-        g = tile.grid
-        core_local = gpd.GeoSeries([tile.core], crs="EPSG:4326").to_crs(g.crs).iloc[0]
-        core = burn_shapes([core_local], g)
-        rgb, valid = image.rgb, image.valid
-        reach = tile.core.buffer(0.001)  # about 100 m: more than any margin
-        near = [c for c in held if shapely.intersects(c, reach)]
-        if near:
-            blank = burn_shapes(gpd.GeoSeries(near, crs="EPSG:4326").to_crs(g.crs).values, g)
-            rgb, valid = np.where(blank, 0, rgb).astype(rgb.dtype), valid & ~blank
-            if valid.sum() < min_valid_px:
-                continue
-        instances = None
-        if labels is not None:
-            instances = rasterize_instances(labels, g)
-        scenes.append(Scene(name, tile.id, g, rgb, valid, core, instances))
+    for tile in area_tiles(source, spec, only=only, held_out=held_out):
+        scene = read_scene(name, source, labels, tile, min_valid_px=min_valid_px, held=held_out)
+        if scene is not None:
+            scenes.append(scene)
     return scenes
+
+
+def area_tiles(
+    source: imagery.ImagerySource,
+    spec: GridSpec,
+    *,
+    only: Collection[str] | None = None,
+    held_out: Collection[str] = (),
+) -> list[geogrid.Tile]:
+    """The grid tiles whose cores touch the source's bounds, less ``held_out``, within ``only``."""
+    west, south, east, north = source.bounds_lonlat()
+    return [
+        tile
+        for tile in geogrid.cover(shapely.box(west, south, east, north), spec)
+        if (only is None or tile.id in only) and tile.id not in held_out
+    ]
+
+
+def read_scene(
+    name: str,
+    source: imagery.ImagerySource,
+    labels: gpd.GeoDataFrame | None,
+    tile: geogrid.Tile,
+    *,
+    min_valid_px: int = 1,
+    held: Collection[str] = (),
+) -> Scene | None:
+    """Read one grid tile into a scene, or None when it has under ``min_valid_px`` of imagery.
+
+    ``held`` tiles (validation) are blanked (no imagery) where they reach into this tile's
+    margin, so not even their pixels are trained on.
+    """
+    image = source.read(tile.grid)
+    if image.valid.sum() < min_valid_px:
+        return None
+    g = tile.grid
+    core_local = gpd.GeoSeries([tile.core], crs="EPSG:4326").to_crs(g.crs).iloc[0]
+    core = burn_shapes([core_local], g)
+    rgb, valid = image.rgb, image.valid
+    reach = tile.core.buffer(0.001)  # about 100 m: more than any margin
+    cores = [geogrid.tile_from_id(t, tile.spec).core for t in held]
+    near = [c for c in cores if shapely.intersects(c, reach)]
+    if near:
+        blank = burn_shapes(gpd.GeoSeries(near, crs="EPSG:4326").to_crs(g.crs).values, g)
+        rgb, valid = np.where(blank, 0, rgb).astype(rgb.dtype), valid & ~blank
+        if valid.sum() < min_valid_px:
+            return None
+    instances = None if labels is None else rasterize_instances(labels, g)
+    return Scene(name, tile.id, g, rgb, valid, core, instances)
 
 
 def burn_shapes(shapes, grid: PixelGrid) -> np.ndarray:

@@ -31,6 +31,7 @@ def save_state(
     step: int,
     history: list[dict[str, Any]],
     ema: tuple[BuildingModel, int] | None = None,
+    stream: dict[str, Any] | None = None,
 ) -> None:
     """Write the model, the optimizer and the step into ``folder`` (each file atomically).
 
@@ -42,6 +43,7 @@ def save_state(
         step: the number of optimizer steps taken.
         history: the loss and validation log so far.
         ema: the weights' moving average and its number of updates, when the run keeps one.
+        stream: the position in the ``ob-chips`` shard stream, when the run reads shards.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -65,6 +67,7 @@ def save_state(
         "optimizer_scalars": scalars,
         "param_groups": optimizer.state_dict()["param_groups"],
         "ema_updates": None if ema is None else ema[1],
+        "stream": stream,
     }
     tmp = folder / (STATE_FILE + ".tmp")
     tmp.write_text(json.dumps(meta))
@@ -118,3 +121,8 @@ def load_ema(folder: str | os.PathLike[str]) -> tuple[BuildingModel, int]:
             f"cannot resume with ema enabled: {folder} was saved without a moving average"
         )
     return load_checkpoint(folder / EMA_FILE), int(meta["ema_updates"])
+
+
+def load_stream(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The shard stream's position :func:`save_state` recorded (None: trained in memory)."""
+    return json.loads((Path(folder) / STATE_FILE).read_text()).get("stream")

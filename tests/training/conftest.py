@@ -44,8 +44,8 @@ def assert_resume_is_exact(make_config, tmp_path: Path, monkeypatch, *options: s
     straight = loop.train(make_config(f"out={tmp_path / 'a'}", *options), progress=False)
     real_save = loop.save_state
 
-    def save_then_crash(folder, model, optimizer, step, history, ema=None):
-        real_save(folder, model, optimizer, step, history, ema=ema)
+    def save_then_crash(folder, model, optimizer, step, history, **kwargs):
+        real_save(folder, model, optimizer, step, history, **kwargs)
         if step == 2:
             raise CrashError
 

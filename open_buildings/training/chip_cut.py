@@ -1,0 +1,150 @@
+"""One tile cut into training chips: ``ob-chips``' per-tile work, without Beam.
+
+A tile's scene (read as ``ob-train`` reads it, validation tiles blanked where they reach into
+its margin) is covered by ``size`` px windows every ``stride`` px over the bounding box of its
+core. A window is kept when at least ``min_valid`` of it has imagery inside the core (only those
+pixels carry loss). The heads' targets and loss weights are computed once on the whole tile,
+so a chip's targets do not depend on where its window was cut; a teacher-labelled chip carries
+the teacher's probabilities instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from open_buildings.models import heads
+from open_buildings.training.chips import cut
+from open_buildings.training.scenes import Scene
+
+#: The splits a chip can belong to; a tile is in exactly one.
+SPLITS = ("train", "val", "unlabelled")
+
+
+@dataclass(frozen=True)
+class TileChips:
+    """What one tile gave: its chips as rows (:mod:`.chip_shards` columns) and its counts.
+
+    Attributes:
+        split: ``train``, ``val`` or ``unlabelled``.
+        area: the area's name.
+        tile_id: the grid tile's S2 token.
+        rows: one dict per chip.
+        buildings: labelled buildings with imagery in the tile's core (each counted once,
+            however many chips it lies in).
+    """
+
+    split: str
+    area: str
+    tile_id: str
+    rows: list[dict[str, Any]]
+    buildings: int
+
+
+def window_starts(lo: int, hi: int, size: int, stride: int) -> list[int]:
+    """Window starts every ``stride`` px from ``lo`` whose windows cover ``[lo, hi)``."""
+    starts = list(range(lo, max(hi - size, lo) + 1, stride))
+    if starts[-1] + size < hi:
+        starts.append(hi - size)
+    return starts
+
+
+def chip_order(chip_id: str) -> str:
+    """A chip's place inside its shard: a hash of its id, so neighbouring windows of one tile
+    end up far apart and a shuffle window holds chips of every tile of the shard."""
+    return hashlib.sha1(chip_id.encode()).hexdigest()
+
+
+def shard_of(split: str, area: str, tile_id: str, shards: int) -> int:
+    """The shard (``0 .. shards - 1``) a tile's chips go to, the same on every run."""
+    digest = hashlib.sha1(f"{split}/{area}/{tile_id}".encode()).hexdigest()
+    return int(digest[:12], 16) % shards
+
+
+def cut_tile(
+    scene: Scene,
+    split: str,
+    *,
+    size: int,
+    stride: int,
+    min_valid: float,
+    teacher: np.ndarray | None = None,
+) -> TileChips:
+    """Cut one scene into chips.
+
+    Args:
+        scene: the tile (labelled, unless ``teacher`` is given).
+        split: the tile's split.
+        size: chip side in pixels.
+        stride: step between windows in pixels.
+        min_valid: least share of a window with imagery inside the core.
+        teacher: float32 ``(C, H, W)`` teacher probabilities on the scene's grid (an unlabelled
+            scene, whose ``valid`` already excludes pixels without them).
+
+    Raises:
+        ValueError: ``split`` is unknown, or a labelled split's scene has no labels.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    labelled = teacher is None
+    if labelled and scene.instances is None:
+        raise ValueError(f"tile {scene.tile_id} of {scene.area!r} has no labels to cut")
+    usable_all = scene.valid & scene.core
+    count = 0
+    if labelled:
+        made = heads.make_targets(scene.instances)
+        target = (made.target > 0.5).astype(np.uint8)
+        weight = made.weight.astype(np.float16)
+        count = int(np.unique(scene.instances[usable_all]).size) - int(
+            (scene.instances[usable_all] == 0).any()
+        )
+    rows_any = np.flatnonzero(scene.core.any(axis=1))
+    cols_any = np.flatnonzero(scene.core.any(axis=0))
+    rows: list[dict[str, Any]] = []
+    if rows_any.size == 0:
+        return TileChips(split, scene.area, scene.tile_id, rows, count)
+    for row in window_starts(int(rows_any[0]), int(rows_any[-1]) + 1, size, stride):
+        for col in window_starts(int(cols_any[0]), int(cols_any[-1]) + 1, size, stride):
+            chip = cut(scene, row, col, size)
+            if chip.usable.mean() < min_valid:
+                continue
+            chip_id = f"{scene.area}/{scene.tile_id}/{row}/{col}"
+            record: dict[str, Any] = {
+                "chip_id": chip_id,
+                "order": chip_order(chip_id),
+                "area": scene.area,
+                "tile_id": scene.tile_id,
+                "split": split,
+                "row": row,
+                "col": col,
+                "buildings": 0,
+                "image": chip.rgb.tobytes(),
+                "usable": chip.usable.astype(np.uint8).tobytes(),
+                "target": None,
+                "weight": None,
+                "teacher": None,
+            }
+            if labelled:
+                ids = chip.instances[chip.usable]
+                record["buildings"] = int(np.unique(ids[ids > 0]).size)
+                record["target"] = _window(target, row, col, size).tobytes()
+                record["weight"] = _window(weight, row, col, size).tobytes()
+            else:
+                record["teacher"] = _window(teacher.astype(np.float16), row, col, size).tobytes()
+            rows.append(record)
+    return TileChips(split, scene.area, scene.tile_id, rows, count)
+
+
+def _window(array: np.ndarray, row: int, col: int, size: int) -> np.ndarray:
+    """``array[..., row:row+size, col:col+size]``, zero where the window leaves the array."""
+    squeeze = array.ndim == 2
+    data = array[None] if squeeze else array
+    out = np.zeros((data.shape[0], size, size), dtype=data.dtype)
+    r0, c0 = max(row, 0), max(col, 0)
+    r1, c1 = min(row + size, data.shape[1]), min(col + size, data.shape[2])
+    if r1 > r0 and c1 > c0:
+        out[:, r0 - row : r1 - row, c0 - col : c1 - col] = data[:, r0:r1, c0:c1]
+    return out[0] if squeeze else out

@@ -1,0 +1,240 @@
+"""``ob-train``'s batches streamed from ``ob-chips`` shards, in any number of worker processes
+and ranks, the same batches for the same step every time.
+
+The stream of one split is a pure function of its position (chips drawn so far):
+
+- **Epoch** ``e``: the shards in an order drawn from ``(seed, e)``, each read front to back
+  (its rows are in hash order, so neighbouring rows come from different tiles). Chips without
+  buildings are thinned to the config's ``chip.empty_share`` (the same number each epoch, which
+  ones drawn from ``(seed, e)``); only the ``buildings`` column is read to plan this.
+- **Shuffle buffer**: ``stream.window`` consecutive chips of the epoch are read together and
+  permuted (``(seed, e, window)``); a reader holds one or two windows, never the dataset.
+- **Batches**: global batch ``g`` is positions ``g * world * B`` onwards; rank ``r`` takes its
+  ``B`` of them. Two ranks at batch B therefore see exactly the chips one rank sees at 2B.
+- **Each chip**: a random ``chip.size`` crop of the stored chip and the augmentation, drawn from
+  ``(seed, e, row)``.
+
+Worker ``w`` of ``W`` makes batches ``start + w``, ``start + w + W``, ...; PyTorch's DataLoader
+returns them in that round-robin order, so the step sequence does not depend on ``W``. Resuming
+at step ``s`` starts the stream at batch ``s``: the position is the step, and the checkpoint
+records the chip set it belongs to (:func:`stream_state`).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from open_buildings.errors import ShardError
+from open_buildings.training import chips as chipping
+from open_buildings.training.batches import Batch
+from open_buildings.training.chip_shards import ChipSet, ShardReader, decode
+from open_buildings.training.distill import soft_targets
+
+_COLUMNS = ["image", "usable", "target", "weight", "teacher"]
+
+
+class StreamPlan:
+    """Which chip every position of a split's stream is.
+
+    Args:
+        chipset: the shards.
+        split: ``train`` (labelled) or ``unlabelled`` (the teacher's labels).
+        seed: the run's seed.
+        window: chips shuffled together.
+        empty_share: the share of chips without buildings to keep in an epoch; None keeps all.
+    """
+
+    def __init__(
+        self,
+        chipset: ChipSet,
+        split: str,
+        *,
+        seed: int,
+        window: int,
+        empty_share: float | None,
+    ) -> None:
+        self.chipset, self.split, self.seed, self.window = chipset, split, seed, window
+        self.shards = chipset.split(split)
+        if not self.shards:
+            raise ShardError(f"{chipset.root} holds no {split!r} chips; cut them with ob-chips")
+        reader = ShardReader(chipset)
+        self.has_building = np.concatenate(
+            [reader.column(s, "buildings") > 0 for s in self.shards]
+        )
+        sizes = np.array([s.chips for s in self.shards])
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)])
+        buildings = int(self.has_building.sum())
+        empties = self.has_building.size - buildings
+        if empty_share is None or buildings == 0:
+            self.keep_empty = empties
+        else:
+            wanted = round(empty_share / max(1e-9, 1 - empty_share) * buildings)
+            self.keep_empty = min(empties, wanted)
+        self.epoch_length = buildings + self.keep_empty
+        self._epoch: tuple[int, np.ndarray] | None = None
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """The global row ids of epoch ``epoch`` in stream order (shuffled in windows)."""
+        if self._epoch is not None and self._epoch[0] == epoch:
+            return self._epoch[1]
+        rng = chipping.rng_for(self.seed, epoch, 7)
+        keep = self.has_building.copy()
+        empty = np.flatnonzero(~self.has_building)
+        keep[rng.choice(empty, self.keep_empty, replace=False)] = True
+        parts = []
+        for s in rng.permutation(len(self.shards)):
+            ids = np.arange(self.offsets[s], self.offsets[s + 1])
+            parts.append(ids[keep[ids]])
+        order = np.concatenate(parts)
+        for start in range(0, order.size, self.window):
+            part = order[start : start + self.window]
+            order[start : start + self.window] = part[rng.permutation(part.size)]
+        self._epoch = (epoch, order)
+        return order
+
+    def locate(self, position: int) -> tuple[int, int, int]:
+        """``(epoch, window start, global row id)`` of a stream position."""
+        epoch, index = divmod(position, self.epoch_length)
+        return epoch, index - index % self.window, int(self.epoch_order(epoch)[index])
+
+    def window_rows(self, epoch: int, start: int) -> np.ndarray:
+        """The global row ids of one window."""
+        return self.epoch_order(epoch)[start : start + self.window]
+
+    def shard_row(self, row: int) -> tuple[int, int]:
+        """``(shard index, row in shard)`` of a global row id."""
+        shard = int(np.searchsorted(self.offsets, row, side="right") - 1)
+        return shard, row - int(self.offsets[shard])
+
+
+class ChipBatches(IterableDataset):
+    """Batches ``start .. stop - 1`` of one rank, as ``(batch index, Batch)``.
+
+    Args:
+        plan: the split's stream.
+        batch: chips per rank and batch.
+        rank, world: this process among the data-parallel ones.
+        start, stop: the batches (steps) to make.
+        crop: the side of the training chips cut from the stored ones.
+        temperature: the teacher's temperature (``unlabelled`` chips).
+    """
+
+    def __init__(
+        self,
+        plan: StreamPlan,
+        *,
+        batch: int,
+        rank: int = 0,
+        world: int = 1,
+        start: int = 0,
+        stop: int,
+        crop: int,
+        temperature: float = 1.0,
+    ) -> None:
+        if crop > plan.chipset.size:
+            raise ShardError(
+                f"the chips in {plan.chipset.root} are {plan.chipset.size} px, smaller than the "
+                f"config's chip.size {crop}; lower chip.size or cut larger chips"
+            )
+        self.plan, self.batch, self.rank, self.world = plan, batch, rank, world
+        self.start, self.stop, self.crop, self.temperature = start, stop, crop, temperature
+        self._reader: ShardReader | None = None
+        self._windows: OrderedDict[tuple[int, int], dict[int, dict]] = OrderedDict()
+
+    def __iter__(self) -> Iterator[tuple[int, Batch]]:
+        info = get_worker_info()
+        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        transform = chipping.augmenter()
+        for g in range(self.start + worker, self.stop, workers):
+            yield g, self.make(g, transform)
+
+    def make(self, g: int, transform) -> Batch:
+        """Global batch ``g``'s chips for this rank, cropped, augmented, with their targets."""
+        base = (g * self.world + self.rank) * self.batch
+        images, targets, weights = [], [], []
+        for position in range(base, base + self.batch):
+            epoch, start, row = self.plan.locate(position)
+            chip = self._chip(epoch, start, row)
+            rng = chipping.rng_for(self.plan.seed, epoch, row, 3)
+            r, c = (int(v) for v in rng.integers(0, self.plan.chipset.size - self.crop + 1, 2))
+            window = (slice(r, r + self.crop), slice(c, c + self.crop))
+            piece = chipping.Chip(
+                np.ascontiguousarray(chip["image"][:, window[0], window[1]]),
+                np.ascontiguousarray(chip["usable"][window]),
+                None,
+            )
+            labelled = "target" in chip
+            extra = (
+                np.concatenate([chip["target"], chip["weight"][None]])
+                if labelled
+                else chip["teacher"]
+            )[:, window[0], window[1]].astype(np.float32)
+            piece, soft = chipping.augment(transform, piece, int(rng.integers(2**31 - 1)), extra)
+            images.append(piece.rgb.astype(np.float32) / 255.0)
+            if labelled:
+                targets.append(soft[:-1])
+                weights.append(soft[-1] * piece.usable)
+            else:
+                p = np.clip(soft, 1e-3, 1 - 1e-3)
+                logits = torch.from_numpy(np.log(p) - np.log1p(-p))
+                targets.append(soft_targets(logits, self.temperature).numpy())
+                weights.append(piece.usable.astype(np.float32))
+        return Batch(*(torch.from_numpy(np.stack(a)) for a in (images, targets, weights)))
+
+    def _chip(self, epoch: int, start: int, row: int) -> dict:
+        key = (epoch, start)
+        if key not in self._windows:
+            self._windows[key] = self._read_window(epoch, start)
+            while len(self._windows) > 2:  # a batch can straddle two windows
+                self._windows.popitem(last=False)
+        return self._windows[key][row]
+
+    def _read_window(self, epoch: int, start: int) -> dict[int, dict]:
+        if self._reader is None:
+            self._reader = ShardReader(self.plan.chipset)
+        rows = np.sort(self.plan.window_rows(epoch, start))
+        located = [self.plan.shard_row(int(r)) for r in rows]
+        out: dict[int, dict] = {}
+        for shard in sorted({s for s, _ in located}):
+            local = np.array([i for s, i in located if s == shard])
+            table = self._reader.rows(self.plan.shards[shard], local, _COLUMNS).to_pylist()
+            ids = rows[[s == shard for s, _ in located]]
+            out.update({int(i): decode(r, self.plan.chipset) for i, r in zip(ids, table)})
+        return out
+
+
+class StreamDraw:
+    """``draw(step, transform) -> Batch`` over a DataLoader of :class:`ChipBatches` (the
+    ``Trainer``'s batch source), checking that the stream is at the step asked for."""
+
+    def __init__(self, batches: ChipBatches, workers: int) -> None:
+        loader = DataLoader(
+            batches,
+            batch_size=None,
+            num_workers=workers,
+            persistent_workers=False,
+            prefetch_factor=2 if workers else None,
+        )
+        self._iter = iter(loader)
+
+    def __call__(self, step: int, transform=None) -> Batch:
+        """The step's batch (``transform`` is unused: the workers hold their own)."""
+        index, batch = next(self._iter)
+        if index != step:
+            raise RuntimeError(f"the chip stream is at batch {index}, the trainer at step {step}")
+        return batch
+
+
+def stream_state(chipset: ChipSet, step: int, world: int, batch: int) -> dict:
+    """What the checkpoint records of the stream: the chip set and the position."""
+    return {
+        "chips": str(chipset.root),
+        "manifest_shards": sorted(s.sha256 for s in chipset.shards),
+        "position": step * world * batch,
+        "global_batch": world * batch,
+    }
