@@ -80,3 +80,7 @@ def _chips(args: argparse.Namespace) -> int:
     if dead and not manifest["shards"]:
         raise ShardError("every tile failed; no shard was written")
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

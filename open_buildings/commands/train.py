@@ -128,3 +128,7 @@ def _launch(nproc: int, cfg: TrainConfig, resume: bool, progress: bool) -> dict:
             if name in message:
                 raise ConfigError(f"a training process refused the run: {message}") from exc
         raise
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

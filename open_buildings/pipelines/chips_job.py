@@ -68,8 +68,9 @@ def plan(cfg: ChipsConfig) -> tuple[list[TileTask], dict[str, list[str]]]:
     spec = GridSpec(level=cfg.grid_level)
     held: dict[str, set[str]] = {}
     tasks: list[TileTask] = []
-    for split, areas in split_areas(cfg).items():
-        for index, area in enumerate(areas):
+    areas_by_split = split_areas(cfg)
+    for split in ("val", "train", "unlabelled"):  # validation first: the others skip its tiles
+        for index, area in enumerate(areas_by_split[split]):
             source = imagery.open_imagery(area.imagery, bands=area.bands, scale=area.scale)
             key = os.path.realpath(area.imagery)
             out = set() if split == "val" else held.get(key, set())

@@ -149,7 +149,16 @@ def check_held_out(chipset: ChipSet, held: HeldOut, grid_level: int) -> None:
             f"grid_level is {grid_level}; set grid_level: {level} or cut them again"
         )
     cut_held = {t for tiles in chipset.held_out.values() for t in tiles}
-    missing = sorted({t for tiles in held.values() for t in tiles} - cut_held)
+    val_tiles = {t for tiles in held.values() for t in tiles}
+    missing = sorted(val_tiles - cut_held)
+    trained = sorted(
+        {t["tile_id"] for t in chipset.manifest["tiles"] if t["split"] != "val"} & val_tiles
+    )
+    if trained:
+        raise ConfigError(
+            f"the chips in {chipset.root} hold validation tiles {trained} outside the 'val' "
+            "split; cut the chips again with this ob-chips"
+        )
     if missing:
         raise ConfigError(
             f"validation tiles {missing} were not held out when {chipset.root} was cut, so its "
