@@ -44,6 +44,7 @@ def focal_loss(
     weight: torch.Tensor | None = None,
     *,
     gamma: float = 2.0,
+    total_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Weighted sigmoid focal loss, ``sum(w * (1 - p_t)^gamma * bce) / sum(w)``.
 
@@ -55,6 +56,8 @@ def focal_loss(
         target: Same shape, in [0, 1].
         weight: Per-pixel weight ``(B, H, W)`` (shared by channels) or ``(B, C, H, W)``.
         gamma: Focusing exponent (>= 0).
+        total_weight: the normaliser in place of ``sum(w)`` (data-parallel ranks: the mean of
+            their sums, so that the ranks' mean loss is the loss of their joint batch).
 
     Returns:
         A scalar tensor.
@@ -70,7 +73,8 @@ def focal_loss(
         p_t = p * target + (1 - p) * (1 - target)
         bce = (1 - p_t).pow(gamma) * bce
     w = _broadcast_weight(weight, bce)
-    return (w * bce).sum() / w.sum().clamp_min(torch.finfo(w.dtype).tiny)
+    norm = w.sum() if total_weight is None else total_weight.to(w.dtype)
+    return (w * bce).sum() / norm.clamp_min(torch.finfo(w.dtype).tiny)
 
 
 def weighted_bce(
@@ -120,6 +124,7 @@ def segmentation_loss(
     dice_weight: float = 1.0,
     focal_gamma: float = 0.0,
     smooth: float = 1.0,
+    total_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The training loss: weighted BCE (focal when ``focal_gamma > 0``) plus weighted Dice.
 
@@ -130,13 +135,14 @@ def segmentation_loss(
         dice_weight: Multiplier of the Dice term (0 disables it).
         focal_gamma: 0 for BCE, > 0 for focal loss.
         smooth: Dice smoothing.
+        total_weight: the pixel term's normaliser (see :func:`focal_loss`).
 
     Returns:
         A scalar tensor.
     """
     if dice_weight < 0:
         raise ValueError(f"dice_weight must be >= 0, got {dice_weight}")
-    loss = focal_loss(logits, target, weight, gamma=focal_gamma)
+    loss = focal_loss(logits, target, weight, gamma=focal_gamma, total_weight=total_weight)
     if dice_weight:
         loss = loss + dice_weight * soft_dice_loss(logits, target, smooth=smooth)
     return loss

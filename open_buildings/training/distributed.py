@@ -79,6 +79,15 @@ def mean(value: float, ranks: Ranks) -> float:
     return float(tensor.item() / ranks.world)
 
 
+def mean_tensor(value: torch.Tensor, ranks: Ranks) -> torch.Tensor:
+    """The mean of a tensor over the ranks (no gradient flows through it)."""
+    if ranks.world == 1:
+        return value
+    total = value.detach().clone()
+    dist.all_reduce(total)
+    return total / ranks.world
+
+
 def from_main(value: Any, ranks: Ranks) -> Any:
     """Rank 0's ``value`` on every rank (a decision to stop, made where validation runs)."""
     if ranks.world == 1:

@@ -132,8 +132,12 @@ def train_step(
             logits, student = both[: len(images)], both[len(images) :]
         else:
             logits = net(images.to(device))
+    weights = weights.to(device)
+    # ranks normalise by their mean weight, so their mean loss is the joint batch's
+    shared = logits.shape[1] if weights.ndim == 3 else 1  # (B, H, W) weights serve each channel
+    norm = None if ranks.world == 1 else distributed.mean_tensor(weights.sum() * shared, ranks)
     loss = segmentation_loss(
-        logits.float(), targets.to(device), weights.to(device), dice_weight=cfg.dice_weight
+        logits.float(), targets.to(device), weights, dice_weight=cfg.dice_weight, total_weight=norm
     )
     record: dict[str, Any] = {
         "step": step + 1,

@@ -1,0 +1,143 @@
+"""ob-train's stream of ob-chips shards: every chip once an epoch, empties thinned, the same
+batches whatever the workers, ranks that split one global batch, resume at a step, refusals."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from open_buildings.errors import ConfigError, ShardError
+from open_buildings.training import chip_shards, sources
+from open_buildings.training.shard_stream import ChipBatches, StreamDraw, StreamPlan
+from tests.training.test_chips_job import _run
+
+
+@pytest.fixture(scope="module")
+def chipset(tmp_path_factory) -> chip_shards.ChipSet:
+    out = tmp_path_factory.mktemp("stream") / "chips"
+    _run(out, "chip={size: 96, stride: 32}", "tiles_per_shard=1")
+    return chip_shards.open_chipset(out)
+
+
+def _plan(chipset, **kw) -> StreamPlan:
+    args = {"seed": 0, "window": 16, "empty_share": None, **kw}
+    return StreamPlan(chipset, "train", **args)
+
+
+def test_an_epoch_holds_every_chip_once_shuffled_in_windows(chipset) -> None:
+    plan = _plan(chipset)
+    n = sum(s.chips for s in chipset.split("train"))
+    assert plan.epoch_length == n > 40
+    first, second = plan.epoch_order(0), plan.epoch_order(1)
+    assert sorted(first.tolist()) == list(range(n)) == sorted(second.tolist())
+    assert first.tolist() != second.tolist()  # each epoch its own order
+    assert first.tolist() != sorted(first.tolist())  # shuffled...
+    for start in range(0, n, 16):  # ...but only inside each window of 16 (one shard here)
+        assert sorted(first[start : start + 16].tolist()) == list(range(start, min(start + 16, n)))
+    np.testing.assert_array_equal(_plan(chipset).epoch_order(1), second)  # a pure function
+
+
+def test_chips_without_buildings_are_thinned_to_the_empty_share(tmp_path: Path) -> None:
+    _run(tmp_path / "small", "chip={size: 32, stride: 32}")  # small chips: some hold no building
+    chipset = chip_shards.open_chipset(tmp_path / "small")
+    full = _plan(chipset)
+    empties = int((~full.has_building).sum())
+    buildings = int(full.has_building.sum())
+    assert empties > 2 and buildings > 2
+    plan = _plan(chipset, empty_share=0.03)
+    kept = plan.epoch_order(0)
+    assert (~plan.has_building[kept]).sum() == round(0.03 / 0.97 * buildings) == plan.keep_empty
+    assert 0 < plan.keep_empty < empties and plan.has_building[kept].sum() == buildings
+    assert plan.epoch_order(1).tolist() != kept.tolist()
+    capped = _plan(chipset, empty_share=0.5)  # more empties wanted than there are: all of them
+    assert capped.keep_empty == empties and capped.epoch_length == full.epoch_length
+    none = _plan(chipset, empty_share=0.0)
+    assert none.has_building[none.epoch_order(0)].all()
+
+
+def _batches(chipset, workers: int, steps: range, **kw) -> list:
+    stream = ChipBatches(
+        _plan(chipset), batch=kw.pop("batch", 3), start=steps.start, stop=steps.stop, crop=64, **kw
+    )
+    draw = StreamDraw(stream, workers)
+    return [draw(step) for step in steps]
+
+
+def test_the_batches_do_not_depend_on_the_workers_and_resume_at_a_step(chipset) -> None:
+    alone = _batches(chipset, 0, range(0, 5))
+    workers = _batches(chipset, 2, range(0, 5))
+    resumed = _batches(chipset, 2, range(3, 5))
+    for a, b in zip(alone, workers):
+        for name in ("images", "targets", "weights"):
+            assert torch.equal(getattr(a, name), getattr(b, name))
+    for a, b in zip(alone[3:], resumed):
+        assert torch.equal(a.images, b.images) and torch.equal(a.targets, b.targets)
+    batch = alone[0]
+    assert batch.images.shape == (3, 3, 64, 64) and batch.targets.shape == (3, 2, 64, 64)
+    assert batch.targets[:, 0].sum() > 0 and (batch.weights >= 0).all()
+    # the loss weights are the heads' (>= 1) where the pixel is usable, 0 elsewhere
+    assert ((batch.weights == 0) | (batch.weights >= 1 - 1e-3)).all()
+
+
+def test_two_ranks_at_batch_b_draw_the_chips_of_one_rank_at_2b(chipset) -> None:
+    one = _batches(chipset, 0, range(0, 3), batch=4)
+    halves = [_batches(chipset, 0, range(0, 3), batch=2, rank=r, world=2) for r in (0, 1)]
+    for step, whole in enumerate(one):
+        joined = torch.cat([halves[0][step].images, halves[1][step].images])
+        assert torch.equal(whole.images, joined)
+
+
+def test_a_stream_out_of_step_with_the_trainer_is_a_bug(chipset) -> None:
+    draw = StreamDraw(ChipBatches(_plan(chipset), batch=1, start=0, stop=3, crop=64), 0)
+    draw(0)
+    with pytest.raises(RuntimeError, match="at batch 1, the trainer at step 2"):
+        draw(2)
+
+
+def test_chips_smaller_than_the_training_chip_are_refused(chipset) -> None:
+    with pytest.raises(ShardError, match="lower chip.size"):
+        ChipBatches(_plan(chipset), batch=1, stop=1, crop=128)
+
+
+def test_shards_without_the_runs_validation_tiles_held_out_are_refused(chipset) -> None:
+    level = chipset.manifest["grid_level"]
+    sources.check_held_out(chipset, {"x": {"39eb08cd"}}, level)  # the tile held out: fine
+    with pytest.raises(ConfigError, match="were not held out"):
+        sources.check_held_out(chipset, {"x": {"39eb0f2d"}}, level)
+    with pytest.raises(ConfigError, match="outside the 'val' split"):
+        sources.check_held_out(chipset, {"x": {"39eb0f33"}}, level)
+    with pytest.raises(ConfigError, match="level-14 grid"):
+        sources.check_held_out(chipset, {}, 15)
+
+
+def test_resuming_on_other_chips_or_another_global_batch_is_refused() -> None:
+    saved = {"chips": "a", "manifest_shards": ["1"], "position": 8, "global_batch": 8}
+    sources.check_resume(saved, dict(saved))
+    sources.check_resume(None, None)
+    with pytest.raises(ConfigError, match="same chips"):
+        sources.check_resume(saved, {**saved, "manifest_shards": ["2"]})
+    with pytest.raises(ConfigError, match="same product"):
+        sources.check_resume(saved, {**saved, "global_batch": 4})
+    with pytest.raises(ConfigError, match="in memory"):
+        sources.check_resume(None, saved)
+
+
+def test_ob_train_learns_from_shards_and_resumes_exactly(
+    chipset, tmp_path: Path, monkeypatch
+) -> None:
+    from tests.training.conftest import assert_resume_is_exact, make_config
+
+    val = (
+        "val=[{name: banepa_val, imagery: imagery/banepa, "
+        "labels: labels/banepa_4tiles.geojson, tiles: [39eb08cd]}]"
+    )
+
+    def config(*extra: str):
+        return make_config(tmp_path, "train=[]", f"shards={chipset.root}", val, "chip={size: 64}", *extra)
+
+    assert_resume_is_exact(config, tmp_path, monkeypatch, "stream={window: 8, workers: 1}")
+    from open_buildings.training.state import load_stream
+
+    state = load_stream(tmp_path / "b" / "checkpoint")
+    assert state["position"] == 4 * 2 and state["global_batch"] == 2
