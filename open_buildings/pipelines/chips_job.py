@@ -86,9 +86,7 @@ def plan(cfg: ChipsConfig) -> tuple[list[TileTask], dict[str, list[str]]]:
 def shard_counts(cfg: ChipsConfig, tasks: list[TileTask]) -> dict[str, int]:
     """Shards per split: one per ``tiles_per_shard`` tiles."""
     splits = {t.split for t in tasks}
-    return {
-        s: math.ceil(sum(t.split == s for t in tasks) / cfg.tiles_per_shard) for s in splits
-    }
+    return {s: math.ceil(sum(t.split == s for t in tasks) / cfg.tiles_per_shard) for s in splits}
 
 
 def partial_url(work: str, task: TileTask, area: str) -> str:
@@ -211,9 +209,11 @@ class WriteShardFn(beam.DoFn):
         rows = [r for url in sorted(urls) for r in pq.read_table(local_copy(url)).to_pylist()]
         name = chip_shards.shard_name(split, index, shards[split])
         remote = is_remote(self._out)
-        with tempfile.TemporaryDirectory(prefix="ob-shard-") if remote else nullcontext(
-            self._out
-        ) as folder:
+        with (
+            tempfile.TemporaryDirectory(prefix="ob-shard-")
+            if remote
+            else nullcontext(self._out) as folder
+        ):
             info = chip_shards.write_shard(rows, Path(folder) / name, split)
             if remote:
                 upload(Path(folder) / name, f"{self._out.rstrip('/')}/{name}")
@@ -299,7 +299,9 @@ def run(cfg: ChipsConfig, *, resume: bool = False) -> dict[str, Any]:
                 beam.pvalue.AsList(cut[DEAD]),
             )
         )
-    return json.loads(Path(local_copy(f"{out.rstrip('/')}/{chip_shards.MANIFEST_NAME}")).read_text())
+    return json.loads(
+        Path(local_copy(f"{out.rstrip('/')}/{chip_shards.MANIFEST_NAME}")).read_text()
+    )
 
 
 def _write_manifest(out: str, content: dict[str, Any]) -> None:

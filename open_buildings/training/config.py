@@ -243,7 +243,7 @@ class TrainConfig(_DataRootFirst):
     def _one_source(self) -> TrainConfig:
         if bool(self.train) == bool(self.shards):
             raise ValueError(
-                "give 'train' areas (read into memory) or 'shards' (an ob-chips folder), one of them"
+                "give 'train' areas (read into memory) or 'shards' (an ob-chips folder): one"
             )
         return self
 

@@ -34,6 +34,10 @@ class Ranks:
         return self.rank == 0
 
 
+#: a process training alone
+ALONE = Ranks()
+
+
 def from_env() -> Ranks:
     """The ranks ``torchrun`` (or :func:`launch`) set in the environment; alone when unset."""
     env = os.environ

@@ -37,9 +37,8 @@ from open_buildings.models.losses import segmentation_loss
 from open_buildings.models.registry import build_model
 from open_buildings.pipelines import faults
 from open_buildings.pipelines.runtime import native_bf16, resolve_device
-from open_buildings.training import change_task
+from open_buildings.training import change_task, distributed
 from open_buildings.training import chips as chipping
-from open_buildings.training import distributed
 from open_buildings.training.batches import Batch
 from open_buildings.training.calibrate import input_ranges, operating_points
 from open_buildings.training.config import TrainConfig
@@ -89,7 +88,7 @@ def train_step(
     *,
     unlabelled: Batch | None = None,
     forward: torch.nn.Module | None = None,
-    ranks: distributed.Ranks = distributed.Ranks(),
+    ranks: distributed.Ranks = distributed.ALONE,
 ) -> dict[str, Any]:
     """Take one optimisation step on a labelled batch (and the step's unlabelled one).
 
@@ -209,7 +208,7 @@ class Trainer:
     #: the best validation so far, when the config keeps the best weights
     best: Best | None = None
     forward: torch.nn.Module | None = None
-    ranks: distributed.Ranks = distributed.Ranks()
+    ranks: distributed.Ranks = distributed.ALONE
 
     @property
     def result(self) -> BuildingModel:

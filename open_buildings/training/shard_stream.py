@@ -63,9 +63,7 @@ class StreamPlan:
         if not self.shards:
             raise ShardError(f"{chipset.root} holds no {split!r} chips; cut them with ob-chips")
         reader = ShardReader(chipset)
-        self.has_building = np.concatenate(
-            [reader.column(s, "buildings") > 0 for s in self.shards]
-        )
+        self.has_building = np.concatenate([reader.column(s, "buildings") > 0 for s in self.shards])
         sizes = np.array([s.chips for s in self.shards])
         self.offsets = np.concatenate([[0], np.cumsum(sizes)])
         buildings = int(self.has_building.sum())

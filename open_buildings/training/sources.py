@@ -189,7 +189,8 @@ def check_resume(saved: dict | None, now: dict | None) -> None:
         return
     if saved is None or now is None:
         raise ConfigError(
-            "the run was started " + ("in memory" if saved is None else "from shards")
+            "the run was started "
+            + ("in memory" if saved is None else "from shards")
             + "; resume it the same way"
         )
     if saved["manifest_shards"] != now["manifest_shards"]:

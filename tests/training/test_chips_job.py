@@ -93,7 +93,9 @@ def test_a_chip_holds_its_window_of_the_tile_and_the_heads_targets(chipset_dir: 
     made = heads.make_targets(scene.instances)  # on the whole tile, then cut
     np.testing.assert_array_equal(chip["target"], made.target[:, r : r + s, c : c + s] > 0.5)
     np.testing.assert_allclose(chip["weight"], made.weight[r : r + s, c : c + s], rtol=1e-3)
-    assert row["buildings"] == len(set(np.unique(scene.instances[r : r + s, c : c + s][usable])) - {0})
+    assert row["buildings"] == len(
+        set(np.unique(scene.instances[r : r + s, c : c + s][usable])) - {0}
+    )
     assert usable.mean() >= 0.5
 
 
@@ -128,9 +130,7 @@ def test_a_killed_run_resumes_to_the_same_shards(
     assert [s["sha256"] for s in resumed["shards"]] == [s["sha256"] for s in first["shards"]]
 
 
-def test_a_tile_that_fails_is_a_dead_letter_and_the_rest_is_written(
-    tmp_path: Path, capsys
-) -> None:
+def test_a_tile_that_fails_is_a_dead_letter_and_the_rest_is_written(tmp_path: Path, capsys) -> None:
     unlabelled = (
         f"unlabelled=[{{name: u, imagery: imagery/banepa, probabilities: {tmp_path / 'none'}}}]"
     )
@@ -146,7 +146,10 @@ def test_teacher_probabilities_become_chips(tmp_path: Path) -> None:
     from tests.training.test_split_and_teacher import _teacher_run
 
     _, teacher = _teacher_run(tmp_path)
-    m = _run(tmp_path / "out", f"unlabelled=[{{name: u, imagery: imagery/banepa, probabilities: {teacher}}}]")
+    m = _run(
+        tmp_path / "out",
+        f"unlabelled=[{{name: u, imagery: imagery/banepa, probabilities: {teacher}}}]",
+    )
     assert m["splits"]["unlabelled"]["chips"] > 0 and not m["dead_letters"]
     chipset = chip_shards.open_chipset(tmp_path / "out")
     shard = chipset.split("unlabelled")[0]

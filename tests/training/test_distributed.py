@@ -43,7 +43,16 @@ def _config(tmp_path: Path, chips: Path) -> str:
 
 
 def _train(config: str, out: Path, nproc: int, batch: int, *extra: str) -> int:
-    args = [config, "--quiet", "--nproc", str(nproc), "--out", str(out), "-o", f"batch_size={batch}"]
+    args = [
+        config,
+        "--quiet",
+        "--nproc",
+        str(nproc),
+        "--out",
+        str(out),
+        "-o",
+        f"batch_size={batch}",
+    ]
     return ob_train.main([*args, *extra])
 
 
@@ -99,9 +108,13 @@ def test_ranks_normalised_by_their_mean_weight_average_to_the_joint_batch_loss()
     joint = segmentation_loss(logits, target, weight)
     mean_weight = weight.sum() * 2 / 2  # channels x (sum over both ranks) / ranks
     halves = [
-        segmentation_loss(logits[i : i + 2], target[i : i + 2], weight[i : i + 2], total_weight=mean_weight)
+        segmentation_loss(
+            logits[i : i + 2], target[i : i + 2], weight[i : i + 2], total_weight=mean_weight
+        )
         for i in (0, 2)
     ]
     assert torch.allclose((halves[0] + halves[1]) / 2, joint, atol=1e-6)
-    plain = [segmentation_loss(logits[i : i + 2], target[i : i + 2], weight[i : i + 2]) for i in (0, 2)]
+    plain = [
+        segmentation_loss(logits[i : i + 2], target[i : i + 2], weight[i : i + 2]) for i in (0, 2)
+    ]
     assert not torch.allclose((plain[0] + plain[1]) / 2, joint, atol=1e-3)  # without it: off

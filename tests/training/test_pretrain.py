@@ -15,6 +15,9 @@ from open_buildings.training import loop
 from open_buildings.training.config import PretrainConfig, TrainConfig
 from open_buildings.training.pretrain import ENCODER, pretrain
 
+#: a training area the config needs but these tests never read
+ANY_AREA = [{"name": "a", "imagery": "a"}]
+
 DATA = Path(__file__).resolve().parents[1] / "data"
 
 
@@ -41,23 +44,25 @@ def test_supervised_scene_learns_the_classes(scene_run) -> None:
 
 def test_the_encoder_file_initialises_ob_train_and_only_its_family(scene_run, tmp_path) -> None:
     encoder = scene_run["encoder"]
-    cfg = TrainConfig(model="unet_efficientnet_lite0", init_from=encoder, train=[])
+    cfg = TrainConfig(model="unet_efficientnet_lite0", init_from=encoder, train=ANY_AREA)
     model = loop.new_model(cfg)
     saved = load_file(encoder)
     own = model.net.encoder.state_dict()
     assert saved and all((own[k] == v).all() for k, v in saved.items())
     with pytest.raises(CheckpointError, match="encoder of 'unet_efficientnet_lite0'"):
-        loop.new_model(TrainConfig(model="unet_efficientnet_lite1", init_from=encoder, train=[]))
+        loop.new_model(
+            TrainConfig(model="unet_efficientnet_lite1", init_from=encoder, train=ANY_AREA)
+        )
     with pytest.raises(CheckpointError, match="encoder alone"):
         load_checkpoint(encoder)
     # a searched decoder (ob-search) on the same encoder takes it; another encoder does not
     searched = {"decoder_cell": [[0, "sep3", 1, "avg3"]]}
     loop.new_model(TrainConfig(model="unet_efficientnet_lite0", model_overrides=searched,
-                               init_from=encoder, train=[]))  # fmt: skip
+                               init_from=encoder, train=ANY_AREA))  # fmt: skip
     shallower = {"encoder_depth": 4, "decoder_channels": [128, 64, 32, 16]}
     with pytest.raises(CheckpointError, match="encoder of"):
         loop.new_model(TrainConfig(model="unet_efficientnet_lite0", model_overrides=shallower,
-                                   init_from=encoder, train=[]))  # fmt: skip
+                                   init_from=encoder, train=ANY_AREA))  # fmt: skip
     # a file written before a config field existed (here decoder_cell) still loads
     import json
 
@@ -71,12 +76,16 @@ def test_the_encoder_file_initialises_ob_train_and_only_its_family(scene_run, tm
     config.pop("decoder_cell")
     older = tmp_path / "older.safetensors"
     write_safetensors(older, tensors, {**meta, "config": json.dumps(config)})
-    loop.new_model(TrainConfig(model="unet_efficientnet_lite0", init_from=str(older), train=[]))
+    loop.new_model(
+        TrainConfig(model="unet_efficientnet_lite0", init_from=str(older), train=ANY_AREA)
+    )
     copy = tmp_path / ENCODER
     copy.write_bytes(Path(encoder).read_bytes()[:-8] + b"\0" * 8)
     (tmp_path / f"{ENCODER}.sha256").write_text(Path(f"{encoder}.sha256").read_text())
     with pytest.raises(CheckpointError, match="sha256 mismatch"):
-        loop.new_model(TrainConfig(model="unet_efficientnet_lite0", init_from=str(copy), train=[]))
+        loop.new_model(
+            TrainConfig(model="unet_efficientnet_lite0", init_from=str(copy), train=ANY_AREA)
+        )
 
 
 def test_simsiam_moves_the_encoder_without_collapse(tmp_path: Path) -> None:
@@ -86,7 +95,7 @@ def test_simsiam_moves_the_encoder_without_collapse(tmp_path: Path) -> None:
     )  # fmt: skip
     result = pretrain(cfg, progress=False)
     start = loop.new_model(TrainConfig(model="unet_efficientnet_lite0", init_from="imagenet",
-                                       train=[])).net.encoder.state_dict()  # fmt: skip
+                                       train=ANY_AREA)).net.encoder.state_dict()  # fmt: skip
     after = load_file(result["encoder"])
     assert any(not (start[k] == v).all() for k, v in after.items() if v.is_floating_point())
     assert all(np.isfinite(h["loss"]) and -1 <= h["loss"] <= 1 for h in result["history"])

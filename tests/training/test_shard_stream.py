@@ -134,7 +134,9 @@ def test_ob_train_learns_from_shards_and_resumes_exactly(
     )
 
     def config(*extra: str):
-        return make_config(tmp_path, "train=[]", f"shards={chipset.root}", val, "chip={size: 64}", *extra)
+        return make_config(
+            tmp_path, "train=[]", f"shards={chipset.root}", val, "chip={size: 64}", *extra
+        )
 
     assert_resume_is_exact(config, tmp_path, monkeypatch, "stream={window: 8, workers: 1}")
     from open_buildings.training.state import load_stream
