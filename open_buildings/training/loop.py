@@ -13,10 +13,8 @@ uninterrupted run would.
 
 from __future__ import annotations
 
-import json
 import os
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,11 +25,11 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from open_buildings.config import dump_config
-from open_buildings.errors import ConfigError, EvaluationError
+from open_buildings.errors import ConfigError
 from open_buildings.evaluation.evaluate import Evaluation
 from open_buildings.geo.grid import GridSpec
 from open_buildings.models.base import BuildingModel
-from open_buildings.models.checkpoint import load_checkpoint, save_checkpoint
+from open_buildings.models.checkpoint import load_checkpoint
 from open_buildings.models.encoder_file import init_encoder
 from open_buildings.models.losses import segmentation_loss
 from open_buildings.models.registry import build_model
@@ -40,13 +38,12 @@ from open_buildings.pipelines.runtime import native_bf16, resolve_device
 from open_buildings.training import change_task, distributed
 from open_buildings.training import chips as chipping
 from open_buildings.training.batches import Batch
-from open_buildings.training.calibrate import input_ranges, operating_points
 from open_buildings.training.config import TrainConfig
-from open_buildings.training.curves import plot_history
 from open_buildings.training.distill import soft_kl_loss
 from open_buildings.training.ema import averaged, new_ema, updates
 from open_buildings.training.mixup import mixup
 from open_buildings.training.optim import frozen_encoder, lr_at, optimizer_factory
+from open_buildings.training.run_end import finish_run
 from open_buildings.training.scenes import Scene
 from open_buildings.training.sources import RunData, check_resume, run_data
 from open_buildings.training.state import load_ema, load_state, load_stream, save_state
@@ -372,52 +369,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
     distributed.finish(ranks)
     if not ranks.main:
         return {"rank": ranks.rank, "history": history}
-    return _finish(cfg, trainer, data, out, device, time.perf_counter() - began, change)
-
-
-def _finish(
-    cfg: TrainConfig,
-    trainer: Trainer,
-    data: RunData,
-    out: Path,
-    device: torch.device,
-    seconds: float,
-    change: bool,
-) -> dict[str, Any]:
-    """Rank 0's end of a run: the kept weights calibrated and saved, the history, the curve."""
-    history = trainer.history
-    model, scored, final = trainer.result, trainer.scored, _last_val(history)
-    best = trainer.best if cfg.stopping.keep_best else None
-    if best is not None and best.step != history[-1]["step"]:
-        model, scored = load_checkpoint(best.path, device=device), None
-        final = next(h["val"] for h in history if h["step"] == best.step)
-    weights_path = out / FINAL_WEIGHTS
-    points = None
-    if data.val and not change:  # ob-infer's default thresholds, measured on held-out data
-        names = ", ".join(a.name for a in cfg.val)
-        try:
-            points = operating_points(
-                model, data.val, measured_on=names, spec=_spec(cfg), scored=scored
-            )
-        except EvaluationError as exc:  # the weights are still worth saving
-            warnings.warn(f"no operating points stored: {exc}", stacklevel=2)
-    trained_on = ", ".join(a.name for a in cfg.train) or f"the chips of {cfg.shards}"
-    ranges = (
-        None if change else input_ranges(model, data.range_images, measured_on=trained_on)
-    )  # what the training imagery looked like: ob-infer warns about tiles unlike it
-    save_checkpoint(model, weights_path, operating_points=points, input_ranges=ranges)
-    (out / "history.json").write_text(json.dumps(history, indent=1))
-    plot_history(history, out / "training_curve.png")
-    return {
-        "weights": str(weights_path),
-        "history": history,
-        "seconds": seconds,
-        "final": final,
-        "operating_points": points,
-        "bf16": cfg.bf16,
-        "stopped": trainer.stop,
-        "best_step": None if best is None else best.step,
-    }
+    seconds = time.perf_counter() - began
+    return finish_run(cfg, trainer, data, out / FINAL_WEIGHTS, device, seconds, change)
 
 
 def _hooks(
@@ -445,7 +398,3 @@ def _initial_candidate(trainer: Trainer, val_scenes: list[Scene], out: Path) -> 
     record: dict[str, Any] = {"step": 0, "loss": None, "val": metrics(scored)}
     best_hook(out, None)(trainer, -1, record)
     trainer.history.append(record)
-
-
-def _last_val(history: list[dict[str, Any]]) -> dict[str, Any] | None:
-    return next((h["val"] for h in reversed(history) if "val" in h), None)
