@@ -58,6 +58,11 @@ def _search(args: argparse.Namespace) -> int:
         overrides.append(f"budget_minutes={args.budget_minutes}")
     cfg = load_config(SearchConfig, args.config, overrides)
     train_cfg = load_config(TrainConfig, cfg.train_config)
+    if train_cfg.shards:
+        raise ConfigError(
+            f"{cfg.train_config} reads 'shards'; ob-search caches its proxy's chips from "
+            "'train' areas: point train_config at a config with areas"
+        )
     if not train_cfg.val:
         raise ConfigError(
             f"{cfg.train_config} has no 'val' areas; ob-search scores its candidates on them: "

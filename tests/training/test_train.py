@@ -213,3 +213,27 @@ def test_bf16_auto_follows_the_cpu_and_is_recorded(config_factory) -> None:
     result = train(cfg, progress=False)
     assert result["bf16"] is native_bf16("cpu")
     assert yaml.safe_load((Path(cfg.out) / "config.yaml").read_text())["bf16"] is result["bf16"]
+
+
+def test_ranks_draw_their_share_of_the_in_memory_batch(config_factory) -> None:
+    from open_buildings.training import chips
+
+    cfg = config_factory("chip={size: 64, empty_share: 0.0}", "batch_size=2")
+    pool = chips.ScenePool(batches.load_areas(cfg, cfg.train, labelled=True))
+    whole = batches.labelled_batch(
+        pool, cfg.model_copy(update={"batch_size": 4}), 3, chips.augmenter()
+    )
+    halves = [batches.labelled_batch(pool, cfg, 3, chips.augmenter(), rank=r) for r in (0, 1)]
+    assert torch.equal(whole.images, torch.cat([h.images for h in halves]))
+    assert not torch.equal(halves[0].images, halves[1].images)
+
+
+def test_ob_search_refuses_a_config_that_reads_shards(tmp_path: Path, capsys) -> None:
+    from open_buildings.commands import search as ob_search
+
+    train_cfg = tmp_path / "train.yaml"
+    train_cfg.write_text(f"shards: {tmp_path}\nval: [{{name: v, imagery: x}}]\n")
+    search_cfg = tmp_path / "search.yaml"
+    search_cfg.write_text(f"train_config: {train_cfg}\n")
+    assert ob_search.main([str(search_cfg), "--out", str(tmp_path / "s")]) == 2
+    assert "reads 'shards'" in capsys.readouterr().err
