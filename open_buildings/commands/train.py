@@ -70,6 +70,8 @@ def _train(args: argparse.Namespace) -> int:
         if cfg.shards:  # refused here rather than in every rank
             open_chipset(cfg.shards)
         result = _launch(args.nproc, cfg, args.resume, not args.quiet)
+    if "weights" not in result:  # a rank other than 0 under torchrun: rank 0 reports
+        return 0
     if args.nproc > 1:
         print(f"{args.nproc} processes, {cfg.batch_size} chips each a step")
     precision = "bf16 autocast" if result["bf16"] else "fp32"

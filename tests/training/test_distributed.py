@@ -92,11 +92,12 @@ def test_a_killed_rank_resumes_exactly(tmp_path: Path, chips: Path, monkeypatch)
 
 
 def test_a_rank_refusing_its_data_is_an_error_that_says_what_to_do(
-    tmp_path: Path, chips: Path
+    tmp_path: Path, chips: Path, capsys
 ) -> None:
     config = _config(tmp_path, chips)
     code = _train(config, tmp_path / "bad", 2, 2, "-o", "chip.size=128")
     assert code == 2
+    assert "lower chip.size or cut larger chips" in capsys.readouterr().err
 
 
 def test_ranks_normalised_by_their_mean_weight_average_to_the_joint_batch_loss() -> None:
@@ -118,3 +119,18 @@ def test_ranks_normalised_by_their_mean_weight_average_to_the_joint_batch_loss()
         segmentation_loss(logits[i : i + 2], target[i : i + 2], weight[i : i + 2]) for i in (0, 2)
     ]
     assert not torch.allclose((plain[0] + plain[1]) / 2, joint, atol=1e-3)  # without it: off
+
+
+def test_torchrun_runs_the_same_training_as_nproc(tmp_path: Path, chips: Path) -> None:
+    import subprocess
+    import sys
+
+    config = _config(tmp_path, chips)
+    assert _train(config, tmp_path / "nproc", 2, 2, "-o", "steps=2") == 0
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    args = ["-m", "open_buildings.commands.train", config, "--quiet", "-o", "steps=2"]
+    args += ["-o", "batch_size=2", "--out", str(tmp_path / "torchrun")]
+    subprocess.run([*torchrun, *args], check=True, capture_output=True)
+    a = load_checkpoint(tmp_path / "nproc" / "weights.safetensors").state_dict()
+    b = load_checkpoint(tmp_path / "torchrun" / "weights.safetensors").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -9,6 +9,7 @@ import torch
 
 from open_buildings.errors import ConfigError, ShardError
 from open_buildings.training import chip_shards, sources
+from open_buildings.training import chips as chipping
 from open_buildings.training.shard_stream import ChipBatches, StreamDraw, StreamPlan
 from tests.training.test_chips_job import _run
 
@@ -143,3 +144,25 @@ def test_ob_train_learns_from_shards_and_resumes_exactly(
 
     state = load_stream(tmp_path / "b" / "checkpoint")
     assert state["position"] == 4 * 2 and state["global_batch"] == 2
+
+
+def test_self_training_streams_the_teachers_chips(tmp_path: Path) -> None:
+    from open_buildings.training.loop import train
+    from tests.training.conftest import make_config
+    from tests.training.test_split_and_teacher import _teacher_run
+
+    _, teacher = _teacher_run(tmp_path)
+    unlabelled = f"unlabelled=[{{name: u, imagery: imagery/banepa, probabilities: {teacher}}}]"
+    _run(tmp_path / "chips", "chip={size: 96, stride: 48}", unlabelled)
+    chipset = chip_shards.open_chipset(tmp_path / "chips")
+    assert chipset.split("unlabelled")
+    st = "self_training={enabled: true, ratio: 0.5, temperature: 2.0}"
+    cfg = make_config(tmp_path, "train=[]", f"shards={chipset.root}", "chip={size: 64}", st)
+    result = train(cfg, progress=False)
+    assert all(h["kl"] > 0 for h in result["history"])
+    plan = StreamPlan(chipset, "unlabelled", seed=1, window=8, empty_share=None)
+    stream = ChipBatches(plan, batch=2, stop=1, crop=64, temperature=2.0)
+    batch = stream.make(0, chipping.augmenter())
+    # soft targets at T = 2 lie inside sigmoid(logit(0.001) / 2) = 0.031 .. 0.969
+    assert batch.targets.shape == (2, 2, 64, 64)
+    assert 0.03 < float(batch.targets.min()) and float(batch.targets.max()) < 0.97
