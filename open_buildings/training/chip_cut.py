@@ -121,6 +121,7 @@ def cut_tile(
                 "row": row,
                 "col": col,
                 "buildings": 0,
+                "building_px": 0,
                 "image": chip.rgb.tobytes(),
                 "usable": chip.usable.astype(np.uint8).tobytes(),
                 "target": None,
@@ -130,7 +131,9 @@ def cut_tile(
             if labelled:
                 ids = chip.instances[chip.usable]
                 record["buildings"] = int(np.unique(ids[ids > 0]).size)
-                record["target"] = _window(target, row, col, size).tobytes()
+                window = _window(target, row, col, size)
+                record["building_px"] = int((window[0].astype(bool) & chip.usable).sum())
+                record["target"] = window.tobytes()
                 record["weight"] = _window(weight, row, col, size).tobytes()
             else:
                 record["teacher"] = _window(teacher.astype(np.float16), row, col, size).tobytes()

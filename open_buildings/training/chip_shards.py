@@ -1,7 +1,7 @@
 """The chip shard format ``ob-chips`` writes and ``ob-train`` streams: Parquet, one chip a row.
 
 Parquet rather than WebDataset tar shards: pyarrow is already here (no new dependency), each
-chip's scalars (tile, area, split, building count) are columns that can be read alone (the
+chip's scalars (tile, area, split, buildings and building pixels) are columns that can be read alone (the
 stream reads only ``buildings`` to plan an epoch, never the pixels), row groups let a reader
 start in the middle of a shard (resume), zstd compresses the masks to almost nothing, and DuckDB
 or pandas can query a shard as a table. Pixels are raw little-endian bytes in binary columns,
@@ -44,6 +44,7 @@ SCHEMA = pa.schema(
         ("row", pa.int32()),
         ("col", pa.int32()),
         ("buildings", pa.int32()),
+        ("building_px", pa.int32()),
         ("image", pa.binary()),
         ("usable", pa.binary()),
         ("target", pa.binary()),

@@ -4,15 +4,18 @@ and ranks, the same batches for the same step every time.
 The stream of one split is a pure function of its position (chips drawn so far):
 
 - **Epoch** ``e``: the shards in an order drawn from ``(seed, e)``, each read front to back
-  (its rows are in hash order, so neighbouring rows come from different tiles). Chips without
-  buildings are thinned to the config's ``chip.empty_share`` (the same number each epoch, which
-  ones drawn from ``(seed, e)``); only the ``buildings`` column is read to plan this.
+  (its rows are in hash order, so neighbouring rows come from different tiles). A labelled
+  epoch draws, from ``(seed, e)``, one chip per chip with buildings, with replacement and in
+  proportion to its building pixels (as the in-memory sampler centres its chips on building
+  pixels drawn uniformly), and chips without buildings for the config's ``chip.empty_share`` of the epoch; the
+  draws are read in stream order. Only the ``building_px`` column is read to plan this. An
+  unlabelled epoch is every chip once.
 - **Shuffle buffer**: ``stream.window`` consecutive chips of the epoch are read together and
   permuted (``(seed, e, window)``); a reader holds one or two windows, never the dataset.
 - **Batches**: global batch ``g`` is positions ``g * world * B`` onwards; rank ``r`` takes its
   ``B`` of them. Two ranks at batch B therefore see exactly the chips one rank sees at 2B.
 - **Each chip**: a random ``chip.size`` crop of the stored chip and the augmentation, drawn from
-  ``(seed, e, row)``.
+  ``(seed, position)``.
 
 Worker ``w`` of ``W`` makes batches ``start + w``, ``start + w + W``, ...; PyTorch's DataLoader
 returns them in that round-robin order, so the step sequence does not depend on ``W``. Resuming
@@ -46,7 +49,7 @@ class StreamPlan:
         split: ``train`` (labelled) or ``unlabelled`` (the teacher's labels).
         seed: the run's seed.
         window: chips shuffled together.
-        empty_share: the share of chips without buildings to keep in an epoch; None keeps all.
+        empty_share: the share of an epoch's draws without buildings; None: every chip once.
     """
 
     def __init__(
@@ -63,17 +66,19 @@ class StreamPlan:
         if not self.shards:
             raise ShardError(f"{chipset.root} holds no {split!r} chips; cut them with ob-chips")
         reader = ShardReader(chipset)
-        self.has_building = np.concatenate([reader.column(s, "buildings") > 0 for s in self.shards])
+        self.building_px = np.concatenate([reader.column(s, "building_px") for s in self.shards])
+        self.has_building = self.building_px > 0
         sizes = np.array([s.chips for s in self.shards])
         self.offsets = np.concatenate([[0], np.cumsum(sizes)])
-        buildings = int(self.has_building.sum())
-        empties = self.has_building.size - buildings
-        if empty_share is None or buildings == 0:
+        self.drawn = empty_share is not None and bool(self.has_building.any())
+        with_buildings = int(self.has_building.sum())
+        empties = self.has_building.size - with_buildings
+        if not self.drawn:
             self.keep_empty = empties
         else:
-            wanted = round(empty_share / max(1e-9, 1 - empty_share) * buildings)
-            self.keep_empty = min(empties, wanted)
-        self.epoch_length = buildings + self.keep_empty
+            wanted = round(empty_share / max(1e-9, 1 - empty_share) * with_buildings)
+            self.keep_empty = min(empties, wanted) if empties else 0
+        self.epoch_length = with_buildings + self.keep_empty if self.drawn else int(sizes.sum())
         self._epoch: tuple[int, np.ndarray] | None = None
 
     def epoch_order(self, epoch: int) -> np.ndarray:
@@ -81,14 +86,24 @@ class StreamPlan:
         if self._epoch is not None and self._epoch[0] == epoch:
             return self._epoch[1]
         rng = chipping.rng_for(self.seed, epoch, 7)
-        keep = self.has_building.copy()
-        empty = np.flatnonzero(~self.has_building)
-        keep[rng.choice(empty, self.keep_empty, replace=False)] = True
-        parts = []
-        for s in rng.permutation(len(self.shards)):
-            ids = np.arange(self.offsets[s], self.offsets[s + 1])
-            parts.append(ids[keep[ids]])
-        order = np.concatenate(parts)
+        rank = np.empty(len(self.shards), dtype=np.int64)  # each shard's place in this epoch
+        rank[rng.permutation(len(self.shards))] = np.arange(len(self.shards))
+        if self.drawn:
+            full = np.flatnonzero(self.has_building)
+            weights = self.building_px[full] / self.building_px[full].sum()
+            empty = np.flatnonzero(~self.has_building)
+            ids = np.concatenate(
+                [
+                    rng.choice(full, full.size, replace=True, p=weights),
+                    rng.choice(empty, self.keep_empty, replace=False),
+                ]
+            )
+        else:
+            ids = np.arange(self.has_building.size)
+        shard = np.searchsorted(self.offsets, ids, side="right") - 1
+        order = ids[
+            np.lexsort((ids, rank[shard]))
+        ]  # shards in the epoch's order, rows in file order
         for start in range(0, order.size, self.window):
             part = order[start : start + self.window]
             order[start : start + self.window] = part[rng.permutation(part.size)]
@@ -158,7 +173,7 @@ class ChipBatches(IterableDataset):
         for position in range(base, base + self.batch):
             epoch, start, row = self.plan.locate(position)
             chip = self._chip(epoch, start, row)
-            rng = chipping.rng_for(self.plan.seed, epoch, row, 3)
+            rng = chipping.rng_for(self.plan.seed, position, 3)
             r, c = (int(v) for v in rng.integers(0, self.plan.chipset.size - self.crop + 1, 2))
             window = (slice(r, r + self.crop), slice(c, c + self.crop))
             piece = chipping.Chip(

@@ -26,8 +26,8 @@ def _plan(chipset, **kw) -> StreamPlan:
     return StreamPlan(chipset, "train", **args)
 
 
-def test_an_epoch_holds_every_chip_once_shuffled_in_windows(chipset) -> None:
-    plan = _plan(chipset)
+def test_an_unlabelled_epoch_holds_every_chip_once_shuffled_in_windows(chipset) -> None:
+    plan = _plan(chipset)  # empty_share None: every chip once, as for the teacher's chips
     n = sum(s.chips for s in chipset.split("train"))
     assert plan.epoch_length == n > 40
     first, second = plan.epoch_order(0), plan.epoch_order(1)
@@ -39,20 +39,30 @@ def test_an_epoch_holds_every_chip_once_shuffled_in_windows(chipset) -> None:
     np.testing.assert_array_equal(_plan(chipset).epoch_order(1), second)  # a pure function
 
 
-def test_chips_without_buildings_are_thinned_to_the_empty_share(tmp_path: Path) -> None:
+def test_a_labelled_epoch_draws_chips_by_building_pixels_and_empties_by_share(
+    tmp_path: Path,
+) -> None:
     _run(tmp_path / "small", "chip={size: 32, stride: 32}")  # small chips: some hold no building
     chipset = chip_shards.open_chipset(tmp_path / "small")
     full = _plan(chipset)
     empties = int((~full.has_building).sum())
-    buildings = int(full.has_building.sum())
-    assert empties > 2 and buildings > 2
+    with_buildings = int(full.has_building.sum())
+    assert empties > 2 and with_buildings > 2
     plan = _plan(chipset, empty_share=0.03)
-    kept = plan.epoch_order(0)
-    assert (~plan.has_building[kept]).sum() == round(0.03 / 0.97 * buildings) == plan.keep_empty
-    assert 0 < plan.keep_empty < empties and plan.has_building[kept].sum() == buildings
-    assert plan.epoch_order(1).tolist() != kept.tolist()
+    drawn = plan.epoch_order(0)
+    assert drawn.size == plan.epoch_length == with_buildings + plan.keep_empty
+    assert (~plan.has_building[drawn]).sum() == round(0.03 / 0.97 * with_buildings)
+    assert 0 < plan.keep_empty < empties
+    # with replacement, in proportion to building pixels: a size-biased draw, over 20 epochs
+    px = plan.building_px
+    many = np.concatenate([plan.epoch_order(e) for e in range(20)])
+    many = many[plan.has_building[many]]
+    expected = (px[px > 0] ** 2).sum() / px[px > 0].sum()  # E[px] under p ~ px
+    assert abs(px[many].mean() - expected) < 0.1 * expected
+    assert px[many].mean() > 1.2 * px[px > 0].mean()
+    assert plan.epoch_order(1).tolist() != drawn.tolist()
     capped = _plan(chipset, empty_share=0.5)  # more empties wanted than there are: all of them
-    assert capped.keep_empty == empties and capped.epoch_length == full.epoch_length
+    assert capped.keep_empty == empties
     none = _plan(chipset, empty_share=0.0)
     assert none.has_building[none.epoch_order(0)].all()
 
