@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, Field, ValidationInfo, model_validator
 
 from open_buildings.config import BASE_DIR, ConfigPath, StrictModel, resolve_path
+from open_buildings.pipelines.config import DataflowConfig
 
 _DATA_ROOT = "data_root"
 #: ``init_from`` value for the ImageNet weights a package ships (EfficientNet-Lite0).
@@ -373,7 +374,7 @@ class ChipsConfig(_DataRootFirst):
     tiles_per_shard: int = Field(4, ge=1)
     runner: Literal["direct", "dataflow"] = "direct"
     workers: int = Field(1, ge=1)
-    dataflow: Any = None
+    dataflow: DataflowConfig | None = None
     out: ConfigPath = "runs/chips"
 
     @property
@@ -383,10 +384,11 @@ class ChipsConfig(_DataRootFirst):
 
     @model_validator(mode="after")
     def _dataflow_section(self) -> ChipsConfig:
-        from open_buildings.pipelines.config import DataflowConfig
-
-        if self.dataflow is not None:
-            self.dataflow = DataflowConfig.model_validate(self.dataflow)
-        elif self.runner == "dataflow":
+        if self.runner == "dataflow" and self.dataflow is None:
             raise ValueError("runner 'dataflow' needs a 'dataflow:' section")
+        if self.runner == "dataflow" and "://" not in str(self.out):
+            raise ValueError(
+                f"out {self.out} is a local folder, which Dataflow's workers cannot write; "
+                "give a gs:// folder"
+            )
         return self

@@ -187,5 +187,13 @@ def test_damaged_or_unfinished_chips_are_refused(chipset_dir: Path, tmp_path: Pa
 def test_the_config_refuses_unknown_keys_and_a_dataflow_run_without_its_section() -> None:
     with pytest.raises(Exception, match="chip.strid"):
         load_config(ChipsConfig, None, [*BASE, "chip.strid=3"])
-    with pytest.raises(Exception, match="dataflow"):
+    with pytest.raises(Exception, match="needs a 'dataflow:' section"):
         load_config(ChipsConfig, None, [*BASE, "runner=dataflow"])
+    dataflow = "dataflow={project: p, region: r, temp_location: gs://b/t, sdk_container_image: i}"
+    with pytest.raises(Exception, match="give a gs:// folder"):
+        load_config(ChipsConfig, None, [*BASE, "runner=dataflow", dataflow, "out=/tmp/x"])
+    cfg = load_config(ChipsConfig, None, [*BASE, "runner=dataflow", dataflow, "out=gs://b/chips"])
+    from open_buildings.pipelines.job import pipeline_options
+
+    flags = pipeline_options(cfg).get_all_options()
+    assert flags["runner"] == "DataflowRunner" and flags["project"] == "p"
