@@ -119,7 +119,8 @@ def memory_child(shards: str | None, batches: int) -> None:
 
 def memory(shards: str | None, batches: int = 40) -> float:
     """Peak RSS (MiB) of a fresh process running :func:`memory_child`."""
-    args = [sys.executable, "-m", "bench.train_shards", "--memory-child", shards or "", str(batches)]
+    args = [sys.executable, "-m", "bench.train_shards", "--memory-child", shards or ""]
+    args.append(str(batches))
     out = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, check=True).stdout
     return float(out.strip().splitlines()[-1])
 

@@ -1,12 +1,12 @@
 """The chip shard format ``ob-chips`` writes and ``ob-train`` streams: Parquet, one chip a row.
 
 Parquet rather than WebDataset tar shards: pyarrow is already here (no new dependency), each
-chip's scalars (tile, area, split, buildings and building pixels) are columns that can be read alone (the
-stream reads only ``buildings`` to plan an epoch, never the pixels), row groups let a reader
-start in the middle of a shard (resume), zstd compresses the masks to almost nothing, and DuckDB
-or pandas can query a shard as a table. Pixels are raw little-endian bytes in binary columns,
-their shapes in the manifest: ``image`` uint8 ``(bands, S, S)``, ``usable`` uint8 ``(S, S)``,
-``target`` uint8 ``(channels, S, S)``, ``weight`` float16 ``(S, S)``, ``teacher`` float16
+chip's scalars (tile, area, split, buildings, building pixels) are columns that can be read
+alone (the stream reads only ``building_px`` to plan an epoch, never the pixels), row groups let
+a reader start in the middle of a shard (resume), zstd compresses the masks to almost nothing,
+and DuckDB or pandas can query a shard as a table. Pixels are raw little-endian bytes in binary
+columns, their shapes in the manifest: ``image`` uint8 ``(bands, S, S)``, ``usable`` uint8 ``(S,
+S)``, ``target`` uint8 ``(channels, S, S)``, ``weight`` float16 ``(S, S)``, ``teacher`` float16
 ``(channels, S, S)`` (teacher-labelled chips).
 
 The manifest (``manifest.json``, written last) lists every shard with its split, chips,

@@ -7,9 +7,9 @@ The stream of one split is a pure function of its position (chips drawn so far):
   (its rows are in hash order, so neighbouring rows come from different tiles). A labelled
   epoch draws, from ``(seed, e)``, one chip per chip with buildings, with replacement and in
   proportion to its building pixels (as the in-memory sampler centres its chips on building
-  pixels drawn uniformly), and chips without buildings for the config's ``chip.empty_share`` of the epoch; the
-  draws are read in stream order. Only the ``building_px`` column is read to plan this. An
-  unlabelled epoch is every chip once.
+  pixels drawn uniformly), and chips without buildings for the config's ``chip.empty_share``
+  of the epoch; the draws are read in stream order. Only the ``building_px`` column is read
+  to plan this. An unlabelled epoch is every chip once.
 - **Shuffle buffer**: ``stream.window`` consecutive chips of the epoch are read together and
   permuted (``(seed, e, window)``); a reader holds one or two windows, never the dataset.
 - **Batches**: global batch ``g`` is positions ``g * world * B`` onwards; rank ``r`` takes its
