@@ -180,14 +180,19 @@ class ShardReader:
         """One scalar column of a shard, in row order."""
         return self._open(shard).read(columns=[name]).column(name).to_numpy()
 
-    def rows(self, shard: ShardInfo, indices: np.ndarray, columns: list[str]) -> pa.Table:
-        """The rows at sorted ``indices`` of a shard, reading only the row groups they lie in."""
+    def rows(
+        self, shard: ShardInfo, indices: np.ndarray, columns: list[str]
+    ) -> list[dict[str, Any]]:
+        """The rows at sorted ``indices`` of a shard, reading one row group at a time (so a
+        reader holds one group's pixels, whatever the shard's size)."""
         file = self._open(shard)
-        groups = np.unique(indices // ROW_GROUP)
-        table = file.read_row_groups([int(g) for g in groups], columns=columns)
-        starts = {int(g): i * ROW_GROUP for i, g in enumerate(groups)}
-        local = [starts[int(i // ROW_GROUP)] + int(i % ROW_GROUP) for i in indices]
-        return table.take(pa.array(local, type=pa.int64()))
+        out: list[dict[str, Any]] = []
+        groups = indices // ROW_GROUP
+        for group in np.unique(groups):
+            local = indices[groups == group] - group * ROW_GROUP
+            table = file.read_row_group(int(group), columns=columns)
+            out.extend(table.take(pa.array(local, type=pa.int64())).to_pylist())
+        return out
 
 
 def decode(row: dict[str, Any], chipset: ChipSet) -> dict[str, np.ndarray]:

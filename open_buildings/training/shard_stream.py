@@ -215,7 +215,7 @@ class ChipBatches(IterableDataset):
         out: dict[int, dict] = {}
         for shard in sorted({s for s, _ in located}):
             local = np.array([i for s, i in located if s == shard])
-            table = self._reader.rows(self.plan.shards[shard], local, _COLUMNS).to_pylist()
+            table = self._reader.rows(self.plan.shards[shard], local, _COLUMNS)
             ids = rows[[s == shard for s, _ in located]]
             out.update({int(i): decode(r, self.plan.chipset) for i, r in zip(ids, table)})
         return out

@@ -173,8 +173,8 @@ def sample_images(plan: StreamPlan, count: int = RANGE_SAMPLE) -> list[Any]:
     out = []
     for row in rows:
         shard, local = plan.shard_row(int(row))
-        table = reader.rows(plan.shards[shard], np.array([local]), ["image", "usable"])
-        chip = decode(table.to_pylist()[0], plan.chipset)
+        row = reader.rows(plan.shards[shard], np.array([local]), ["image", "usable"])[0]
+        chip = decode(row, plan.chipset)
         out.append(SimpleNamespace(rgb=chip["image"], valid=chip["usable"]))
     return out
 
