@@ -184,7 +184,7 @@ class StreamConfig(StrictModel):
     """
 
     window: int = Field(128, ge=1)
-    workers: int = Field(1, ge=0)
+    workers: int = Field(0, ge=0)
 
 
 class TrainConfig(_DataRootFirst):
