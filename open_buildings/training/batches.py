@@ -19,6 +19,7 @@ from open_buildings.geo.grid import GridSpec
 from open_buildings.models import heads
 from open_buildings.pipelines.probabilities import probability_path, read_probabilities
 from open_buildings.training import chips as chipping
+from open_buildings.training.chip_cut import window
 from open_buildings.training.config import AreaConfig, TrainConfig, UnlabelledAreaConfig
 from open_buildings.training.distill import soft_targets
 from open_buildings.training.scenes import Scene, load_scenes, read_labels
@@ -155,7 +156,7 @@ def unlabelled_batch(
         rng = chipping.rng_for(cfg.seed, step, 1, i)
         chip = pool.sample(spec, rng, with_buildings=False)
         index, row, col = chip.origin
-        probs = _crop(teacher_probs[index], row, col, spec.size)
+        probs = window(teacher_probs[index], row, col, spec.size)
         chip, soft = chipping.augment(transform, chip, int(rng.integers(2**31 - 1)), extra=probs)
         images.append(chip.rgb.astype(np.float32) / 255.0)
         targets.append(soft)
@@ -166,13 +167,3 @@ def unlabelled_batch(
 def unlabelled_count(cfg: TrainConfig) -> int:
     """Unlabelled chips per rank and step: ``self_training.ratio`` of the batch, at least one."""
     return max(1, round(cfg.self_training.ratio * cfg.batch_size))
-
-
-def _crop(array: np.ndarray, row: int, col: int, size: int) -> np.ndarray:
-    """Cut ``(C, size, size)`` at (row, col) from ``(C, H, W)``, zero where it leaves the array."""
-    out = np.zeros((array.shape[0], size, size), dtype=np.float32)
-    r0, c0 = max(row, 0), max(col, 0)
-    r1, c1 = min(row + size, array.shape[1]), min(col + size, array.shape[2])
-    if r1 > r0 and c1 > c0:
-        out[:, r0 - row : r1 - row, c0 - col : c1 - col] = array[:, r0:r1, c0:c1]
-    return out

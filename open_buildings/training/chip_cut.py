@@ -131,18 +131,19 @@ def cut_tile(
             if labelled:
                 ids = chip.instances[chip.usable]
                 record["buildings"] = int(np.unique(ids[ids > 0]).size)
-                window = _window(target, row, col, size)
-                record["building_px"] = int((window[0].astype(bool) & chip.usable).sum())
-                record["target"] = window.tobytes()
-                record["weight"] = _window(weight, row, col, size).tobytes()
+                cut_target = window(target, row, col, size)
+                record["building_px"] = int((cut_target[0].astype(bool) & chip.usable).sum())
+                record["target"] = cut_target.tobytes()
+                record["weight"] = window(weight, row, col, size).tobytes()
             else:
-                record["teacher"] = _window(teacher.astype(np.float16), row, col, size).tobytes()
+                record["teacher"] = window(teacher.astype(np.float16), row, col, size).tobytes()
             rows.append(record)
     return TileChips(split, scene.area, scene.tile_id, rows, count)
 
 
-def _window(array: np.ndarray, row: int, col: int, size: int) -> np.ndarray:
-    """``array[..., row:row+size, col:col+size]``, zero where the window leaves the array."""
+def window(array: np.ndarray, row: int, col: int, size: int) -> np.ndarray:
+    """``array[..., row:row+size, col:col+size]``, zero where the window leaves the array
+    (a chip's targets here; the teacher's soft targets of a chip in memory)."""
     squeeze = array.ndim == 2
     data = array[None] if squeeze else array
     out = np.zeros((data.shape[0], size, size), dtype=data.dtype)

@@ -210,15 +210,22 @@ class ChipBatches(IterableDataset):
     def _read_window(self, epoch: int, start: int) -> dict[int, dict]:
         if self._reader is None:
             self._reader = ShardReader(self.plan.chipset)
-        rows = np.sort(self.plan.window_rows(epoch, start))
-        located = [self.plan.shard_row(int(r)) for r in rows]
-        out: dict[int, dict] = {}
-        for shard in sorted({s for s, _ in located}):
-            local = np.array([i for s, i in located if s == shard])
-            table = self._reader.rows(self.plan.shards[shard], local, _COLUMNS)
-            ids = rows[[s == shard for s, _ in located]]
-            out.update({int(i): decode(r, self.plan.chipset) for i, r in zip(ids, table)})
-        return out
+        rows = self.plan.window_rows(epoch, start)
+        return read_chips(self.plan, self._reader, rows, _COLUMNS)
+
+
+def read_chips(
+    plan: StreamPlan, reader: ShardReader, rows: np.ndarray, columns: list[str]
+) -> dict[int, dict]:
+    """Global row ids -> their decoded chips, each shard's rows read in one pass."""
+    rows = np.unique(rows)
+    located = np.array([plan.shard_row(int(r)) for r in rows]).reshape(-1, 2)
+    out: dict[int, dict] = {}
+    for shard in np.unique(located[:, 0]):
+        mine = located[:, 0] == shard
+        table = reader.rows(plan.shards[int(shard)], located[mine, 1], columns)
+        out.update({int(i): decode(r, plan.chipset) for i, r in zip(rows[mine], table)})
+    return out
 
 
 class StreamDraw:

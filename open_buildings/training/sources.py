@@ -12,8 +12,6 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
-import numpy as np
-
 from open_buildings.errors import ConfigError
 from open_buildings.training import chips as chipping
 from open_buildings.training.batches import (
@@ -26,12 +24,18 @@ from open_buildings.training.batches import (
     unlabelled_count,
     with_teacher,
 )
-from open_buildings.training.chip_shards import ChipSet, ShardReader, decode, open_chipset
+from open_buildings.training.chip_shards import ChipSet, ShardReader, open_chipset
 from open_buildings.training.config import TrainConfig
 from open_buildings.training.distributed import Ranks
 from open_buildings.training.label_fraction import keep_fraction
 from open_buildings.training.scenes import Scene
-from open_buildings.training.shard_stream import ChipBatches, StreamDraw, StreamPlan, stream_state
+from open_buildings.training.shard_stream import (
+    ChipBatches,
+    StreamDraw,
+    StreamPlan,
+    read_chips,
+    stream_state,
+)
 
 #: ``draw(step, transform) -> Batch``
 Draw = Callable[[int, Any], Batch]
@@ -168,15 +172,10 @@ def check_held_out(chipset: ChipSet, held: HeldOut, grid_level: int) -> None:
 
 def sample_images(plan: StreamPlan, count: int = RANGE_SAMPLE) -> list[Any]:
     """The first ``count`` training chips of epoch 0 (``rgb``, ``valid``), for the input ranges."""
-    reader = ShardReader(plan.chipset)
-    rows = np.sort(plan.epoch_order(0)[:count])
-    out = []
-    for row in rows:
-        shard, local = plan.shard_row(int(row))
-        row = reader.rows(plan.shards[shard], np.array([local]), ["image", "usable"])[0]
-        chip = decode(row, plan.chipset)
-        out.append(SimpleNamespace(rgb=chip["image"], valid=chip["usable"]))
-    return out
+    chips = read_chips(
+        plan, ShardReader(plan.chipset), plan.epoch_order(0)[:count], ["image", "usable"]
+    )
+    return [SimpleNamespace(rgb=c["image"], valid=c["usable"]) for c in chips.values()]
 
 
 def check_resume(saved: dict | None, now: dict | None) -> None:
