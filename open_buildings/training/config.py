@@ -238,6 +238,10 @@ class TrainConfig(_DataRootFirst):
     #: (AVX512-BF16 or AMX CPUs, Ampere+ GPUs): on AVX2-only CPUs it is 16-136x slower.
     bf16: bool | Literal["auto"] = "auto"
     threads: int | None = None
+    #: with several ranks (``--nproc``, torchrun): BatchNorm statistics over the global batch,
+    #: as one process at that batch would take them (``training.sync_norm``); false: each
+    #: rank's own chips
+    sync_batch_norm: bool = True
     out: ConfigPath = "runs/train"
 
     @model_validator(mode="after")

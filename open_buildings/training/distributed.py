@@ -64,11 +64,17 @@ def device_for(ranks: Ranks, device: torch.device) -> torch.device:
     return device
 
 
-def wrap(model: torch.nn.Module, ranks: Ranks) -> torch.nn.Module:
-    """The model under DistributedDataParallel when there are several ranks, else itself."""
+def wrap(model: torch.nn.Module, ranks: Ranks, sync_norm: bool = True) -> torch.nn.Module:
+    """The model under DistributedDataParallel when there are several ranks, else itself;
+    ``sync_norm``: its BatchNorm layers then take statistics over every rank's batch."""
     if ranks.world == 1:
         return model
     from torch.nn.parallel import DistributedDataParallel
+
+    if sync_norm:
+        from open_buildings.training.sync_norm import sync_batch_norm
+
+        sync_batch_norm(model)
 
     return DistributedDataParallel(model)
 

@@ -359,7 +359,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
             history=history,
             ema=ema,
             best=best_from_history(history, out) if cfg.stopping.keep_best else None,
-            forward=distributed.wrap(model, ranks),
+            forward=distributed.wrap(model, ranks, cfg.sync_batch_norm),
             ranks=ranks,
         )
         if cfg.stopping.keep_best and start == 0 and ranks.main:

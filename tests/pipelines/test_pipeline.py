@@ -186,7 +186,8 @@ def test_the_dataflow_graph_builds_with_the_africa_options_without_submitting(
         }
     )
     config = config.model_copy(update={"dataflow": dataflow})
-    p = job.make_pipeline(config)
+    # dry_run: Beam's check of the buckets' soft-delete policy would call GCS (and retry)
+    p = job.make_pipeline(config, ["--dry_run=True"])
     options = p.options.get_all_options()
     assert options["runner"] == "DataflowRunner"
     assert options["machine_type"] == "n1-standard-16"

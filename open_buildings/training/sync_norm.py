@@ -1,0 +1,86 @@
+"""BatchNorm over the global batch when several ranks train one model.
+
+Alone, a rank's BatchNorm layers take their statistics over its own chips; with ``--nproc 2``
+at batch 4 that is 4 chips where one process at batch 8 sees 8, and the model trained that way
+scored lower (bench/train_shards.md). PyTorch's ``SyncBatchNorm`` fixes that on GPUs but
+refuses CPU tensors (and would drop the activation of timm's ``BatchNormAct2d``), so the layers
+here do it on any device with two differentiable all-reduces (gloo or NCCL): the global mean,
+then the global sum of squared deviations from it. Their backward all-reduces the gradients of
+those statistics, so every rank's input gradient is the one a single process over the whole
+batch would compute.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
+from timm.layers import BatchNormAct2d
+from torch import nn
+
+
+def _global_batch_norm(layer: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+    """``layer``'s training-mode batch norm of ``x`` with statistics over every rank's batch;
+    updates the running statistics as one process would."""
+    xf = x.float()
+    dims = (0, 2, 3)
+    count = xf.new_tensor([xf.numel() / xf.shape[1]])
+    first = dist_nn.all_reduce(torch.cat([xf.sum(dims), count]))
+    n = first[-1]
+    mean = first[:-1] / n
+    centred = xf - mean.view(1, -1, 1, 1)
+    var = dist_nn.all_reduce((centred * centred).sum(dims)) / n
+    y = centred * torch.rsqrt(var + layer.eps).view(1, -1, 1, 1)
+    if layer.affine:
+        y = y * layer.weight.view(1, -1, 1, 1) + layer.bias.view(1, -1, 1, 1)
+    if layer.track_running_stats:
+        with torch.no_grad():
+            layer.num_batches_tracked.add_(1)
+            factor = layer.momentum
+            if factor is None:  # a cumulative average, as nn.BatchNorm2d keeps
+                factor = 1.0 / float(layer.num_batches_tracked)
+            unbiased = var * (n / (n - 1).clamp(min=1))
+            layer.running_mean.lerp_(mean.to(layer.running_mean.dtype), factor)
+            layer.running_var.lerp_(unbiased.to(layer.running_var.dtype), factor)
+    return y.to(x.dtype)
+
+
+def _synced() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+class GlobalBatchNorm2d(nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` whose training statistics span every rank."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Batch norm of ``x``; over all ranks' batches while training in a process group."""
+        if not (self.training and _synced()):
+            return super().forward(x)
+        return _global_batch_norm(self, x)
+
+
+class GlobalBatchNormAct2d(BatchNormAct2d):
+    """timm's ``BatchNormAct2d`` (batch norm, dropout, activation) with global statistics."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Batch norm of ``x`` over all ranks' batches while training, then drop and act."""
+        if not (self.training and _synced()):
+            return super().forward(x)
+        return self.act(self.drop(_global_batch_norm(self, x)))
+
+
+def sync_batch_norm(model: nn.Module) -> nn.Module:
+    """``model``, its 2-D BatchNorm layers now taking their statistics over all ranks.
+
+    Each layer changes class in place to its global counterpart, which adds no state, so the
+    parameters, buffers, optimizer and checkpoint keys stay as they were, and so does every
+    other holder of the model (validation, EMA, export). In eval mode, or alone, the layers are
+    the plain ones.
+    """
+    for module in model.modules():
+        # exact types: a subclass of these may compute something else in its forward
+        if type(module) is BatchNormAct2d:
+            module.__class__ = GlobalBatchNormAct2d
+        elif type(module) is nn.BatchNorm2d:
+            module.__class__ = GlobalBatchNorm2d
+    return model
