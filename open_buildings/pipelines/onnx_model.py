@@ -17,8 +17,12 @@ import functools
 import importlib.util
 import json
 import os
+import sys
+import threading
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -141,9 +145,7 @@ class OpenVinoBf16Model(OnnxModel):
     backend = "openvino-bf16"
 
     def _open(self, threads: int | None) -> str | None:
-        import openvino as ov
-
-        self._core = ov.Core()
+        self._core = openvino_core()
         self._network = self._core.read_model(self.path)
         self._config = {"INFERENCE_PRECISION_HINT": "bf16", "PERFORMANCE_HINT": "LATENCY"}
         if threads:
@@ -158,14 +160,55 @@ class OpenVinoBf16Model(OnnxModel):
         return np.array(out, dtype=np.float32)
 
 
+def import_openvino() -> ModuleType:
+    """``openvino``, imported without its usage telemetry.
+
+    Importing ``openvino`` starts ``openvino_telemetry``, which phones home and does it by
+    forking a process from a thread: in a process that also runs gRPC (Beam) that fork aborted
+    or crashed it (seen in the test suite). OpenVINO falls back to its own no-op stub when the
+    package cannot be imported, so the import is blocked (a ``None`` entry in ``sys.modules``)
+    unless something imported it first.
+    """
+    sys.modules.setdefault("openvino_telemetry", None)
+    import openvino
+
+    return openvino
+
+
+_CORE_LOCK = threading.Lock()
+_CORE: list[Any] = []
+
+
+def openvino_core() -> Any:
+    """The process's one OpenVINO ``Core``, its CPU plugin loaded (OpenVINO's Core is
+    thread-safe).
+
+    Loading the CPU plugin points the loading thread's signal stack (``sigaltstack``) at memory
+    that the Core frees when it goes, on whatever thread it goes: a Core freed elsewhere left the
+    main thread's signal stack dangling, and the next signal handled there (a DataLoader's
+    SIGCHLD) killed the process with SIGSEGV (seen in the test suite). So the Core is created and
+    its plugin loaded on a short-lived thread, and kept for the process's life.
+    """
+
+    with _CORE_LOCK:
+        if not _CORE:
+            with ThreadPoolExecutor(1) as pool:
+                _CORE.append(pool.submit(_load_core).result())
+        return _CORE[0]
+
+
+def _load_core() -> Any:
+    core = import_openvino().Core()
+    core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    return core
+
+
 @functools.cache  # asks OpenVINO's CPU plugin once a process
 def openvino_bf16_available() -> bool:
     """Whether OpenVINO is installed and this CPU computes bfloat16 natively (its own report)."""
     if importlib.util.find_spec("openvino") is None:
         return False
-    import openvino as ov
-
-    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    return "BF16" in openvino_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
 def export_path(checkpoint: str | os.PathLike[str], runtime: type[OnnxModel] = OnnxModel) -> Path:

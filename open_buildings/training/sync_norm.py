@@ -14,9 +14,26 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_nn
 from timm.layers import BatchNormAct2d
 from torch import nn
+
+
+class _SumOverRanks(torch.autograd.Function):
+    """All-reduce (sum) whose backward all-reduces the gradient: every rank's statistics feed
+    every rank's loss. (``torch.distributed.nn.functional.all_reduce`` did this; it is deprecated
+    and its successor in ``_functional_collectives`` is private.)"""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        total = tensor.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(total)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        total = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(total)
+        return total
 
 
 def _global_batch_norm(layer: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
@@ -25,11 +42,11 @@ def _global_batch_norm(layer: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
     xf = x.float()
     dims = (0, 2, 3)
     count = xf.new_tensor([xf.numel() / xf.shape[1]])
-    first = dist_nn.all_reduce(torch.cat([xf.sum(dims), count]))
+    first = _SumOverRanks.apply(torch.cat([xf.sum(dims), count]))
     n = first[-1]
     mean = first[:-1] / n
     centred = xf - mean.view(1, -1, 1, 1)
-    var = dist_nn.all_reduce((centred * centred).sum(dims)) / n
+    var = _SumOverRanks.apply((centred * centred).sum(dims)) / n
     y = centred * torch.rsqrt(var + layer.eps).view(1, -1, 1, 1)
     if layer.affine:
         y = y * layer.weight.view(1, -1, 1, 1) + layer.bias.view(1, -1, 1, 1)

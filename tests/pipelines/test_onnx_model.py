@@ -223,3 +223,50 @@ def test_openvino_failing_under_auto_falls_back_to_onnxruntime(
     assert used == "onnxruntime" and type(model) is OnnxModel
     with pytest.raises(CheckpointError, match="not a readable ONNX model"):
         runtime.load_model(runtime.resolve_model("default"), RuntimeConfig(backend="openvino-bf16"))
+
+
+def test_openvino_runs_without_its_usage_telemetry(tmp_path: Path) -> None:
+    # openvino_telemetry phones home from a thread that forks (a crash beside Beam's gRPC) and
+    # writes under $HOME; the project imports OpenVINO with its no-op stub instead
+    code = (
+        "import threading, time\n"
+        "from open_buildings.pipelines.onnx_model import import_openvino\n"
+        "ov = import_openvino()\n"
+        "ov.Core().get_property('CPU', 'OPTIMIZATION_CAPABILITIES')\n"
+        "from openvino.tools import ovc\n"
+        "time.sleep(0.5)\n"
+        "print(type(ovc.telemetry).__module__, threading.active_count())\n"
+    )
+    env = {**os.environ, "HOME": str(tmp_path), "CI": "false"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["openvino.tools.ovc.telemetry_stub", "1"]
+    assert not (tmp_path / "intel").exists()
+
+
+def test_openvino_leaves_the_main_threads_signal_stack_alone() -> None:
+    # OpenVINO's CPU plugin points the loading thread's sigaltstack at memory its Core frees:
+    # a Core freed on another thread left the main thread's dangling, and the next SIGCHLD
+    # (a DataLoader's handler) killed the process with SIGSEGV
+    code = f"""
+import ctypes, faulthandler, gc, signal, subprocess, threading
+faulthandler.enable()
+libc = ctypes.CDLL(None)
+class Stack(ctypes.Structure):
+    _fields_ = [("sp", ctypes.c_void_p), ("flags", ctypes.c_int), ("size", ctypes.c_size_t)]
+def stack():
+    s = Stack(); libc.sigaltstack(None, ctypes.byref(s)); return (s.sp, s.size)
+before = stack()
+from open_buildings.models.checkpoint import file_sha256
+from open_buildings.pipelines import onnx_model
+box = [onnx_model.open_beside({str(DEFAULT)!r}, file_sha256({str(DEFAULT)!r}),
+                              onnx_model.OpenVinoBf16Model)]
+assert onnx_model.openvino_bf16_available() in (True, False)
+t = threading.Thread(target=lambda: (box.clear(), gc.collect())); t.start(); t.join()
+assert stack() == before, (stack(), before)
+signal.signal(signal.SIGCHLD, lambda *a: None)
+subprocess.run(["true"])
+print("alive")
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "alive", done.stderr[-2000:]
