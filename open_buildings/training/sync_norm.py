@@ -4,10 +4,10 @@ Alone, a rank's BatchNorm layers take their statistics over its own chips; with 
 at batch 4 that is 4 chips where one process at batch 8 sees 8, and the model trained that way
 scored lower (bench/train_shards.md). PyTorch's ``SyncBatchNorm`` fixes that on GPUs but
 refuses CPU tensors (and would drop the activation of timm's ``BatchNormAct2d``), so the layers
-here do it on any device with two differentiable all-reduces (gloo or NCCL): the global mean,
-then the global sum of squared deviations from it. Their backward all-reduces the gradients of
-those statistics, so every rank's input gradient is the one a single process over the whole
-batch would compute.
+here do it on any device with one differentiable all-reduce per layer (gloo or NCCL) of the
+sums that give the global mean and variance. Its backward all-reduces the gradients of those
+sums, so every rank's input gradient is the one a single process over the whole batch would
+compute.
 """
 
 from __future__ import annotations
@@ -41,12 +41,20 @@ def _global_batch_norm(layer: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
     updates the running statistics as one process would."""
     xf = x.float()
     dims = (0, 2, 3)
+    # one all-reduce of the sums of x - k and (x - k)^2: k, the running mean (the same on every
+    # rank), keeps the variance E[(x - k)^2] - E[x - k]^2 clear of cancellation
+    k = xf.new_zeros(xf.shape[1])
+    if layer.track_running_stats:
+        k = layer.running_mean.detach().float()
+    shifted = xf - k.view(1, -1, 1, 1)
     count = xf.new_tensor([xf.numel() / xf.shape[1]])
-    first = _SumOverRanks.apply(torch.cat([xf.sum(dims), count]))
-    n = first[-1]
-    mean = first[:-1] / n
-    centred = xf - mean.view(1, -1, 1, 1)
-    var = _SumOverRanks.apply((centred * centred).sum(dims)) / n
+    sums = torch.cat([shifted.sum(dims), (shifted * shifted).sum(dims), count])
+    total = _SumOverRanks.apply(sums)
+    channels, n = xf.shape[1], total[-1]
+    offset = total[:channels] / n
+    var = (total[channels : 2 * channels] / n - offset * offset).clamp(min=0)
+    mean = k + offset
+    centred = shifted - offset.view(1, -1, 1, 1)
     y = centred * torch.rsqrt(var + layer.eps).view(1, -1, 1, 1)
     if layer.affine:
         y = y * layer.weight.view(1, -1, 1, 1) + layer.bias.view(1, -1, 1, 1)
