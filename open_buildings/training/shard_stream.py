@@ -239,8 +239,8 @@ class StreamDraw:
             num_workers=workers,
             persistent_workers=False,
             prefetch_factor=2 if workers else None,
-            # forked workers crash a process whose libraries already run threads (seen: a
-            # segfault after ONNX Runtime and gloo had run in it); spawned ones start clean
+            # a forked worker copies a process whose libraries run threads mid-operation (a fork
+            # beside Beam's gRPC aborted in the child); spawned ones start clean
             multiprocessing_context="spawn" if workers else None,
         )
         self._iter = iter(loader)

@@ -41,8 +41,8 @@ def _config(tmp_path: Path, chips: Path) -> str:
 
 
 def _train(config: str, out: Path, nproc: int, batch: int, *extra: str) -> int:
-    """ob-train in a process of its own: the elastic launcher leaves threads (its rendezvous
-    store) in the process that calls it, and a later fork in the test process then crashes."""
+    """ob-train in a process of its own, as a user runs it: the elastic launcher's rendezvous
+    store and signal handlers stay out of the test process."""
     import subprocess
     import sys
 
