@@ -5,13 +5,15 @@ call it the same way; ``python -m open_buildings.pipelines.job`` too). ``ob-infe
 (:mod:`open_buildings.commands.infer`) builds the same config from flags and adds what a person
 at a terminal needs.
 
-Local runs pick Beam's FnApiRunner explicitly, in memory for one worker or with worker processes
-for several: the DirectRunner's default first tries to download and start the Prism binary.
+Local runs pick Beam's FnApiRunner explicitly, in memory for one worker (on worker threads that
+flush their output by size, never by a timer: see :func:`_direct`) or with worker processes for
+several: the DirectRunner's default first tries to download and start the Prism binary.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -111,10 +113,41 @@ def _direct_flags(workers: int, threads: int = 1) -> list[str]:
     return [f"--direct_running_mode={mode}", f"--direct_num_workers={workers}"]
 
 
-def _direct(options: PipelineOptions) -> beam.Pipeline:
-    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+#: Beam's own worker threads flush their output every second from a timer thread that does not
+#: wait for the thread encoding an element: an element cut in two ends up in two bundles of the
+#: next stage, which decode garbage (``None``, "Unknown type tag"). 0 means "the default, 1 s"
+#: to Beam, so local worker threads get an interval no run reaches and flush by size only, as
+#: worker processes and Dataflow do.
+_NO_TIMED_FLUSH_MS = 10**9
 
-    return beam.Pipeline(runner=FnApiRunner(), options=options)
+
+class _NoModeWarning(logging.Filter):
+    """Drops the FnApiRunner's advice to use ``multi_threading`` for several in-memory workers:
+    :func:`_direct` runs them as that mode would, on a safely configured environment."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "direct_running_mode" not in record.getMessage()
+
+
+def _direct(options: PipelineOptions) -> beam.Pipeline:
+    from apache_beam.options.pipeline_options import DirectOptions
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner, fn_runner
+    from apache_beam.transforms.environments import (
+        EmbeddedPythonGrpcEnvironment,
+        python_sdk_capabilities,
+    )
+
+    direct = options.view_as(DirectOptions)
+    if direct.direct_running_mode != "multi_threading":
+        return beam.Pipeline(runner=FnApiRunner(), options=options)
+    # multi_threading would replace the environment given here by Beam's default one
+    direct.direct_running_mode = "in_memory"
+    if not any(isinstance(f, _NoModeWarning) for f in fn_runner._LOGGER.filters):
+        fn_runner._LOGGER.addFilter(_NoModeWarning())
+    threads = EmbeddedPythonGrpcEnvironment(
+        data_buffer_time_limit_ms=_NO_TIMED_FLUSH_MS, capabilities=python_sdk_capabilities()
+    )
+    return beam.Pipeline(runner=FnApiRunner(default_environment=threads), options=options)
 
 
 def make_pipeline(config: InferConfig, extra: Sequence[str] = ()) -> beam.Pipeline:
