@@ -14,7 +14,8 @@ The stream of one split is a pure function of its position (chips drawn so far):
   permuted (``(seed, e, window)``); a reader holds one or two windows, never the dataset.
 - **Batches**: global batch ``g`` is positions ``g * world * B`` onwards; rank ``r`` takes its
   ``B`` of them. Two ranks at batch B therefore see exactly the chips one rank sees at 2B.
-- **Each chip**: a random ``chip.size`` crop of the stored chip and the augmentation, drawn from
+- **Each chip**: a ``chip.size`` crop of the stored chip, centred near a random building pixel
+  as the in-memory sampler centres its chips, and the augmentation, drawn from
   ``(seed, position)``.
 
 Worker ``w`` of ``W`` makes batches ``start + w``, ``start + w + W``, ...; PyTorch's DataLoader
@@ -134,6 +135,8 @@ class ChipBatches(IterableDataset):
         rank, world: this process among the data-parallel ones.
         start, stop: the batches (steps) to make.
         crop: the side of the training chips cut from the stored ones.
+        min_valid, attempts: a crop wants ``min_valid`` usable pixels, and gets ``attempts``
+            draws to find them (see :meth:`_crop_at`).
         temperature: the teacher's temperature (``unlabelled`` chips).
     """
 
@@ -147,6 +150,8 @@ class ChipBatches(IterableDataset):
         start: int = 0,
         stop: int,
         crop: int,
+        min_valid: float = 0.5,
+        attempts: int = chipping.ChipSpec.attempts,
         temperature: float = 1.0,
     ) -> None:
         if crop > plan.chipset.size:
@@ -156,6 +161,7 @@ class ChipBatches(IterableDataset):
             )
         self.plan, self.batch, self.rank, self.world = plan, batch, rank, world
         self.start, self.stop, self.crop, self.temperature = start, stop, crop, temperature
+        self.min_valid, self.attempts = min_valid, attempts
         self._reader: ShardReader | None = None
         self._windows: OrderedDict[tuple[int, int], dict[int, dict]] = OrderedDict()
 
@@ -174,7 +180,7 @@ class ChipBatches(IterableDataset):
             epoch, start, row = self.plan.locate(position)
             chip = self._chip(epoch, start, row)
             rng = chipping.rng_for(self.plan.seed, position, 3)
-            r, c = (int(v) for v in rng.integers(0, self.plan.chipset.size - self.crop + 1, 2))
+            r, c = self._crop_at(chip, rng)
             window = (slice(r, r + self.crop), slice(c, c + self.crop))
             piece = chipping.Chip(
                 np.ascontiguousarray(chip["image"][:, window[0], window[1]]),
@@ -198,6 +204,33 @@ class ChipBatches(IterableDataset):
                 targets.append(soft_targets(logits, self.temperature).numpy())
                 weights.append(piece.usable.astype(np.float32))
         return Batch(*(torch.from_numpy(np.stack(a)) for a in (images, targets, weights)))
+
+    def _crop_at(self, chip: dict, rng: np.random.Generator) -> tuple[int, int]:
+        """The crop's top-left corner, drawn as the in-memory sampler places its chips.
+
+        A chip with buildings puts a random building pixel in the middle half of the crop;
+        one without, anywhere. Of up to ``attempts`` draws the first with ``min_valid`` of its
+        pixels usable is taken, else the most usable.
+        """
+        size, crop = self.plan.chipset.size, self.crop
+        usable = chip["usable"].astype(bool)
+        building = np.empty((0, 2), int)
+        if "target" in chip:
+            building = np.argwhere(chip["target"][0].astype(bool) & usable)
+        best, best_share = (0, 0), -1.0
+        for _ in range(self.attempts):
+            if len(building):
+                centre = building[int(rng.integers(len(building)))]
+                corner = centre - rng.integers(crop // 4, 3 * crop // 4, 2)
+                r, c = (int(v) for v in np.clip(corner, 0, size - crop))
+            else:
+                r, c = (int(v) for v in rng.integers(0, size - crop + 1, 2))
+            share = float(usable[r : r + crop, c : c + crop].mean())
+            if share >= self.min_valid:
+                return r, c
+            if share > best_share:
+                best, best_share = (r, c), share
+        return best
 
     def _chip(self, epoch: int, start: int, row: int) -> dict:
         key = (epoch, start)

@@ -118,10 +118,15 @@ def _from_shards(
     plan = StreamPlan(
         chipset, "train", seed=cfg.seed, window=cfg.stream.window, empty_share=cfg.chip.empty_share
     )
-    common = {"rank": ranks.rank, "world": ranks.world, "start": start, "stop": cfg.steps}
-    labelled = StreamDraw(
-        ChipBatches(plan, batch=cfg.batch_size, crop=cfg.chip.size, **common), cfg.stream.workers
-    )
+    common = {
+        "rank": ranks.rank,
+        "world": ranks.world,
+        "start": start,
+        "stop": cfg.steps,
+        "crop": cfg.chip.size,
+        "min_valid": cfg.chip.min_valid,
+    }
+    labelled = StreamDraw(ChipBatches(plan, batch=cfg.batch_size, **common), cfg.stream.workers)
     unlabelled = None
     if st.enabled:
         uplan = StreamPlan(
@@ -131,7 +136,6 @@ def _from_shards(
             ChipBatches(
                 uplan,
                 batch=unlabelled_count(cfg),
-                crop=cfg.chip.size,
                 temperature=st.temperature,
                 **common,
             ),

@@ -91,6 +91,27 @@ def test_the_batches_do_not_depend_on_the_workers_and_resume_at_a_step(chipset) 
     assert ((batch.weights == 0) | (batch.weights >= 1 - 1e-3)).all()
 
 
+def test_crops_are_centred_near_a_building_and_on_imagery(chipset) -> None:
+    stream = ChipBatches(_plan(chipset), batch=1, stop=1, crop=64, min_valid=0.5)
+    size = chipset.size  # 96: crops start at 0..32
+    usable = np.ones((size, size), np.uint8)
+    target = np.zeros((2, size, size), np.uint8)
+    target[0, 5, 90] = 1  # one building pixel near the top right corner
+    chip = {"usable": usable, "target": target}
+    corners = [stream._crop_at(chip, chipping.rng_for(0, k)) for k in range(200)]
+    # every crop holds the building pixel (a uniform crop would hold it in 1 of 33 x 6 cases)
+    assert all(r <= 5 < r + 64 and c <= 90 < c + 64 for r, c in corners)
+    # without buildings: anywhere, but on imagery when a crop with min_valid of it exists
+    usable[:, 48:] = 0  # imagery in the left half only
+    empty = {"usable": usable, "target": np.zeros_like(target)}
+    corners = [stream._crop_at(empty, chipping.rng_for(1, k)) for k in range(200)]
+    assert all(usable[r : r + 64, c : c + 64].mean() >= 0.5 for r, c in corners)
+    assert len({c for _, c in corners}) > 5 and len({r for r, _ in corners}) > 10
+    usable[:, 20:] = 0  # no crop reaches min_valid: the most usable of the draws
+    r, c = stream._crop_at(empty, chipping.rng_for(2, 0))
+    assert c <= 2 and usable[r : r + 64, c : c + 64].mean() > 0.28
+
+
 def test_two_ranks_at_batch_b_draw_the_chips_of_one_rank_at_2b(chipset) -> None:
     one = _batches(chipset, 0, range(0, 3), batch=4)
     halves = [_batches(chipset, 0, range(0, 3), batch=2, rank=r, world=2) for r in (0, 1)]
