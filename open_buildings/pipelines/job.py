@@ -131,7 +131,7 @@ class _NoModeWarning(logging.Filter):
 
 def _direct(options: PipelineOptions) -> beam.Pipeline:
     from apache_beam.options.pipeline_options import DirectOptions
-    from apache_beam.runners.portability.fn_api_runner import FnApiRunner, fn_runner
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
     from apache_beam.transforms.environments import (
         EmbeddedPythonGrpcEnvironment,
         python_sdk_capabilities,
@@ -142,8 +142,9 @@ def _direct(options: PipelineOptions) -> beam.Pipeline:
         return beam.Pipeline(runner=FnApiRunner(), options=options)
     # multi_threading would replace the environment given here by Beam's default one
     direct.direct_running_mode = "in_memory"
-    if not any(isinstance(f, _NoModeWarning) for f in fn_runner._LOGGER.filters):
-        fn_runner._LOGGER.addFilter(_NoModeWarning())
+    advice = logging.getLogger("apache_beam.runners.portability.fn_api_runner.fn_runner")
+    if not any(isinstance(f, _NoModeWarning) for f in advice.filters):
+        advice.addFilter(_NoModeWarning())
     threads = EmbeddedPythonGrpcEnvironment(
         data_buffer_time_limit_ms=_NO_TIMED_FLUSH_MS, capabilities=python_sdk_capabilities()
     )
