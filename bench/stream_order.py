@@ -34,22 +34,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=8)
     args = parser.parse_args(argv)
     chipset = open_chipset(args.chips)
+    plans = {
+        w: StreamPlan(chipset, "train", seed=0, window=w, empty_share=0.1) for w in args.window
+    }
+    plan = plans[args.window[0]]  # the shards, building pixels and epoch length: any window's
+    reader = ShardReader(chipset)
+    tiles = np.concatenate([np.asarray(reader.column(s, "tile_id")) for s in plan.shards])
     print("| draw | tiles a batch | tiles in 10 steps | tiles in 50 steps |")
     print("|---|---|---|---|")
-    tiles = None
-    plan = None
-    for window in args.window:
-        plan = StreamPlan(chipset, "train", seed=0, window=window, empty_share=0.1)
-        if tiles is None:
-            reader = ShardReader(chipset)
-            tiles = np.concatenate([np.asarray(reader.column(s, "tile_id")) for s in plan.shards])
-        rows = [plan.locate(p)[2] for p in range(args.steps * args.batch)]
+    for window, stream in plans.items():
+        rows = [stream.locate(p)[2] for p in range(args.steps * args.batch)]
         drawn = tiles[np.array(rows)].reshape(args.steps, args.batch)
         print(
             f"| stream, window {window} | {distinct(drawn, 1):.2f} | {distinct(drawn, 10):.1f} "
             f"| {distinct(drawn, 50):.1f} |"
         )
-    assert plan is not None and tiles is not None
     names = np.unique(tiles[plan.has_building])
     weights = np.array([plan.building_px[tiles == n].sum() for n in names], float)
     rng = np.random.default_rng(0)

@@ -54,6 +54,14 @@ def rng_for(seed: int, *keys: int) -> np.random.Generator:
     return np.random.default_rng([seed, *keys])
 
 
+def corner_around(rng: np.random.Generator, row: int, col: int, size: int) -> tuple[int, int]:
+    """The top-left corner of a ``size`` window that holds pixel (row, col) in its middle half."""
+    return (
+        row - int(rng.integers(size // 4, 3 * size // 4)),
+        col - int(rng.integers(size // 4, 3 * size // 4)),
+    )
+
+
 def cut(scene: Scene, row: int, col: int, size: int) -> Chip:
     """Cut the ``size`` window at (row, col), zero-padding where it leaves the scene."""
     height, width = scene.valid.shape
@@ -116,8 +124,7 @@ class ScenePool:
         for _ in range(spec.attempts):
             if rows.size:
                 k = int(rng.integers(rows.size))
-                row = int(rows[k]) * stride - int(rng.integers(size // 4, 3 * size // 4))
-                col = int(cols[k]) * stride - int(rng.integers(size // 4, 3 * size // 4))
+                row, col = corner_around(rng, int(rows[k]) * stride, int(cols[k]) * stride, size)
             else:
                 row = int(rng.integers(-size // 4, max(height - 3 * size // 4, 1)))
                 col = int(rng.integers(-size // 4, max(width - 3 * size // 4, 1)))

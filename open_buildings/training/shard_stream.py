@@ -220,8 +220,8 @@ class ChipBatches(IterableDataset):
         best, best_share = (0, 0), -1.0
         for _ in range(self.attempts):
             if len(building):
-                centre = building[int(rng.integers(len(building)))]
-                corner = centre - rng.integers(crop // 4, 3 * crop // 4, 2)
+                row, col = building[int(rng.integers(len(building)))]
+                corner = chipping.corner_around(rng, int(row), int(col), crop)
                 r, c = (int(v) for v in np.clip(corner, 0, size - crop))
             else:
                 r, c = (int(v) for v in rng.integers(0, size - crop + 1, 2))
