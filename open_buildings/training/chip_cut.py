@@ -122,6 +122,7 @@ def cut_tile(
                 "col": col,
                 "buildings": 0,
                 "building_px": 0,
+                "usable_px": int(chip.usable.sum()),
                 "image": chip.rgb.tobytes(),
                 "usable": chip.usable.astype(np.uint8).tobytes(),
                 "target": None,

@@ -1,8 +1,9 @@
 """The chip shard format ``ob-chips`` writes and ``ob-train`` streams: Parquet, one chip a row.
 
 Parquet rather than WebDataset tar shards: pyarrow is already here (no new dependency), each
-chip's scalars (tile, area, split, buildings, building pixels) are columns that can be read
-alone (the stream reads only ``building_px`` to plan an epoch, never the pixels), row groups let
+chip's scalars (tile, area, split, buildings, building and usable pixels) are columns that can
+be read alone (the stream reads only ``building_px`` and ``usable_px`` to plan an epoch, never
+the pixels), row groups let
 a reader start in the middle of a shard (resume), zstd compresses the masks to almost nothing,
 and DuckDB or pandas can query a shard as a table. Pixels are raw little-endian bytes in binary
 columns, their shapes in the manifest: ``image`` uint8 ``(bands, S, S)``, ``usable`` uint8 ``(S,
@@ -30,7 +31,7 @@ from open_buildings.geo.footprints import atomic_write
 from open_buildings.models.checkpoint_meta import file_sha256
 
 MANIFEST_NAME = "manifest.json"
-FORMAT = "open-buildings-chips/1"
+FORMAT = "open-buildings-chips/2"
 #: Chips per Parquet row group: the smallest piece a reader decodes.
 ROW_GROUP = 16
 
@@ -45,6 +46,7 @@ SCHEMA = pa.schema(
         ("col", pa.int32()),
         ("buildings", pa.int32()),
         ("building_px", pa.int32()),
+        ("usable_px", pa.int32()),
         ("image", pa.binary()),
         ("usable", pa.binary()),
         ("target", pa.binary()),
@@ -138,7 +140,10 @@ def open_chipset(root: str | os.PathLike[str]) -> ChipSet:
         )
     manifest = json.loads(path.read_text())
     if manifest.get("format") != FORMAT:
-        raise ShardError(f"{path} is not an ob-chips manifest ({FORMAT})")
+        raise ShardError(
+            f"{path} is not an ob-chips manifest of this version ({FORMAT}, it says "
+            f"{manifest.get('format')!r}); cut the chips again with this ob-chips"
+        )
     shards = [ShardInfo(**s) for s in manifest["shards"]]
     for shard in shards:
         file = root / shard.name

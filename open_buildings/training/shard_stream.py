@@ -5,18 +5,21 @@ The stream of one split is a pure function of its position (chips drawn so far):
 
 - **Epoch** ``e``: the shards in an order drawn from ``(seed, e)``, each read front to back
   (its rows are in hash order, so neighbouring rows come from different tiles). A labelled
-  epoch draws, from ``(seed, e)``, one chip per chip with buildings, with replacement and in
+  epoch draws, from ``(seed, e)`` and with replacement, one chip per chip with buildings in
   proportion to its building pixels (as the in-memory sampler centres its chips on building
-  pixels drawn uniformly), and chips without buildings for the config's ``chip.empty_share``
-  of the epoch; the draws are read in stream order. Only the ``building_px`` column is read
-  to plan this. An unlabelled epoch is every chip once.
+  pixels drawn uniformly), and, for the config's ``chip.empty_share`` of the epoch, *empty
+  draws*: any chip in proportion to its usable pixels, cropped where it holds no building if
+  it can be (as the in-memory sampler looks for a place without buildings around a random
+  pixel with imagery, and keeps the emptiest window it tried when it finds none). The draws
+  are read in stream order. Only the ``building_px`` and ``usable_px`` columns are read to plan
+  this. An unlabelled epoch is every chip once.
 - **Shuffle buffer**: ``stream.window`` consecutive chips of the epoch are read together and
   permuted (``(seed, e, window)``); a reader holds one or two windows, never the dataset.
 - **Batches**: global batch ``g`` is positions ``g * world * B`` onwards; rank ``r`` takes its
   ``B`` of them. Two ranks at batch B therefore see exactly the chips one rank sees at 2B.
 - **Each chip**: a ``chip.size`` crop of the stored chip, centred near a random building pixel
-  as the in-memory sampler centres its chips, and the augmentation, drawn from
-  ``(seed, position)``.
+  (an empty draw: near a random usable pixel, without buildings if it can be) as the in-memory
+  sampler places its chips, and the augmentation, drawn from ``(seed, position)``.
 
 Worker ``w`` of ``W`` makes batches ``start + w``, ``start + w + W``, ...; PyTorch's DataLoader
 returns them in that round-robin order, so the step sequence does not depend on ``W``. Resuming
@@ -73,43 +76,53 @@ class StreamPlan:
         self.offsets = np.concatenate([[0], np.cumsum(sizes)])
         self.drawn = empty_share is not None and bool(self.has_building.any())
         with_buildings = int(self.has_building.sum())
-        empties = self.has_building.size - with_buildings
-        if not self.drawn:
-            self.keep_empty = empties
+        if self.drawn:
+            self.usable_px = np.concatenate([reader.column(s, "usable_px") for s in self.shards])
+            self.empty_draws = round(empty_share / max(1e-9, 1 - empty_share) * with_buildings)
+            self.epoch_length = with_buildings + self.empty_draws
         else:
-            wanted = round(empty_share / max(1e-9, 1 - empty_share) * with_buildings)
-            self.keep_empty = min(empties, wanted) if empties else 0
-        self.epoch_length = with_buildings + self.keep_empty if self.drawn else int(sizes.sum())
-        self._epoch: tuple[int, np.ndarray] | None = None
+            self.empty_draws, self.epoch_length = 0, int(sizes.sum())
+        self._epoch: tuple[int, np.ndarray, np.ndarray] | None = None
 
     def epoch_order(self, epoch: int) -> np.ndarray:
         """The global row ids of epoch ``epoch`` in stream order (shuffled in windows)."""
+        return self._plan_epoch(epoch)[0]
+
+    def empty_draw(self, position: int) -> bool:
+        """Whether a stream position is an empty draw (crop without buildings if it can be)."""
+        epoch, index = divmod(position, self.epoch_length)
+        return bool(self._plan_epoch(epoch)[1][index])
+
+    def _plan_epoch(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         if self._epoch is not None and self._epoch[0] == epoch:
-            return self._epoch[1]
+            return self._epoch[1], self._epoch[2]
         rng = chipping.rng_for(self.seed, epoch, 7)
         rank = np.empty(len(self.shards), dtype=np.int64)  # each shard's place in this epoch
         rank[rng.permutation(len(self.shards))] = np.arange(len(self.shards))
         if self.drawn:
             full = np.flatnonzero(self.has_building)
             weights = self.building_px[full] / self.building_px[full].sum()
-            empty = np.flatnonzero(~self.has_building)
+            usable = self.usable_px / self.usable_px.sum()
             ids = np.concatenate(
                 [
                     rng.choice(full, full.size, replace=True, p=weights),
-                    rng.choice(empty, self.keep_empty, replace=False),
+                    rng.choice(usable.size, self.empty_draws, replace=True, p=usable),
                 ]
             )
+            empty = np.arange(ids.size) >= full.size
         else:
             ids = np.arange(self.has_building.size)
+            empty = np.zeros(ids.size, dtype=bool)
         shard = np.searchsorted(self.offsets, ids, side="right") - 1
-        order = ids[
-            np.lexsort((ids, rank[shard]))
-        ]  # shards in the epoch's order, rows in file order
+        # shards in the epoch's order, rows in file order
+        keep = np.lexsort((empty, ids, rank[shard]))
+        order, empty = ids[keep], empty[keep]
         for start in range(0, order.size, self.window):
-            part = order[start : start + self.window]
-            order[start : start + self.window] = part[rng.permutation(part.size)]
-        self._epoch = (epoch, order)
-        return order
+            part = slice(start, start + self.window)
+            shuffle = rng.permutation(order[part].size)
+            order[part], empty[part] = order[part][shuffle], empty[part][shuffle]
+        self._epoch = (epoch, order, empty)
+        return order, empty
 
     def locate(self, position: int) -> tuple[int, int, int]:
         """``(epoch, window start, global row id)`` of a stream position."""
@@ -180,7 +193,7 @@ class ChipBatches(IterableDataset):
             epoch, start, row = self.plan.locate(position)
             chip = self._chip(epoch, start, row)
             rng = chipping.rng_for(self.plan.seed, position, 3)
-            r, c = self._crop_at(chip, rng)
+            r, c = self._crop_at(chip, rng, self.plan.empty_draw(position))
             window = (slice(r, r + self.crop), slice(c, c + self.crop))
             piece = chipping.Chip(
                 np.ascontiguousarray(chip["image"][:, window[0], window[1]]),
@@ -205,31 +218,38 @@ class ChipBatches(IterableDataset):
                 weights.append(piece.usable.astype(np.float32))
         return Batch(*(torch.from_numpy(np.stack(a)) for a in (images, targets, weights)))
 
-    def _crop_at(self, chip: dict, rng: np.random.Generator) -> tuple[int, int]:
+    def _crop_at(
+        self, chip: dict, rng: np.random.Generator, empty: bool = False
+    ) -> tuple[int, int]:
         """The crop's top-left corner, drawn as the in-memory sampler places its chips.
 
-        A chip with buildings puts a random building pixel in the middle half of the crop;
-        one without, anywhere. Of up to ``attempts`` draws the first with ``min_valid`` of its
-        pixels usable is taken, else the most usable.
+        A draw with buildings puts a random building pixel in the middle half of the crop; an
+        empty draw (or a chip without labels) a random usable pixel. Of up to ``attempts``
+        draws the first with ``min_valid`` of its pixels usable (and, for an empty draw, no
+        building pixel) is taken; failing that the most usable, preferring those without
+        buildings.
         """
         size, crop = self.plan.chipset.size, self.crop
         usable = chip["usable"].astype(bool)
-        building = np.empty((0, 2), int)
+        building = np.zeros_like(usable)
         if "target" in chip:
-            building = np.argwhere(chip["target"][0].astype(bool) & usable)
-        best, best_share = (0, 0), -1.0
+            building = chip["target"][0].astype(bool) & usable
+        around = np.argwhere(usable if empty or not building.any() else building)
+        best, best_score = (0, 0), -np.inf
         for _ in range(self.attempts):
-            if len(building):
-                row, col = building[int(rng.integers(len(building)))]
+            if len(around):
+                row, col = around[int(rng.integers(len(around)))]
                 corner = chipping.corner_around(rng, int(row), int(col), crop)
                 r, c = (int(v) for v in np.clip(corner, 0, size - crop))
             else:
                 r, c = (int(v) for v in rng.integers(0, size - crop + 1, 2))
             share = float(usable[r : r + crop, c : c + crop].mean())
-            if share >= self.min_valid:
+            crossed = empty and bool(building[r : r + crop, c : c + crop].any())
+            if share >= self.min_valid and not crossed:
                 return r, c
-            if share > best_share:
-                best, best_share = (r, c), share
+            score = share - (0.5 if crossed else 0.0)
+            if score > best_score:
+                best, best_score = (r, c), score
         return best
 
     def _chip(self, epoch: int, start: int, row: int) -> dict:

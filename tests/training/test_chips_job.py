@@ -96,7 +96,7 @@ def test_a_chip_holds_its_window_of_the_tile_and_the_heads_targets(chipset_dir: 
     assert row["buildings"] == len(
         set(np.unique(scene.instances[r : r + s, c : c + s][usable])) - {0}
     )
-    assert usable.mean() >= 0.5
+    assert row["usable_px"] == usable.sum() and usable.mean() >= 0.5
 
 
 def test_the_same_config_writes_the_same_bytes(chipset_dir: Path, tmp_path: Path) -> None:
@@ -179,6 +179,12 @@ def test_damaged_or_unfinished_chips_are_refused(chipset_dir: Path, tmp_path: Pa
     (copy / shard.name).write_bytes(bytes(data[:-10]))
     with pytest.raises(ShardError, match="re-run ob-chips --resume"):
         chip_shards.open_chipset(copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    (copy / "manifest.json").write_text(
+        json.dumps({**manifest, "format": "open-buildings-chips/1"})
+    )
+    with pytest.raises(ShardError, match="cut the chips again with this ob-chips"):
+        chip_shards.open_chipset(copy)  # chips of an older version lack columns the stream reads
     (copy / "manifest.json").unlink()
     with pytest.raises(ShardError, match="not a finished ob-chips output"):
         chip_shards.open_chipset(copy)

@@ -39,32 +39,46 @@ def test_an_unlabelled_epoch_holds_every_chip_once_shuffled_in_windows(chipset) 
     np.testing.assert_array_equal(_plan(chipset).epoch_order(1), second)  # a pure function
 
 
-def test_a_labelled_epoch_draws_chips_by_building_pixels_and_empties_by_share(
+def test_a_labelled_epoch_draws_chips_by_building_pixels_and_empties_by_usable_pixels(
     tmp_path: Path,
 ) -> None:
     _run(tmp_path / "small", "chip={size: 32, stride: 32}")  # small chips: some hold no building
     chipset = chip_shards.open_chipset(tmp_path / "small")
     full = _plan(chipset)
-    empties = int((~full.has_building).sum())
     with_buildings = int(full.has_building.sum())
-    assert empties > 2 and with_buildings > 2
-    plan = _plan(chipset, empty_share=0.03)
+    assert (~full.has_building).sum() > 2 and with_buildings > 2
+    plan = _plan(chipset, empty_share=0.2)
     drawn = plan.epoch_order(0)
-    assert drawn.size == plan.epoch_length == with_buildings + plan.keep_empty
-    assert (~plan.has_building[drawn]).sum() == round(0.03 / 0.97 * with_buildings)
-    assert 0 < plan.keep_empty < empties
-    # with replacement, in proportion to building pixels: a size-biased draw, over 20 epochs
-    px = plan.building_px
-    many = np.concatenate([plan.epoch_order(e) for e in range(20)])
-    many = many[plan.has_building[many]]
+    empty_draws = round(0.2 / 0.8 * with_buildings)
+    assert drawn.size == plan.epoch_length == with_buildings + empty_draws
+    flags = np.array([plan.empty_draw(p) for p in range(plan.epoch_length)])
+    assert flags.sum() == empty_draws
+    # draws with buildings: with replacement, in proportion to building pixels (size-biased)
+    px, usable = plan.building_px, plan.usable_px
+    epochs = range(20)
+    many = np.concatenate([plan.epoch_order(e) for e in epochs])
+    empty = np.concatenate(
+        [
+            [plan.empty_draw(e * plan.epoch_length + i) for i in range(plan.epoch_length)]
+            for e in epochs
+        ]
+    )
+    built = many[~empty]
+    assert plan.has_building[built].all()
     expected = (px[px > 0] ** 2).sum() / px[px > 0].sum()  # E[px] under p ~ px
-    assert abs(px[many].mean() - expected) < 0.1 * expected
-    assert px[many].mean() > 1.2 * px[px > 0].mean()
+    assert abs(px[built].mean() - expected) < 0.1 * expected
+    assert px[built].mean() > 1.2 * px[px > 0].mean()
+    # empty draws: any chip (with buildings or not), in proportion to its usable pixels
+    blank = many[empty]
+    assert plan.has_building[blank].any() and (~plan.has_building[blank]).any()
+    expected = (usable**2).sum() / usable.sum()
+    assert abs(usable[blank].mean() - expected) < 0.05 * expected
+    assert usable[blank].mean() > usable.mean()  # usable pixels weigh: not drawn uniformly
     assert plan.epoch_order(1).tolist() != drawn.tolist()
-    capped = _plan(chipset, empty_share=0.5)  # more empties wanted than there are: all of them
-    assert capped.keep_empty == empties
     none = _plan(chipset, empty_share=0.0)
+    assert none.epoch_length == with_buildings
     assert none.has_building[none.epoch_order(0)].all()
+    assert not any(none.empty_draw(p) for p in range(none.epoch_length))
 
 
 def _batches(chipset, workers: int, steps: range, **kw) -> list:
@@ -101,6 +115,13 @@ def test_crops_are_centred_near_a_building_and_on_imagery(chipset) -> None:
     corners = [stream._crop_at(chip, chipping.rng_for(0, k)) for k in range(200)]
     # every crop holds the building pixel (a uniform crop would hold it in 1 of 33 x 6 cases)
     assert all(r <= 5 < r + 64 and c <= 90 < c + 64 for r, c in corners)
+    # an empty draw of the same chip: a crop without the building, wherever that is possible
+    corners = [stream._crop_at(chip, chipping.rng_for(3, k), empty=True) for k in range(200)]
+    assert not any(r <= 5 < r + 64 and c <= 90 < c + 64 for r, c in corners)
+    assert len(set(corners)) > 20
+    crowded = {"usable": usable, "target": np.ones_like(target)}  # buildings everywhere
+    r, c = stream._crop_at(crowded, chipping.rng_for(4, 0), empty=True)  # the most usable then
+    assert usable[r : r + 64, c : c + 64].mean() == 1.0
     # without buildings: anywhere, but on imagery when a crop with min_valid of it exists
     usable[:, 48:] = 0  # imagery in the left half only
     empty = {"usable": usable, "target": np.zeros_like(target)}
