@@ -142,7 +142,8 @@ def open_chipset(root: str | os.PathLike[str]) -> ChipSet:
     if manifest.get("format") != FORMAT:
         raise ShardError(
             f"{path} is not an ob-chips manifest of this version ({FORMAT}, it says "
-            f"{manifest.get('format')!r}); cut the chips again with this ob-chips"
+            f"{manifest.get('format')!r}); cut the chips again with this ob-chips (--resume "
+            "into the same folder rewrites it)"
         )
     shards = [ShardInfo(**s) for s in manifest["shards"]]
     for shard in shards:
