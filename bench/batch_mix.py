@@ -74,7 +74,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--chips", default=str(ROOT / "runs" / "chips" / "default"))
     args = parser.parse_args(argv)
-    print(f"first {args.steps} steps of seed 0, batch 8; shares of all chip pixels; loss weights over usable ones")
+    print(
+        f"first {args.steps} steps of seed 0, batch 8; shares of all chip pixels, "
+        "loss weights over the usable ones"
+    )
     print("| batches from | " + " | ".join(COLUMNS.values()) + " |")
     print("|---|" + "---|" * len(COLUMNS))
     for name, config in CONFIGS.items():

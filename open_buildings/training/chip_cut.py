@@ -3,9 +3,11 @@
 A tile's scene (read as ``ob-train`` reads it, validation tiles blanked where they reach into
 its margin) is covered by ``size`` px windows every ``stride`` px over the bounding box of its
 core. A window is kept when at least ``min_valid`` of it has imagery inside the core (only those
-pixels carry loss). The heads' targets and loss weights are computed once on the whole tile,
-so a chip's targets do not depend on where its window was cut; a teacher-labelled chip carries
-the teacher's probabilities instead.
+pixels carry loss). Each chip records how many kept windows hold each of its pixels
+(:func:`coverage`), so that the stream can draw every pixel as often as any other. The heads'
+targets and loss weights are computed once on the whole tile, so a chip's targets do not depend
+on where its window was cut; a teacher-labelled chip carries the teacher's probabilities
+instead.
 """
 
 from __future__ import annotations
@@ -106,40 +108,63 @@ def cut_tile(
     rows: list[dict[str, Any]] = []
     if rows_any.size == 0:
         return TileChips(split, scene.area, scene.tile_id, rows, count)
-    for row in window_starts(int(rows_any[0]), int(rows_any[-1]) + 1, size, stride):
-        for col in window_starts(int(cols_any[0]), int(cols_any[-1]) + 1, size, stride):
-            chip = cut(scene, row, col, size)
-            if chip.usable.mean() < min_valid:
-                continue
-            chip_id = f"{scene.area}/{scene.tile_id}/{row}/{col}"
-            record: dict[str, Any] = {
-                "chip_id": chip_id,
-                "order": chip_order(chip_id),
-                "area": scene.area,
-                "tile_id": scene.tile_id,
-                "split": split,
-                "row": row,
-                "col": col,
-                "buildings": 0,
-                "building_px": 0,
-                "usable_px": int(chip.usable.sum()),
-                "image": chip.rgb.tobytes(),
-                "usable": chip.usable.astype(np.uint8).tobytes(),
-                "target": None,
-                "weight": None,
-                "teacher": None,
-            }
-            if labelled:
-                ids = chip.instances[chip.usable]
-                record["buildings"] = int(np.unique(ids[ids > 0]).size)
-                cut_target = window(target, row, col, size)
-                record["building_px"] = int((cut_target[0].astype(bool) & chip.usable).sum())
-                record["target"] = cut_target.tobytes()
-                record["weight"] = window(weight, row, col, size).tobytes()
-            else:
-                record["teacher"] = window(teacher.astype(np.float16), row, col, size).tobytes()
-            rows.append(record)
+    kept = [
+        (row, col)
+        for row in window_starts(int(rows_any[0]), int(rows_any[-1]) + 1, size, stride)
+        for col in window_starts(int(cols_any[0]), int(cols_any[-1]) + 1, size, stride)
+        if window(usable_all, row, col, size).mean() >= min_valid
+    ]
+    cover = coverage(usable_all.shape, kept, size)
+    for row, col in kept:
+        chip = cut(scene, row, col, size)
+        chip_cover = window(cover, row, col, size)
+        share = np.where(chip.usable, 1.0 / np.maximum(chip_cover, 1), 0.0)
+        chip_id = f"{scene.area}/{scene.tile_id}/{row}/{col}"
+        record: dict[str, Any] = {
+            "chip_id": chip_id,
+            "order": chip_order(chip_id),
+            "area": scene.area,
+            "tile_id": scene.tile_id,
+            "split": split,
+            "row": row,
+            "col": col,
+            "buildings": 0,
+            "building_px": 0,
+            "building_weight": 0.0,
+            "usable_weight": float(share.sum()),
+            "image": chip.rgb.tobytes(),
+            "usable": chip.usable.astype(np.uint8).tobytes(),
+            "cover": chip_cover.tobytes(),
+            "target": None,
+            "weight": None,
+            "teacher": None,
+        }
+        if labelled:
+            ids = chip.instances[chip.usable]
+            record["buildings"] = int(np.unique(ids[ids > 0]).size)
+            cut_target = window(target, row, col, size)
+            building = cut_target[0].astype(bool) & chip.usable
+            record["building_px"] = int(building.sum())
+            record["building_weight"] = float(share[building].sum())
+            record["target"] = cut_target.tobytes()
+            record["weight"] = window(weight, row, col, size).tobytes()
+        else:
+            record["teacher"] = window(teacher.astype(np.float16), row, col, size).tobytes()
+        rows.append(record)
     return TileChips(split, scene.area, scene.tile_id, rows, count)
+
+
+def coverage(shape: tuple[int, int], starts: list[tuple[int, int]], size: int) -> np.ndarray:
+    """uint16 ``shape``: how many of the ``size`` windows at ``starts`` hold each pixel.
+
+    A pixel in ``n`` kept windows would be drawn ``n`` times as often as one in a single window
+    if chips were drawn by their pixels; the stream weighs each chip's pixels by ``1 / n``
+    instead, so every pixel is as likely as in the in-memory sampler's draws.
+    """
+    cover = np.zeros(shape, dtype=np.uint16)
+    for row, col in starts:
+        cover[row : row + size, col : col + size] += 1
+    return cover
 
 
 def window(array: np.ndarray, row: int, col: int, size: int) -> np.ndarray:

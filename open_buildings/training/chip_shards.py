@@ -1,14 +1,15 @@
 """The chip shard format ``ob-chips`` writes and ``ob-train`` streams: Parquet, one chip a row.
 
 Parquet rather than WebDataset tar shards: pyarrow is already here (no new dependency), each
-chip's scalars (tile, area, split, buildings, building and usable pixels) are columns that can
-be read alone (the stream reads only ``building_px`` and ``usable_px`` to plan an epoch, never
-the pixels), row groups let
-a reader start in the middle of a shard (resume), zstd compresses the masks to almost nothing,
-and DuckDB or pandas can query a shard as a table. Pixels are raw little-endian bytes in binary
-columns, their shapes in the manifest: ``image`` uint8 ``(bands, S, S)``, ``usable`` uint8 ``(S,
-S)``, ``target`` uint8 ``(channels, S, S)``, ``weight`` float16 ``(S, S)``, ``teacher`` float16
-``(channels, S, S)`` (teacher-labelled chips).
+chip's scalars (tile, area, split, buildings, building pixels, draw weights) are columns that
+can be read alone (the stream reads only ``building_px`` and the weights to plan an epoch, never
+the pixels), row groups let a reader start in the middle of a shard (resume), zstd compresses
+the masks to almost nothing, and DuckDB or pandas can query a shard as a table. Pixels are raw
+little-endian bytes in binary columns, their shapes in the manifest: ``image`` uint8 ``(bands,
+S, S)``, ``usable`` uint8 ``(S, S)``, ``cover`` uint16 ``(S, S)`` (how many of its tile's chips
+hold each pixel; ``building_weight`` and ``usable_weight`` are the chip's building and usable
+pixels, each counted ``1 / cover``), ``target`` uint8 ``(channels, S, S)``, ``weight`` float16
+``(S, S)``, ``teacher`` float16 ``(channels, S, S)`` (teacher-labelled chips).
 
 The manifest (``manifest.json``, written last) lists every shard with its split, chips,
 chips with buildings and sha256; a shard whose bytes differ is refused when read.
@@ -46,9 +47,11 @@ SCHEMA = pa.schema(
         ("col", pa.int32()),
         ("buildings", pa.int32()),
         ("building_px", pa.int32()),
-        ("usable_px", pa.int32()),
+        ("building_weight", pa.float32()),
+        ("usable_weight", pa.float32()),
         ("image", pa.binary()),
         ("usable", pa.binary()),
+        ("cover", pa.binary()),
         ("target", pa.binary()),
         ("weight", pa.binary()),
         ("teacher", pa.binary()),
@@ -206,6 +209,8 @@ def decode(row: dict[str, Any], chipset: ChipSet) -> dict[str, np.ndarray]:
     s, out = chipset.size, {}
     out["image"] = np.frombuffer(row["image"], np.uint8).reshape(chipset.bands, s, s)
     out["usable"] = np.frombuffer(row["usable"], np.uint8).reshape(s, s).astype(bool)
+    if row.get("cover") is not None:
+        out["cover"] = np.frombuffer(row["cover"], np.uint16).reshape(s, s)
     if row.get("target") is not None:
         out["target"] = np.frombuffer(row["target"], np.uint8).reshape(chipset.channels, s, s)
         out["weight"] = np.frombuffer(row["weight"], np.float16).reshape(s, s)

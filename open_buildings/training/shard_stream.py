@@ -6,20 +6,22 @@ The stream of one split is a pure function of its position (chips drawn so far):
 - **Epoch** ``e``: the shards in an order drawn from ``(seed, e)``, each read front to back
   (its rows are in hash order, so neighbouring rows come from different tiles). A labelled
   epoch draws, from ``(seed, e)`` and with replacement, one chip per chip with buildings in
-  proportion to its building pixels (as the in-memory sampler centres its chips on building
-  pixels drawn uniformly), and, for the config's ``chip.empty_share`` of the epoch, *empty
-  draws*: any chip in proportion to its usable pixels, cropped where it holds no building if
-  it can be (as the in-memory sampler looks for a place without buildings around a random
-  pixel with imagery, and keeps the emptiest window it tried when it finds none). The draws
-  are read in stream order. Only the ``building_px`` and ``usable_px`` columns are read to plan
-  this. An unlabelled epoch is every chip once.
+  proportion to its ``building_weight``, and, for the config's ``chip.empty_share`` of the
+  epoch, *empty draws*: any chip in proportion to its ``usable_weight``, cropped where it holds
+  no building if it can be (as the in-memory sampler looks for a place without buildings
+  around a random pixel with imagery, and keeps the emptiest window it tried when it finds
+  none). A chip's weights count each pixel ``1 / cover`` (the kept windows that hold it), and
+  the crop is placed around a pixel drawn with the same weights: every building pixel is then
+  as likely as any other, as the in-memory sampler draws them, however many overlapping chips
+  hold it. The draws are read in stream order. Only the scalar columns are read to plan this.
+  An unlabelled epoch is every chip once.
 - **Shuffle buffer**: ``stream.window`` consecutive chips of the epoch are read together and
   permuted (``(seed, e, window)``); a reader holds one or two windows, never the dataset.
 - **Batches**: global batch ``g`` is positions ``g * world * B`` onwards; rank ``r`` takes its
   ``B`` of them. Two ranks at batch B therefore see exactly the chips one rank sees at 2B.
-- **Each chip**: a ``chip.size`` crop of the stored chip, centred near a random building pixel
-  (an empty draw: near a random usable pixel, without buildings if it can be) as the in-memory
-  sampler places its chips, and the augmentation, drawn from ``(seed, position)``.
+- **Each chip**: a ``chip.size`` crop of the stored chip around a building pixel drawn by
+  ``1 / cover`` (an empty draw: a usable pixel, without buildings if it can be) as the
+  in-memory sampler places its chips, and the augmentation, drawn from ``(seed, position)``.
 
 Worker ``w`` of ``W`` makes batches ``start + w``, ``start + w + W``, ...; PyTorch's DataLoader
 returns them in that round-robin order, so the step sequence does not depend on ``W``. Resuming
@@ -42,7 +44,7 @@ from open_buildings.training.batches import Batch
 from open_buildings.training.chip_shards import ChipSet, ShardReader, decode
 from open_buildings.training.distill import soft_targets
 
-_COLUMNS = ["image", "usable", "target", "weight", "teacher"]
+_COLUMNS = ["image", "usable", "cover", "target", "weight", "teacher"]
 
 
 class StreamPlan:
@@ -77,7 +79,10 @@ class StreamPlan:
         self.drawn = empty_share is not None and bool(self.has_building.any())
         with_buildings = int(self.has_building.sum())
         if self.drawn:
-            self.usable_px = np.concatenate([reader.column(s, "usable_px") for s in self.shards])
+            self.building_weight, self.usable_weight = (
+                np.concatenate([reader.column(s, name) for s in self.shards]).astype(float)
+                for name in ("building_weight", "usable_weight")
+            )
             self.empty_draws = round(empty_share / max(1e-9, 1 - empty_share) * with_buildings)
             self.epoch_length = with_buildings + self.empty_draws
         else:
@@ -101,8 +106,8 @@ class StreamPlan:
         rank[rng.permutation(len(self.shards))] = np.arange(len(self.shards))
         if self.drawn:
             full = np.flatnonzero(self.has_building)
-            weights = self.building_px[full] / self.building_px[full].sum()
-            usable = self.usable_px / self.usable_px.sum()
+            weights = self.building_weight[full] / self.building_weight[full].sum()
+            usable = self.usable_weight / self.usable_weight.sum()
             ids = np.concatenate(
                 [
                     rng.choice(full, full.size, replace=True, p=weights),
@@ -223,11 +228,11 @@ class ChipBatches(IterableDataset):
     ) -> tuple[int, int]:
         """The crop's top-left corner, drawn as the in-memory sampler places its chips.
 
-        A draw with buildings puts a random building pixel in the middle half of the crop; an
-        empty draw (or a chip without labels) a random usable pixel. Of up to ``attempts``
-        draws the first with ``min_valid`` of its pixels usable (and, for an empty draw, no
-        building pixel) is taken; failing that the most usable, preferring those without
-        buildings.
+        A draw with buildings puts a building pixel in the middle half of the crop; an empty
+        draw (or a chip without labels) a usable pixel; either drawn by ``1 / cover``. Of up to
+        ``attempts`` draws the first with ``min_valid`` of its pixels usable (and, for an empty
+        draw, no building pixel) is taken; failing that the most usable, preferring those
+        without buildings.
         """
         size, crop = self.plan.chipset.size, self.crop
         usable = chip["usable"].astype(bool)
@@ -235,10 +240,14 @@ class ChipBatches(IterableDataset):
         if "target" in chip:
             building = chip["target"][0].astype(bool) & usable
         around = np.argwhere(usable if empty or not building.any() else building)
+        cover = chip.get("cover")
+        odds = np.ones(len(around)) if cover is None else 1.0 / cover[tuple(around.T)]
+        cumulative = np.cumsum(odds)
         best, best_score = (0, 0), -np.inf
         for _ in range(self.attempts):
             if len(around):
-                row, col = around[int(rng.integers(len(around)))]
+                pick = np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right")
+                row, col = around[min(int(pick), len(around) - 1)]
                 corner = chipping.corner_around(rng, int(row), int(col), crop)
                 r, c = (int(v) for v in np.clip(corner, 0, size - crop))
             else:

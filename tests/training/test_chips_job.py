@@ -96,7 +96,41 @@ def test_a_chip_holds_its_window_of_the_tile_and_the_heads_targets(chipset_dir: 
     assert row["buildings"] == len(
         set(np.unique(scene.instances[r : r + s, c : c + s][usable])) - {0}
     )
-    assert row["usable_px"] == usable.sum() and usable.mean() >= 0.5
+    assert row["building_px"] == (chip["target"][0].astype(bool) & usable).sum()
+    assert usable.mean() >= 0.5
+
+
+def test_overlapping_chips_count_each_pixel_once(tmp_path: Path) -> None:
+    _run(tmp_path / "out", "chip={size: 96, stride: 32}")
+    chipset = chip_shards.open_chipset(tmp_path / "out")
+    rows = [
+        row
+        for shard in chipset.split("train")
+        for row in pq.read_table(tmp_path / "out" / shard.name).to_pylist()
+    ]
+    tiles = {row["tile_id"] for row in rows}
+    assert tiles
+    for tile in tiles:
+        mine = [row for row in rows if row["tile_id"] == tile]
+        assert len(mine) > 10
+        span = max(max(row["row"], row["col"]) for row in mine) + 96
+        held = np.zeros((span, span), np.uint16)  # chips holding each pixel of the tile
+        building = np.zeros((span, span), bool)
+        usable = np.zeros((span, span), bool)
+        for row in mine:
+            chip = chip_shards.decode(row, chipset)
+            place = (slice(row["row"], row["row"] + 96), slice(row["col"], row["col"] + 96))
+            held[place] += 1
+            building[place] |= chip["target"][0].astype(bool) & chip["usable"]
+            usable[place] |= chip["usable"]
+        for row in mine:
+            place = (slice(row["row"], row["row"] + 96), slice(row["col"], row["col"] + 96))
+            np.testing.assert_array_equal(chip_shards.decode(row, chipset)["cover"], held[place])
+        # summed over the tile's chips, the weights count every pixel once
+        weights = sum(row["building_weight"] for row in mine)
+        assert weights == pytest.approx(building.sum(), rel=1e-4)
+        assert sum(row["usable_weight"] for row in mine) == pytest.approx(usable.sum(), rel=1e-4)
+        assert sum(row["building_px"] for row in mine) > 2 * building.sum()  # overlapping
 
 
 def test_the_same_config_writes_the_same_bytes(chipset_dir: Path, tmp_path: Path) -> None:

@@ -53,8 +53,11 @@ def test_a_labelled_epoch_draws_chips_by_building_pixels_and_empties_by_usable_p
     assert drawn.size == plan.epoch_length == with_buildings + empty_draws
     flags = np.array([plan.empty_draw(p) for p in range(plan.epoch_length)])
     assert flags.sum() == empty_draws
+    # chips side by side hold each pixel once (but the last ones, shifted to end at the core's
+    # edge, overlap their neighbours): most weights are the building pixel counts
+    px, usable = plan.building_weight, plan.usable_weight
+    assert (px <= plan.building_px + 1e-3).all() and np.isclose(px, plan.building_px).mean() > 0.7
     # draws with buildings: with replacement, in proportion to building pixels (size-biased)
-    px, usable = plan.building_px, plan.usable_px
     epochs = range(20)
     many = np.concatenate([plan.epoch_order(e) for e in epochs])
     empty = np.concatenate(
@@ -119,6 +122,18 @@ def test_crops_are_centred_near_a_building_and_on_imagery(chipset) -> None:
     corners = [stream._crop_at(chip, chipping.rng_for(3, k), empty=True) for k in range(200)]
     assert not any(r <= 5 < r + 64 and c <= 90 < c + 64 for r, c in corners)
     assert len(set(corners)) > 20
+    # pixels that more chips hold are drawn less often in each: 1 / cover
+    two = np.zeros_like(target)
+    two[0, 48, 10], two[0, 48, 86] = 1, 1
+    cover = np.ones((size, size), np.uint16)
+    cover[:, 48:] = 9  # the right-hand pixel lies in 9 chips, the left-hand one in this chip only
+    corners = [
+        stream._crop_at({"usable": usable, "target": two, "cover": cover}, chipping.rng_for(5, k))
+        for k in range(400)
+    ]
+    left = sum(c <= 10 < c + 64 and not c <= 86 < c + 64 for _, c in corners)
+    right = sum(c <= 86 < c + 64 and not c <= 10 < c + 64 for _, c in corners)
+    assert left + right == 400 and 0.85 < left / 400 < 0.95  # 9 to 1
     crowded = {"usable": usable, "target": np.ones_like(target)}  # buildings everywhere
     r, c = stream._crop_at(crowded, chipping.rng_for(4, 0), empty=True)  # the most usable then
     assert usable[r : r + 64, c : c + 64].mean() == 1.0
