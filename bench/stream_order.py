@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
             f"| {distinct(drawn, 50):.1f} |"
         )
     names = np.unique(tiles[plan.has_building])
-    weights = np.array([plan.building_px[tiles == n].sum() for n in names], float)
+    weights = np.array([plan.building_weight[tiles == n].sum() for n in names], float)
     rng = np.random.default_rng(0)
     drawn = rng.choice(len(names), (args.steps, args.batch), p=weights / weights.sum())
     print(
