@@ -13,10 +13,13 @@ from tests.training.test_chips_job import _run
 #: Largest relative difference, step by step, between the losses of 2 ranks at batch 4 and of
 #: 1 rank at batch 8. The chips, augmentations, learning rates and the loss's normaliser are the
 #: same (the first two tested exactly in test_shard_stream, the last below), and BatchNorm takes
-#: its statistics over the global batch (training.sync_norm), so only float rounding differs.
-#: Measured (2026-12-07): 5e-8 at step 1, at most 9e-5 over the 8 steps at lr 0.01; with each
-#: rank's own BatchNorm statistics (sync_batch_norm=false): 2.6e-4 at step 1, 2.5% by step 7.
-TOLERANCE = 1e-3
+#: its statistics over the global batch (training.sync_norm), so only float rounding differs: at
+#: step 1 it is 5e-8. Adam's first update turns a rounding difference in a near-zero gradient
+#: into a step of up to lr, so later steps part by more, by how much depending on the chips.
+#: Measured (2026-12-07, lr 0.01, 8 steps): at most 9e-5, 6.8e-4 and 2.0e-3 on the chips of
+#: three successive versions of ob-chips; with each rank's own BatchNorm statistics
+#: (sync_batch_norm=false) 5.5e-5 at step 1 and 3.6e-2 by step 3.
+TOLERANCE = 5e-3
 FIRST_STEP = 1e-5
 
 
@@ -68,10 +71,11 @@ def test_two_ranks_at_batch_b_follow_one_rank_at_2b(tmp_path: Path, chips: Path)
     assert one[-1] < 0.9 * one[0]  # it learns, so the trajectories can part
     gaps = [abs(a - b) / a for a, b in zip(one, two)]
     assert gaps[0] < FIRST_STEP and max(gaps) < TOLERANCE, (one, two)
-    # each rank's own BatchNorm statistics part the trajectories well beyond that
+    # each rank's own BatchNorm statistics part the trajectories from the first step, and by far
+    # more than rounding does
     assert _train(config, tmp_path / "own", 2, 4, "-o", "sync_batch_norm=false") == 0
-    own = _losses(tmp_path / "own")
-    assert max(abs(a - b) / a for a, b in zip(one, own)) > 10 * TOLERANCE
+    own = [abs(a - b) / a for a, b in zip(one, _losses(tmp_path / "own"))]
+    assert own[0] > FIRST_STEP and max(own) > 5 * max(gaps)
     # the checkpoint is rank 0's alone, and both ranks ended with the same weights
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(
         p.name for p in (tmp_path / "one").iterdir()

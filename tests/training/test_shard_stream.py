@@ -152,8 +152,9 @@ def test_two_ranks_at_batch_b_draw_the_chips_of_one_rank_at_2b(chipset) -> None:
     one = _batches(chipset, 0, range(0, 3), batch=4)
     halves = [_batches(chipset, 0, range(0, 3), batch=2, rank=r, world=2) for r in (0, 1)]
     for step, whole in enumerate(one):
-        joined = torch.cat([halves[0][step].images, halves[1][step].images])
-        assert torch.equal(whole.images, joined)
+        for name in ("images", "targets", "weights"):
+            joined = torch.cat([getattr(halves[0][step], name), getattr(halves[1][step], name)])
+            assert torch.equal(getattr(whole, name), joined)
 
 
 def test_a_stream_out_of_step_with_the_trainer_is_a_bug(chipset) -> None:
