@@ -240,9 +240,7 @@ class ChipBatches(IterableDataset):
         if "target" in chip:
             building = chip["target"][0].astype(bool) & usable
         around = np.argwhere(usable if empty or not building.any() else building)
-        cover = chip.get("cover")
-        odds = np.ones(len(around)) if cover is None else 1.0 / cover[tuple(around.T)]
-        cumulative = np.cumsum(odds)
+        cumulative = np.cumsum(1.0 / chip["cover"][tuple(around.T)])
         best, best_score = (0, 0), -np.inf
         for _ in range(self.attempts):
             if len(around):

@@ -114,7 +114,8 @@ def test_crops_are_centred_near_a_building_and_on_imagery(chipset) -> None:
     usable = np.ones((size, size), np.uint8)
     target = np.zeros((2, size, size), np.uint8)
     target[0, 5, 90] = 1  # one building pixel near the top right corner
-    chip = {"usable": usable, "target": target}
+    once = np.ones((size, size), np.uint16)  # every pixel in this chip alone
+    chip = {"usable": usable, "target": target, "cover": once}
     corners = [stream._crop_at(chip, chipping.rng_for(0, k)) for k in range(200)]
     # every crop holds the building pixel (a uniform crop would hold it in 1 of 33 x 6 cases)
     assert all(r <= 5 < r + 64 and c <= 90 < c + 64 for r, c in corners)
@@ -134,12 +135,16 @@ def test_crops_are_centred_near_a_building_and_on_imagery(chipset) -> None:
     left = sum(c <= 10 < c + 64 and not c <= 86 < c + 64 for _, c in corners)
     right = sum(c <= 86 < c + 64 and not c <= 10 < c + 64 for _, c in corners)
     assert left + right == 400 and 0.85 < left / 400 < 0.95  # 9 to 1
-    crowded = {"usable": usable, "target": np.ones_like(target)}  # buildings everywhere
+    crowded = {
+        "usable": usable,
+        "target": np.ones_like(target),
+        "cover": once,
+    }  # buildings everywhere
     r, c = stream._crop_at(crowded, chipping.rng_for(4, 0), empty=True)  # the most usable then
     assert usable[r : r + 64, c : c + 64].mean() == 1.0
     # without buildings: anywhere, but on imagery when a crop with min_valid of it exists
     usable[:, 48:] = 0  # imagery in the left half only
-    empty = {"usable": usable, "target": np.zeros_like(target)}
+    empty = {"usable": usable, "target": np.zeros_like(target), "cover": once}
     corners = [stream._crop_at(empty, chipping.rng_for(1, k)) for k in range(200)]
     assert all(usable[r : r + 64, c : c + 64].mean() >= 0.5 for r, c in corners)
     assert len({c for _, c in corners}) > 5 and len({r for r, _ in corners}) > 10
