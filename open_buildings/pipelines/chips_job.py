@@ -186,6 +186,7 @@ class CutTileFn(beam.DoFn):
                 size=cfg.chip.size,
                 stride=cfg.chip.stride,
                 min_valid=cfg.chip.min_valid,
+                context=cfg.chip.context,
                 teacher=teacher,
             )
             rows, buildings = cut.rows, cut.buildings

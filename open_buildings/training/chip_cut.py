@@ -2,7 +2,8 @@
 
 A tile's scene (read as ``ob-train`` reads it, validation tiles blanked where they reach into
 its margin) is covered by ``size`` px windows every ``stride`` px over the bounding box of its
-core. A window is kept when at least ``min_valid`` of it has imagery inside the core (only those
+core, grown by ``context`` px into the margin (whose imagery a crop may show but never trains
+on). A window is kept when at least ``min_valid`` of it has imagery inside the core (only those
 pixels carry loss). Each chip records how many kept windows hold each of its pixels
 (:func:`coverage`), so that the stream can draw every pixel as often as any other. The heads'
 targets and loss weights are computed once on the whole tile, so a chip's targets do not depend
@@ -73,6 +74,7 @@ def cut_tile(
     size: int,
     stride: int,
     min_valid: float,
+    context: int = 0,
     teacher: np.ndarray | None = None,
 ) -> TileChips:
     """Cut one scene into chips.
@@ -83,6 +85,9 @@ def cut_tile(
         size: chip side in pixels.
         stride: step between windows in pixels.
         min_valid: least share of a window with imagery inside the core.
+        context: pixels beyond the core's bounding box (within the scene) that windows reach
+            into, so that a crop can hold a pixel at the core's edge away from its own edge,
+            with the margin's imagery around it, as the in-memory sampler's crops can.
         teacher: float32 ``(C, H, W)`` teacher probabilities on the scene's grid (an unlabelled
             scene, whose ``valid`` already excludes pixels without them).
 
@@ -108,10 +113,16 @@ def cut_tile(
     rows: list[dict[str, Any]] = []
     if rows_any.size == 0:
         return TileChips(split, scene.area, scene.tile_id, rows, count)
+    height, width = usable_all.shape
+    row_lo, row_hi = (
+        max(int(rows_any[0]) - context, 0),
+        min(int(rows_any[-1]) + 1 + context, height),
+    )
+    col_lo, col_hi = max(int(cols_any[0]) - context, 0), min(int(cols_any[-1]) + 1 + context, width)
     kept = [
         (row, col)
-        for row in window_starts(int(rows_any[0]), int(rows_any[-1]) + 1, size, stride)
-        for col in window_starts(int(cols_any[0]), int(cols_any[-1]) + 1, size, stride)
+        for row in window_starts(row_lo, row_hi, size, stride)
+        for col in window_starts(col_lo, col_hi, size, stride)
         if window(usable_all, row, col, size).mean() >= min_valid
     ]
     cover = coverage(usable_all.shape, kept, size)

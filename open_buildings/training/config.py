@@ -350,13 +350,15 @@ class SearchConfig(StrictModel):
 
 
 class ChipCutConfig(StrictModel):
-    """How ``ob-chips`` cuts a tile: ``size`` px windows every ``stride`` px over its core, kept
-    where at least ``min_valid`` of the window has imagery inside the core. ``ob-train`` crops
-    its own ``chip.size`` (at most ``size``) from them at random."""
+    """How ``ob-chips`` cuts a tile: ``size`` px windows every ``stride`` px over its core and
+    ``context`` px beyond it (into the tile's margin: imagery seen, never trained on), kept where
+    at least ``min_valid`` of the window has imagery inside the core. ``ob-train`` crops its own
+    ``chip.size`` (at most ``size``) from them at random."""
 
     size: int = Field(256, ge=32)
     stride: int = Field(128, ge=8)
     min_valid: float = Field(0.5, gt=0.0, le=1.0)
+    context: int = Field(0, ge=0)
 
 
 class ChipsConfig(_DataRootFirst):

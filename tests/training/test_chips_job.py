@@ -71,6 +71,28 @@ def test_the_manifest_lists_whole_shards_split_by_tile(chipset_dir: Path) -> Non
     assert m["splits"]["train"]["buildings"] == 105 and m["splits"]["val"]["buildings"] == 43
 
 
+def test_windows_reach_into_the_margin_by_their_context(tmp_path: Path) -> None:
+    # no validation tile, so each tile's margin towards the other holds imagery
+    _run(tmp_path / "out", "chip={size: 128, stride: 64, context: 48}", "val=[]")
+    chipset = chip_shards.open_chipset(tmp_path / "out")
+    shown = 0
+    for shard in chipset.split("train"):
+        for row in pq.read_table(tmp_path / "out" / shard.name).to_pylist():
+            scene = read_scene(
+                "banepa",
+                open_imagery(str(DATA / "imagery" / "banepa")),
+                read_labels(DATA / LABELS),
+                geogrid.tile_from_id(row["tile_id"]),
+            )
+            r, c = row["row"], row["col"]
+            outside = ~scene.core[r : r + 128, c : c + 128]
+            chip = chip_shards.decode(row, chipset)
+            assert not chip["usable"][outside].any()  # the margin is never trained on
+            np.testing.assert_array_equal(chip["image"], scene.rgb[:, r : r + 128, c : c + 128])
+            shown += int((scene.valid[r : r + 128, c : c + 128] & outside).sum())
+    assert shown > 128 * 48  # but its imagery is there to be seen
+
+
 def test_a_chip_holds_its_window_of_the_tile_and_the_heads_targets(chipset_dir: Path) -> None:
     chipset = chip_shards.open_chipset(chipset_dir)
     shard = chipset.split("train")[0]
@@ -100,8 +122,9 @@ def test_a_chip_holds_its_window_of_the_tile_and_the_heads_targets(chipset_dir: 
     assert usable.mean() >= 0.5
 
 
-def test_overlapping_chips_count_each_pixel_once(tmp_path: Path) -> None:
-    _run(tmp_path / "out", "chip={size: 96, stride: 32}")
+@pytest.mark.parametrize("context", [0, 32])
+def test_overlapping_chips_count_each_pixel_once(tmp_path: Path, context: int) -> None:
+    _run(tmp_path / "out", f"chip={{size: 96, stride: 32, context: {context}}}")
     chipset = chip_shards.open_chipset(tmp_path / "out")
     rows = [
         row
