@@ -12,6 +12,7 @@ weight, and how many chips hold no building pixel at all.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -49,8 +50,8 @@ def chip_figures(target: np.ndarray, weight: np.ndarray) -> dict[str, float]:
     }
 
 
-def batch_mix(config: Path, steps: int, overrides: list[str]) -> dict[str, float]:
-    """Mean figures of the first ``steps`` batches of a config's training batches."""
+def first_batches(config: Path, steps: int, overrides: list[str]) -> Iterator:
+    """The first ``steps`` labelled training batches of a config, as ``ob-train`` draws them."""
     from open_buildings.config import load_config
     from open_buildings.training import chips as chipping
     from open_buildings.training.config import TrainConfig
@@ -60,9 +61,14 @@ def batch_mix(config: Path, steps: int, overrides: list[str]) -> dict[str, float
     cfg = load_config(TrainConfig, config, overrides)
     draw = run_data(cfg, ALONE, 0).labelled
     transform = chipping.augmenter()
-    rows = []
     for step in range(steps):
-        batch = draw(step, transform)
+        yield draw(step, transform)
+
+
+def batch_mix(config: Path, steps: int, overrides: list[str]) -> dict[str, float]:
+    """Mean figures of the first ``steps`` batches of a config's training batches."""
+    rows = []
+    for batch in first_batches(config, steps, overrides):
         for target, weight in zip(batch.targets.numpy(), batch.weights.numpy()):
             rows.append(chip_figures(target, weight))
     return {k: float(np.nanmean([r[k] for r in rows])) for k in COLUMNS}

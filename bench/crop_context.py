@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.batch_mix import CONFIGS, RECIPE, ROOT
+from bench.batch_mix import CONFIGS, RECIPE, ROOT, first_batches
 
 
 def geometric_only() -> None:
@@ -38,18 +38,8 @@ def geometric_only() -> None:
 
 def margin_shares(config: Path, steps: int, overrides: list[str]) -> np.ndarray:
     """Each drawn crop's share of pixels with imagery and no loss weight."""
-    from open_buildings.config import load_config
-    from open_buildings.training import chips as chipping
-    from open_buildings.training.config import TrainConfig
-    from open_buildings.training.distributed import ALONE
-    from open_buildings.training.sources import run_data
-
-    cfg = load_config(TrainConfig, config, overrides)
-    draw = run_data(cfg, ALONE, 0).labelled
-    transform = chipping.augmenter()
     shares = []
-    for step in range(steps):
-        batch = draw(step, transform)
+    for batch in first_batches(config, steps, overrides):
         images, weights = batch.images.numpy(), batch.weights.numpy()
         shares.append(((images.max(axis=1) > 0) & (weights == 0)).mean(axis=(1, 2)))
     return np.concatenate(shares)
