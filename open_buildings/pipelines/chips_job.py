@@ -41,6 +41,9 @@ from open_buildings.training.config import AreaConfig, ChipsConfig
 from open_buildings.training.scenes import area_tiles, read_labels, read_scene
 
 WORK_DIR = ".work"
+#: What the partials in ``OUT/.work`` were cut with (``--resume`` must cut with the same).
+CUT_SETTINGS = "cut.json"
+_CUT_KEYS = {"chip", "grid_level", "train", "val", "unlabelled", "tiles_per_shard"}
 DEAD = "dead"
 SUMMARY = "summary"
 
@@ -271,6 +274,7 @@ def run(cfg: ChipsConfig, *, resume: bool = False) -> dict[str, Any]:
     work = f"{out.rstrip('/')}/{WORK_DIR}"
     if not is_remote(out):
         Path(out).mkdir(parents=True, exist_ok=True)
+    record_cut_settings(cfg, work, resume)
     with make_pipeline(cfg) as p:
         shards_side = beam.pvalue.AsSingleton(p | "Counts" >> beam.Create([counts]))
         cut = (
@@ -303,6 +307,26 @@ def run(cfg: ChipsConfig, *, resume: bool = False) -> dict[str, Any]:
     return json.loads(
         Path(local_copy(f"{out.rstrip('/')}/{chip_shards.MANIFEST_NAME}")).read_text()
     )
+
+
+def record_cut_settings(cfg: ChipsConfig, work: str, resume: bool) -> None:
+    """Record what this run cuts with in ``work``; refuse to resume onto partials cut otherwise.
+
+    Raises:
+        ConfigError: naming the settings that differ from those the kept partials were cut with.
+    """
+    url = f"{work.rstrip('/')}/{CUT_SETTINGS}"
+    now = cfg.model_dump(mode="json", include=_CUT_KEYS)
+    if resume and _exists(url):
+        before = json.loads(Path(local_copy(url)).read_text())
+        changed = sorted(key for key in now if before.get(key) != now[key])
+        if changed:
+            raise ConfigError(
+                f"the tiles kept in {work} were cut with other {', '.join(changed)} than this "
+                "config's; resume with the config they were cut with, or delete that folder "
+                "to cut every tile again"
+            )
+    _put(url, lambda handle: handle.write(json.dumps(now, sort_keys=True).encode()))
 
 
 def _write_manifest(out: str, content: dict[str, Any]) -> None:

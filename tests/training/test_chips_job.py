@@ -163,7 +163,7 @@ def test_the_same_config_writes_the_same_bytes(chipset_dir: Path, tmp_path: Path
 
 
 def test_a_killed_run_resumes_to_the_same_shards(
-    chipset_dir: Path, tmp_path: Path, monkeypatch
+    chipset_dir: Path, tmp_path: Path, monkeypatch, capsys
 ) -> None:
     from open_buildings.pipelines import chips_job
 
@@ -181,6 +181,10 @@ def test_a_killed_run_resumes_to_the_same_shards(
         raise AssertionError("a resumed run cuts no tile already cut")
 
     monkeypatch.setattr(chips_job.CutTileFn, "_cut", no_cutting)
+    # the kept tiles were cut without context: resuming with it would mix two kinds of chips
+    capsys.readouterr()
+    assert ob_chips.main([*args[3:], "--resume", "-o", "chip.context=16"]) == 2
+    assert "were cut with other chip than this config's" in capsys.readouterr().err
     assert ob_chips.main([*args[3:], "--resume"]) == 0
     first = json.loads((chipset_dir / "manifest.json").read_text())
     resumed = json.loads((out / "manifest.json").read_text())
