@@ -114,15 +114,10 @@ def cut_tile(
     if rows_any.size == 0:
         return TileChips(split, scene.area, scene.tile_id, rows, count)
     height, width = usable_all.shape
-    row_lo, row_hi = (
-        max(int(rows_any[0]) - context, 0),
-        min(int(rows_any[-1]) + 1 + context, height),
-    )
-    col_lo, col_hi = max(int(cols_any[0]) - context, 0), min(int(cols_any[-1]) + 1 + context, width)
     kept = [
         (row, col)
-        for row in window_starts(row_lo, row_hi, size, stride)
-        for col in window_starts(col_lo, col_hi, size, stride)
+        for row in window_starts(*_grown(rows_any, context, height), size, stride)
+        for col in window_starts(*_grown(cols_any, context, width), size, stride)
         if window(usable_all, row, col, size).mean() >= min_valid
     ]
     cover = coverage(usable_all.shape, kept, size)
@@ -163,6 +158,11 @@ def cut_tile(
             record["teacher"] = window(teacher.astype(np.float16), row, col, size).tobytes()
         rows.append(record)
     return TileChips(split, scene.area, scene.tile_id, rows, count)
+
+
+def _grown(present: np.ndarray, context: int, length: int) -> tuple[int, int]:
+    # [first, last] of the core along one axis, grown by context and kept inside the scene
+    return max(int(present[0]) - context, 0), min(int(present[-1]) + 1 + context, length)
 
 
 def coverage(shape: tuple[int, int], starts: list[tuple[int, int]], size: int) -> np.ndarray:

@@ -75,15 +75,15 @@ def test_windows_reach_into_the_margin_by_their_context(tmp_path: Path) -> None:
     # no validation tile, so each tile's margin towards the other holds imagery
     _run(tmp_path / "out", "chip={size: 128, stride: 64, context: 48}", "val=[]")
     chipset = chip_shards.open_chipset(tmp_path / "out")
+    source, labels = open_imagery(str(DATA / "imagery" / "banepa")), read_labels(DATA / LABELS)
+    scenes: dict[str, object] = {}
     shown = 0
     for shard in chipset.split("train"):
         for row in pq.read_table(tmp_path / "out" / shard.name).to_pylist():
-            scene = read_scene(
-                "banepa",
-                open_imagery(str(DATA / "imagery" / "banepa")),
-                read_labels(DATA / LABELS),
-                geogrid.tile_from_id(row["tile_id"]),
-            )
+            if row["tile_id"] not in scenes:
+                tile = geogrid.tile_from_id(row["tile_id"])
+                scenes[row["tile_id"]] = read_scene("banepa", source, labels, tile)
+            scene = scenes[row["tile_id"]]
             r, c = row["row"], row["col"]
             outside = ~scene.core[r : r + 128, c : c + 128]
             chip = chip_shards.decode(row, chipset)

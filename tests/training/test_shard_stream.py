@@ -135,11 +135,7 @@ def test_crops_are_centred_near_a_building_and_on_imagery(chipset) -> None:
     left = sum(c <= 10 < c + 64 and not c <= 86 < c + 64 for _, c in corners)
     right = sum(c <= 86 < c + 64 and not c <= 10 < c + 64 for _, c in corners)
     assert left + right == 400 and 0.85 < left / 400 < 0.95  # 9 to 1
-    crowded = {
-        "usable": usable,
-        "target": np.ones_like(target),
-        "cover": once,
-    }  # buildings everywhere
+    crowded = {"usable": usable, "target": np.ones_like(target), "cover": once}  # all buildings
     r, c = stream._crop_at(crowded, chipping.rng_for(4, 0), empty=True)  # the most usable then
     assert usable[r : r + 64, c : c + 64].mean() == 1.0
     # without buildings: anywhere, but on imagery when a crop with min_valid of it exists
