@@ -23,6 +23,7 @@ STAGES = {
     "onnx_backend",
     "onnx_model",
     "torch_runtime",
+    "device_decode",
     "forward",
     "postprocess",
     "domain",

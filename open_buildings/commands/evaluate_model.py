@@ -56,6 +56,13 @@ def parser() -> argparse.ArgumentParser:
         default="auto",
         help="how ob-infer runs the model on the CPU (as its --backend)",
     )
+    p.add_argument(
+        "--decode",
+        choices=("auto", "host", "device"),
+        default="auto",
+        help="where ob-infer decodes the logits (its -o runtime.decode; device needs the model "
+        "in PyTorch, e.g. --backend torch)",
+    )
     p.add_argument("--out", metavar="FILE", help="also write the figures here as JSON")
     return p
 
@@ -81,6 +88,7 @@ def _evaluate_model(args: argparse.Namespace) -> int:
         list(zip(args.imagery, args.truth, regions)),
         backend=args.backend,
         tta=args.tta,
+        infer_args=() if args.decode == "auto" else ("-o", f"runtime.decode={args.decode}"),
     )
     default, best = figures["default_output"], figures["best_f1"]
     print(
@@ -165,6 +173,7 @@ def score_model(
         "n_pred_all": result.n_pred,
         "tta": tta,
         "backend": backend,
+        "infer_args": list(infer_args),
         "areas": [  # region None: the imagery's bounding box
             {"imagery": a, "truth": t, "region": r} for a, t, r in areas
         ],

@@ -92,6 +92,10 @@ class RuntimeConfig(StrictModel):
             ``ob-models quantize-int8`` (an option, never the default).
         tta: test-time augmentation (``runtime.run_model``): probabilities averaged over the 8
             flips and quarter turns of each tile, at 8x the model's compute.
+        decode: where logits become instances: ``"host"`` (scikit-image on the CPU),
+            ``"device"`` (PyTorch where the model runs, ``pipelines.device_decode``; the model must
+            run in PyTorch) or ``"auto"`` (the device on a GPU, unless ``tta`` or probability
+            rasters need the logits on the host).
     """
 
     device: Literal["cpu", "cuda"] = "cpu"
@@ -101,6 +105,7 @@ class RuntimeConfig(StrictModel):
     share_model_across_processes: bool = False
     backend: Literal["auto", "torch", "onnxruntime", "openvino-bf16", "onnxruntime-int8"] = "auto"
     tta: bool = False
+    decode: Literal["auto", "host", "device"] = "auto"
 
     @model_validator(mode="after")
     def _batches(self) -> RuntimeConfig:
@@ -241,6 +246,17 @@ class InferConfig(StrictModel):
             )
         if self.runner == "dataflow" and self.dataflow is None:
             raise ValueError("runner 'dataflow' needs a 'dataflow:' section")
+        if self.runtime.decode == "device" and (self.write_probabilities or self.runtime.tta):
+            raise ValueError(
+                "runtime.decode 'device' hands the host instances, not logits, so it cannot "
+                "write_probabilities or average tta on the host; use runtime.decode 'auto'"
+            )
+        if self.runtime.decode == "device" and self.runtime.device == "cpu":
+            if self.runtime.backend != "torch":
+                raise ValueError(
+                    "runtime.decode 'device' decodes in PyTorch where the model runs; on a CPU "
+                    "that needs runtime.backend 'torch' (--backend torch)"
+                )
         if self.workers > 1 and (self.threads or 1) > 1:
             raise ValueError(
                 f"workers ({self.workers}) and threads ({self.threads}): choose one, worker "

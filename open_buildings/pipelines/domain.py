@@ -18,6 +18,8 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
+from open_buildings.pipelines.device_decode import DecodedTile
+
 #: The statistics, in the order they are reported.
 STATS = (
     "mean_1",
@@ -37,13 +39,16 @@ WIDEN = 0.5
 MIN_MARGIN = {"mean": 0.1, "std": 0.05, "colourfulness": 0.02, "building_fraction": 0.1}
 
 
-def tile_stats(rgb: np.ndarray, valid: np.ndarray, logits: np.ndarray) -> dict[str, float]:
+def tile_stats(
+    rgb: np.ndarray, valid: np.ndarray, logits: np.ndarray | DecodedTile
+) -> dict[str, float]:
     """Measure one tile: band means and spreads, colourfulness, and the predicted building share.
 
     Args:
         rgb: uint8 ``(3, H, W)``, the pixels the model saw.
         valid: bool ``(H, W)``, where there is imagery.
-        logits: the model's ``(C, H, W)`` output; channel 0 is ``building``.
+        logits: the model's ``(C, H, W)`` output (channel 0 is ``building``), or the tile as
+            decoded on the model's device, which carries the building share.
 
     Returns:
         One value per name in :data:`STATS` (intensities scaled to [0, 1]); empty when no pixel
@@ -57,8 +62,10 @@ def tile_stats(rgb: np.ndarray, valid: np.ndarray, logits: np.ndarray) -> dict[s
     out |= {f"std_{b + 1}": float(x[b].std(dtype=np.float64) / 255.0) for b in range(3)}
     spread = np.maximum(np.maximum(x[0], x[1]), x[2]) - np.minimum(np.minimum(x[0], x[1]), x[2])
     out["colourfulness"] = float(spread.mean(dtype=np.float64) / 255.0)
-    # sigmoid(logit) > 0.5 exactly where logit > 0
-    out["building_fraction"] = float(np.count_nonzero(logits[0][valid] > 0) / x.shape[1])
+    if isinstance(logits, DecodedTile):
+        out["building_fraction"] = logits.building_fraction
+    else:  # sigmoid(logit) > 0.5 exactly where logit > 0
+        out["building_fraction"] = float(np.count_nonzero(logits[0][valid] > 0) / x.shape[1])
     return out
 
 

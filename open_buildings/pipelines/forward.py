@@ -9,7 +9,7 @@ torch). Test-time augmentation averages the probabilities of the 8 flips and qua
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from typing import Any
 
@@ -59,25 +59,34 @@ def run_model(
     Returns:
         float32 arrays of shape (C, H, W), one per image, in input order.
     """
-    divisor = _divisor(model)
-    multiple = math.lcm(int(pad_multiple), max(1, divisor))
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i, image in enumerate(images):
-        if image.ndim != 3 or image.dtype != np.uint8:
-            raise ValueError(f"images must be uint8 (bands, H, W), got {image.dtype} {image.shape}")
-        groups.setdefault(padded_shape(*image.shape[1:], multiple), []).append(i)
     forward = _numpy_forward(model, device, bf16)
     out: list[np.ndarray | None] = [None] * len(images)
-    for (height, width), members in sorted(groups.items()):
-        batch = [
-            pad_array(images[i], height, width, mode="reflect", centre=False)[0] for i in members
-        ]
-        x = np.stack(batch).astype(np.float32) / np.float32(255.0)
+    for members, x in padded_batches(images, math.lcm(int(pad_multiple), max(1, _divisor(model)))):
         logits = _averaged_over_d4(forward, x) if tta else forward(x)
         for k, i in enumerate(members):
             h, w = images[i].shape[1:]
             out[i] = np.ascontiguousarray(logits[k, :, :h, :w], dtype=np.float32)
     return out  # type: ignore[return-value]
+
+
+def padded_batches(
+    images: Sequence[np.ndarray], multiple: int
+) -> Iterator[tuple[list[int], np.ndarray]]:
+    """Group tiles by padded size: ``(indices, float32 (N, 3, H, W) batch in [0, 1])`` per size.
+
+    Each tile is padded at its bottom and right, reflecting its own pixels, to its height and
+    width rounded up to ``multiple`` (see :func:`run_model`).
+    """
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, image in enumerate(images):
+        if image.ndim != 3 or image.dtype != np.uint8:
+            raise ValueError(f"images must be uint8 (bands, H, W), got {image.dtype} {image.shape}")
+        groups.setdefault(padded_shape(*image.shape[1:], multiple), []).append(i)
+    for (height, width), members in sorted(groups.items()):
+        batch = [
+            pad_array(images[i], height, width, mode="reflect", centre=False)[0] for i in members
+        ]
+        yield members, np.stack(batch).astype(np.float32) / np.float32(255.0)
 
 
 class NumpyForward:
@@ -92,6 +101,7 @@ class NumpyForward:
     def __init__(self, model: Any, device: Any = "cpu", bf16: bool = False) -> None:
         self._forward = _numpy_forward(model, device, bf16)
         self._divisor = _divisor(model)
+        self._model, self._device, self._bf16 = model, device, bf16
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """The model's logits for a float32 ``(N, 3, H, W)`` batch in [0, 1]."""
@@ -100,6 +110,14 @@ class NumpyForward:
     def size_divisor(self) -> int:
         """The model's input size divisor (its height and width must be multiples of it)."""
         return self._divisor
+
+    def run_decoded(self, tiles: list[tuple[np.ndarray, np.ndarray]], pad_multiple: int) -> list:
+        """``device_decode.run_decoded`` on this model: tiles in, decoded tiles out."""
+        from open_buildings.pipelines.device_decode import run_decoded
+
+        return run_decoded(
+            self._model, tiles, device=self._device, bf16=self._bf16, pad_multiple=pad_multiple
+        )
 
 
 def _shared(model: Any) -> bool:
@@ -167,6 +185,21 @@ def valid_window(valid: np.ndarray, context: int = CONTEXT_PX) -> tuple[int, int
     return (*span(int(rows[0]), int(rows[-1]), height), *span(int(cols[0]), int(cols[-1]), width))
 
 
+def imagery_crops(
+    tiles: Sequence[tuple[np.ndarray, np.ndarray]],
+) -> tuple[list[tuple[int, int, int, int]], list[np.ndarray]]:
+    """Each tile's :func:`valid_window` and its pixels in that window.
+
+    Args:
+        tiles: ``(rgb, valid)`` per tile; a tile needs at least one valid pixel.
+    """
+    windows = [valid_window(valid) for _, valid in tiles]
+    crops = [
+        rgb[:, r0:r1, c0:c1] for (rgb, _), (r0, r1, c0, c1) in zip(tiles, windows, strict=True)
+    ]
+    return windows, crops
+
+
 def run_on_imagery(
     model: Any, tiles: Sequence[tuple[np.ndarray, np.ndarray]], **kwargs: Any
 ) -> list[np.ndarray]:
@@ -181,10 +214,7 @@ def run_on_imagery(
         float32 ``(C, H, W)`` per tile: the model's logits in the window, ``NO_DATA_LOGIT``
         outside it.
     """
-    windows = [valid_window(valid) for _, valid in tiles]
-    crops = [
-        rgb[:, r0:r1, c0:c1] for (rgb, _), (r0, r1, c0, c1) in zip(tiles, windows, strict=True)
-    ]
+    windows, crops = imagery_crops(tiles)
     logits = run_model(model, crops, **kwargs)
     out = []
     for (rgb, _), (r0, r1, c0, c1), part in zip(tiles, windows, logits, strict=True):

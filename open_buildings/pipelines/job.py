@@ -24,7 +24,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from open_buildings.config import load_config
 from open_buildings.errors import ConfigError
-from open_buildings.pipelines import transforms
+from open_buildings.pipelines import device_decode, transforms
 from open_buildings.pipelines.config import InferConfig
 from open_buildings.pipelines.runtime import (
     ModelRef,
@@ -175,8 +175,9 @@ def output_settings(config: InferConfig, model: ModelRef) -> tuple[InferConfig, 
 
     Returns:
         The config with a numeric ``min_confidence``, and the manifest's ``settings``:
-        ``min_confidence``, ``min_confidence_source``, ``clip_to_region``, ``tta``,
-        ``write_probabilities``, and the ``region`` and ``imagery`` it ran on (for ``ob-map``).
+        ``min_confidence``, ``min_confidence_source``, ``clip_to_region``, ``tta``, ``decode``
+        (``"host"`` or ``"device"``), ``write_probabilities``, and the ``region`` and
+        ``imagery`` it ran on (for ``ob-map``).
     """
     threshold, source = resolve_min_confidence(model, config.postprocess.min_confidence)
     post = config.postprocess.model_copy(update={"min_confidence": threshold})
@@ -185,6 +186,7 @@ def output_settings(config: InferConfig, model: ModelRef) -> tuple[InferConfig, 
         "min_confidence_source": source,
         "clip_to_region": not post.keep_whole_tiles,
         "tta": config.runtime.tta,
+        "decode": device_decode.job_runtime(config).decode,
         "write_probabilities": config.write_probabilities,
         "region": _absolute(config.region) if config.region else sample_region(),
         "imagery": _absolute(config.imagery) if config.imagery else sample_imagery(),

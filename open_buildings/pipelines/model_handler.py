@@ -13,7 +13,7 @@ from typing import Any
 
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from open_buildings.pipelines import runtime
+from open_buildings.pipelines import device_decode, runtime
 from open_buildings.pipelines.config import RuntimeConfig
 from open_buildings.pipelines.forward import NumpyForward, run_on_imagery
 from open_buildings.pipelines.runtime import ModelRef, TileInput
@@ -54,6 +54,7 @@ class CheckpointModelHandler(ModelHandler[TileInput, PredictionResult, Any]):
         form Beam's cross-process proxy can run whatever the backend.
         """
         model, self.backend_used, self._device = runtime.load_model(self._ref, self._config)
+        device_decode.check_decodable(model, self._config)
         if self._config.share_model_across_processes:
             return NumpyForward(model, self._device, self._config.bf16)
         return model
@@ -66,12 +67,28 @@ class CheckpointModelHandler(ModelHandler[TileInput, PredictionResult, Any]):
     ) -> Iterable[PredictionResult]:
         """Return each tile's logits (float32 ``(C, H, W)`` numpy) as a ``PredictionResult``.
 
-        The model runs on the box of each tile's imagery (``forward.run_on_imagery``).
+        The model runs on the box of each tile's imagery (``forward.run_on_imagery``). Where the
+        settings decode on the device (``device_decode.decodes_on_device``), each result is a
+        :class:`.device_decode.DecodedTile` instead.
         """
+        tiles = [(example.rgb, example.valid) for example in batch]
+        device = self._device or runtime.resolve_device(self._config.device)
+        if device_decode.decodes_on_device(self._config):
+            if isinstance(model, NumpyForward) or not hasattr(model, "parameters"):
+                decoded = model.run_decoded(tiles, self._pad_multiple)  # shared across processes
+            else:
+                decoded = device_decode.run_decoded(
+                    model,
+                    tiles,
+                    device=device,
+                    bf16=self._config.bf16,
+                    pad_multiple=self._pad_multiple,
+                )
+            return [PredictionResult(x, y, self._ref.name) for x, y in zip(batch, decoded)]
         logits = run_on_imagery(
             model,
-            [(example.rgb, example.valid) for example in batch],
-            device=self._device or runtime.resolve_device(self._config.device),
+            tiles,
+            device=device,
             bf16=self._config.bf16,
             pad_multiple=self._pad_multiple,
             tta=self._config.tta,

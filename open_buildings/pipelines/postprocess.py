@@ -20,6 +20,7 @@ from scipy import ndimage as ndi
 
 from open_buildings.geo import cells, footprints, grid, polygonize
 from open_buildings.pipelines.config import PostprocessConfig
+from open_buildings.pipelines.device_decode import DecodedTile
 
 SHARD_COLUMN = "shard"
 #: Sort keys that put footprints in a total order before they are written.
@@ -44,7 +45,7 @@ def covered_m2(tile: grid.Tile, valid: np.ndarray) -> int:
 
 def footprints_for_tile(
     tile: grid.Tile,
-    logits: np.ndarray,
+    logits: np.ndarray | DecodedTile,
     valid: np.ndarray | None = None,
     post: PostprocessConfig = DEFAULT_POSTPROCESS,
     *,
@@ -59,7 +60,8 @@ def footprints_for_tile(
 
     Args:
         tile: the tile.
-        logits: the model's output (C, H, W) on ``tile.grid``.
+        logits: the model's output (C, H, W) on ``tile.grid``, or the tile already decoded on
+            the model's device (``device_decode``).
         valid: bool (H, W), False where there is no imagery; None means all valid.
         post: the confidence floor, simplification and minimum area.
         shard_level: S2 level of the shard key.
@@ -69,7 +71,10 @@ def footprints_for_tile(
     """
     from open_buildings.models import heads
 
-    labels, confidence = heads.decode(logits, from_logits=True)
+    if isinstance(logits, DecodedTile):
+        labels, confidence = logits.labels.astype(np.int32), logits.confidence
+    else:
+        labels, confidence = heads.decode(logits, from_logits=True)
     return owned_footprints(
         tile,
         labels,

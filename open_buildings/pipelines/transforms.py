@@ -27,7 +27,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, R
 from open_buildings.errors import ImageryError
 from open_buildings.geo import grid
 from open_buildings.geo.region_mask import near_region
-from open_buildings.pipelines import domain, postprocess, sinks
+from open_buildings.pipelines import device_decode, domain, postprocess, sinks
 from open_buildings.pipelines.config import InferConfig, PostprocessConfig, RuntimeConfig
 from open_buildings.pipelines.model_handler import CheckpointModelHandler
 from open_buildings.pipelines.outputs import WriteManifest, WriteShards
@@ -397,7 +397,8 @@ def build_inference(
     read = tiles | "ReadImagery" >> ReadImagery(
         imagery, spec, work, bands=config.bands, region=region
     )
-    predictions = read.images | "RunModel" >> RunModel(model, config.runtime)
+    runtime = device_decode.job_runtime(config)
+    predictions = read.images | "RunModel" >> RunModel(model, runtime)
     ranges = None if input_ranges is None else input_ranges["ranges"]
     probabilities = config.output if config.write_probabilities else None
     polygons = predictions | "Polygonize" >> Polygonize(

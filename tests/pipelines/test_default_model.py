@@ -94,6 +94,7 @@ def test_the_default_output_is_calibrated_and_clipped_to_the_region(
         "min_confidence_source": "set by the user",
         "clip_to_region": False,
         "tta": False,
+        "decode": "host",
         "write_probabilities": False,
         "region": str(resource("geo", "sample", "region.geojson")),
         "imagery": str(resource("geo", "sample", "items.json")),
