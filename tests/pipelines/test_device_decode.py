@@ -159,6 +159,12 @@ def test_ob_infer_decoding_on_the_device_writes_the_host_footprints(tmp_path: Pa
     scored = evaluate_files(str(host), str(labels), region_path=str(region), by_centroid=True)
     assert abs(got["default_output"]["f1"] - scored.f1.total.f1) <= 0.01
     assert set(output_digests(host)) == set(output_digests(dev))
+    # two processes sharing one model (the GPU workers' setting) decode through Beam's proxy
+    shared = tmp_path / "shared"
+    argv = ["--backend", "torch", "-o", "runtime.decode=device", "--workers", "2"]
+    argv += ["-o", "runtime.share_model_across_processes=true", "--out", str(shared)]
+    assert ob_infer([*argv, "--no-progress"]) == 0
+    assert output_digests(shared) == output_digests(dev)
 
 
 def test_device_decode_refuses_what_needs_logits_or_pytorch(tmp_path: Path) -> None:

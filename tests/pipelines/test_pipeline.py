@@ -24,7 +24,7 @@ from conftest import (
 from open_buildings.config import load_config
 from open_buildings.geo import grid
 from open_buildings.geo.imagery import open_imagery
-from open_buildings.pipelines import job, sinks, transforms
+from open_buildings.pipelines import device_decode, job, sinks, transforms
 from open_buildings.pipelines.config import InferConfig
 
 
@@ -220,4 +220,5 @@ def test_the_dataflow_graph_builds_with_the_africa_options_without_submitting(
         "max_batch_size": 4,
     }
     assert handler.share_model_across_processes()  # Beam keeps one model per worker
+    assert device_decode.decodes_on_device(handler._config)  # the GPU decodes its own logits
     assert transforms.COUNTERS[:3] == ("tiles_read", "tiles_empty", "tiles_failed")
