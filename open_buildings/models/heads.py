@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 from scipy.special import expit
-from skimage.segmentation import relabel_sequential, watershed
+from skimage.segmentation import watershed
 
 __all__ = ["CHANNELS", "Targets", "decode", "make_targets"]
 
@@ -190,20 +190,28 @@ def _seeded_labels(mask: np.ndarray, interior: np.ndarray, interior_threshold: f
     """
     seeds, n_seeds = ndi.label(mask & (interior > interior_threshold), structure=_EIGHT)
     components, n_components = ndi.label(mask)
+    if n_seeds**2 * mask.size >= 2**52:  # the sums below must stay exact in float64
+        raise ValueError(
+            f"{n_seeds} building seeds in one {mask.shape} tile are more than the decode counts "
+            "exactly; use smaller tiles (a finer grid.tile_level)"
+        )
     if not n_components:
         return np.zeros(mask.shape, dtype=np.int64)
     seeded = seeds > 0
-    pairs = np.unique(components[seeded].astype(np.int64) * (n_seeds + 1) + seeds[seeded])
-    owner, seed = np.divmod(pairs, n_seeds + 1)
-    per_component = np.bincount(owner, minlength=n_components + 1)
+    owner, ids = components[seeded], seeds[seeded].astype(np.int64)
+    # Per component: its seed pixels' count n, and the sums of their seed ids and squared ids.
+    # They hold one seed exactly when n * sum(id^2) == sum(id)^2 (Cauchy-Schwarz), in int64.
+    n = np.bincount(owner, minlength=n_components + 1)
+    total = np.bincount(owner, weights=ids, minlength=n_components + 1).astype(np.int64)
+    squares = np.bincount(owner, weights=ids * ids, minlength=n_components + 1).astype(np.int64)
+    single = (n > 0) & (n * squares == total * total)
     lut = np.zeros(n_components + 1, dtype=np.int64)
-    single = per_component[owner] == 1
-    lut[owner[single]] = seed[single]
-    unseeded = np.flatnonzero(per_component == 0)[1:]  # component 0 is the background
+    lut[single] = total[single] // n[single]
+    unseeded = np.flatnonzero(n == 0)[1:]  # component 0 is the background
     lut[unseeded] = n_seeds + np.arange(1, unseeded.size + 1)
     labels = lut[components]
     boxes = ndi.find_objects(components)
-    for component in np.flatnonzero(per_component >= 2):
+    for component in np.flatnonzero((n > 0) & ~single):
         box = boxes[component - 1]
         inside = components[box] == component
         flooded = watershed(
@@ -242,18 +250,22 @@ def decode(
             raise ValueError(f"{name}_threshold must be in [0, 1], got {value}")
     if min_pixels < 0:
         raise ValueError(f"min_pixels must be >= 0, got {min_pixels}")
-    building = np.nan_to_num(probs[0], nan=0.0)
-    interior = np.nan_to_num(probs[1], nan=0.0)
+    if np.isnan(probs).any():
+        probs = np.nan_to_num(probs, nan=0.0)
+    building, interior = probs[0], probs[1]
     mask = building > building_threshold
     labels = _seeded_labels(mask, interior, interior_threshold)
-    if min_pixels > 1 and labels.any():
-        sizes = np.bincount(labels.ravel())
-        small = sizes < min_pixels
-        small[0] = False
-        labels[small[labels]] = 0
-    labels, _, _ = relabel_sequential(labels.astype(np.int32))
+    # Drop instances under min_pixels and number the rest 1..N in their order, through one
+    # lookup table (what skimage's relabel_sequential returns here, at a fifth of its cost).
+    sizes = np.bincount(labels.ravel(), minlength=1)
+    kept = sizes >= max(min_pixels, 1)
+    kept[0] = False
+    labels = (np.cumsum(kept) * kept).astype(np.int32)[labels]
     count = int(labels.max()) if labels.size else 0
     confidence = np.zeros(count + 1, dtype=np.float32)
     if count:
-        confidence[1:] = ndi.mean(building, labels=labels, index=np.arange(1, count + 1))
+        # ndi.mean's own arithmetic (float64 bincount sums over counts), without its lookups
+        flat = labels.ravel()
+        sums = np.bincount(flat, weights=building.ravel(), minlength=count + 1)
+        confidence[1:] = sums[1:] / np.bincount(flat, minlength=count + 1)[1:]
     return labels.astype(np.int32, copy=False), confidence

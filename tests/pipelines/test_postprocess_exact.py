@@ -77,6 +77,20 @@ def test_decode_gives_the_labels_of_one_whole_tile_watershed(outputs: list) -> N
     assert set(np.unique(labels)) == {0, 1, 2}
 
 
+def test_decode_matches_the_reference_on_random_fields() -> None:
+    # smooth random logits: blobs whose seeds touch diagonally, split across 4-components,
+    # several seeds in one blob, seedless blobs, specks under min_pixels, and NaNs
+    rng = np.random.default_rng(0)
+    for k in range(20):
+        x = ndi.gaussian_filter(rng.normal(0, 3, (2, 160, 200)), (0, 2, 2)).astype(np.float32) * 8
+        if k % 5 == 0:
+            x[:, 10:14, 20:30] = np.nan
+        want_labels, want_confidence = reference_decode(x)
+        labels, confidence = heads.decode(x)
+        np.testing.assert_array_equal(labels, want_labels)
+        np.testing.assert_array_equal(confidence, want_confidence)
+
+
 def test_owned_footprints_are_those_of_polygonizing_every_instance(
     outputs: list, monkeypatch: pytest.MonkeyPatch
 ) -> None:
