@@ -177,6 +177,33 @@ def _as_probs(outputs: Any, from_logits: bool) -> np.ndarray:
     return arr
 
 
+def _seeds_per_component(
+    owner: np.ndarray, ids: np.ndarray, n_components: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per component (0..n_components): its seed pixels, whether they all belong to one seed,
+    and that seed's id (where they do), from each seed pixel's component and seed id.
+
+    They belong to one seed exactly when n * sum(id^2) == sum(id)^2 (Cauchy-Schwarz): three
+    bincounts instead of a sort of every seed pixel. That needs the float64 sums exact and their
+    products within int64; beyond (a tile with tens of thousands of seeds and millions of seed
+    pixels) the distinct (component, seed) pairs are counted instead.
+    """
+    ids = ids.astype(np.int64)
+    n = np.bincount(owner, minlength=n_components + 1)
+    top = int(ids.max(initial=0))
+    if ids.size * top < 2**31 and ids.size * top * top < 2**53:
+        total = np.bincount(owner, weights=ids, minlength=n_components + 1).astype(np.int64)
+        squares = np.bincount(owner, weights=ids * ids, minlength=n_components + 1)
+        single = (n > 0) & (n * squares.astype(np.int64) == total * total)
+        return n, single, np.where(single, total // np.maximum(n, 1), 0)
+    pairs = np.unique(owner.astype(np.int64) * (top + 1) + ids)
+    component, seed = np.divmod(pairs, top + 1)
+    distinct = np.bincount(component, minlength=n_components + 1)
+    seed_of = np.zeros(n_components + 1, dtype=np.int64)
+    seed_of[component] = seed
+    return n, distinct == 1, np.where(distinct == 1, seed_of, 0)
+
+
 def _seeded_labels(mask: np.ndarray, interior: np.ndarray, interior_threshold: float) -> np.ndarray:
     """Instances of ``mask``: a seeded watershed on ``-interior``, run only where it matters.
 
@@ -190,23 +217,12 @@ def _seeded_labels(mask: np.ndarray, interior: np.ndarray, interior_threshold: f
     """
     seeds, n_seeds = ndi.label(mask & (interior > interior_threshold), structure=_EIGHT)
     components, n_components = ndi.label(mask)
-    if n_seeds**2 * mask.size >= 2**52:  # the sums below must stay exact in float64
-        raise ValueError(
-            f"{n_seeds} building seeds in one {mask.shape} tile are more than the decode counts "
-            "exactly; use smaller tiles (a finer grid.tile_level)"
-        )
     if not n_components:
         return np.zeros(mask.shape, dtype=np.int64)
     seeded = seeds > 0
-    owner, ids = components[seeded], seeds[seeded].astype(np.int64)
-    # Per component: its seed pixels' count n, and the sums of their seed ids and squared ids.
-    # They hold one seed exactly when n * sum(id^2) == sum(id)^2 (Cauchy-Schwarz), in int64.
-    n = np.bincount(owner, minlength=n_components + 1)
-    total = np.bincount(owner, weights=ids, minlength=n_components + 1).astype(np.int64)
-    squares = np.bincount(owner, weights=ids * ids, minlength=n_components + 1).astype(np.int64)
-    single = (n > 0) & (n * squares == total * total)
+    n, single, seed_of = _seeds_per_component(components[seeded], seeds[seeded], n_components)
     lut = np.zeros(n_components + 1, dtype=np.int64)
-    lut[single] = total[single] // n[single]
+    lut[single] = seed_of[single]
     unseeded = np.flatnonzero(n == 0)[1:]  # component 0 is the background
     lut[unseeded] = n_seeds + np.arange(1, unseeded.size + 1)
     labels = lut[components]

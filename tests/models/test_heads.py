@@ -177,3 +177,19 @@ def test_decode_rejects_wrong_shapes_and_ranges() -> None:
         decode(np.zeros((1, 2, 8, 8)))
     with pytest.raises(ValueError, match="from_logits=True"):
         decode(np.full((2, 4, 4), 3.0), from_logits=False)
+
+
+def test_seeds_per_component_agrees_with_counting_pairs() -> None:
+    from open_buildings.models.heads import _seeds_per_component
+
+    rng = np.random.default_rng(1)
+    for top in (50, 2**30):  # small ids use the sums, huge ones the exact pair count
+        owner = rng.integers(1, 40, 3000)
+        ids = np.where(owner % 3 == 0, owner * 7 % top + 1, rng.integers(1, top, 3000))
+        n, single, seed_of = _seeds_per_component(owner, ids, 45)
+        for c in range(46):
+            mine = np.unique(ids[owner == c])
+            assert n[c] == np.count_nonzero(owner == c)
+            assert single[c] == (mine.size == 1)
+            assert seed_of[c] == (mine[0] if mine.size == 1 else 0)
+        assert single.any() and (~single & (n > 0)).any()
