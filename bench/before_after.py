@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import ROOT, SAMPLE
+from bench.common import ROOT, SAMPLE, worktree
 from bench.imagery import mirrored_imagery, sample_center, square_region
 
 # ob-infer's entry point moved from open_buildings.cli to open_buildings.commands.infer.
@@ -73,13 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        before = folder / "before"
-        subprocess.run(
-            ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(before), args.rev],
-            check=True,
-            capture_output=True,
-        )
-        try:
+        with worktree(args.rev, folder / "before") as before:
             inputs = {"sample": (SAMPLE / "region.geojson", SAMPLE / "items.json")}
             if not args.quick:
                 lon, lat = sample_center()
@@ -97,12 +91,6 @@ def main(argv: list[str] | None = None) -> None:
                         f"wall, {b['cpu'] / a['cpu']:.2f}x cpu; CSV identical: "
                         f"{b['md5'] == a['md5']}"
                     )
-        finally:
-            subprocess.run(
-                ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(before)],
-                check=False,
-                capture_output=True,
-            )
 
 
 if __name__ == "__main__":

@@ -11,8 +11,10 @@ from __future__ import annotations
 import os
 import platform
 import resource
+import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,3 +122,14 @@ def machine() -> str:
 def load_average() -> float:
     """Return the 1-minute load average (how many cores others were using, roughly)."""
     return os.getloadavg()[0]
+
+
+@contextmanager
+def worktree(rev: str, path: Path) -> Iterator[Path]:
+    """Check out ``rev`` of this repository at ``path`` (``git worktree``), removed afterwards."""
+    git = ["git", "-C", str(ROOT), "worktree"]
+    subprocess.run([*git, "add", "--detach", "-f", str(path), rev], check=True, capture_output=True)
+    try:
+        yield path
+    finally:
+        subprocess.run([*git, "remove", "--force", str(path)], check=False, capture_output=True)

@@ -15,11 +15,12 @@ import json
 import subprocess
 import sys
 import tempfile
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
 
-from bench.common import ROOT
+from bench.common import ROOT, worktree
 
 _TIME = """
 import json, sys, time
@@ -85,13 +86,10 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="ob-large-") as tmp:
         folder = Path(tmp)
         regions = write_regions(folder)
-        trees = {"this tree": ROOT}
-        if args.rev:
-            old = folder / "old"
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(old),
-                            args.rev], check=True, capture_output=True)  # fmt: skip
-            trees = {args.rev: old, **trees}
-        try:
+        with ExitStack() as stack:
+            trees = {"this tree": ROOT}
+            if args.rev:
+                trees = {args.rev: stack.enter_context(worktree(args.rev, folder / "old")), **trees}
             for name, path in regions.items():
                 runs: dict[str, list[dict[str, float]]] = {t: [] for t in trees}
                 for _ in range(args.repeats):
@@ -107,10 +105,6 @@ def main(argv: list[str] | None = None) -> None:
                     for k in ("read", "count"):
                         ratio = min(r[k] for r in old_r) / min(r[k] for r in new_r)
                         print(f"{name:18} {k}: {ratio:.1f}x faster")
-        finally:
-            if args.rev:
-                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force",
-                                str(folder / "old")], check=False, capture_output=True)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -19,9 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import machine
-
-ROOT = Path(__file__).resolve().parents[1]
+from bench.common import ROOT, machine, worktree
 
 _CHILD = """
 import json, pickle, sys, time
@@ -100,10 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         data = dense_logits(folder, args.tiles)
-        old = folder / "old"
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-f", str(old),
-                        args.rev], check=True, capture_output=True)  # fmt: skip
-        try:
+        with worktree(args.rev, folder / "old") as old:
             best: dict[str, dict[str, float]] = {}
             for _ in range(args.rounds):
                 for side, root in (("before", old), ("this tree", ROOT)):
@@ -113,9 +108,6 @@ def main(argv: list[str] | None = None) -> None:
                     mine = best.setdefault(side, got)
                     for key in ("decode", "polygonize"):
                         mine[key] = min(mine[key], got[key])
-        finally:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old)],
-                           check=False, capture_output=True)  # fmt: skip
         floor = library_floor(data)
     before, now = best["before"], best["this tree"]
     print(json.dumps({

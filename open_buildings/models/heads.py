@@ -277,11 +277,11 @@ def decode(
     kept = sizes >= max(min_pixels, 1)
     kept[0] = False
     labels = (np.cumsum(kept) * kept).astype(np.int32)[labels]
-    count = int(labels.max()) if labels.size else 0
+    count = int(kept.sum())
     confidence = np.zeros(count + 1, dtype=np.float32)
     if count:
-        # ndi.mean's own arithmetic (float64 bincount sums over counts), without its lookups
-        flat = labels.ravel()
-        sums = np.bincount(flat, weights=building.ravel(), minlength=count + 1)
-        confidence[1:] = sums[1:] / np.bincount(flat, minlength=count + 1)[1:]
+        # ndi.mean's own arithmetic (float64 bincount sums over the pixel counts), without its
+        # lookups; the kept instances' pixel counts are their sizes above, in label order
+        sums = np.bincount(labels.ravel(), weights=building.ravel(), minlength=count + 1)
+        confidence[1:] = sums[1:] / sizes[kept]
     return labels.astype(np.int32, copy=False), confidence

@@ -9,7 +9,6 @@ to decode. ``postprocess.footprints_for_tile`` and ``domain.tile_stats`` take ei
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -17,12 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from open_buildings.errors import ConfigError
 from open_buildings.pipelines.config import InferConfig, RuntimeConfig
 from open_buildings.pipelines.forward import (
     NO_DATA_LOGIT,
     PAD_MULTIPLE,
     imagery_crops,
+    input_multiple,
     padded_batches,
 )
 
@@ -67,21 +66,6 @@ def job_runtime(config: InferConfig) -> RuntimeConfig:
     return runtime.model_copy(update={"decode": "device" if device else "host"})
 
 
-def check_decodable(model: Any, runtime: RuntimeConfig) -> None:
-    """Refuse a device decode for a model that does not run in PyTorch.
-
-    Raises:
-        ConfigError: when ``runtime`` decodes on the device and ``model`` is not a PyTorch module
-            (an ONNX Runtime or OpenVINO model on a CPU).
-    """
-    if decodes_on_device(runtime) and not hasattr(model, "parameters"):
-        raise ConfigError(
-            f"runtime.decode 'device' decodes in PyTorch where the model runs, but backend "
-            f"{runtime.backend!r} runs this model outside PyTorch; use runtime.backend 'torch' "
-            "or runtime.decode 'host'"
-        )
-
-
 def run_decoded(
     model: Any,
     tiles: Sequence[tuple[np.ndarray, np.ndarray]],
@@ -111,11 +95,10 @@ def run_decoded(
 
     device = torch.device(device)
     windows, crops = imagery_crops(tiles)
-    divisor = int(getattr(getattr(model, "input_spec", None), "divisor", 1))
     full: list[Any] = [None] * len(tiles)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     with torch.inference_mode():
-        for members, x in padded_batches(crops, math.lcm(int(pad_multiple), max(1, divisor))):
+        for members, x in padded_batches(crops, input_multiple(model, pad_multiple)):
             with autocast:
                 logits = model(torch.from_numpy(x).to(device)).float()
             for k, i in enumerate(members):

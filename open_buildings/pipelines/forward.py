@@ -61,12 +61,17 @@ def run_model(
     """
     forward = _numpy_forward(model, device, bf16)
     out: list[np.ndarray | None] = [None] * len(images)
-    for members, x in padded_batches(images, math.lcm(int(pad_multiple), max(1, _divisor(model)))):
+    for members, x in padded_batches(images, input_multiple(model, pad_multiple)):
         logits = _averaged_over_d4(forward, x) if tta else forward(x)
         for k, i in enumerate(members):
             h, w = images[i].shape[1:]
             out[i] = np.ascontiguousarray(logits[k, :, :h, :w], dtype=np.float32)
     return out  # type: ignore[return-value]
+
+
+def input_multiple(model: Any, pad_multiple: int = PAD_MULTIPLE) -> int:
+    """What tiles' heights and widths are rounded up to: pad_multiple and the model's divisor."""
+    return math.lcm(int(pad_multiple), max(1, _divisor(model)))
 
 
 def padded_batches(

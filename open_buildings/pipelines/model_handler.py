@@ -54,7 +54,6 @@ class CheckpointModelHandler(ModelHandler[TileInput, PredictionResult, Any]):
         form Beam's cross-process proxy can run whatever the backend.
         """
         model, self.backend_used, self._device = runtime.load_model(self._ref, self._config)
-        device_decode.check_decodable(model, self._config)
         if self._config.share_model_across_processes:
             return NumpyForward(model, self._device, self._config.bf16)
         return model
@@ -74,8 +73,8 @@ class CheckpointModelHandler(ModelHandler[TileInput, PredictionResult, Any]):
         tiles = [(example.rgb, example.valid) for example in batch]
         device = self._device or runtime.resolve_device(self._config.device)
         if device_decode.decodes_on_device(self._config):
-            if isinstance(model, NumpyForward) or not hasattr(model, "parameters"):
-                decoded = model.run_decoded(tiles, self._pad_multiple)  # shared across processes
+            if hasattr(model, "run_decoded"):  # a NumpyForward, or Beam's proxy of one
+                decoded = model.run_decoded(tiles, self._pad_multiple)
             else:
                 decoded = device_decode.run_decoded(
                     model,
