@@ -2,8 +2,11 @@
 
 1. model efficiency (``bench.models``), 2. pipeline overhead and 4. memory and 5. throughput
 (``bench.infer``), 3. post-processing (``bench.polygonize``), the Africa cost model
-(``bench.cost``) and the speed changes (``bench.speedups``). Every figure comes from this one
-run; ratios are taken between figures measured in it. ``--quick`` (about 5 minutes) leaves out
+(``bench.cost``) and the speed changes (``bench.speedups``); then, in a full run, ob-infer
+against the script a user would write with CPU utilisation (``bench.baseline``), the runtime
+table (``bench.runtimes``) and decode and polygonize against the code before issue #16's
+speed-ups (``bench.postprocess_rev``). Every figure comes from this one run; ratios are taken
+between figures measured in it. ``--quick`` (about 5 minutes) leaves out
 the dense 1/4/16 km² runs (memory is then measured over the sample's sparse imagery), the
 end-to-end ``--backend torch`` run and the batch-size sweep; the full run took 11-13 minutes on
 2 shared cores.
@@ -18,8 +21,11 @@ from typing import Any
 
 import torch
 
-from bench import cost, infer, models, polygonize, speedups
+from bench import baseline, cost, infer, models, polygonize, postprocess_rev, runtimes, speedups
 from bench.common import THREADS, load_average, machine
+
+#: The code before issue #16's decode and polygonize speed-ups, which the full run compares with.
+BEFORE_SPEEDUPS = "d30f471^"
 
 
 def _row(number: str, what: str, value: str, ratio: str, target: str = "") -> str:
@@ -264,6 +270,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     for line in cost.format_cost(c):
         print(line)
+    if not args.quick:
+        print("\n## ob-infer against the script a user would write (bench.baseline)")
+        baseline.main(["--rounds", "2"])
+        print("\n## runtimes: s/tile and agreement with fp32 (bench.runtimes)")
+        runtimes.main([])
+        print(f"\n## decode and polygonize against {BEFORE_SPEEDUPS} (bench.postprocess_rev)")
+        postprocess_rev.main([BEFORE_SPEEDUPS])
     print(
         f"\nbench took {time.perf_counter() - start:.0f} s; load average at the end "
         f"{load_average():.1f} (other processes on this machine)"

@@ -28,12 +28,16 @@ _RUN = (
     "import sys\n"
     "try:\n    from open_buildings.commands.infer import main\n"
     "except ImportError:\n    from open_buildings.cli import infer_main as main\n"
-    "sys.exit(main(sys.argv[1:]))"
+    "code = main(sys.argv[1:])\n"
+    "import resource\n"
+    "print('PEAK_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+    "sys.exit(code)"
 )
 
 
 def run_tree(tree: Path, region: Path, imagery: Path, out: Path) -> dict[str, float | str]:
-    """Run ob-infer from the code in ``tree``; return its wall and CPU seconds and the CSV's md5."""
+    """Run ob-infer from the code in ``tree``; return its wall and CPU seconds, its peak RSS
+    (``rss_mib``) and the CSV's md5."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     cmd = [sys.executable, "-c", _RUN, str(region), "--imagery", str(imagery)]
@@ -51,9 +55,11 @@ def run_tree(tree: Path, region: Path, imagery: Path, out: Path) -> dict[str, fl
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     (csv,) = sorted(out.glob("*.csv.gz"))
+    peak = next(x for x in done.stderr.splitlines() if x.startswith("PEAK_KIB "))
     return {
         "wall": wall,
         "cpu": cpu,
+        "rss_mib": int(peak.split()[1]) / 1024,
         "md5": hashlib.md5(csv.read_bytes()).hexdigest(),
     }
 

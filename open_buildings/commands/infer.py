@@ -40,14 +40,18 @@ WORK_DIR = ".work"
 
 
 def _owned_outputs(folder: Path) -> list[Path]:
-    """The files and folders a previous run of this pipeline left in ``folder``."""
+    """The files and folders a previous run of this pipeline left in ``folder``, including the
+    temp files of writes a killed run never finished (``footprints.atomic_write``'s names)."""
     names = {footprints.MANIFEST_NAME, sinks.DEAD_LETTER_NAME, WORK_DIR, probabilities.FOLDER}
     out = []
     for entry in folder.iterdir():
-        shard = entry.name.endswith(
+        name = entry.name
+        if name.startswith(".") and ".tmp-" in name:
+            name = name[1 : name.rindex(".tmp-")]
+        shard = name.endswith(
             ("_buildings" + footprints.CSV_SUFFIX, "_buildings" + footprints.PARQUET_SUFFIX)
         )
-        if entry.name in names or shard:
+        if name in names or shard:
             out.append(entry)
     return out
 

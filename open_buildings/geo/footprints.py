@@ -33,6 +33,7 @@ from typing import IO, Any
 import geopandas as gpd
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import shapely
 
@@ -192,7 +193,8 @@ def _spatial_order(frame: gpd.GeoDataFrame) -> np.ndarray:
     return np.argsort(keys, kind="stable")
 
 
-def _prepare(frame: gpd.GeoDataFrame, extra: Sequence[str] = ()) -> gpd.GeoDataFrame:
+def prepare(frame: gpd.GeoDataFrame, extra: Sequence[str] = ()) -> gpd.GeoDataFrame:
+    """Return ``frame`` as the rows a file holds: :func:`to_schema`, ordered along the S2 curve."""
     rows = to_schema(frame, extra)
     return rows.iloc[_spatial_order(rows)].reset_index(drop=True)
 
@@ -222,7 +224,25 @@ def write_csv_gz(
     Raises:
         OutputExistsError: if ``path`` exists and ``overwrite`` is False.
     """
-    rows = _prepare(frame, extra)
+    rows = prepare(frame, extra)
+    target = Path(path)
+    with atomic_write(target, overwrite=overwrite) as handle:
+        with gzip_stream(handle) as gz:
+            gz.write(csv_text(rows, extra, header=True))
+    return _record(target, "csv.gz", rows)
+
+
+def gzip_stream(handle: IO[bytes]) -> gzip.GzipFile:
+    """A gzip stream into ``handle`` with no name or time in its header (reproducible bytes)."""
+    return gzip.GzipFile(filename="", mode="wb", fileobj=handle, compresslevel=_GZIP_LEVEL, mtime=0)
+
+
+def csv_text(rows: gpd.GeoDataFrame, extra: Sequence[str] = (), *, header: bool) -> bytes:
+    """The CSV lines of ``rows`` (already :func:`to_schema`'d and ordered) as UTF-8 bytes.
+
+    Each row's text depends on that row alone, so the lines of consecutive chunks, the header
+    written once, are the lines of the whole.
+    """
     text = pd.DataFrame(
         {
             "latitude": _fixed(rows["latitude"], 8),
@@ -235,14 +255,8 @@ def write_csv_gz(
         }
     )
     buffer = io.StringIO()
-    text.to_csv(buffer, index=False, lineterminator="\n")
-    target = Path(path)
-    with atomic_write(target, overwrite=overwrite) as handle:
-        with gzip.GzipFile(
-            filename="", mode="wb", fileobj=handle, compresslevel=_GZIP_LEVEL, mtime=0
-        ) as gz:
-            gz.write(buffer.getvalue().encode("utf-8"))
-    return _record(target, "csv.gz", rows)
+    text.to_csv(buffer, index=False, header=header, lineterminator="\n")
+    return buffer.getvalue().encode("utf-8")
 
 
 def _extra_text(values: pd.Series) -> np.ndarray:
@@ -295,23 +309,39 @@ def write_geoparquet(
     """
     if row_group_size < 1:
         raise ValueError(f"row_group_size must be positive, got {row_group_size}")
-    rows = _prepare(frame, extra)
+    rows = prepare(frame, extra)
     target = Path(path)
-    staged = io.BytesIO()
-    rows.to_parquet(staged, index=False, schema_version="1.1.0", write_covering_bbox=True)
-    table = with_fixed_crs(pq.read_table(io.BytesIO(staged.getvalue())))
+    table = arrow_table(rows)
     with atomic_write(target, overwrite=overwrite) as handle:
         pq.write_table(table, handle, row_group_size=row_group_size, compression="snappy")
     return _record(target, "parquet", rows)
 
 
+def arrow_table(rows: gpd.GeoDataFrame) -> pa.Table:
+    """``rows`` (already :func:`to_schema`'d and ordered) as the Arrow table the GeoParquet holds.
+
+    geopandas writes it (GeoParquet 1.1 metadata, the ``bbox`` covering column) and it is read
+    back, so the table is exactly what ``to_parquet`` would store; the CRS is then fixed.
+    """
+    staged = io.BytesIO()
+    rows.to_parquet(staged, index=False, schema_version="1.1.0", write_covering_bbox=True)
+    return with_fixed_crs(pq.read_table(io.BytesIO(staged.getvalue())))
+
+
 def _record(path: Path, fmt: str, rows: gpd.GeoDataFrame) -> FileRecord:
+    bbox = None if rows.empty else tuple(float(v) for v in rows.total_bounds)
+    return file_record(path, fmt, len(rows), bbox)
+
+
+def file_record(
+    path: Path, fmt: str, rows: int, bbox: tuple[float, float, float, float] | None
+) -> FileRecord:
+    """Describe a written file: its rows and bbox as given, its size and sha256 as read back."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
-    bbox = None if rows.empty else tuple(float(v) for v in rows.total_bounds)
-    return FileRecord(path, fmt, len(rows), path.stat().st_size, digest.hexdigest(), bbox)
+    return FileRecord(path, fmt, rows, path.stat().st_size, digest.hexdigest(), bbox)
 
 
 def write_manifest(

@@ -1,6 +1,6 @@
 """The Beam transforms that write a job's outputs: one file per shard and format, then the manifest.
 
-Thin adapters over :mod:`.sinks`: ``WriteShards`` groups every footprint frame by its shard token
+Thin adapters over :mod:`.sinks`: ``WriteShards`` groups the tiles' shard parts by shard token
 and writes each shard once (``sinks.write_shard``); ``WriteManifest`` waits for every shard and
 writes the dead-letter list and the manifest last (``sinks.finalize``).
 """
@@ -12,11 +12,11 @@ from typing import Any
 
 import apache_beam as beam
 
-from open_buildings.pipelines import postprocess, sinks
+from open_buildings.pipelines import sinks
 
 
 class WriteShardFn(beam.DoFn):
-    """``(token, frames)`` -> ``(file name, FileRecord)`` per file written."""
+    """``(token, parts)`` -> ``(file name, FileRecord)`` per file written."""
 
     def __init__(self, output: str, formats: tuple[str, ...]) -> None:
         self._output = output
@@ -24,17 +24,20 @@ class WriteShardFn(beam.DoFn):
 
     def process(self, element: tuple[str, Any]) -> Iterator[Any]:
         """Write one shard (idempotent: see ``sinks.write_shard``)."""
-        token, frames = element
-        yield from sinks.write_shard(token, frames, self._output, self._formats)
+        token, parts = element
+        yield from sinks.write_shard(token, parts, self._output, self._formats)
 
 
 class WriteShards(beam.PTransform):
-    """Footprint frames -> one file per shard and format, -> their ``(name, FileRecord)``.
+    """``(shard token, sinks.ShardPart)`` -> one file per shard and format, -> their
+    ``(name, FileRecord)``.
 
-    All of a shard's rows meet in one GroupByKey value, are put in a canonical order and written
-    by one call. A retried bundle rewrites the same bytes through an atomic rename, so it can
-    neither duplicate rows nor leave a torn file (Beam's ``fileio.WriteToFiles`` would instead need
-    its own temp-and-finalize step to achieve the same for a single file per shard).
+    All of a shard's parts meet in one GroupByKey value and are written by one call, tile by
+    tile (``sinks.write_shard``); a part names its tile's partial file where the run keeps one,
+    so the group holds paths, not footprints. A retried bundle rewrites the same bytes through
+    an atomic rename, so it can neither duplicate rows nor leave a torn file (Beam's
+    ``fileio.WriteToFiles`` would instead need its own temp-and-finalize step to achieve the same
+    for a single file per shard).
 
     Args:
         output: the output folder.
@@ -46,11 +49,10 @@ class WriteShards(beam.PTransform):
         self._output = output
         self._formats = formats
 
-    def expand(self, frames: beam.PCollection) -> beam.PCollection:
+    def expand(self, parts: beam.PCollection) -> beam.PCollection:
         """Build the stages."""
         return (
-            frames
-            | "KeyByShard" >> beam.FlatMap(postprocess.split_by_shard)
+            parts
             | "GroupByShard" >> beam.GroupByKey()
             | "WriteShard" >> beam.ParDo(WriteShardFn(self._output, self._formats))
         )

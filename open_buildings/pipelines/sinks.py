@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,9 +20,9 @@ from typing import Any
 import geopandas as gpd
 import pandas as pd
 
-from open_buildings.geo import footprints
+from open_buildings.geo import footprint_stream, footprints
 from open_buildings.pipelines import faults
-from open_buildings.pipelines.postprocess import canonical_order
+from open_buildings.pipelines.postprocess import SHARD_COLUMN, canonical_order, split_by_shard
 from open_buildings.remote import is_remote, upload
 
 DEAD_LETTER_NAME = "dead_letter.jsonl"
@@ -83,6 +83,17 @@ def write_partial(frame: gpd.GeoDataFrame, path: str | os.PathLike[str]) -> Path
 def read_partial(path: str | os.PathLike[str]) -> gpd.GeoDataFrame:
     """Read a tile's result written by :func:`write_partial` (its columns as written)."""
     return gpd.read_parquet(path).reset_index(drop=True)
+
+
+def read_back(path: str | os.PathLike[str]) -> list[gpd.GeoDataFrame]:
+    """A kept tile's result as a resumed run passes it on: its rows, read back."""
+    return [read_partial(path)]
+
+
+def partial_parts(path: str | os.PathLike[str]) -> list[tuple[str, ShardPart]]:
+    """A kept tile's result as a resumed inference run passes it on: ``(shard token, part)``
+    naming the partial, as a finished tile's are (:func:`shard_parts`)."""
+    return list(shard_parts(read_partial(path), path))
 
 
 def domain_path(work_dir: str | os.PathLike[str], tile_id: str) -> Path:
@@ -156,45 +167,101 @@ def shard_file_names(token: str, formats: Iterable[str]) -> list[str]:
     return [f"{token}_buildings{suffix[f]}" for f in formats]
 
 
+@dataclass(frozen=True)
+class ShardPart:
+    """One tile's footprints in one shard, as the shard's GroupByKey carries them.
+
+    With a work folder only the path of the tile's partial travels (the rows stay on disk until
+    the shard is written, so a shard's group holds a few hundred bytes per tile); without one,
+    the rows themselves.
+
+    Attributes:
+        token: the shard's S2 token.
+        path: the tile's partial (:func:`write_partial`), holding this shard's rows among others.
+        rows: the rows, when there is no partial.
+    """
+
+    token: str
+    path: str | None = None
+    rows: gpd.GeoDataFrame | None = None
+
+    def load(self) -> gpd.GeoDataFrame:
+        """Return the part's footprints (read from the partial when kept there)."""
+        if self.rows is not None:
+            return self.rows
+        frame = read_partial(self.path)
+        return frame[frame[SHARD_COLUMN] == self.token].reset_index(drop=True)
+
+
+def shard_parts(
+    frame: gpd.GeoDataFrame, path: str | os.PathLike[str] | None = None
+) -> Iterator[tuple[str, ShardPart]]:
+    """Yield ``(shard token, part)`` for each shard a tile's footprints fall in.
+
+    Args:
+        frame: the tile's footprints from :func:`owned_footprints`.
+        path: the tile's partial, already written; None carries the rows instead.
+    """
+    for token, rows in split_by_shard(frame):
+        yield token, ShardPart(token, str(path)) if path else ShardPart(token, rows=rows)
+
+
 def write_shard(
     token: str,
-    frames: Iterable[gpd.GeoDataFrame],
+    parts: Iterable[ShardPart | gpd.GeoDataFrame],
     root: str,
     formats: Sequence[str],
 ) -> list[tuple[str, footprints.FileRecord]]:
     """Write one shard's footprints in each format; safe to repeat.
 
-    The rows of all ``frames`` are put in :func:`canonical_order` and written with the
-    ``geo.footprints`` writers, which produce the same bytes for the same rows and replace the
-    target atomically (temp file, fsync, rename). A retried bundle, or two attempts racing,
-    therefore leaves one complete file with the same bytes; never a duplicate or a torn file.
-    A ``gs://`` root is written through a local temp file and one upload per file (an object
-    appears whole when its upload completes).
+    The parts are written one tile at a time (``geo.footprint_stream``), so memory does not grow
+    with the shard. The files hold the rows of all ``parts`` in the order ``geo.footprints``'
+    writers give them, ties in :func:`canonical_order`: the same bytes whatever order the parts
+    arrive in. Each file replaces its target atomically (temp file, fsync, rename), so a retried
+    bundle, or two attempts racing, leaves one complete file with the same bytes; never a
+    duplicate or a torn file. A ``gs://`` root is written through a local temp file and one
+    upload per file (an object appears whole when its upload completes).
 
     Args:
         token: the shard's S2 token.
-        frames: the shard's footprints, in any order (from :func:`owned_footprints`).
+        parts: the shard's footprints (parts from :func:`shard_parts`, or frames), in any order.
         root: the output folder, local or a URL Beam's FileSystems can write.
         formats: ``"csv"`` and/or ``"parquet"``.
 
     Returns:
         ``(file name, FileRecord)`` for each file written.
     """
-    parts = [f for f in frames if len(f)]
-    if not parts:
-        return []
-    rows = canonical_order(gpd.GeoDataFrame(pd.concat(parts, ignore_index=True), crs="EPSG:4326"))
-    writers = {"csv": footprints.write_csv_gz, "parquet": footprints.write_geoparquet}
-    records = []
+    loaders = [_loader(p) for p in parts]
+    names = dict(zip(formats, shard_file_names(token, formats)))
     remote = is_remote(root)
+    records = []
+
+    def written(record: footprints.FileRecord) -> None:
+        if remote:
+            upload(record.path, f"{root.rstrip('/')}/{record.path.name}")
+        records.append((record.path.name, record))
+        faults.point("shard")
+
     with tempfile.TemporaryDirectory(prefix="ob-shard-") if remote else nullcontext(root) as folder:
-        for fmt, name in zip(formats, shard_file_names(token, formats)):
-            record = writers[fmt](rows, Path(folder) / name, overwrite=True)
-            if remote:
-                upload(record.path, f"{root.rstrip('/')}/{name}")
-            records.append((name, record))
-            faults.point("shard")
+        targets = {_FORMAT[f]: Path(folder) / name for f, name in names.items()}
+        try:
+            footprint_stream.write_parts(loaders, targets, overwrite=True, on_written=written)
+        except footprint_stream.InterleavedPartsError:  # parts not cut by tile: write them whole
+            frames = [f for f in (load() for load in loaders) if len(f)]
+            rows = canonical_order(gpd.GeoDataFrame(pd.concat(frames), crs="EPSG:4326"))
+            writers = {"csv.gz": footprints.write_csv_gz, "parquet": footprints.write_geoparquet}
+            for fmt, target in targets.items():
+                written(writers[fmt](rows, target, overwrite=True))
     return records
+
+
+_FORMAT = {"csv": "csv.gz", "parquet": "parquet"}
+
+
+def _loader(part: ShardPart | gpd.GeoDataFrame) -> Callable[[], gpd.GeoDataFrame]:
+    if isinstance(part, ShardPart):
+        return part.load
+    return lambda: part
 
 
 def finalize(

@@ -14,7 +14,7 @@ Each DoFn is a thin adapter over a plain function: tiles from ``geo.grid``, pixe
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,6 +118,8 @@ class ReadTileFn(beam.DoFn):
         work: the per-tile work folder; None keeps none.
         empty: makes the result kept for a tile without imagery (no rows).
         bands: the 1-based (r, g, b) bands; None maps them from colour interpretation.
+        resumed: a kept tile's partial -> what goes to the ``finished`` output (by default its
+            rows, read back).
 
     With the side input ``region`` (WKB; given when the output is clipped to the region),
     pixels farther than the tile margin from the region count as having no imagery
@@ -131,12 +133,14 @@ class ReadTileFn(beam.DoFn):
         work: WorkDir | None,
         empty: Callable[[], Any] = postprocess.empty_footprints,
         bands: tuple[int, int, int] | None = None,
+        resumed: Callable[[Path], Iterable[Any]] = sinks.read_back,
     ) -> None:
         self._imagery = imagery
         self._spec = spec
         self._work = work
         self._empty = empty
         self._bands = bands
+        self._resumed = resumed
         self._source: Any = None
 
     def setup(self) -> None:
@@ -152,7 +156,8 @@ class ReadTileFn(beam.DoFn):
             partial = sinks.partial_path(work.path, tile_id)
             if partial.exists():
                 _counter("tiles_resumed").inc()
-                yield beam.pvalue.TaggedOutput(FINISHED, sinks.read_partial(partial))
+                for kept in self._resumed(partial):
+                    yield beam.pvalue.TaggedOutput(FINISHED, kept)
                 marker = sinks.domain_path(work.path, tile_id)
                 if marker.exists():  # its warning, kept by the interrupted run
                     yield beam.pvalue.TaggedOutput(UNFAMILIAR, sinks.read_domain_marker(marker))
@@ -186,16 +191,18 @@ def dead_letter(
     return beam.pvalue.TaggedOutput(DEAD_LETTER, record)
 
 
-def finish_tile(work: WorkDir, tile_id: str, frame: Any, **figures: int) -> None:
-    """Keep a finished tile's result (any picklable frame) and clear its failure marker.
+def finish_tile(work: WorkDir, tile_id: str, frame: Any, **figures: int) -> Path:
+    """Keep a finished tile's result (any picklable frame), clear its failure marker; return
+    where it is kept.
 
     ``figures`` (e.g. ``m2_covered``) are kept for the run summary (:func:`sinks.job_stats`),
     before the result, so that a finished tile always has them.
     """
     if figures:
         sinks.write_tile_stats(work.path, tile_id, **figures)
-    sinks.write_partial(frame, sinks.partial_path(work.path, tile_id))
+    path = sinks.write_partial(frame, sinks.partial_path(work.path, tile_id))
     sinks.failed_path(work.path, tile_id).unlink(missing_ok=True)
+    return path
 
 
 class ReadImagery(beam.PTransform):
@@ -208,6 +215,7 @@ class ReadImagery(beam.PTransform):
         empty: makes the result kept for a tile without imagery (footprints by default).
         bands: the 1-based (r, g, b) bands; None maps them from colour interpretation.
         region: the region's one-element PCollection (WKB): only pixels near it are kept.
+        resumed: as :class:`ReadTileFn`'s.
     """
 
     def __init__(
@@ -218,9 +226,10 @@ class ReadImagery(beam.PTransform):
         empty: Callable[[], Any] = postprocess.empty_footprints,
         bands: tuple[int, int, int] | None = None,
         region: beam.PCollection | None = None,
+        resumed: Callable[[Path], Iterable[Any]] = sinks.read_back,
     ) -> None:
         super().__init__()
-        self._fn = ReadTileFn(imagery, spec, work, empty, bands)
+        self._fn = ReadTileFn(imagery, spec, work, empty, bands, resumed)
         self._region = region
 
     def expand(self, tiles: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
@@ -249,7 +258,10 @@ class RunModel(beam.PTransform):
 
 
 class PolygonizeFn(beam.DoFn):
-    """``(id, PredictionResult)`` -> the footprints the tile owns (a GeoDataFrame).
+    """``(id, PredictionResult)`` -> the footprints the tile owns, as ``(shard token, part)``.
+
+    With a work folder a part names the tile's partial file; without one it holds the rows
+    (``sinks.ShardPart``).
 
     Args:
         spec: the tiling grid.
@@ -322,10 +334,11 @@ class PolygonizeFn(beam.DoFn):
         covered = postprocess.covered_m2(tile, result.example.valid)
         _counter("m2_covered").inc(covered)
         _counter("buildings").inc(len(frame))
+        partial = None
         if self._work:
             figures = {"tiles_empty": 0, "m2_covered": covered, "outside_region": outside}
-            finish_tile(self._work, tile_id, frame, **figures)
-        yield frame
+            partial = finish_tile(self._work, tile_id, frame, **figures)
+        yield from sinks.shard_parts(frame, partial)
 
 
 class Polygonize(beam.PTransform):
@@ -383,8 +396,8 @@ def build_inference(
             (``models.checkpoint.read_input_ranges``); None checks no tile.
 
     Returns:
-        The main PCollections: ``tiles``, ``footprints``, ``dead_letters``, ``files``,
-        ``summary``.
+        The main PCollections: ``tiles``, ``footprints`` (``(shard token, sinks.ShardPart)``),
+        ``dead_letters``, ``files``, ``summary``.
     """
     from open_buildings import __version__
 
@@ -395,7 +408,7 @@ def build_inference(
     tiles = region_wkb | "CoverTiles" >> CoverTiles(spec)
     region = None if config.postprocess.keep_whole_tiles else region_wkb
     read = tiles | "ReadImagery" >> ReadImagery(
-        imagery, spec, work, bands=config.bands, region=region
+        imagery, spec, work, bands=config.bands, region=region, resumed=sinks.partial_parts
     )
     runtime = device_decode.job_runtime(config)
     predictions = read.images | "RunModel" >> RunModel(model, runtime)
@@ -405,9 +418,9 @@ def build_inference(
         spec, config.postprocess, config.shard_level, work, region, ranges, probabilities
     )
     unfamiliar = (read[UNFAMILIAR], polygons[UNFAMILIAR]) | "AllUnfamiliar" >> beam.Flatten()
-    frames = (polygons.footprints, read[FINISHED]) | "AllFootprints" >> beam.Flatten()
+    parts = (polygons.footprints, read[FINISHED]) | "AllFootprints" >> beam.Flatten()
     dead = (read[DEAD_LETTER], polygons[DEAD_LETTER]) | "AllDeadLetters" >> beam.Flatten()
-    files = frames | "WriteShards" >> WriteShards(config.output, config.formats)
+    files = parts | "WriteShards" >> WriteShards(config.output, config.formats)
     summary = files | "WriteManifest" >> WriteManifest(
         config.output,
         dead,
@@ -421,7 +434,7 @@ def build_inference(
     )
     return {
         "tiles": tiles,
-        "footprints": frames,
+        "footprints": parts,
         "dead_letters": dead,
         "files": files,
         "summary": summary,

@@ -47,9 +47,16 @@ def test_interrupted_run_resumes_to_identical_files(
     out = tmp_path / "out"
     # The first run dies while writing shards: every tile is finished, no shard is complete.
     real = sinks.write_shard
+    grouped: list = []  # what each shard's GroupByKey carried to the writer
 
-    def crash(*args, **kwargs):
+    def crash(token, parts, *args, **kwargs):
+        grouped.extend(parts)
         raise RuntimeError("power cut (simulated)")
+
+    def recorded(token, parts, *args, **kwargs):
+        parts = list(parts)
+        grouped.extend(parts)
+        return real(token, parts, *args, **kwargs)
 
     monkeypatch.setattr(sinks, "write_shard", crash)
     assert ob_infer.main(_argv(small_region, tiny_checkpoint, out)) == 1
@@ -59,13 +66,19 @@ def test_interrupted_run_resumes_to_identical_files(
     # ... and suppose it had died earlier still: two tiles never finished.
     for partial in partials[:2]:
         partial.unlink()
-    monkeypatch.setattr(sinks, "write_shard", real)
+    # the groups hold each tile's partial file's path, not its footprints
+    assert grouped and all(p.rows is None and Path(p.path) in partials for p in grouped)
+    grouped.clear()
+    monkeypatch.setattr(sinks, "write_shard", recorded)
 
     # without --resume or --overwrite the folder is refused
     assert ob_infer.main(_argv(small_region, tiny_checkpoint, out)) == 2
     assert "not empty" in capsys.readouterr().err
 
     assert ob_infer.main(_argv(small_region, tiny_checkpoint, out, "--resume")) == 0
+    # resumed tiles and fresh ones alike
+    assert {Path(p.path).name for p in grouped} >= {p.name for p in partials[2:]}
+    assert all(p.rows is None for p in grouped)
     printed = capsys.readouterr().out
     assert output_digests(out) == output_digests(clean_run["out"])
     assert manifest_files(out) == manifest_files(clean_run["out"])
@@ -77,6 +90,7 @@ def test_interrupted_run_resumes_to_identical_files(
 
     # --overwrite replaces the run's own files, and only those
     (out / "notes.txt").write_text("mine")
+    (out / ".0000_buildings.parquet.tmp-0123456789ab").write_bytes(b"PAR1")  # a killed write's
     assert ob_infer.main(_argv(small_region, tiny_checkpoint, out, "--overwrite")) == 0
     assert (out / "notes.txt").read_text() == "mine"
     assert output_digests(out) == {
