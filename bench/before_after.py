@@ -29,8 +29,8 @@ _RUN = (
     "try:\n    from open_buildings.commands.infer import main\n"
     "except ImportError:\n    from open_buildings.cli import infer_main as main\n"
     "code = main(sys.argv[1:])\n"
-    "import resource\n"
-    "print('PEAK_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+    "hwm = next(x for x in open('/proc/self/status') if x.startswith('VmHWM')).split()[1]\n"
+    "print('PEAK_KIB', hwm, file=sys.stderr)\n"
     "sys.exit(code)"
 )
 

@@ -51,7 +51,10 @@ print("BENCH " + json.dumps({
     "import_wall": t1 - t0, "import_cpu": u.ru_utime + u.ru_stime,
     "run_wall": time.perf_counter() - t1,
     "run_cpu": v.ru_utime + v.ru_stime - u.ru_utime - u.ru_stime,
-    "rss_mib": v.ru_maxrss / 1024, "code": code,
+    # VmHWM, not ru_maxrss: a child's ru_maxrss keeps its parent's high-water mark across exec
+    "rss_mib": next(int(l.split()[1]) for l in open("/proc/self/status")
+                    if l.startswith("VmHWM")) / 1024,
+    "code": code,
 }))
 sys.exit(code)
 """
