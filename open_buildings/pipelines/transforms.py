@@ -342,7 +342,7 @@ class PolygonizeFn(beam.DoFn):
 
 
 class Polygonize(beam.PTransform):
-    """Predictions -> tagged outputs: main (footprint frames) and ``dead_letter``.
+    """Predictions -> tagged outputs: main (``(shard token, sinks.ShardPart)``) and ``dead_letter``.
 
     Args: as :class:`PolygonizeFn`'s, and ``region``: the region's one-element PCollection
     (WKB); given, buildings outside it are dropped.
