@@ -14,6 +14,9 @@ import tempfile
 from pathlib import Path
 
 _BLOCK = 1 << 22
+#: Beam's FileSystems (de)compress by the name's suffix unless told not to: a ``.csv.gz`` would be
+#: gzipped a second time on upload and unpacked on download. Bytes travel as they are.
+_RAW = "uncompressed"
 
 
 def is_remote(path: str | os.PathLike[str]) -> bool:
@@ -36,7 +39,7 @@ def local_copy(path: str, *, prefix: str = "ob-remote-") -> str:
     from apache_beam.io.filesystems import FileSystems
 
     local = os.path.join(tempfile.mkdtemp(prefix=prefix), path.rstrip("/").rsplit("/", 1)[-1])
-    with FileSystems.open(path) as source, open(local, "wb") as target:
+    with FileSystems.open(path, compression_type=_RAW) as source, open(local, "wb") as target:
         shutil.copyfileobj(source, target, _BLOCK)
     return local
 
@@ -47,7 +50,7 @@ def read_remote_text(url: str) -> str | None:
 
     if not FileSystems.exists(url):
         return None
-    with FileSystems.open(url) as source:
+    with FileSystems.open(url, compression_type=_RAW) as source:
         return source.read().decode("utf-8")
 
 
@@ -58,5 +61,8 @@ def upload(local: str | os.PathLike[str], url: str) -> None:
     """
     from apache_beam.io.filesystems import FileSystems
 
-    with open(Path(local), "rb") as source, FileSystems.create(url) as target:
+    with (
+        open(Path(local), "rb") as source,
+        FileSystems.create(url, compression_type=_RAW) as target,
+    ):
         shutil.copyfileobj(source, target, _BLOCK)

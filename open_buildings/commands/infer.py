@@ -42,7 +42,13 @@ WORK_DIR = ".work"
 def _owned_outputs(folder: Path) -> list[Path]:
     """The files and folders a previous run of this pipeline left in ``folder``, including the
     temp files of writes a killed run never finished (``footprints.atomic_write``'s names)."""
-    names = {footprints.MANIFEST_NAME, sinks.DEAD_LETTER_NAME, WORK_DIR, probabilities.FOLDER}
+    names = {
+        footprints.MANIFEST_NAME,
+        sinks.DEAD_LETTER_NAME,
+        sinks.PARTS_FOLDER,
+        WORK_DIR,
+        probabilities.FOLDER,
+    }
     out = []
     for entry in folder.iterdir():
         name = entry.name

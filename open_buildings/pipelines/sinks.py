@@ -9,8 +9,11 @@ dead-letter list and then the manifest, last, so its presence means every file i
 from __future__ import annotations
 
 import functools
+import io
 import json
+import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import nullcontext
@@ -30,6 +33,8 @@ from open_buildings.pipelines.postprocess import SHARD_COLUMN, canonical_order, 
 from open_buildings.remote import is_remote, upload
 
 DEAD_LETTER_NAME = "dead_letter.jsonl"
+#: Where a job without a work folder keeps finished tiles' footprints (:func:`part_url`).
+PARTS_FOLDER = ".parts"
 
 
 @dataclass(frozen=True)
@@ -84,13 +89,49 @@ def write_partial(frame: gpd.GeoDataFrame, path: str | os.PathLike[str]) -> Path
     return target
 
 
+def part_url(root: str, tile_id: str) -> str:
+    """Where a job without a work folder keeps a finished tile's footprints until its shards are
+    written (under the output folder; :func:`finalize` removes them)."""
+    return f"{root.rstrip('/')}/{PARTS_FOLDER}/{tile_id}.parquet"
+
+
+def write_part(frame: gpd.GeoDataFrame, url: str) -> str:
+    """:func:`write_partial` to a local path or a URL (one upload: the object appears whole)."""
+    if not is_remote(url):
+        return str(write_partial(frame, url))
+    with tempfile.TemporaryDirectory(prefix="ob-part-") as folder:
+        upload(write_partial(frame, Path(folder) / url.rsplit("/", 1)[-1]), url)
+    return url
+
+
+def remove_parts(root: str) -> None:
+    """Remove the footprints :func:`write_part` kept under ``root``, if any."""
+    folder = f"{root.rstrip('/')}/{PARTS_FOLDER}"
+    if not is_remote(folder):
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    from apache_beam.io.filesystem import BeamIOError
+    from apache_beam.io.filesystems import FileSystems
+
+    try:  # a trailing "/" deletes recursively (GCS has no folders to test for first)
+        FileSystems.delete([folder + "/"])
+    except BeamIOError as exc:  # the shards and the manifest are complete: say, don't fail
+        logging.getLogger(__name__).warning("could not remove %s (%s); delete it", folder, exc)
+
+
 def read_partial(path: str | os.PathLike[str]) -> gpd.GeoDataFrame:
-    """Read a tile's result written by :func:`write_partial` (its columns as written).
+    """Read a tile's result written by :func:`write_partial` or :func:`write_part` (its columns
+    as written); ``path`` may be a URL.
 
     ``gpd.read_parquet`` would parse the file's PROJJSON CRS with pyproj on every call (14 ms, the
     most of a small tile's read); a shard's writer reads every tile's partial twice, so the CRS
     is parsed once per distinct text here and the geometries decoded with shapely.
     """
+    if is_remote(path):
+        from apache_beam.io.filesystems import FileSystems
+
+        with FileSystems.open(str(path), compression_type="uncompressed") as source:
+            path = io.BytesIO(source.read())
     table = pq.read_table(path)
     geo = json.loads(table.schema.metadata[b"geo"])
     name = geo["primary_column"]
@@ -302,7 +343,8 @@ def finalize(
     settings: dict[str, Any] | None = None,
     domain: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write the dead-letter list (when any tile failed), then the manifest, last.
+    """Write the dead-letter list (when any tile failed), then the manifest, last; then remove the
+    tiles' footprints kept for the shards (:func:`write_part`).
 
     Args:
         root: the output folder.
@@ -340,6 +382,7 @@ def finalize(
         )
         if remote:
             upload(manifest, f"{root.rstrip('/')}/{footprints.MANIFEST_NAME}")
+    remove_parts(root)  # every shard is written
     return {
         "files": len(records),
         "rows": max(

@@ -260,8 +260,9 @@ class RunModel(beam.PTransform):
 class PolygonizeFn(beam.DoFn):
     """``(id, PredictionResult)`` -> the footprints the tile owns, as ``(shard token, part)``.
 
-    With a work folder a part names the tile's partial file; without one it holds the rows
-    (``sinks.ShardPart``).
+    A part (``sinks.ShardPart``) names the file that holds the tile's footprints: its partial in
+    the work folder, or without one a file under ``parts`` (``sinks.part_url``); with neither it
+    holds the rows.
 
     Args:
         spec: the tiling grid.
@@ -273,6 +274,8 @@ class PolygonizeFn(beam.DoFn):
             nothing.
         probabilities: also write each tile's probability raster under this output folder
             (:mod:`.probabilities`); None writes none.
+        parts: without ``work``, keep each tile's footprints under this output folder until
+            the shards are written; None carries them through the shards' GroupByKey.
     """
 
     def __init__(
@@ -283,7 +286,9 @@ class PolygonizeFn(beam.DoFn):
         work: WorkDir | None,
         ranges: dict[str, Any] | None = None,
         probabilities: str | None = None,
+        parts: str | None = None,
     ) -> None:
+        self._parts = parts
         self._spec = spec
         self._probabilities = probabilities
         self._post = post
@@ -338,6 +343,8 @@ class PolygonizeFn(beam.DoFn):
         if self._work:
             figures = {"tiles_empty": 0, "m2_covered": covered, "outside_region": outside}
             partial = finish_tile(self._work, tile_id, frame, **figures)
+        elif self._parts is not None and len(frame):
+            partial = sinks.write_part(frame, sinks.part_url(self._parts, tile_id))
         yield from sinks.shard_parts(frame, partial)
 
 
@@ -357,9 +364,10 @@ class Polygonize(beam.PTransform):
         region: beam.PCollection | None = None,
         ranges: dict[str, Any] | None = None,
         probabilities: str | None = None,
+        parts: str | None = None,
     ) -> None:
         super().__init__()
-        self._fn = PolygonizeFn(spec, post, shard_level, work, ranges, probabilities)
+        self._fn = PolygonizeFn(spec, post, shard_level, work, ranges, probabilities, parts)
         self._region = region
 
     def expand(self, predictions: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
@@ -414,13 +422,14 @@ def build_inference(
     predictions = read.images | "RunModel" >> RunModel(model, runtime)
     ranges = None if input_ranges is None else input_ranges["ranges"]
     probabilities = config.output if config.write_probabilities else None
+    parts = None if work else config.output  # each tile's footprints wait there for the shards
     polygons = predictions | "Polygonize" >> Polygonize(
-        spec, config.postprocess, config.shard_level, work, region, ranges, probabilities
+        spec, config.postprocess, config.shard_level, work, region, ranges, probabilities, parts
     )
     unfamiliar = (read[UNFAMILIAR], polygons[UNFAMILIAR]) | "AllUnfamiliar" >> beam.Flatten()
-    parts = (polygons.footprints, read[FINISHED]) | "AllFootprints" >> beam.Flatten()
+    kept = (polygons.footprints, read[FINISHED]) | "AllFootprints" >> beam.Flatten()
     dead = (read[DEAD_LETTER], polygons[DEAD_LETTER]) | "AllDeadLetters" >> beam.Flatten()
-    files = parts | "WriteShards" >> WriteShards(config.output, config.formats)
+    files = kept | "WriteShards" >> WriteShards(config.output, config.formats)
     summary = files | "WriteManifest" >> WriteManifest(
         config.output,
         dead,
@@ -434,7 +443,7 @@ def build_inference(
     )
     return {
         "tiles": tiles,
-        "footprints": parts,
+        "footprints": kept,
         "dead_letters": dead,
         "files": files,
         "summary": summary,

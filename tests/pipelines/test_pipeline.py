@@ -70,10 +70,13 @@ def test_a_bundle_that_fails_once_under_a_retrying_runner_gives_identical_output
     from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
 
     attempts = []
+    grouped = []
     real = sinks.write_shard
 
-    def flaky(*args, **kwargs):
-        records = real(*args, **kwargs)
+    def flaky(token, parts, *args, **kwargs):
+        parts = list(parts)
+        grouped.extend(parts)
+        records = real(token, parts, *args, **kwargs)
         attempts.append(len(records))
         if len(attempts) == 1:
             raise RuntimeError("worker lost after writing (simulated)")
@@ -88,6 +91,11 @@ def test_a_bundle_that_fails_once_under_a_retrying_runner_gives_identical_output
     assert len(attempts) == 2
     assert output_digests(out) == output_digests(clean_run["out"])
     assert manifest_files(out) == manifest_files(clean_run["out"])
+    # without a work folder each tile's footprints waited in a file under the output, and the
+    # shards' GroupByKey carried only those files' names; they are gone once the manifest is
+    parts = out / sinks.PARTS_FOLDER
+    assert grouped and all(p.rows is None and Path(p.path).parent == parts for p in grouped)
+    assert not parts.exists()
 
 
 def test_a_corrupt_tile_goes_to_the_dead_letter_output_and_the_rest_completes(
