@@ -213,7 +213,12 @@ def _seeded_labels(mask: np.ndarray, interior: np.ndarray, interior_threshold: f
     after the seeds, in raster order). Only components holding two or more seeds need the
     watershed, and each is flooded inside its own bounding box: the same labels as one watershed
     over the whole tile (skimage floods by value, then by the order pixels were queued, and a
-    component's pixels keep their relative order in a crop), at a fraction of the cost.
+    component's pixels keep their relative order in a crop), at a fraction of the cost. One
+    exception: skimage queues every seed pixel at age 0, so seed pixels of equal value leave
+    in the order of its heap's layout, which the crop changes; on a plateau of equal seed values
+    a pixel between two seeds can go to the other one (1 of 480,000 pixels in a constructed field
+    of constant logits). The real tiles and random fields of
+    ``tests/pipelines/test_postprocess_exact.py`` decode exactly as one whole-tile watershed.
     """
     seeds, n_seeds = ndi.label(mask & (interior > interior_threshold), structure=_EIGHT)
     components, n_components = ndi.label(mask)
