@@ -93,8 +93,9 @@ def write_parts(
     """Write the footprints of ``parts`` as ``write_csv_gz`` / ``write_geoparquet`` would.
 
     Args:
-        parts: loaders, each returning one part's rows (EPSG:4326, in any order within the part);
-            each is called twice and must return the same rows both times.
+        parts: loaders, each returning one part's rows (EPSG:4326); each is called twice and
+            must return the same rows both times. Rows whose centroids share an S2 leaf cell
+            keep their order within the part, as the whole-frame writers keep theirs.
         targets: ``{"csv.gz": path, "parquet": path}``, either or both.
         overwrite: replace existing files.
         row_group_size: rows per Parquet row group.

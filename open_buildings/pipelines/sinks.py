@@ -255,11 +255,12 @@ class ShardPart:
     rows: gpd.GeoDataFrame | None = None
 
     def load(self) -> gpd.GeoDataFrame:
-        """Return the part's footprints (read from the partial when kept there)."""
+        """Return the part's footprints in :func:`canonical_order` (read from the partial when
+        kept there)."""
         if self.rows is not None:
-            return self.rows
+            return canonical_order(self.rows)
         frame = read_partial(self.path)
-        return frame[frame[SHARD_COLUMN] == self.token].reset_index(drop=True)
+        return canonical_order(frame[frame[SHARD_COLUMN] == self.token])
 
 
 def shard_parts(
@@ -330,7 +331,7 @@ _FORMAT = {"csv": "csv.gz", "parquet": "parquet"}
 def _loader(part: ShardPart | gpd.GeoDataFrame) -> Callable[[], gpd.GeoDataFrame]:
     if isinstance(part, ShardPart):
         return part.load
-    return lambda: part
+    return lambda: canonical_order(part)
 
 
 def finalize(

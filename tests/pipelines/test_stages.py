@@ -199,6 +199,15 @@ def test_shard_files_do_not_depend_on_row_order_and_rewriting_is_identical(
     assert names == ["182f_buildings.csv.gz", "182f_buildings.parquet"]
     for name in names:
         assert sha256_of(first / name) == sha256_of(second / name)
+    # one part is written as it is loaded: where centroids tie (same S2 leaf), its own row order
+    # must not reach the file
+    twins = footprint_frame.iloc[:6].assign(confidence=lambda f: f["confidence"] + 0.01)
+    tied = pd.concat([footprint_frame, twins], ignore_index=True)
+    for folder, frame in (("c", tied), ("d", tied.sample(frac=1.0, random_state=5))):
+        (tmp_path / folder).mkdir()
+        sinks.write_shard("182f", [frame], str(tmp_path / folder), ("csv", "parquet"))
+    for name in names:
+        assert sha256_of(tmp_path / "c" / name) == sha256_of(tmp_path / "d" / name)
     # a retried bundle rewrites the same bytes, atomically, leaving no temp files
     again = sinks.write_shard("182f", [footprint_frame], str(first), ("csv", "parquet"))
     assert [r.sha256 for _, r in again] == [r.sha256 for _, r in records]
