@@ -135,7 +135,7 @@ def read_partial(path: str | os.PathLike[str]) -> gpd.GeoDataFrame:
     table = pq.read_table(path)
     geo = json.loads(table.schema.metadata[b"geo"])
     name = geo["primary_column"]
-    crs = geo["columns"][name].get("crs")
+    crs = geo["columns"][name].get("crs", "OGC:CRS84")  # GeoParquet: absent means lon/lat
     columns = {
         field: (
             shapely.from_wkb(table.column(field).to_numpy(zero_copy_only=False))
@@ -151,7 +151,7 @@ def read_partial(path: str | os.PathLike[str]) -> gpd.GeoDataFrame:
 
 @functools.lru_cache(maxsize=8)
 def _crs(projjson: str) -> pyproj.CRS:
-    return pyproj.CRS.from_json(projjson)
+    return pyproj.CRS.from_user_input(json.loads(projjson))
 
 
 def read_back(path: str | os.PathLike[str]) -> list[gpd.GeoDataFrame]:
