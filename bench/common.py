@@ -119,6 +119,16 @@ def machine() -> str:
     )
 
 
+def peak_rss_mib() -> float:
+    """This process's peak resident memory in MiB.
+
+    ``VmHWM``, not ``ru_maxrss``: a child's ``ru_maxrss`` keeps the high-water mark of the parent
+    it was forked from, across exec, so a bench's children would report the bench's own memory.
+    """
+    status = Path("/proc/self/status").read_text().splitlines()
+    return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
+
+
 def load_average() -> float:
     """Return the 1-minute load average (how many cores others were using, roughly)."""
     return os.getloadavg()[0]

@@ -40,6 +40,7 @@ SIZES_KM2 = (1, 4, 16)
 
 _CHILD = """
 import json, resource, sys, time
+from bench.common import peak_rss_mib  # the bench's own package: light, imports no torch
 t0 = time.perf_counter()
 import open_buildings.commands.infer  # what ob-infer imports before it can start
 from open_buildings.commands.infer import main as infer_main
@@ -51,10 +52,7 @@ print("BENCH " + json.dumps({
     "import_wall": t1 - t0, "import_cpu": u.ru_utime + u.ru_stime,
     "run_wall": time.perf_counter() - t1,
     "run_cpu": v.ru_utime + v.ru_stime - u.ru_utime - u.ru_stime,
-    # VmHWM, not ru_maxrss: a child's ru_maxrss keeps its parent's high-water mark across exec
-    "rss_mib": next(int(l.split()[1]) for l in open("/proc/self/status")
-                    if l.startswith("VmHWM")) / 1024,
-    "code": code,
+    "rss_mib": peak_rss_mib(), "code": code,
 }))
 sys.exit(code)
 """

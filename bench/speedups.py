@@ -77,6 +77,7 @@ def batch_sizes(sizes: tuple[int, ...] = (1, 2, 4, 8), runs: int = 2) -> dict[in
 _BATCH_CHILD = """
 import json, resource, sys, time, torch
 torch.set_num_threads(int(sys.argv[4]))
+from bench.common import peak_rss_mib
 from bench.infer import worker_model
 model, backend, _ = worker_model()
 n, h, w = (int(v) for v in sys.argv[1:4])
@@ -87,8 +88,7 @@ with torch.inference_mode():
     model(x)
     d = resource.getrusage(resource.RUSAGE_SELF)
 cpu = d.ru_utime + d.ru_stime - c.ru_utime - c.ru_stime
-hwm = next(int(x.split()[1]) for x in open("/proc/self/status") if x.startswith("VmHWM"))
-print("BENCH " + json.dumps({"cpu_per_tile": cpu / n, "rss_mib": hwm / 1024}))
+print("BENCH " + json.dumps({"cpu_per_tile": cpu / n, "rss_mib": peak_rss_mib()}))
 """
 
 

@@ -113,10 +113,9 @@ def memory_child(shards: str | None, batches: int) -> None:
     transform = chipping.augmenter()
     for step in range(batches):
         data.labelled(step, transform)
-    # VmHWM, not ru_maxrss: a child's ru_maxrss keeps the high-water mark of the parent it
-    # was forked from, across exec
-    status = Path("/proc/self/status").read_text().splitlines()
-    print(next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024)
+    from bench.common import peak_rss_mib
+
+    print(peak_rss_mib())
 
 
 def memory(shards: str | None, batches: int = 40) -> float:

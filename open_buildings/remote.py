@@ -44,14 +44,23 @@ def local_copy(path: str, *, prefix: str = "ob-remote-") -> str:
     return local
 
 
+def read_bytes(path: str | os.PathLike[str]) -> bytes:
+    """Return the bytes of a small file, local or at a URL, as they are stored."""
+    if not is_remote(path):
+        return Path(path).read_bytes()
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.open(str(path), compression_type=_RAW) as source:
+        return source.read()
+
+
 def read_remote_text(url: str) -> str | None:
     """Return the text of a small file at ``url``, or None when it does not exist."""
     from apache_beam.io.filesystems import FileSystems
 
     if not FileSystems.exists(url):
         return None
-    with FileSystems.open(url, compression_type=_RAW) as source:
-        return source.read().decode("utf-8")
+    return read_bytes(url).decode("utf-8")
 
 
 def upload(local: str | os.PathLike[str], url: str) -> None:

@@ -51,9 +51,7 @@ def _owned_outputs(folder: Path) -> list[Path]:
     }
     out = []
     for entry in folder.iterdir():
-        name = entry.name
-        if name.startswith(".") and ".tmp-" in name:
-            name = name[1 : name.rindex(".tmp-")]
+        name = footprints.unfinished_target(entry.name) or entry.name
         shard = name.endswith(
             ("_buildings" + footprints.CSV_SUFFIX, "_buildings" + footprints.PARQUET_SUFFIX)
         )

@@ -8,8 +8,9 @@ its own cell, so one tile's rows form one unbroken run of that order. The parts 
 by their first S2 key, and the files are written by appending each part's lines and rows.
 
 Neither pyarrow nor geopandas writes a GeoParquet file incrementally with file-wide metadata
-(its bbox and geometry types must be known when the file is opened), so a first pass reads each
-part for them, and the second writes.
+(its bbox and geometry types must be known when the file is opened), so each part comes with a
+:func:`summarise` of its rows, taken where the rows were in memory anyway: the parts are read
+once, when they are written.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ class InterleavedPartsError(ValueError):
 
 @dataclass(frozen=True)
 class PartSummary:
-    """What the first pass keeps of one part.
+    """What the writer needs of a part before it opens the files.
 
     Attributes:
         first: the smallest S2 leaf key of its centroids.
@@ -83,7 +84,7 @@ def summarise(frame: gpd.GeoDataFrame) -> PartSummary:
 
 
 def write_parts(
-    parts: Sequence[Callable[[], gpd.GeoDataFrame]],
+    parts: Sequence[tuple[PartSummary, Callable[[], gpd.GeoDataFrame]]],
     targets: Mapping[str, Path],
     *,
     overwrite: bool = False,
@@ -93,29 +94,25 @@ def write_parts(
     """Write the footprints of ``parts`` as ``write_csv_gz`` / ``write_geoparquet`` would.
 
     Args:
-        parts: loaders, each returning one part's rows (EPSG:4326); each is called twice and
-            must return the same rows both times. Rows whose centroids share an S2 leaf cell
-            keep their order within the part, as the whole-frame writers keep theirs.
+        parts: ``(summary, loader)`` per non-empty part: :func:`summarise` of its rows, taken
+            where they were made, and a loader returning them (EPSG:4326), called once, when the
+            part's turn comes. Rows whose centroids share an S2 leaf cell keep their order within
+            the part, as the whole-frame writers keep theirs.
         targets: ``{"csv.gz": path, "parquet": path}``, either or both.
         overwrite: replace existing files.
         row_group_size: rows per Parquet row group.
         on_written: called with each file's record as soon as that file is in place.
 
     Returns:
-        A record per file, in the order of ``targets``; none when the parts hold no rows.
+        A record per file, in the order of ``targets``; none when there are no parts.
 
     Raises:
         InterleavedPartsError: when the parts' S2 key ranges overlap (write their concatenation
             with ``write_csv_gz`` / ``write_geoparquet`` instead).
     """
-    summaries = []
-    for load in parts:
-        frame = load()
-        if len(frame):
-            summaries.append((summarise(frame), load))
-    if not summaries:
+    if not parts:
         return []
-    summaries.sort(key=lambda s: s[0].first)
+    summaries = sorted(parts, key=lambda s: s[0].first)
     for (a, _), (b, _) in zip(summaries, summaries[1:]):
         if a.last >= b.first:
             raise InterleavedPartsError("the parts' S2 ranges overlap")
@@ -165,8 +162,7 @@ class _CsvWriter:
     def close(self) -> None:
         self._gz.close()
 
-    def discard(self) -> None:
-        self._gz.close()
+    discard = close
 
 
 class _ParquetWriter:

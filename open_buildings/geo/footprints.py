@@ -54,6 +54,7 @@ CSV_SUFFIX = ".csv.gz"
 PARQUET_SUFFIX = ".parquet"
 MANIFEST_NAME = "manifest.json"
 _GZIP_LEVEL = 6
+_TEMP_MARK = ".tmp-"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,7 +106,7 @@ def atomic_write(
     target = Path(path)
     if not overwrite and target.exists():
         raise _exists(target)
-    tmp = target.with_name(f".{target.name}.tmp-{secrets.token_hex(6)}")
+    tmp = target.with_name(f".{target.name}{_TEMP_MARK}{secrets.token_hex(6)}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         kwargs = {"encoding": "utf-8", "newline": ""} if mode == "w" else {}
@@ -120,6 +121,14 @@ def atomic_write(
     finally:
         tmp.unlink(missing_ok=True)
     _fsync_dir(target.parent)
+
+
+def unfinished_target(name: str) -> str | None:
+    """The file name an :func:`atomic_write` temp file called ``name`` was for (its write never
+    finished: the process was killed); None for any other name."""
+    if name.startswith(".") and _TEMP_MARK in name:
+        return name[1 : name.rindex(_TEMP_MARK)]
+    return None
 
 
 def _link_no_clobber(tmp: Path, target: Path) -> None:

@@ -28,7 +28,6 @@ from open_buildings import __version__
 from open_buildings.config import dump_config
 from open_buildings.errors import ConfigError, ImageryError
 from open_buildings.geo import imagery
-from open_buildings.geo.footprints import atomic_write
 from open_buildings.geo.grid import GridSpec
 from open_buildings.models import heads
 from open_buildings.pipelines import faults, sinks
@@ -103,20 +102,6 @@ def _exists(url: str) -> bool:
     from apache_beam.io.filesystems import FileSystems
 
     return FileSystems.exists(url)
-
-
-def _put(url: str, write) -> None:
-    """Write a file at ``url`` atomically (locally: temp file and rename; remotely: one upload)."""
-    if not is_remote(url):
-        Path(url).parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(url, overwrite=True) as handle:
-            write(handle)
-        return
-    with tempfile.TemporaryDirectory(prefix="ob-chips-") as folder:
-        local = Path(folder) / Path(url).name
-        with open(local, "wb") as handle:
-            write(handle)
-        upload(local, url)
 
 
 class CutTileFn(beam.DoFn):
@@ -196,7 +181,7 @@ class CutTileFn(beam.DoFn):
         table = pa.Table.from_pylist(rows, schema=chip_shards.SCHEMA).replace_schema_metadata(
             {"chips": str(len(rows)), "buildings": str(buildings)}
         )
-        _put(url, lambda handle: pq.write_table(table, handle, compression="zstd"))
+        sinks.put(url, lambda handle: pq.write_table(table, handle, compression="zstd"))
         faults.point("partial")
         return len(rows), buildings
 
@@ -326,10 +311,10 @@ def record_cut_settings(cfg: ChipsConfig, work: str, resume: bool) -> None:
                 "config's; resume with the config they were cut with, or delete that folder "
                 "to cut every tile again"
             )
-    _put(url, lambda handle: handle.write(json.dumps(now, sort_keys=True).encode()))
+    sinks.put(url, lambda handle: handle.write(json.dumps(now, sort_keys=True).encode()))
 
 
 def _write_manifest(out: str, content: dict[str, Any]) -> None:
     faults.point("manifest")
     text = json.dumps(content, indent=1, sort_keys=True).encode()
-    _put(f"{out.rstrip('/')}/{chip_shards.MANIFEST_NAME}", lambda handle: handle.write(text))
+    sinks.put(f"{out.rstrip('/')}/{chip_shards.MANIFEST_NAME}", lambda handle: handle.write(text))

@@ -10,14 +10,12 @@ parses and prepares it once (:func:`parsed`).
 from __future__ import annotations
 
 import os
-import tempfile
-from pathlib import Path
 
 import apache_beam as beam
 import shapely
 
-from open_buildings.geo.footprints import atomic_write
-from open_buildings.remote import is_remote, upload
+from open_buildings.pipelines.sinks import put
+from open_buildings.remote import read_bytes
 
 REGION_FILE = ".region.wkb"
 _PARSED: dict[int, shapely.Geometry] = {}
@@ -26,28 +24,7 @@ _PARSED: dict[int, shapely.Geometry] = {}
 def write_region_file(geometry: shapely.Geometry, folder: str) -> str:
     """Write the region's WKB into ``folder`` (a local path or a URL); return the file's path."""
     wkb = shapely.to_wkb(geometry)
-    if is_remote(folder):
-        url = f"{folder.rstrip('/')}/{REGION_FILE}"
-        with tempfile.TemporaryDirectory(prefix="ob-region-") as tmp:
-            local = Path(tmp) / REGION_FILE
-            local.write_bytes(wkb)
-            upload(local, url)
-        return url
-    Path(folder).mkdir(parents=True, exist_ok=True)
-    path = Path(folder) / REGION_FILE
-    with atomic_write(path, overwrite=True) as handle:
-        handle.write(wkb)
-    return str(path)
-
-
-def read_region_file(path: str) -> bytes:
-    """The WKB bytes of a region file, local or at a URL (on a worker)."""
-    if not is_remote(path):
-        return Path(path).read_bytes()
-    from apache_beam.io.filesystems import FileSystems
-
-    with FileSystems.open(path) as handle:
-        return handle.read()
+    return put(f"{folder.rstrip('/')}/{REGION_FILE}", lambda handle: handle.write(wkb))
 
 
 def parsed(wkb: bytes) -> shapely.Geometry:
@@ -80,4 +57,4 @@ class RegionInput(beam.PTransform):
         if self._folder is None:
             return pbegin | "Embedded" >> beam.Create([shapely.to_wkb(self._geometry)])
         path = write_region_file(self._geometry, self._folder)
-        return pbegin | "File" >> beam.Create([path]) | "Read" >> beam.Map(read_region_file)
+        return pbegin | "File" >> beam.Create([path]) | "Read" >> beam.Map(read_bytes)

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import geopandas as gpd
 import pandas as pd
@@ -30,7 +30,7 @@ import shapely
 from open_buildings.geo import footprint_stream, footprints
 from open_buildings.pipelines import faults
 from open_buildings.pipelines.postprocess import SHARD_COLUMN, canonical_order, split_by_shard
-from open_buildings.remote import is_remote, upload
+from open_buildings.remote import is_remote, read_bytes, upload
 
 DEAD_LETTER_NAME = "dead_letter.jsonl"
 #: Where a job without a work folder keeps finished tiles' footprints (:func:`part_url`).
@@ -68,7 +68,32 @@ def failed_path(work_dir: str | os.PathLike[str], tile_id: str) -> Path:
     return Path(work_dir) / "failed" / f"{tile_id}.json"
 
 
-def write_partial(frame: gpd.GeoDataFrame, path: str | os.PathLike[str]) -> Path:
+def put(url: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> str:
+    """Write a file at ``url`` atomically, replacing any earlier one: locally a temp file and a
+    rename (its folder made first), at a URL one upload (an object appears whole).
+
+    Args:
+        url: a local path or a URL Beam's FileSystems can write.
+        write: writes the file's bytes to the handle it is given.
+
+    Returns:
+        ``url`` as a string.
+    """
+    url = str(url)
+    if not is_remote(url):
+        Path(url).parent.mkdir(parents=True, exist_ok=True)
+        with footprints.atomic_write(url, overwrite=True) as handle:
+            write(handle)
+        return url
+    with tempfile.TemporaryDirectory(prefix="ob-put-") as folder:
+        local = Path(folder) / url.rsplit("/", 1)[-1]
+        with open(local, "wb") as handle:
+            write(handle)
+        upload(local, url)
+    return url
+
+
+def write_partial(frame: gpd.GeoDataFrame, path: str | os.PathLike[str]) -> str:
     """Write a tile's footprints (possibly none) atomically, replacing an earlier attempt's file.
 
     Parquet keeps every float and every WKB byte, so reading it back gives exactly the rows that
@@ -76,17 +101,14 @@ def write_partial(frame: gpd.GeoDataFrame, path: str | os.PathLike[str]) -> Path
 
     Args:
         frame: the tile's footprints from :func:`owned_footprints`.
-        path: the file, normally :func:`partial_path`.
+        path: the file, normally :func:`partial_path` (or :func:`part_url`, which may be a URL).
 
     Returns:
-        The path.
+        The path, as a string.
     """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with footprints.atomic_write(target, overwrite=True) as handle:
-        frame.to_parquet(handle, index=False)
+    path = put(path, lambda handle: frame.to_parquet(handle, index=False))
     faults.point("partial")
-    return target
+    return path
 
 
 def part_url(root: str, tile_id: str) -> str:
@@ -95,17 +117,8 @@ def part_url(root: str, tile_id: str) -> str:
     return f"{root.rstrip('/')}/{PARTS_FOLDER}/{tile_id}.parquet"
 
 
-def write_part(frame: gpd.GeoDataFrame, url: str) -> str:
-    """:func:`write_partial` to a local path or a URL (one upload: the object appears whole)."""
-    if not is_remote(url):
-        return str(write_partial(frame, url))
-    with tempfile.TemporaryDirectory(prefix="ob-part-") as folder:
-        upload(write_partial(frame, Path(folder) / url.rsplit("/", 1)[-1]), url)
-    return url
-
-
 def remove_parts(root: str) -> None:
-    """Remove the footprints :func:`write_part` kept under ``root``, if any."""
+    """Remove the footprints :func:`part_url` files kept under ``root``, if any."""
     folder = f"{root.rstrip('/')}/{PARTS_FOLDER}"
     if not is_remote(folder):
         shutil.rmtree(folder, ignore_errors=True)
@@ -120,19 +133,14 @@ def remove_parts(root: str) -> None:
 
 
 def read_partial(path: str | os.PathLike[str]) -> gpd.GeoDataFrame:
-    """Read a tile's result written by :func:`write_partial` or :func:`write_part` (its columns
-    as written); ``path`` may be a URL.
+    """Read a tile's result written by :func:`write_partial` (its columns as written); ``path``
+    may be a URL.
 
     ``gpd.read_parquet`` would parse the file's PROJJSON CRS with pyproj on every call (14 ms, the
-    most of a small tile's read); a shard's writer reads every tile's partial twice, so the CRS
-    is parsed once per distinct text here and the geometries decoded with shapely.
+    most of a small tile's read, and a shard's writer reads every one of its tiles' partials),
+    so the CRS is parsed once per distinct text here and the geometries decoded with shapely.
     """
-    if is_remote(path):
-        from apache_beam.io.filesystems import FileSystems
-
-        with FileSystems.open(str(path), compression_type="uncompressed") as source:
-            path = io.BytesIO(source.read())
-    table = pq.read_table(path)
+    table = pq.read_table(io.BytesIO(read_bytes(path)))
     geo = json.loads(table.schema.metadata[b"geo"])
     name = geo["primary_column"]
     crs = geo["columns"][name].get("crs", "OGC:CRS84")  # GeoParquet: absent means lon/lat
@@ -246,11 +254,14 @@ class ShardPart:
 
     Attributes:
         token: the shard's S2 token.
+        summary: what the shard's writer needs before it opens the files
+            (``footprint_stream.summarise`` of the rows, taken when they were made).
         path: the tile's partial (:func:`write_partial`), holding this shard's rows among others.
         rows: the rows, when there is no partial.
     """
 
     token: str
+    summary: footprint_stream.PartSummary
     path: str | None = None
     rows: gpd.GeoDataFrame | None = None
 
@@ -273,7 +284,11 @@ def shard_parts(
         path: the tile's partial, already written; None carries the rows instead.
     """
     for token, rows in split_by_shard(frame):
-        yield token, ShardPart(token, str(path)) if path else ShardPart(token, rows=rows)
+        summary = footprint_stream.summarise(rows)
+        if path:
+            yield token, ShardPart(token, summary, path=str(path))
+        else:
+            yield token, ShardPart(token, summary, rows=rows)
 
 
 def write_shard(
@@ -301,7 +316,7 @@ def write_shard(
     Returns:
         ``(file name, FileRecord)`` for each file written.
     """
-    loaders = [_loader(p) for p in parts]
+    summarised = [s for s in map(_summarised, parts) if s is not None]
     names = dict(zip(formats, shard_file_names(token, formats)))
     remote = is_remote(root)
     records = []
@@ -315,9 +330,9 @@ def write_shard(
     with tempfile.TemporaryDirectory(prefix="ob-shard-") if remote else nullcontext(root) as folder:
         targets = {_FORMAT[f]: Path(folder) / name for f, name in names.items()}
         try:
-            footprint_stream.write_parts(loaders, targets, overwrite=True, on_written=written)
+            footprint_stream.write_parts(summarised, targets, overwrite=True, on_written=written)
         except footprint_stream.InterleavedPartsError:  # parts not cut by tile: write them whole
-            frames = [f for f in (load() for load in loaders) if len(f)]
+            frames = [load() for _, load in summarised]
             rows = canonical_order(gpd.GeoDataFrame(pd.concat(frames), crs="EPSG:4326"))
             writers = {"csv.gz": footprints.write_csv_gz, "parquet": footprints.write_geoparquet}
             for fmt, target in targets.items():
@@ -328,10 +343,15 @@ def write_shard(
 _FORMAT = {"csv": "csv.gz", "parquet": "parquet"}
 
 
-def _loader(part: ShardPart | gpd.GeoDataFrame) -> Callable[[], gpd.GeoDataFrame]:
+def _summarised(
+    part: ShardPart | gpd.GeoDataFrame,
+) -> tuple[footprint_stream.PartSummary, Callable[[], gpd.GeoDataFrame]] | None:
+    """``(summary, loader)`` for ``footprint_stream.write_parts``; None for a frame of no rows."""
     if isinstance(part, ShardPart):
-        return part.load
-    return lambda: canonical_order(part)
+        return part.summary, part.load
+    if not len(part):
+        return None
+    return footprint_stream.summarise(part), lambda: canonical_order(part)
 
 
 def finalize(
@@ -345,7 +365,7 @@ def finalize(
     domain: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write the dead-letter list (when any tile failed), then the manifest, last; then remove the
-    tiles' footprints kept for the shards (:func:`write_part`).
+    tiles' footprints kept for the shards (:func:`part_url`).
 
     Args:
         root: the output folder.

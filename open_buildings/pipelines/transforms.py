@@ -344,7 +344,7 @@ class PolygonizeFn(beam.DoFn):
             figures = {"tiles_empty": 0, "m2_covered": covered, "outside_region": outside}
             partial = finish_tile(self._work, tile_id, frame, **figures)
         elif self._parts is not None and len(frame):
-            partial = sinks.write_part(frame, sinks.part_url(self._parts, tile_id))
+            partial = sinks.write_partial(frame, sinks.part_url(self._parts, tile_id))
         yield from sinks.shard_parts(frame, partial)
 
 

@@ -180,7 +180,7 @@ def test_the_dataflow_graph_builds_with_the_africa_options_without_submitting(
     from open_buildings.pipelines import region_input
 
     uploads: list[str] = []  # launching writes the region beside the output: recorded here
-    monkeypatch.setattr(region_input, "upload", lambda local, url: uploads.append(url))
+    monkeypatch.setattr(sinks, "upload", lambda local, url: uploads.append(url))
     config = load_config(
         InferConfig,
         ROOT / "pipelines" / "africa.yaml",

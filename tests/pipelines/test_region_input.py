@@ -11,6 +11,7 @@ import shapely
 from open_buildings.pipelines import region_input, transforms
 from open_buildings.pipelines.config import InferConfig
 from open_buildings.pipelines.runtime import ModelRef
+from open_buildings.remote import read_bytes
 
 
 def _detailed_outline(vertices: int) -> shapely.Polygon:
@@ -42,5 +43,5 @@ def test_a_detailed_region_is_not_carried_by_the_job_graph(tmp_path: Path) -> No
     assert detailed < 1_000_000  # far under Dataflow's 10 MB graph limit
     written = tmp_path / "detailed" / region_input.REGION_FILE
     assert written.read_bytes() == wkb
-    assert region_input.read_region_file(str(written)) == wkb
+    assert read_bytes(str(written)) == wkb
     assert region_input.parsed(wkb).equals(outline)

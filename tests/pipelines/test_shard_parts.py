@@ -79,7 +79,7 @@ def test_parts_kept_as_files_write_the_shards_the_rows_would(
     (tmp_path / "whole").mkdir()
     parts: dict[str, list[sinks.ShardPart]] = {}
     for frame, tile_id in zip(tiles, ("182f13a9", "182f13ab")):
-        url = sinks.write_part(frame, sinks.part_url(root, tile_id))
+        url = sinks.write_partial(frame, sinks.part_url(root, tile_id))
         for token, part in sinks.shard_parts(frame, url):
             assert part.rows is None and part.path == url
             parts.setdefault(token, []).append(part)
@@ -101,7 +101,7 @@ def test_parts_kept_as_files_write_the_shards_the_rows_would(
 
 def test_a_part_reads_back_exactly(tiles, tmp_path: Path) -> None:
     BUCKET["root"] = tmp_path
-    url = sinks.write_part(tiles[0], "fakebucket://run/.parts/182f13a9.parquet")
+    url = sinks.write_partial(tiles[0], "fakebucket://run/.parts/182f13a9.parquet")
     back = sinks.read_partial(url)
     assert back.crs == tiles[0].crs and list(back.columns) == list(tiles[0].columns)
     assert (back.geometry.to_wkb() == tiles[0].geometry.to_wkb()).all()
