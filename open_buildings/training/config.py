@@ -203,6 +203,9 @@ class TrainConfig(_DataRootFirst):
     #: train the decoder and heads only: the encoder's weights and BatchNorm statistics stay as
     #: loaded (fine-tuning on few labels keeps the base's features)
     freeze_encoder: bool = False
+    #: the encoder's learning rate as a share of ``lr`` (discriminative fine-tuning: a
+    #: pre-trained encoder moves slower than the freshly initialised decoder and heads)
+    encoder_lr_scale: float = Field(1.0, gt=0.0, le=1.0)
     data_root: ConfigPath | None = None
     #: labelled areas read into memory; or, with ``shards``, none
     train: list[AreaConfig] = []

@@ -114,7 +114,7 @@ def train_step(
     if cfg.freeze_encoder:
         frozen_encoder(model).eval()
     for group in optimizer.param_groups:
-        group["lr"] = lr_at(cfg, step)
+        group["lr"] = lr_at(cfg, step) * group.get("lr_scale", 1.0)
     images, targets, weights = batch.images, batch.targets, batch.weights
     rng = chipping.rng_for(cfg.seed, step, 2)
     mixed = cfg.mixup.enabled and bool(rng.random() < cfg.mixup.prob)

@@ -24,24 +24,38 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
 
 
 def optimizer_factory(cfg: TrainConfig):
-    """``factory(model)``: AdamW over the weights that train (not a frozen encoder's)."""
+    """``factory(model)``: AdamW over the weights that train (not a frozen encoder's), the
+    encoder's in a group of its own at ``encoder_lr_scale`` of the learning rate."""
 
     def factory(model: BuildingModel) -> torch.optim.Optimizer:
         if cfg.freeze_encoder:
             frozen_encoder(model).requires_grad_(False)
         params = [p for p in model.parameters() if p.requires_grad]
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        groups: list[dict] = [{"params": params, "lr_scale": 1.0}]
+        if cfg.encoder_lr_scale != 1.0:
+            encoder = {id(p) for p in frozen_encoder(model).parameters()}
+            groups = [
+                {"params": [p for p in params if id(p) not in encoder], "lr_scale": 1.0},
+                {"params": [p for p in params if id(p) in encoder], "lr_scale": cfg.encoder_lr_scale},
+            ]
+        for group in groups:
+            group["lr"] = cfg.lr * group["lr_scale"]
+        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     return factory
 
 
 def frozen_encoder(model: BuildingModel) -> torch.nn.Module:
-    """The encoder that ``freeze_encoder`` keeps as it is (weights and BatchNorm statistics).
+    """The encoder that ``freeze_encoder`` keeps as it is (weights and BatchNorm statistics),
+    and that ``encoder_lr_scale`` slows.
 
     Raises:
         ConfigError: the model has no separate encoder (``net.encoder``).
     """
     encoder = getattr(model.net, "encoder", None)
     if not isinstance(encoder, torch.nn.Module):
-        raise ConfigError(f"{model.name} has no separate encoder to freeze; drop freeze_encoder")
+        raise ConfigError(
+            f"{model.name} has no separate encoder to freeze or slow; drop freeze_encoder "
+            "and encoder_lr_scale"
+        )
     return encoder

@@ -88,6 +88,33 @@ def test_freeze_encoder_trains_the_decoder_and_heads_only(config_factory) -> Non
     )
 
 
+def test_encoder_lr_scale_slows_the_encoder_only(config_factory) -> None:
+    deltas = {}
+    for scale in (1.0, 0.1):
+        cfg = config_factory(
+            "chip={size: 64, empty_share: 0.0}", "warmup_steps=0", f"encoder_lr_scale={scale}"
+        )
+        model = loop.new_model(cfg)
+        optimizer = loop.optimizer_factory(cfg)(model)
+        before = {k: v.clone() for k, v in model.named_parameters()}
+        loop.train_step(model, optimizer, _fixed_batch(cfg), cfg, 0)
+        assert sorted(g["lr"] for g in optimizer.param_groups) == sorted(
+            {cfg.lr * scale, cfg.lr}
+        )
+        deltas[scale] = {
+            k: (v.detach() - before[k]).abs().max().item() for k, v in model.named_parameters()
+        }
+    # Adam's first step moves a weight with a gradient by about its learning rate
+    moved = [k for k, d in deltas[1.0].items() if d > 0.5 * cfg.lr]
+    encoder = [k for k in moved if k.startswith("net.encoder.")]
+    others = [k for k in moved if not k.startswith("net.encoder.")]
+    assert encoder and others
+    for k in encoder:
+        assert deltas[0.1][k] == pytest.approx(0.1 * deltas[1.0][k], rel=0.05), k
+    for k in others:
+        assert deltas[0.1][k] == pytest.approx(deltas[1.0][k], rel=1e-4), k
+
+
 def test_train_step_is_a_function_of_the_state_and_the_step(config_factory) -> None:
     cfg = config_factory("chip={size: 64, empty_share: 0.0}", "mixup={enabled: true, prob: 1.0}")
     batch = _fixed_batch(cfg)
