@@ -66,6 +66,12 @@ def dense_logits(folder: Path, tiles: int) -> Path:
 
 def library_floor(data_path: Path) -> dict[str, float]:
     """CPU seconds per tile of GDAL's polygonizer and GEOS's simplification on the decoded tiles."""
+    return polygonize_floor(pickle.loads(data_path.read_bytes()))
+
+
+def polygonize_floor(data: list) -> dict[str, float]:
+    """CPU seconds per tile of the two library calls polygonize cannot skip (GDAL's polygonizer,
+    GEOS's topology-preserving simplification) on ``(tile id, logits, valid)`` decoded."""
     import numpy as np
     import rasterio.features
     import shapely
@@ -74,7 +80,6 @@ def library_floor(data_path: Path) -> dict[str, float]:
     from open_buildings.geo.polygonize import _polygons_metric
     from open_buildings.models import heads
 
-    data = pickle.loads(data_path.read_bytes())
     gdal = simplify = 0.0
     for tile_id, logits, valid in data:
         labels = np.where(valid, heads.decode(logits)[0], 0).astype(np.int32)
