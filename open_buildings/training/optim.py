@@ -34,9 +34,10 @@ def optimizer_factory(cfg: TrainConfig):
         groups: list[dict] = [{"params": params, "lr_scale": 1.0}]
         if cfg.encoder_lr_scale != 1.0:
             encoder = {id(p) for p in frozen_encoder(model).parameters()}
+            slow = [p for p in params if id(p) in encoder]
             groups = [
                 {"params": [p for p in params if id(p) not in encoder], "lr_scale": 1.0},
-                {"params": [p for p in params if id(p) in encoder], "lr_scale": cfg.encoder_lr_scale},
+                {"params": slow, "lr_scale": cfg.encoder_lr_scale},
             ]
         for group in groups:
             group["lr"] = cfg.lr * group["lr_scale"]
