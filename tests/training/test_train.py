@@ -98,9 +98,7 @@ def test_encoder_lr_scale_slows_the_encoder_only(config_factory) -> None:
         optimizer = loop.optimizer_factory(cfg)(model)
         before = {k: v.clone() for k, v in model.named_parameters()}
         loop.train_step(model, optimizer, _fixed_batch(cfg), cfg, 0)
-        assert sorted(g["lr"] for g in optimizer.param_groups) == sorted(
-            {cfg.lr * scale, cfg.lr}
-        )
+        assert sorted(g["lr"] for g in optimizer.param_groups) == sorted({cfg.lr * scale, cfg.lr})
         deltas[scale] = {
             k: (v.detach() - before[k]).abs().max().item() for k, v in model.named_parameters()
         }
