@@ -32,7 +32,7 @@ def optimizer_factory(cfg: TrainConfig):
             frozen_encoder(model).requires_grad_(False)
         params = [p for p in model.parameters() if p.requires_grad]
         groups: list[dict] = [{"params": params, "lr_scale": 1.0}]
-        if cfg.encoder_lr_scale != 1.0:
+        if cfg.encoder_lr_scale != 1.0 and not cfg.freeze_encoder:
             encoder = {id(p) for p in frozen_encoder(model).parameters()}
             slow = [p for p in params if id(p) in encoder]
             groups = [
