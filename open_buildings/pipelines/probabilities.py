@@ -10,8 +10,6 @@ as a teacher's soft targets: a tile read on the same grid gets the same pixels.
 from __future__ import annotations
 
 import os
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import rasterio
@@ -19,9 +17,9 @@ from rasterio.io import MemoryFile
 from scipy.special import expit
 
 from open_buildings.errors import ConfigError
-from open_buildings.geo.footprints import atomic_write
 from open_buildings.geo.grid import PixelGrid
-from open_buildings.remote import is_remote, local_copy, upload
+from open_buildings.pipelines.sinks import put
+from open_buildings.remote import is_remote, local_copy
 
 FOLDER = "probabilities"
 SCALE = 250
@@ -42,13 +40,13 @@ def write_probabilities(
     channels: tuple[str, ...] = ("building", "interior"),
     folder: str = FOLDER,
 ) -> str:
-    """Write one tile's probabilities as a COG; the file appears whole (``atomic_write``).
+    """Write one tile's probabilities as a COG; the file appears whole (``sinks.put``).
 
     Args:
         logits: float ``(C, H, W)`` on ``grid``.
         valid: bool ``(H, W)``, where there is imagery (``(C, H, W)``: per band).
         grid: the tile's pixel grid.
-        output: the run's output folder (local, or a URL ``remote.upload`` writes).
+        output: the run's output folder (local, or a URL Beam's FileSystems write).
         tile_id: the tile's S2 token.
         channels: the band descriptions.
         folder: the subfolder of ``output`` (``ob-change`` writes other rasters this way).
@@ -77,17 +75,7 @@ def write_probabilities(
             dst.descriptions = channels[: data.shape[0]]
             dst.scales = [1.0 / SCALE] * data.shape[0]
         blob = memory.read()
-    target = probability_path(output, tile_id, folder)
-    if is_remote(output):
-        with tempfile.TemporaryDirectory(prefix="ob-prob-") as folder:
-            local = Path(folder) / f"{tile_id}.tif"
-            local.write_bytes(blob)
-            upload(local, target)
-    else:
-        Path(target).parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(target, overwrite=True) as handle:
-            handle.write(blob)
-    return target
+    return put(probability_path(output, tile_id, folder), lambda handle: handle.write(blob))
 
 
 def read_probabilities(path: str, grid: PixelGrid) -> tuple[np.ndarray, np.ndarray]:
