@@ -1,12 +1,16 @@
-"""``ob-models``: the registered models, ``ob-models export-onnx`` for a checkpoint, and
-``ob-models quantize-int8`` (its int8 export, calibrated on the user's imagery)."""
+"""``ob-models``: the registered models, ``ob-models export-onnx`` for a checkpoint,
+``ob-models quantize-int8`` (its int8 export, calibrated on the user's imagery) and
+``ob-models soup`` (fine-tunes of one model averaged into one, calibrated)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Sequence
+from pathlib import Path
 
 from open_buildings.commands import add_version, require_train_extra, run_command
+from open_buildings.errors import OutputExistsError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -17,7 +21,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "or export a checkpoint to ONNX.",
     )
     add_version(parser)
-    sub = parser.add_subparsers(dest="command", metavar="{export-onnx,quantize-int8}")
+    sub = parser.add_subparsers(dest="command", metavar="{export-onnx,quantize-int8,soup}")
     export = sub.add_parser(
         "export-onnx",
         help="write CHECKPOINT's ONNX export beside it (<stem>.onnx and its .sha256), checked "
@@ -40,6 +44,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--skip-tile", action="append", default=[], metavar="TOKEN",
         help="a tile not to calibrate on (e.g. one you validate on); repeatable",
     )  # fmt: skip
+    soup = sub.add_parser(
+        "soup",
+        help="average the weights of fine-tunes of one checkpoint (a uniform model soup) and "
+        "calibrate the result on CONFIG's validation areas, as ob-train does at a run's end",
+    )
+    soup.add_argument("config", help="the ob-train config the members were fine-tuned with")
+    soup.add_argument("members", nargs="+", metavar="CHECKPOINT", help="two or more fine-tunes")
+    soup.add_argument("--out", required=True, metavar="FILE", help="the soup's .safetensors")
+    soup.add_argument(
+        "-o", "--override", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config key, as ob-train takes it",
+    )  # fmt: skip
     return run_command("ob-models", _models, parser.parse_args(argv))
 
 
@@ -49,6 +65,8 @@ def _models(args: argparse.Namespace) -> int:
         return _export(args.checkpoint)
     if args.command == "quantize-int8":
         return _quantize(args)
+    if args.command == "soup":
+        return _soup(args)
     from open_buildings.models.registry import format_models_table
 
     print(format_models_table())
@@ -74,4 +92,24 @@ def _quantize(args: argparse.Namespace) -> int:
     path = quantize_beside(resolve_model(args.checkpoint).path, windows)
     print(f"wrote {path} and {path.name}.sha256, calibrated on {len(windows)} windows; run it with "
           "ob-infer --backend onnxruntime-int8")  # fmt: skip
+    return 0
+
+
+def _soup(args: argparse.Namespace) -> int:
+    from open_buildings.config import load_config
+    from open_buildings.training.config import TrainConfig
+    from open_buildings.training.soup import make_soup
+
+    out = Path(args.out)
+    if out.exists():
+        raise OutputExistsError(f"{out} exists; choose another --out")
+    cfg = load_config(TrainConfig, args.config, args.override)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result = make_soup(cfg, args.members, out)
+    (out.parent / f"{out.stem}.soup.json").write_text(json.dumps(result, indent=1))
+    val, best = result["val"], result["operating_points"]["best_f1"]
+    print(f"wrote {out} (sha256 {result['sha256']}), the mean of {len(args.members)} "
+          f"checkpoints: validation AP50 {val['ap50']:.3f}, best F1 {best['f1']:.3f} at "
+          f"confidence >= {best['threshold']:.3f} (ob-infer's default); members and figures "
+          f"in {out.stem}.soup.json")  # fmt: skip
     return 0
