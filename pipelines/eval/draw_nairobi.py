@@ -13,7 +13,8 @@ from pathlib import Path
 import geopandas as gpd
 
 from open_buildings.evaluation.overlay import plot_footprints
-from open_buildings.geo import footprints, grid, imagery
+from open_buildings.geo import grid, imagery
+from open_buildings.geo.shard_read import read_footprints
 
 TILE = "182f13ab"  # the Nairobi tile with the most imagery (the 4x4 block of z19 tiles)
 
@@ -27,7 +28,7 @@ def main(argv: list[str]) -> int:
     data = Path(argv[2]) if len(argv) == 3 else Path("../shared/data")
     tile = grid.tile_from_id(TILE)
     image = imagery.open_imagery(data / "xyz_tiles/nairobi_ke").read(tile.grid)
-    predictions = footprints.read_footprints(pred_dir)
+    predictions = read_footprints(pred_dir)
     truth = gpd.read_file(data / "xyz_tiles/nairobi_ke/labels.geojson")
     plot_footprints(
         image.rgb,

@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DEFAULT = Path(str(resource("models", "default", "weights.safetensors")))
 SAMPLE = ROOT / "geo" / "sample" / "items.json"
 NAIROBI = DATA / "labels" / "nairobi_ke.geojson"
+BANEPA = "labels/banepa_4tiles.geojson"
 
 
 @pytest.fixture(scope="module")
@@ -56,10 +57,7 @@ def _config(tmp_path: Path) -> Path:
             {
                 "model": "unet_efficientnet_lite1",
                 "data_root": str(DATA),
-                "train": [
-                    {"name": "banepa", "imagery": "imagery/banepa",
-                     "labels": "labels/banepa_4tiles.geojson"},
-                ],  # fmt: skip
+                "train": [{"name": "banepa", "imagery": "imagery/banepa", "labels": BANEPA}],
                 "val": [{"name": "sample", "imagery": str(SAMPLE), "labels": str(NAIROBI)}],
             }
         )
