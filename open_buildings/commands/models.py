@@ -18,7 +18,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="ob-models",
         description="List the registered models with their parameter counts (no subcommand), "
-        "or export a checkpoint to ONNX.",
+        "export a checkpoint to ONNX or int8, or average fine-tunes of one into a soup.",
     )
     add_version(parser)
     sub = parser.add_subparsers(dest="command", metavar="{export-onnx,quantize-int8,soup}")

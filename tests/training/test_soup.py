@@ -106,6 +106,11 @@ def test_only_fine_tunes_of_one_network_make_a_soup(tmp_path: Path, capsys) -> N
     out = tmp_path / "soup.safetensors"
     assert ob_models.main(["soup", str(_config(tmp_path)), *paths, "--out", str(out)]) == 2
     assert "fine-tunes of one model" in capsys.readouterr().err and not out.exists()
+    missing = str(tmp_path / "missing.safetensors")
+    assert (
+        ob_models.main(["soup", str(_config(tmp_path)), paths[0], missing, "--out", str(out)]) == 2
+    )
+    assert "does not exist" in capsys.readouterr().err and not out.exists()
 
 
 def test_a_soup_takes_integers_from_the_first_and_averages_the_rest() -> None:
