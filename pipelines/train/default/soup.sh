@@ -6,14 +6,15 @@
 #   pipelines/train/default/soup.sh [BASE_WEIGHTS]   (default runs/default/shipped/weights.safetensors)
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
-base=$(realpath "${1:-runs/default/shipped/weights.safetensors}")
+base=${1:-runs/default/shipped/weights.safetensors}
 members=()
 for seed in 1 2 3 4; do
   out=runs/default/ft_s$seed; members+=("$out/weights.safetensors")
   [ -f "$out/weights.safetensors" ] && continue
+  [ -f "$base" ] || { echo "soup.sh: no base model at $base; run shipped.sh first or pass its weights" >&2; exit 2; }
   resume=""; [ -d "$out/checkpoint" ] && resume=--resume
   .venv/bin/ob-train pipelines/train/default/base.yaml --quiet $resume \
-    -o model=unet_efficientnet_lite1 -o init_from=null -o start_from="$base" -o lr=0.0005 \
+    -o model=unet_efficientnet_lite1 -o init_from=null -o start_from="$(realpath "$base")" -o lr=0.0005 \
     -o steps=400 -o warmup_steps=20 -o val_every=200 -o threads=1 -o seed=$seed \
     -o out=../../../$out
 done
