@@ -97,6 +97,7 @@ def _quantize(args: argparse.Namespace) -> int:
 
 def _soup(args: argparse.Namespace) -> int:
     from open_buildings.config import load_config
+    from open_buildings.geo.footprints import atomic_write
     from open_buildings.training.config import TrainConfig
     from open_buildings.training.soup import make_soup
 
@@ -106,7 +107,8 @@ def _soup(args: argparse.Namespace) -> int:
     cfg = load_config(TrainConfig, args.config, args.override)
     out.parent.mkdir(parents=True, exist_ok=True)
     result = make_soup(cfg, args.members, out)
-    (out.parent / f"{out.stem}.soup.json").write_text(json.dumps(result, indent=1))
+    with atomic_write(out.parent / f"{out.stem}.soup.json", overwrite=True, mode="w") as handle:
+        json.dump(result, handle, indent=1)
     val, best = result["val"], result["operating_points"]["best_f1"]
     print(f"wrote {out} (sha256 {result['sha256']}), the mean of {len(args.members)} "
           f"checkpoints: validation AP50 {val['ap50']:.3f}, best F1 {best['f1']:.3f} at "

@@ -24,7 +24,7 @@ from open_buildings.errors import ConfigError
 from open_buildings.geo.grid import GridSpec
 from open_buildings.models.base import BuildingModel
 from open_buildings.models.checkpoint import load_checkpoint, save_checkpoint
-from open_buildings.models.checkpoint_meta import file_sha256
+from open_buildings.models.checkpoint_meta import read_sidecar
 from open_buildings.training.batches import held_out_tiles, load_areas
 from open_buildings.training.calibrate import input_ranges, operating_points
 from open_buildings.training.config import TrainConfig
@@ -44,16 +44,14 @@ def average_weights(models: Sequence[BuildingModel], names: Sequence[str]) -> di
     if len(models) < 2:
         raise ConfigError("a soup needs at least two checkpoints")
     first = models[0]
-    states = [m.state_dict() for m in models]
-    for model, state, name in zip(models[1:], states[1:], names[1:]):
+    for model, name in zip(models[1:], names[1:]):
+        # one registry name and config build one network: the same tensors, the same shapes
         if (model.name, model.config) != (first.name, first.config):
             raise ConfigError(
                 f"{name} is a {model.name} {model.config}, {names[0]} a {first.name} "
                 f"{first.config}: a soup averages fine-tunes of one model"
             )
-        shapes = {k: tuple(v.shape) for k, v in state.items()}
-        if shapes != {k: tuple(v.shape) for k, v in states[0].items()}:
-            raise ConfigError(f"{name} does not hold the same tensors as {names[0]}")
+    states = [m.state_dict() for m in models]
     averaged = {}
     for key, value in states[0].items():
         if value.is_floating_point():
@@ -105,7 +103,7 @@ def make_soup(
     return {
         "weights": str(out),
         "sha256": sha,
-        "members": [{"path": str(p), "sha256": file_sha256(p)} for p in paths],
+        "members": [{"path": str(p), "sha256": read_sidecar(p)} for p in paths],  # as loaded
         "val": metrics(scored),
         "operating_points": points,
     }
